@@ -1,0 +1,34 @@
+"""Command line: `python -m pipeline <command> --help`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> module in pipeline.commands exposing add_arguments(parser) and run(args) -> int
+COMMANDS = {
+    "generate": "generate",
+    "layers": "layers",
+    "project": "project",
+    "demo": "demo",
+    "train-demo": "train_demo",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"pipeline.commands.{module_name}")
+        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    return int(modules[args.command].run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Class-conditional EDM generators: DMD2's ImageNet-64 network and the shipped digits demo model.
+
+Both are the same architecture (EDMPrecond + DhariwalUNet); they differ in config, weights, class names
+and sampling schedule. ImageNet follows DMD2's 1-step recipe (input 80·z at sigma 80); the demo model is a
+multi-step denoiser sampled on a short Karras schedule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.adapters.base import Adapter, Condition, seeded_normal, shapes_by_hooks
+from pipeline.models.edm import EDMPrecond
+
+
+class EDMAdapter(Adapter):
+    family = "edm"
+
+    def __init__(self, net: EDMPrecond, config: dict, *, name: str, class_names: list[str],
+                 sigmas: list[float], device: torch.device, checkpoint: str, checkpoint_sha256: str | None,
+                 class_ids: list[int] | None = None, samples_per_class: int | None = None,
+                 dtype: torch.dtype = torch.float32):
+        self.name = name
+        self.config = dict(config)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.net = net.to(self.device).eval().requires_grad_(False)
+        self.root = self.net
+        self.class_names = list(class_names)
+        self.sigmas = [float(s) for s in sigmas]
+        self.num_steps = len(self.sigmas)
+        n_classes = int(config["label_dim"])
+        self.class_ids = list(range(n_classes)) if class_ids is None else [int(c) for c in class_ids]
+        bad = [c for c in self.class_ids if not 0 <= c < n_classes]
+        if bad:
+            raise ValueError(f"class ids {bad} out of range 0..{n_classes - 1}")
+        self.samples_per_class = samples_per_class
+        self.checkpoint = checkpoint
+        self.checkpoint_sha256 = checkpoint_sha256
+
+    # -- layers -------------------------------------------------------------------------------------
+    def layers(self) -> dict[str, str]:
+        enc, dec = list(self.net.model.enc.keys()), list(self.net.model.dec.keys())
+        names = {f"enc.{k}": f"model.enc.{k}" for k in enc}
+        names.update({f"dec.{k}": f"model.dec.{k}" for k in dec})
+        names["encoder_bottleneck"] = f"model.enc.{enc[-1]}"
+        names["midblock"] = f"model.dec.{dec[0]}"
+        return names
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        res, ch, labels = self.config["img_resolution"], self.config["img_channels"], self.config["label_dim"]
+        with torch.device("meta"):
+            probe = EDMPrecond(**self.config)
+        x = torch.empty(1, ch, res, res, device="meta")
+        sigma = torch.empty(1, device="meta")
+        onehot = torch.empty(1, labels, device="meta")
+        return shapes_by_hooks(probe, self.layers(), lambda: probe(x, sigma, onehot))
+
+    # -- conditions and sampling ----------------------------------------------------------------------
+    def conditions(self, indices: np.ndarray, seed: int) -> list[Condition]:
+        out = []
+        for i in np.asarray(indices, dtype=np.int64):
+            if self.samples_per_class:
+                cid = self.class_ids[(int(i) // self.samples_per_class) % len(self.class_ids)]
+            else:
+                rng = np.random.default_rng([int(seed), int(i), 0x1AB])
+                cid = self.class_ids[int(rng.integers(len(self.class_ids)))]
+            name = self.class_names[cid]
+            out.append(Condition(class_id=cid, class_name=name, category=name))
+        return out
+
+    def sample(self, noise_seeds, conditions, recorder) -> np.ndarray:
+        res, ch = self.config["img_resolution"], self.config["img_channels"]
+        z = seeded_normal(noise_seeds, (ch, res, res)).to(self.device)
+        labels = torch.zeros(len(conditions), int(self.config["label_dim"]), device=self.device)
+        labels[torch.arange(len(conditions)), torch.tensor([c.class_id for c in conditions])] = 1.0
+        x = self.sigmas[0] * z
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype,
+                                             enabled=self.dtype != torch.float32):
+            for i, sigma in enumerate(self.sigmas):
+                with recorder.step(i, sigma=sigma):
+                    denoised = self.net(x, torch.full((len(z),), sigma, device=self.device), labels).float()
+                if i + 1 < len(self.sigmas):
+                    # Re-noise to the next sigma with noise of this sample and step only.
+                    eps = seeded_normal(noise_seeds, (ch, res, res), stream=i + 1).to(self.device)
+                    x = denoised + self.sigmas[i + 1] * eps
+        return to_uint8(denoised)
+
+    def identity(self) -> dict:
+        return {
+            "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "base_model": None,
+            "settings": {"config": self.config, "sigmas": self.sigmas, "class_ids": self.class_ids
+                         if len(self.class_ids) < int(self.config["label_dim"]) else "all",
+                         "samples_per_class": self.samples_per_class,
+                         "dtype": str(self.dtype).removeprefix("torch.")},
+        }
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW floats to uint8 NHWC, truncating like the reference ((x + 1) * 127.5, clamp, cast)."""
+    out = ((images.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+    if out.shape[1] == 1:
+        out = out.repeat(1, 3, 1, 1)
+    return out.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def karras_sigmas(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0) -> list[float]:
+    """EDM's schedule; one step is DMD2's single call at sigma_max."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    if steps == 1:
+        return [sigma_max]
+    ramp = np.linspace(0, 1, steps)
+    inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    return [float(s) for s in inv ** rho]
+
+
+def load_imagenet(checkpoint: str, device: torch.device, *, steps: int = 1, dtype=torch.float32,
+                  class_ids=None, samples_per_class=None) -> EDMAdapter:
+    """DMD2's ImageNet-64 generator from a local file/folder or `hf://tianweiy/DMD2/model/imagenet/<run>`."""
+    from pipeline.checkpoints import load_into, load_state_dict_file, resolve_checkpoint, sha256_of
+    from pipeline.imagenet_classes import class_name
+    from pipeline.models.edm import imagenet_config
+
+    config = imagenet_config()
+    path = resolve_checkpoint(checkpoint)
+    net = EDMPrecond(**config)
+    load_into(net, load_state_dict_file(path))
+    return EDMAdapter(net, config, name="imagenet", class_names=[class_name(i) for i in range(1000)],
+                      sigmas=karras_sigmas(steps), device=device, checkpoint=checkpoint,
+                      checkpoint_sha256=sha256_of(path), class_ids=class_ids,
+                      samples_per_class=samples_per_class, dtype=dtype)
+
+
+def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int | None = None,
+              class_ids=None, samples_per_class=None) -> EDMAdapter:
+    """The digits model the project trains and ships (pipeline/data/demo_edm.safetensors)."""
+    from pipeline import demo_model
+    from pipeline.checkpoints import load_into, load_state_dict_file, resolve_checkpoint, sha256_of
+
+    path = resolve_checkpoint(checkpoint) if checkpoint else demo_model.DEMO_WEIGHTS
+    net = EDMPrecond(**demo_model.DEMO_CONFIG)
+    load_into(net, load_state_dict_file(path))
+    sigmas = demo_model.DEMO_SIGMAS if steps is None else karras_sigmas(steps)
+    return EDMAdapter(net, demo_model.DEMO_CONFIG, name="demo", class_names=list(DIGIT_NAMES),
+                      sigmas=sigmas, device=device, checkpoint=str(checkpoint or "shipped demo weights"),
+                      checkpoint_sha256=sha256_of(path), class_ids=class_ids,
+                      samples_per_class=samples_per_class)
+
+
+def skeleton(model: str) -> EDMAdapter:
+    """An adapter on the meta device (no weights, no memory), for listing layers and shapes."""
+    from pipeline.models.edm import imagenet_config
+
+    if model == "imagenet":
+        config, names = imagenet_config(), [f"class {i}" for i in range(1000)]
+    else:
+        from pipeline.demo_model import DEMO_CONFIG
+
+        config, names = DEMO_CONFIG, list(DIGIT_NAMES)
+    with torch.device("meta"):
+        net = EDMPrecond(**config)
+    return EDMAdapter(net, config, name=model, class_names=names, sigmas=[80.0], device=torch.device("meta"),
+                      checkpoint="(none)", checkpoint_sha256=None)

@@ -1,0 +1,84 @@
+"""Generate samples with a model, recording layer activations into a store (resumable).
+
+Rerun the same command with a larger --num-samples, or after an interruption, and only the missing
+samples are generated. Under `torchrun --nproc_per_node=K -m pipeline generate ...` the batches are
+sharded over the ranks, each writing its own parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from pipeline.adapters import MODELS, T2I_MODELS, build_adapter
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--checkpoint", help="local file or folder, or hf://owner/repo/path (demo: shipped weights)")
+    p.add_argument("--store", default="data", help="store folder (default: ./data)")
+    p.add_argument("--num-samples", type=int, help="total samples in the run (default: samples-per-class x classes)")
+    p.add_argument("--layers", default="midblock,encoder_bottleneck",
+                   help="comma-separated layer names (python -m pipeline layers --model M lists them)")
+    p.add_argument("--reduce", default="auto", choices=("auto", "mean", "pool4", "full"),
+                   help="what to store per layer: channel means, a 4x4 pooled map, the full map, or auto "
+                        "(full up to 65,536 values, else pool4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, help="sampling steps where the model supports several")
+    p.add_argument("--samples-per-class", type=int, help="balanced labels instead of random ones")
+    p.add_argument("--class-ids", type=int_list, help="restrict labels to these classes, e.g. 1,207,281")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), or e.g. cuda:1, cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="network precision (default per model)")
+    p.add_argument("--run-name", help="run id (default: derived from model, checkpoint, seed and settings)")
+    t2i = p.add_argument_group("text-to-image models")
+    t2i.add_argument("--base-model", help="hub id or local diffusers folder of the base components")
+    t2i.add_argument("--prompt-file", help="txt (one per line), csv, jsonl or parquet with a prompt column")
+    t2i.add_argument("--seeds-per-prompt", type=int, default=1)
+    t2i.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
+    t2i.add_argument("--x0-previews", action="store_true", help="also keep each step's x0 preview image")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.checkpoints import CheckpointMismatch
+    from pipeline.generate import generate, pick_device
+    from store import ManifestMismatch
+
+    try:
+        device = pick_device(args.device)
+        t2i = {}
+        if args.model in T2I_MODELS:
+            from pipeline.prompts import PromptSet
+
+            t2i = dict(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
+                       seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution,
+                       x0_previews=args.x0_previews)
+        adapter = build_adapter(args.model, checkpoint=args.checkpoint, device=device, steps=args.steps,
+                                dtype=DTYPES.get(args.dtype), class_ids=args.class_ids,
+                                samples_per_class=args.samples_per_class, **t2i)
+        num = args.num_samples
+        if num is None:
+            if not args.samples_per_class:
+                raise ValueError("give --num-samples, or --samples-per-class")
+            num = args.samples_per_class * len(getattr(adapter, "class_ids", []) or [0])
+        layers = [x for x in args.layers.replace(" ", "").split(",") if x]
+        result = generate(adapter, args.store, num, layers, seed=args.seed, batch_size=args.batch_size,
+                          reduce=args.reduce, run_id=args.run_name, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, CheckpointMismatch, ManifestMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run {result.run_id}: generated {result.generated} samples in {result.seconds:.1f}s "
+          f"({result.samples_per_second:.1f} samples/s); {result.total_done} in the store")
+    return 0

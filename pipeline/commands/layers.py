@@ -1,0 +1,48 @@
+"""List a model's hookable layers with their output shapes and stored bytes per sample.
+
+No checkpoint is needed: the network is built on the meta device.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.adapters import MODELS
+from pipeline.hooks import bytes_per_sample, resolve_reduce
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--resolution", type=int, help="image size for text-to-image models")
+
+
+def layer_table(model: str, resolution: int | None = None) -> list[dict]:
+    """One row per layer name: module path, output shape, default reduction and bytes per sample."""
+    from pipeline.adapters.edm import skeleton
+
+    if model in ("demo", "imagenet"):
+        adapter = skeleton(model)
+        layers, shapes = adapter.layers(), adapter.layer_shapes()
+    else:
+        from pipeline.adapters.t2i import layer_info
+
+        layers, shapes = layer_info(model, resolution)
+    rows = []
+    for name, path in layers.items():
+        shape = tuple(shapes[name])
+        rows.append({"name": name, "path": path, "shape": shape, "auto": resolve_reduce("auto", shape),
+                     **{f"bytes_{r}": bytes_per_sample(r, shape) for r in ("mean", "pool4", "full")}})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = layer_table(args.model, args.resolution)
+    width = max(len(r["name"]) for r in rows)
+    pwidth = max(len(r["path"]) for r in rows)
+    print(f"{'layer':<{width}}  {'module path':<{pwidth}}  {'output shape':<18} {'auto':<6} "
+          f"{'mean B':>8} {'pool4 B':>9} {'full B':>11}")
+    for r in rows:
+        shape = "x".join(str(d) for d in r["shape"])
+        print(f"{r['name']:<{width}}  {r['path']:<{pwidth}}  {shape:<18} {r['auto']:<6} "
+              f"{r['bytes_mean']:>8,} {r['bytes_pool4']:>9,} {r['bytes_full']:>11,}")
+    return 0

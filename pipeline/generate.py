@@ -1,0 +1,173 @@
+"""Batched generation that streams images, activations and metadata into the store, with resume.
+
+Sample i's noise and condition depend only on (run seed, i); the run id depends only on what makes samples
+comparable (model, checkpoint, seed, sampling settings, layers, reductions), not on how many were asked for.
+So rerunning a command with a larger `--num-samples`, or after a kill, generates exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.adapters.base import Adapter, sample_seed
+from pipeline.hooks import Recorder, resolve_reduce
+from store import RunWriter
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless the user names one."""
+    if name and name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def code_version() -> str:
+    """The git commit of this checkout (with '+dirty' when modified), or the package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def default_run_id(adapter: Adapter, seed: int, layers: dict[str, str], reduce: dict[str, str]) -> str:
+    ident = adapter.identity()
+    key = json.dumps({"id": ident, "seed": seed, "layers": sorted(layers), "reduce": reduce},
+                     sort_keys=True, default=str)
+    return f"{adapter.name}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class GenerateResult:
+    run_id: str
+    generated: int
+    total_done: int
+    seconds: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def _batches(todo: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split the missing indices into batches of consecutive indices, at most `batch_size` long."""
+    if len(todo) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(todo) != 1) + 1
+    out = []
+    for run in np.split(todo, breaks):
+        out.extend(run[i:i + batch_size] for i in range(0, len(run), batch_size))
+    return out
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, with the process group started; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers: list[str], *,
+             seed: int = 0, batch_size: int = 16, reduce: str | dict[str, str] = "auto",
+             run_id: str | None = None, progress: bool = True, settings: dict | None = None,
+             on_batch=None) -> GenerateResult:
+    """Generate samples 0..num_samples-1 of a run, skipping those already committed to the store.
+
+    `on_batch(done, total)` is called after each committed batch (the app's progress bar)."""
+    rank, world = _distributed()
+    paths = adapter.resolve_layers(layers)
+    shapes = adapter.layer_shapes()
+    wanted = reduce if isinstance(reduce, dict) else {name: reduce for name in paths}
+    reductions = {name: resolve_reduce(wanted.get(name, "auto"), shapes[name]) for name in paths}
+    run_id = run_id or default_run_id(adapter, seed, paths, reductions)
+    ident = adapter.identity()
+    manifest = {
+        "run_id": run_id, "model": adapter.name, "family": adapter.family,
+        "checkpoint": ident.get("checkpoint"), "checkpoint_sha256": ident.get("checkpoint_sha256"),
+        "base_model": ident.get("base_model"), "layers": list(paths), "reduce": reductions,
+        "settings": {**ident.get("settings", {}), **(settings or {}), "batch_size": batch_size,
+                     "layer_paths": paths, "layer_shapes": {k: list(shapes[k]) for k in paths}},
+        "seed": seed, "num_samples": num_samples, "code_version": code_version(),
+        "device": str(next(adapter.root.parameters()).device),
+    }
+    writer = RunWriter(store_root, manifest, rank=rank, world_size=world)
+    if world > 1:
+        if rank == 0:
+            writer.cleanup()
+        _barrier(world)
+    if rank == 0:
+        texts = adapter.text_embeddings()
+        if texts is not None:
+            writer.write_text_embeddings(texts)
+
+    done = set(writer.done_indices().tolist())
+    todo = np.array([i for i in range(num_samples) if i not in done], dtype=np.int64)
+    mine = _batches(todo, batch_size)[rank::world]
+    total = int(sum(len(b) for b in mine))
+    start = time.perf_counter()
+    status = "interrupted"
+    try:
+        with Recorder(adapter.root, paths, reductions) as recorder, \
+                tqdm(total=total, unit="sample", disable=not progress, desc=f"{run_id} [rank {rank}]"
+                     if world > 1 else run_id, dynamic_ncols=True) as bar:
+            for indices in mine:
+                conditions = adapter.conditions(indices, seed)
+                seeds = [sample_seed(seed, int(i)) for i in indices]
+                images = adapter.sample(seeds, conditions, recorder)
+                activations = recorder.pop()
+                rows = [_sample_row(run_id, int(i), s, c, adapter) for i, s, c in zip(indices, seeds, conditions)]
+                writer.write_batch(indices, rows, list(images), activations)
+                bar.update(len(indices))
+                if on_batch is not None:
+                    on_batch(bar.n, total)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix_str(f"{bar.n / elapsed:.1f} samples/s" if elapsed > 0 else "")
+        status = "complete"
+    finally:
+        if status == "complete":
+            _barrier(world)
+        if rank == 0:
+            writer.finish(status)
+    seconds = time.perf_counter() - start
+    return GenerateResult(run_id, total, len(done) + total if world == 1 else len(writer.done_indices()),
+                          seconds)
+
+
+def _sample_row(run_id: str, index: int, seed: int, cond, adapter: Adapter) -> dict:
+    return {
+        "sample_id": f"{run_id}-{index:08d}", "run_id": run_id, "index": index, "seed": seed,
+        "class_id": cond.class_id, "class_name": cond.class_name, "prompt": cond.prompt,
+        "prompt_index": cond.prompt_index, "category": cond.category, "label": cond.label,
+        "num_steps": getattr(adapter, "num_steps", 1),
+    }
