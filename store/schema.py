@@ -1,0 +1,108 @@
+"""Arrow schemas of the files in a store (see docs/store-format.md).
+
+Partition values (model, layer, run_id) are never columns in the files: they come from the folder names.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+
+SAMPLES = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("index", pa.int64()),
+        ("seed", pa.int64()),
+        ("class_id", pa.int32()),
+        ("class_name", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_index", pa.int32()),
+        ("category", pa.string()),
+        ("label", pa.string()),
+        ("num_steps", pa.int16()),
+        ("image_path", pa.string()),
+        ("thumb", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+
+# Fields a caller may give per sample in `RunWriter.write_batch`; the rest is filled in by the writer.
+SAMPLE_INPUT_FIELDS = ("seed", "class_id", "class_name", "prompt", "prompt_index", "category", "label", "num_steps")
+
+ACTIVATION_META = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("step", pa.int16()),
+        ("timestep", pa.float32()),
+        ("sigma", pa.float32()),
+        ("reduce", pa.string()),
+        ("shape", pa.list_(pa.int32())),
+        ("layer_shape", pa.list_(pa.int32())),
+    ]
+)
+
+REDUCTIONS = ("mean", "pool4", "full")
+FLOAT16_MAX = 65504.0
+
+
+def vector_type(dim: int, dtype: pa.DataType | None = None) -> pa.DataType:
+    return pa.list_(pa.field("item", dtype or pa.float16()), dim)
+
+
+def activations_schema(dim: int, dtype: pa.DataType | None = None) -> pa.Schema:
+    """Activation part schema for vectors of `dim` values (float16; float32 only when float16 overflows)."""
+    return ACTIVATION_META.append(pa.field("vector", vector_type(dim, dtype)))
+
+
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("model", pa.string()),
+        ("family", pa.string()),
+        ("checkpoint", pa.string()),
+        ("checkpoint_sha256", pa.string()),
+        ("base_model", pa.string()),
+        ("layers", pa.list_(pa.string())),
+        ("reduce", pa.string()),
+        ("settings", pa.string()),
+        ("seed", pa.int64()),
+        ("num_samples", pa.int64()),
+        ("num_done", pa.int64()),
+        ("status", pa.string()),
+        ("code_version", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+        ("device", pa.string()),
+        ("format_version", pa.int32()),
+    ]
+)
+
+RUN_STATUSES = ("running", "complete", "interrupted")
+# Fields that make a run what it is: reopening a run with different values is an error.
+IDENTITY_FIELDS = ("model", "checkpoint_sha256", "layers", "reduce", "settings", "seed")
+JSON_FIELDS = ("reduce", "settings")
+
+TEXT_EMBEDDINGS_META = pa.schema(
+    [
+        ("prompt_index", pa.int32()),
+        ("prompt", pa.string()),
+        ("category", pa.string()),
+    ]
+)
+
+
+def text_embeddings_schema(dim: int) -> pa.Schema:
+    return TEXT_EMBEDDINGS_META.append(pa.field("embedding", vector_type(dim)))
+
+
+PROJECTION = pa.schema([("sample_id", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
+
+# Columns a file must have for a reader to use it (a file without them is skipped as corrupt).
+REQUIRED = {
+    "samples": ("sample_id", "index"),
+    "activations": ("sample_id", "step", "vector"),
+    "runs": ("run_id", "model", "status"),
+    "text_embeddings": ("prompt_index", "embedding"),
+}

@@ -1,0 +1,493 @@
+"""`RunWriter`: appends whole batches to a run, atomically, and resumes after a crash.
+
+A batch (indices first..last) is written in this order: its PNG images, one activation part per layer,
+then its samples part. The samples part is the commit record: until it exists nothing of the batch is
+visible to readers, and a writer that reopens the run deletes the leftovers (`cleanup`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import layout, schema
+from .atomic import atomic_write_bytes, atomic_write_parquet, json_bytes
+
+log = logging.getLogger(__name__)
+
+THUMB_SIZE = 96
+PNG_COMPRESS_LEVEL = 3
+
+MANIFEST_REQUIRED = ("run_id", "model", "layers", "seed")
+MANIFEST_OPTIONAL = (
+    "family",
+    "checkpoint",
+    "checkpoint_sha256",
+    "base_model",
+    "reduce",
+    "settings",
+    "num_samples",
+    "code_version",
+    "device",
+)
+ACTIVATION_ENTRY_KEYS = ("step", "timestep", "sigma", "reduce", "layer_shape", "array")
+
+# Vectors are near-incompressible float16: skip compression and dictionaries for them (speed), keep
+# statistics only on `step` (one row group per step, so a reader can skip the other steps).
+_ACT_WRITE = dict(
+    compression={"sample_id": "zstd", "step": "zstd", "timestep": "zstd", "sigma": "zstd",
+                 "reduce": "zstd", "shape": "zstd", "layer_shape": "zstd", "vector": "none"},
+    use_dictionary=["sample_id", "reduce"],
+    write_statistics=["step"],
+)
+_SAMPLES_WRITE = dict(compression="zstd")
+
+
+class ManifestMismatch(ValueError):
+    """Reopening a run with identity fields that differ from its stored manifest."""
+
+    def __init__(self, run_id: str, diffs: dict[str, tuple[Any, Any]]):
+        self.run_id = run_id
+        self.fields = list(diffs)
+        self.diffs = diffs
+        lines = [f"  {k}: stored {a!r} != given {b!r}" for k, (a, b) in diffs.items()]
+        super().__init__(
+            f"run {run_id!r} already exists with different {', '.join(self.fields)}:\n" + "\n".join(lines)
+            + "\nUse a new run id, or the original settings to resume it."
+        )
+
+
+def default_code_version() -> str:
+    """Short git commit of this checkout (with `-dirty`), or 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The one-row manifest at `path` as a dict, or None when missing."""
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except FileNotFoundError:
+        return None
+    return rows[0] if rows else None
+
+
+def _canon(field: str, value: Any) -> Any:
+    """Comparable form of an identity field."""
+    if field in schema.JSON_FIELDS:
+        if isinstance(value, (str, bytes)):
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        return json_bytes(value).decode()
+    if field == "layers":
+        return list(value or [])
+    if field == "seed":
+        return None if value is None else int(value)
+    return value
+
+
+def make_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
+    """WebP thumbnail, longest side `size` px, of a PIL image."""
+    thumb = image.copy()
+    thumb.thumbnail((size, size))
+    buf = io.BytesIO()
+    thumb.save(buf, format="WEBP", quality=80)
+    return buf.getvalue()
+
+
+def _to_pil(array: np.ndarray):
+    from PIL import Image
+
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 arrays (H, W, C), got dtype {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        return Image.fromarray(a, mode="L")
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(a), mode="RGB" if a.shape[2] == 3 else "RGBA")
+    raise ValueError(f"images must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
+
+
+class RunWriter:
+    """Writes one run of a store. One writer process per (run, rank).
+
+    `manifest` keys: run_id, model, layers, seed (required); family, checkpoint, checkpoint_sha256,
+    base_model, reduce, settings, num_samples, code_version, device (optional). `reduce` and `settings`
+    are stored as JSON. Only rank 0 writes the manifest; every rank writes its own batches.
+    """
+
+    def __init__(self, root: str | os.PathLike, manifest: Mapping[str, Any], rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        self.root = Path(root)
+        self.rank = rank
+        self.world_size = world_size
+        self.manifest = self._normalise(manifest)
+        self.run_id: str = self.manifest["run_id"]
+        self.model: str = self.manifest["model"]
+        self.layers: list[str] = self.manifest["layers"]
+        self._manifest_path = layout.run_manifest_path(self.root, self.run_id)
+        self._finished = False
+
+        stored = read_manifest(self._manifest_path)
+        if stored is not None:
+            diffs = {}
+            for f in schema.IDENTITY_FIELDS:
+                a, b = _canon(f, stored.get(f)), _canon(f, self.manifest.get(f))
+                if a != b:
+                    diffs[f] = (a, b)
+            if diffs:
+                raise ManifestMismatch(self.run_id, diffs)
+            self._created_at = stored.get("created_at")
+        else:
+            self._created_at = None
+        if world_size == 1:
+            self.cleanup()
+        self._done = set(self.done_indices().tolist())
+        if rank == 0:
+            self._write_manifest("running")
+
+    # -- manifest ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _normalise(manifest: Mapping[str, Any]) -> dict:
+        if not isinstance(manifest, Mapping):
+            raise TypeError(f"manifest must be a dict, got {type(manifest).__name__}")
+        missing = [k for k in MANIFEST_REQUIRED if manifest.get(k) is None]
+        unknown = [k for k in manifest if k not in MANIFEST_REQUIRED + MANIFEST_OPTIONAL]
+        if missing or unknown:
+            raise ValueError(
+                f"bad manifest: missing {missing}, unknown {unknown}; valid keys: "
+                f"{list(MANIFEST_REQUIRED)} (required) + {list(MANIFEST_OPTIONAL)}"
+            )
+        m = {k: manifest.get(k) for k in MANIFEST_REQUIRED + MANIFEST_OPTIONAL}
+        layout.check_name("run_id", m["run_id"])
+        layout.check_name("model", m["model"])
+        if isinstance(m["layers"], str):
+            raise TypeError("manifest['layers'] must be a list of layer names, not a string")
+        m["layers"] = [layout.check_name("layer", str(x)) for x in m["layers"]]
+        if len(set(m["layers"])) != len(m["layers"]):
+            raise ValueError(f"duplicate layers in manifest: {m['layers']}")
+        m["seed"] = int(m["seed"])
+        for k in schema.JSON_FIELDS:
+            v = m[k]
+            m[k] = json_bytes({} if v is None else v).decode() if not isinstance(v, str) else v
+        if m["num_samples"] is not None:
+            m["num_samples"] = int(m["num_samples"])
+        if m["code_version"] is None:
+            m["code_version"] = default_code_version()
+        for k in ("family", "checkpoint", "checkpoint_sha256", "base_model", "device", "code_version"):
+            if m[k] is not None:
+                m[k] = str(m[k])
+        return m
+
+    def _write_manifest(self, status: str) -> dict:
+        now = datetime.now(UTC)
+        if self._created_at is None:
+            self._created_at = now
+        row = dict(self.manifest)
+        row.update(
+            num_done=len(self.done_indices()),
+            status=status,
+            created_at=self._created_at,
+            updated_at=now,
+            format_version=schema.FORMAT_VERSION,
+        )
+        table = pa.Table.from_pylist([row], schema=schema.RUNS)
+        atomic_write_parquet(self._manifest_path, table)
+        return row
+
+    # -- state ------------------------------------------------------------------------------------------
+
+    def done_indices(self) -> np.ndarray:
+        """Sorted indices committed (samples part written) by any rank of this run."""
+        parts = layout.list_parts(layout.samples_dir(self.root, self.model, self.run_id))
+        chunks = []
+        for p in parts:
+            try:
+                chunks.append(pq.read_table(p, columns=["index"]).column("index").to_numpy())
+            except Exception as e:  # a corrupt commit record means the batch is not done
+                log.warning("skipping unreadable samples part %s: %s", p, e)
+        if not chunks:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate(chunks).astype(np.int64))
+
+    def cleanup(self) -> dict[str, int]:
+        """Delete staging leftovers and orphans (files of batches without a samples part) of this run.
+
+        Only safe while no other writer of this run is active: the constructor calls it when
+        world_size == 1; with several ranks, call it on rank 0 before the others start writing.
+        """
+        removed = {"staging": 0, "orphan_activations": 0, "orphan_images": 0}
+        sdir = layout.samples_dir(self.root, self.model, self.run_id)
+        idir = layout.images_dir(self.root, self.model, self.run_id)
+        adirs = [d for layer in layout.layers_in(self.root, self.model)
+                 for run, d in layout.activation_partitions(self.root, self.model, layer) if run == self.run_id]
+        folders = [sdir, idir, self._manifest_path.parent,
+                   layout.text_embeddings_path(self.root, self.model, self.run_id).parent, *adirs]
+        for folder in folders:
+            for name in _names(folder):
+                if not layout.is_staging(name):
+                    continue
+                if folder == self._manifest_path.parent and not name.startswith(self._manifest_path.name):
+                    continue
+                removed["staging"] += _unlink(folder / name)
+        committed = {p.name for p in layout.list_parts(sdir) if _readable(p)}
+        for d in adirs:
+            for p in layout.list_parts(d):
+                if p.name not in committed:
+                    removed["orphan_activations"] += _unlink(p)
+        done = set(self.done_indices().tolist())
+        for name in _names(idir):
+            idx = layout.parse_image_name(name)
+            if idx is not None and idx not in done:
+                removed["orphan_images"] += _unlink(idir / name)
+        if any(removed.values()):
+            log.info("run %s: removed %s", self.run_id, removed)
+        return removed
+
+    # -- writing ----------------------------------------------------------------------------------------
+
+    def write_batch(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        samples: Sequence[Mapping[str, Any]],
+        images: Sequence[np.ndarray] | None,
+        activations: Mapping[str, Sequence[Mapping[str, Any]]],
+    ) -> str:
+        """Write one batch; returns its part name. `images` may be None (no image files, no thumbs).
+
+        `activations[layer]` is a list of dicts, one per step: step, timestep (None for EDM), sigma,
+        reduce ('mean' | 'pool4' | 'full'), layer_shape (C, H, W), array (B, ...) with rows in `indices` order.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        b = len(idx)
+        if b == 0:
+            raise ValueError("empty batch")
+        if idx.min() < 0 or np.any(np.diff(idx) <= 0):
+            raise ValueError(f"indices must be non-negative and strictly increasing, got {idx.tolist()[:20]}")
+        if len(samples) != b or (images is not None and len(images) != b):
+            raise ValueError(f"{b} indices but {len(samples)} samples and "
+                             f"{'no' if images is None else len(images)} images")
+        again = sorted(self._done.intersection(idx.tolist()))
+        if again:
+            raise ValueError(f"indices already committed in run {self.run_id!r}: {again[:20]}")
+        given, expected = set(activations), set(self.layers)
+        if given != expected:
+            raise ValueError(f"activations must have exactly the run's layers {self.layers}; "
+                             f"missing {sorted(expected - given)}, unknown {sorted(given - expected)}")
+        name = layout.part_name(int(idx[0]), int(idx[-1]))
+        sids = [layout.sample_id(self.run_id, i) for i in idx.tolist()]
+
+        # 1. images (+ thumbnails kept for the samples part)
+        thumbs: list[bytes | None] = [None] * b
+        sizes: list[tuple[int | None, int | None]] = [(None, None)] * b
+        paths: list[str | None] = [None] * b
+        if images is not None:
+            for j, (i, arr) in enumerate(zip(idx.tolist(), images, strict=True)):
+                im = _to_pil(arr)
+                buf = io.BytesIO()
+                im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+                rel = layout.image_relpath(self.model, self.run_id, i)
+                atomic_write_bytes(self.root / rel, buf.getvalue())
+                thumbs[j], sizes[j], paths[j] = make_thumbnail(im), im.size, rel
+
+        # 2. one activation part per layer
+        for layer in self.layers:
+            table = _activation_table(layer, sids, activations[layer])
+            atomic_write_parquet(layout.activations_dir(self.root, self.model, layer, self.run_id) / name,
+                                 table, row_group_size=b, **_ACT_WRITE)
+
+        # 3. the commit record
+        table = self._samples_table(idx, sids, samples, thumbs, sizes, paths)
+        atomic_write_parquet(layout.samples_dir(self.root, self.model, self.run_id) / name, table,
+                             **_SAMPLES_WRITE)
+        self._done.update(idx.tolist())
+        return name
+
+    def _samples_table(self, idx, sids, samples, thumbs, sizes, paths) -> pa.Table:
+        allowed = set(schema.SAMPLE_INPUT_FIELDS) | {"width", "height"}
+        cols: dict[str, list] = {f: [] for f in schema.SAMPLE_INPUT_FIELDS}
+        cols["width"], cols["height"] = [], []
+        for j, s in enumerate(samples):
+            unknown = set(s) - allowed
+            if unknown:
+                raise ValueError(f"unknown sample fields {sorted(unknown)}; valid: {sorted(allowed)}")
+            if s.get("seed") is None:
+                raise ValueError(f"sample {j} has no 'seed'")
+            for f in schema.SAMPLE_INPUT_FIELDS:
+                v = s.get(f)
+                cols[f].append(v.item() if isinstance(v, np.generic) else v)
+            w, h = sizes[j]
+            cols["width"].append(w if w is not None else s.get("width"))
+            cols["height"].append(h if h is not None else s.get("height"))
+        data = {"sample_id": sids, "index": idx, **cols, "image_path": paths, "thumb": thumbs}
+        return pa.Table.from_pydict({f.name: data[f.name] for f in schema.SAMPLES}, schema=schema.SAMPLES)
+
+    def write_text_embeddings(self, table) -> Path:
+        """Write the pooled text embedding per prompt: columns prompt_index, prompt, category, embedding.
+
+        `table` is a pyarrow Table, pandas DataFrame or dict of columns; `embedding` may be a 2-D array.
+        """
+        if isinstance(table, pa.Table):
+            cols = {n: table.column(n) for n in table.column_names}
+        elif hasattr(table, "columns") and hasattr(table, "iloc"):  # pandas DataFrame
+            cols = {c: table[c] for c in table.columns}
+        else:
+            cols = dict(table)
+        missing = [c for c in ("prompt_index", "prompt", "embedding") if c not in cols]
+        if missing:
+            raise ValueError(f"text embeddings need columns prompt_index, prompt, category, embedding; "
+                             f"missing {missing}")
+        emb = _matrix(cols["embedding"])
+        n, dim = emb.shape
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float16).reshape(-1)), dim)
+        out = pa.Table.from_arrays(
+            [_column(cols["prompt_index"], pa.int32()), _column(cols["prompt"], pa.string()),
+             _column(cols.get("category", [None] * n), pa.string()), vec],
+            schema=schema.text_embeddings_schema(dim),
+        )
+        return atomic_write_parquet(layout.text_embeddings_path(self.root, self.model, self.run_id), out,
+                                    compression="zstd")
+
+    def finish(self, status: str = "complete") -> dict | None:
+        """Record the final status and counts (rank 0 only; other ranks just stop). Returns the manifest row."""
+        if status not in schema.RUN_STATUSES:
+            raise ValueError(f"status must be one of {schema.RUN_STATUSES}, got {status!r}")
+        self._finished = True
+        if self.rank != 0:
+            return None
+        return self._write_manifest(status)
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._finished:
+            self.finish("interrupted" if exc_type is not None else "complete")
+
+
+def _activation_table(layer: str, sids: list[str], entries: Sequence[Mapping[str, Any]]) -> pa.Table:
+    b = len(sids)
+    if not entries:
+        raise ValueError(f"layer {layer!r}: no steps recorded")
+    entries = sorted(entries, key=lambda e: int(e["step"]))
+    steps = [int(e["step"]) for e in entries]
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"layer {layer!r}: duplicate steps {steps}")
+    arrays, shape = [], None
+    for e in entries:
+        unknown = set(e) - set(ACTIVATION_ENTRY_KEYS)
+        if unknown or "array" not in e:
+            raise ValueError(f"layer {layer!r}: activation entries need keys {list(ACTIVATION_ENTRY_KEYS)}, "
+                             f"unknown {sorted(unknown)}")
+        if e.get("reduce") not in schema.REDUCTIONS:
+            raise ValueError(f"layer {layer!r}: reduce must be one of {schema.REDUCTIONS}, got {e.get('reduce')!r}")
+        a = np.asarray(e["array"])
+        if a.ndim < 2 or a.shape[0] != b:
+            raise ValueError(f"layer {layer!r} step {e['step']}: array must be (batch={b}, ...), got {a.shape}")
+        if shape is None:
+            shape = a.shape[1:]
+        elif a.shape[1:] != shape:
+            raise ValueError(f"layer {layer!r}: steps have different shapes {shape} and {a.shape[1:]}")
+        arrays.append(a.reshape(b, -1))
+    dim = int(np.prod(shape))
+    s = len(entries)
+    flat = np.empty((s * b, dim), dtype=np.float16)
+    for k, a in enumerate(arrays):
+        flat[k * b:(k + 1) * b] = a  # casts to float16 while copying
+    dtype = pa.float16()
+    n_inf = int(np.isinf(flat).sum())
+    if n_inf and n_inf > sum(int(np.isinf(a).sum()) for a in arrays if a.dtype.kind == "f"):
+        # float16 overflowed (|x| > 65504): keep this part in float32 rather than lose the values.
+        log.warning("layer %r: values exceed float16 range; storing this part as float32", layer)
+        flat = np.concatenate([a.astype(np.float32) for a in arrays])
+        dtype = pa.float32()
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=dtype), dim)
+
+    rows = np.repeat(np.arange(s), b)  # row -> its step entry; rows are ordered (step, index)
+
+    def per_step(values, typ):
+        return pa.array(values, typ).take(rows)
+
+    def opt_float(v):
+        return None if v is None else float(v)
+
+    return pa.Table.from_arrays(
+        [
+            pa.array(sids * s, pa.string()),
+            pa.array(np.repeat(np.asarray(steps, dtype=np.int16), b)),
+            per_step([opt_float(e.get("timestep")) for e in entries], pa.float32()),
+            per_step([opt_float(e.get("sigma")) for e in entries], pa.float32()),
+            per_step([e["reduce"] for e in entries], pa.string()),
+            per_step([[int(x) for x in shape]] * s, pa.list_(pa.int32())),
+            per_step([None if e.get("layer_shape") is None else [int(x) for x in e["layer_shape"]]
+                      for e in entries], pa.list_(pa.int32())),
+            vec,
+        ],
+        schema=schema.activations_schema(dim, dtype),
+    )
+
+
+def _matrix(values) -> np.ndarray:
+    """A 2-D float array from an ndarray, a list of vectors, or an Arrow list column."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
+        values = values.to_pylist()
+    m = np.asarray(values) if isinstance(values, np.ndarray) else np.stack([np.asarray(v) for v in values])
+    if m.ndim != 2:
+        raise ValueError(f"embedding must be 2-D (rows, dim), got shape {m.shape}")
+    return m
+
+
+def _column(values, typ: pa.DataType) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks().cast(typ)
+    if isinstance(values, pa.Array):
+        return values.cast(typ)
+    return pa.array(list(values), typ)
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(folder) if e.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _unlink(path: Path) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except FileNotFoundError:
+        return 0
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+        return True
+    except Exception:
+        return False
