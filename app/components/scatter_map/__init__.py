@@ -1,0 +1,103 @@
+"""The Explore map as a Streamlit components v2 element around the plotly.js that the plotly package ships.
+
+The figure data does not travel with the element: the browser fetches the view's point file, its colour
+file and (after drawing) its per-point text from the app's static folder, and the thumbnails one by one on
+hover. What Python sends on each rerun is small: file URLs, the selection and the highlights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+_HERE = Path(__file__).parent
+_HTML = """
+<div class="dmv-wrap" data-testid="dmv-map">
+  <div class="dmv-plot"></div>
+  <div class="dmv-legend" hidden></div>
+  <div class="dmv-tip" hidden><img alt="preview"><div class="dmv-tip-text"></div></div>
+  <div class="dmv-status">Loading map…</div>
+</div>
+"""
+
+# Not isolated in a shadow root: plotly.js injects its modebar and drag styles into the document head.
+_component = st.components.v2.component(
+    "dmd2viz.scatter_map",
+    html=_HTML,
+    css=(_HERE / "map.css").read_text(encoding="utf-8"),
+    js=(_HERE / "map.js").read_text(encoding="utf-8"),
+    isolate_styles=False,
+)
+
+
+@dataclass(frozen=True)
+class MapEvent:
+    """What the user did on the map during the run that produced this event (or nothing)."""
+
+    clicked: str | None = None
+    selected: list[str] | None = None  # lasso/box selection; [] when cleared
+
+
+def scatter_map(
+    *,
+    plotly_url: str,
+    points_url: str,
+    color_url: str,
+    meta_url: str,
+    thumb_base: str,
+    revision: str,
+    selected: str | None = None,
+    knn: list[str] | None = None,
+    manual: list[str] | None = None,
+    highlight: list[str] | None = None,
+    height: int = 620,
+    point_size: float = 5.0,
+    filename: str = "map",
+    png_nonce: int = 0,
+    key: str = "explore_map",
+    on_click=None,
+    on_select=None,
+) -> MapEvent:
+    """Draw the map and return the click or lasso selection that triggered this run, if any.
+
+    ``revision`` is plotly's uirevision: keep it fixed for one projection so zoom and pan survive reruns.
+    ``png_nonce``: increase it to make the browser download the map as PNG (drawn client-side).
+    ``on_click``/``on_select`` are callbacks run before the script, like any widget's ``on_change``.
+    """
+    data: dict[str, Any] = {
+        "plotly_url": plotly_url,
+        "points_url": points_url,
+        "color_url": color_url,
+        "meta_url": meta_url,
+        "thumb_base": thumb_base,
+        "thumb_ext": ".webp",
+        "revision": revision,
+        "selected": selected,
+        "knn": list(knn or []),
+        "manual": list(manual or []),
+        "highlight": list(highlight) if highlight is not None else None,
+        "height": int(height),
+        "point_size": float(point_size),
+        "filename": filename,
+        "png_nonce": int(png_nonce),
+    }
+    result = _component(
+        key=key,
+        data=data,
+        height=int(height) + 2,
+        on_click_change=on_click or _noop,
+        on_select_change=on_select or _noop,
+    )
+    click = result.get("click") if hasattr(result, "get") else getattr(result, "click", None)
+    select = result.get("select") if hasattr(result, "get") else getattr(result, "select", None)
+    return MapEvent(
+        clicked=click.get("id") if isinstance(click, dict) else None,
+        selected=list(select.get("ids") or []) if isinstance(select, dict) else None,
+    )
+
+
+def _noop() -> None:
+    """Trigger values need a registered callback to be reported; the return value carries them."""

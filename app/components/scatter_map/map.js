@@ -1,0 +1,440 @@
+// The Explore map: a plotly.js WebGL scatter whose hover preview (thumbnail + metadata) is drawn here,
+// in the browser, from files the app serves statically; clicks and lasso/box selections go back to
+// Python as trigger values. Streamlit calls the default export again on every data change with the
+// same parentElement, so the plot is created once per element and then updated with Plotly.react and a
+// fixed uirevision: zoom and pan survive changes of selection, neighbours and highlight.
+
+const INSTANCES = new WeakMap();
+const JSON_CACHE = new Map(); // url -> Promise<object>, a few recent views only
+const JSON_CACHE_SIZE = 12;
+let plotlyPromise = null;
+
+function loadPlotly(url) {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!plotlyPromise) {
+    plotlyPromise = new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = url;
+      script.async = true;
+      script.onload = () => resolve(window.Plotly);
+      script.onerror = () => {
+        plotlyPromise = null;
+        reject(new Error(`could not load plotly.js from ${url}`));
+      };
+      document.head.appendChild(script);
+    });
+  }
+  return plotlyPromise;
+}
+
+function fetchJSON(url) {
+  if (!url) return Promise.resolve(null);
+  let promise = JSON_CACHE.get(url);
+  if (!promise) {
+    promise = fetch(url, { credentials: "same-origin" }).then((response) => {
+      if (!response.ok) throw new Error(`${response.status} fetching ${url}`);
+      return response.json();
+    });
+    promise.catch(() => JSON_CACHE.delete(url));
+    JSON_CACHE.set(url, promise);
+    while (JSON_CACHE.size > JSON_CACHE_SIZE) JSON_CACHE.delete(JSON_CACHE.keys().next().value);
+  }
+  return promise;
+}
+
+// Thumbnail file names: the sample id itself when it is URL- and file-safe, else its base64url form
+// (app/static_files.py names the files the same way).
+const SAFE_ID = /^[A-Za-z0-9._-]+$/;
+function thumbName(id) {
+  if (SAFE_ID.test(id)) return id;
+  const bytes = new TextEncoder().encode(id);
+  let binary = "";
+  bytes.forEach((b) => (binary += String.fromCharCode(b)));
+  return "b64-" + btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function cssVar(element, name, fallback) {
+  const value = getComputedStyle(element).getPropertyValue(name).trim();
+  return value || fallback;
+}
+
+function fieldValue(field, i) {
+  if (!field) return null;
+  const value = field.codes ? field.values[field.codes[i]] : field.values[i];
+  return value === undefined ? null : value;
+}
+
+function escapeHTML(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+class MapView {
+  constructor(root) {
+    this.root = root;
+    this.wrap = root.querySelector(".dmv-wrap");
+    this.plot = root.querySelector(".dmv-plot");
+    this.tip = root.querySelector(".dmv-tip");
+    this.legend = root.querySelector(".dmv-legend");
+    this.status = root.querySelector(".dmv-status");
+    this.seq = 0;
+    this.points = null; // {ids, x, y}
+    this.pointsUrl = null;
+    this.index = null; // Map id -> row
+    this.meta = null;
+    this.metaUrl = null;
+    this.color = null;
+    this.hidden = new Set(); // legend entries switched off
+    this.traceIds = []; // per trace: array of sample ids by point number
+    this.handlersAttached = false;
+    this.lastPng = null;
+    this.hoverId = null;
+    this.setTrigger = () => {};
+    window.dmvMap = this; // handle for the browser tests and the benchmark
+  }
+
+  async update(data) {
+    const seq = ++this.seq;
+    this.data = data;
+    this.wrap.style.height = `${data.height || 620}px`;
+    try {
+      const [Plotly, points, color] = await Promise.all([
+        loadPlotly(data.plotly_url),
+        fetchJSON(data.points_url),
+        fetchJSON(data.color_url),
+      ]);
+      if (seq !== this.seq) return; // a newer update superseded this one
+      if (points !== this.points) {
+        this.points = points;
+        this.pointsUrl = data.points_url;
+        this.index = new Map(points.ids.map((id, i) => [id, i]));
+        this.hidden.clear();
+      }
+      if (color !== this.color) {
+        this.color = color;
+        this.hidden.clear();
+      }
+      this.render(Plotly);
+      this.renderLegend();
+      this.status.textContent = "";
+      this.status.hidden = true;
+      this.wrap.dataset.ready = "1";
+      this.wrap.dataset.revision = data.revision;
+      this.wrap.dataset.points = String(points.ids.length);
+      this.wrap.dataset.selected = data.selected || "";
+      if (data.png_nonce && data.png_nonce !== this.lastPng) {
+        this.lastPng = data.png_nonce;
+        Plotly.downloadImage(this.plot, { format: "png", filename: data.filename || "map", scale: 2, width: this.plot.clientWidth, height: this.plot.clientHeight });
+      }
+      // Per-point text is fetched once the map is drawn, not before: the map never waits for it.
+      if (data.meta_url !== this.metaUrl) {
+        this.metaUrl = data.meta_url;
+        this.meta = null;
+        fetchJSON(data.meta_url).then((meta) => {
+          if (this.metaUrl === data.meta_url) {
+            this.meta = meta;
+            if (this.hoverId !== null) this.showTip(this.hoverId, null);
+          }
+        }, () => {});
+      }
+    } catch (error) {
+      if (seq !== this.seq) return;
+      this.status.hidden = false;
+      this.status.textContent = `The map could not be drawn: ${error.message}`;
+      this.wrap.dataset.error = error.message;
+    }
+  }
+
+  theme() {
+    return {
+      text: cssVar(this.wrap, "--st-text-color", "#31333f"),
+      bg: cssVar(this.wrap, "--st-background-color", "#ffffff"),
+      secondary: cssVar(this.wrap, "--st-secondary-background-color", "#f0f2f6"),
+      border: cssVar(this.wrap, "--st-border-color", "rgba(49,51,63,0.2)"),
+      font: cssVar(this.wrap, "--st-font", "sans-serif"),
+    };
+  }
+
+  baseColors() {
+    const color = this.color;
+    const n = this.points.ids.length;
+    if (!color || color.kind !== "category") return null;
+    const out = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const code = color.codes[i];
+      out[i] = this.hidden.has(code) ? "rgba(0,0,0,0)" : color.colors[code];
+    }
+    return out;
+  }
+
+  overlay(ids, marker, name) {
+    const xs = [];
+    const ys = [];
+    const kept = [];
+    for (const id of ids || []) {
+      const i = this.index.get(id);
+      if (i === undefined) continue;
+      xs.push(this.points.x[i]);
+      ys.push(this.points.y[i]);
+      kept.push(id);
+    }
+    return { trace: { type: "scattergl", mode: "markers", x: xs, y: ys, marker, name, hoverinfo: "none", showlegend: false }, ids: kept };
+  }
+
+  render(Plotly) {
+    const data = this.data;
+    const th = this.theme();
+    const size = data.point_size || 5;
+    const highlight = data.highlight;
+    const dim = Array.isArray(highlight) && highlight.length > 0;
+    const baseMarker = { size, opacity: dim ? 0.18 : 0.85, line: { width: 0 } };
+    const color = this.color;
+    if (color && color.kind === "numeric") {
+      Object.assign(baseMarker, {
+        color: color.values,
+        colorscale: "Viridis",
+        cmin: color.min,
+        cmax: color.max,
+        showscale: true,
+        colorbar: { title: { text: color.title, font: { color: th.text } }, thickness: 12, len: 0.6, tickfont: { color: th.text }, outlinewidth: 0 },
+      });
+    } else {
+      baseMarker.color = this.baseColors() || th.text;
+    }
+    const base = { type: "scattergl", mode: "markers", x: this.points.x, y: this.points.y, marker: baseMarker, hoverinfo: "none", name: "samples", showlegend: false };
+    const traces = [base];
+    this.traceIds = [this.points.ids];
+    const add = ({ trace, ids }) => {
+      traces.push(trace);
+      this.traceIds.push(ids);
+    };
+    if (dim) {
+      const hl = this.overlay(highlight, { size: size + 1, color: [], line: { width: 1, color: th.text } }, "matches");
+      const colors = this.baseColors();
+      hl.trace.marker.color = hl.ids.map((id) => (colors ? colors[this.index.get(id)] : th.text));
+      if (color && color.kind === "numeric") {
+        hl.trace.marker.color = hl.ids.map((id) => color.values[this.index.get(id)]);
+        Object.assign(hl.trace.marker, { colorscale: "Viridis", cmin: color.min, cmax: color.max });
+      }
+      add(hl);
+    }
+    add(this.overlay(data.knn, { size: size + 9, symbol: "circle-open", color: "#e8412c", line: { width: 1.5, color: "#e8412c" } }, "neighbours"));
+    add(this.overlay(data.manual, { size: size + 11, symbol: "circle-open", color: "#e8412c", line: { width: 3.5, color: "#e8412c" } }, "manual neighbours"));
+    add(this.overlay(data.selected ? [data.selected] : [], { size: size + 9, color: "#1f6feb", line: { width: 2, color: "#ffffff" } }, "selected"));
+
+    const axis = { visible: false, showgrid: false, zeroline: false, automargin: false };
+    const layout = {
+      uirevision: data.revision,
+      margin: { l: 8, r: 8, t: 8, b: 8 },
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "rgba(0,0,0,0)",
+      font: { color: th.text, family: th.font },
+      xaxis: axis,
+      yaxis: { ...axis, scaleanchor: "x", scaleratio: 1 },
+      dragmode: "pan",
+      hovermode: "closest",
+      hoverdistance: 12,
+      showlegend: false,
+      modebar: { bgcolor: "rgba(0,0,0,0)", color: th.text, activecolor: "#1f6feb", orientation: "v" },
+    };
+    const config = {
+      displaylogo: false,
+      scrollZoom: true,
+      responsive: true,
+      doubleClick: "reset",
+      modeBarButtonsToRemove: ["autoScale2d", "toggleSpikelines", "hoverClosestCartesian", "hoverCompareCartesian"],
+      toImageButtonOptions: { format: "png", filename: data.filename || "map", scale: 2 },
+    };
+    Plotly.react(this.plot, traces, layout, config);
+    if (!this.handlersAttached) this.attachHandlers();
+  }
+
+  idOf(point) {
+    const ids = this.traceIds[point.curveNumber];
+    return ids ? ids[point.pointNumber] : undefined;
+  }
+
+  attachHandlers() {
+    this.handlersAttached = true;
+    const plot = this.plot;
+    plot.on("plotly_hover", (event) => {
+      const point = event.points && event.points[0];
+      if (!point) return;
+      const id = this.idOf(point);
+      if (id === undefined) return;
+      const i = this.index.get(id);
+      if (this.color && this.color.kind === "category" && this.hidden.has(this.color.codes[i])) return;
+      this.showTip(id, event.event);
+    });
+    plot.on("plotly_unhover", () => this.hideTip());
+    plot.on("plotly_click", (event) => {
+      const point = event.points && event.points[0];
+      if (!point) return;
+      const id = this.idOf(point);
+      if (id !== undefined) this.setTrigger("click", { id, t: Date.now() });
+    });
+    plot.on("plotly_selected", (event) => {
+      if (!event) return;
+      const ids = [];
+      const seen = new Set();
+      for (const point of event.points || []) {
+        const id = this.idOf(point);
+        if (id !== undefined && !seen.has(id)) {
+          seen.add(id);
+          ids.push(id);
+        }
+      }
+      this.setTrigger("select", { ids, t: Date.now() });
+    });
+    plot.on("plotly_deselect", () => this.setTrigger("select", { ids: [], t: Date.now() }));
+    plot.on("plotly_relayout", () => this.hideTip());
+    this.plot.addEventListener("mouseleave", () => this.hideTip());
+  }
+
+  // Client coordinates of a point, for the browser tests and the benchmark.
+  pointPixel(id) {
+    const i = this.index.get(id);
+    if (i === undefined) return null;
+    const full = this.plot._fullLayout;
+    const rect = this.plot.getBoundingClientRect();
+    const xa = full.xaxis;
+    const ya = full.yaxis;
+    return { x: rect.left + xa._offset + xa.l2p(this.points.x[i]), y: rect.top + ya._offset + ya.l2p(this.points.y[i]) };
+  }
+
+  tipText(i) {
+    const meta = this.meta;
+    if (!meta) return `<div class="dmv-tip-title">${escapeHTML(this.points.ids[i])}</div><div class="dmv-tip-muted">loading details…</div>`;
+    const title = fieldValue(meta.title, i);
+    const rows = [];
+    for (const field of meta.fields || []) {
+      const value = fieldValue(field, i);
+      if (value === null || value === "") continue;
+      rows.push(`<tr><th>${escapeHTML(field.name)}</th><td>${escapeHTML(value)}</td></tr>`);
+    }
+    for (const [name, value] of meta.common || []) rows.push(`<tr><th>${escapeHTML(name)}</th><td>${escapeHTML(value)}</td></tr>`);
+    return `<div class="dmv-tip-title">${escapeHTML(title ?? this.points.ids[i])}</div><table>${rows.join("")}</table>`;
+  }
+
+  showTip(id, mouseEvent) {
+    const i = this.index.get(id);
+    if (i === undefined) return;
+    const tip = this.tip;
+    if (this.hoverId !== id) {
+      this.hoverId = id;
+      const img = tip.querySelector("img");
+      img.classList.remove("dmv-missing");
+      img.dataset.retries = "0";
+      img.dataset.id = id;
+      img.src = `${this.data.thumb_base}${thumbName(id)}${this.data.thumb_ext || ".webp"}`;
+    }
+    tip.querySelector(".dmv-tip-text").innerHTML = this.tipText(i);
+    tip.hidden = false;
+    tip.dataset.id = id;
+    const wrapRect = this.wrap.getBoundingClientRect();
+    let px;
+    let py;
+    if (mouseEvent && mouseEvent.clientX !== undefined) {
+      px = mouseEvent.clientX - wrapRect.left;
+      py = mouseEvent.clientY - wrapRect.top;
+    } else {
+      const p = this.pointPixel(id);
+      px = p.x - wrapRect.left;
+      py = p.y - wrapRect.top;
+    }
+    const w = tip.offsetWidth;
+    const h = tip.offsetHeight;
+    let left = px + 16;
+    if (left + w > wrapRect.width - 4) left = Math.max(4, px - w - 16);
+    let top = py + 12;
+    if (top + h > wrapRect.height - 4) top = Math.max(4, wrapRect.height - h - 4);
+    tip.style.left = `${left}px`;
+    tip.style.top = `${top}px`;
+  }
+
+  hideTip() {
+    this.hoverId = null;
+    this.tip.hidden = true;
+    delete this.tip.dataset.id;
+  }
+
+  renderLegend() {
+    const color = this.color;
+    const legend = this.legend;
+    if (!color || color.kind !== "category") {
+      legend.hidden = true;
+      legend.innerHTML = "";
+      return;
+    }
+    legend.hidden = false;
+    const order = color.names.map((_, code) => code).sort((a, b) => color.counts[b] - color.counts[a]);
+    const items = order.map((code) => {
+      const off = this.hidden.has(code) ? " dmv-off" : "";
+      return `<li class="dmv-legend-item${off}" data-code="${code}" title="click: hide or show · double-click: show only this">
+        <span class="dmv-swatch" style="background:${color.colors[code]}"></span>
+        <span class="dmv-legend-name">${escapeHTML(color.names[code])}</span>
+        <span class="dmv-legend-count">${color.counts[code]}</span></li>`;
+    });
+    legend.innerHTML = `<div class="dmv-legend-title">${escapeHTML(color.title)}</div><ul>${items.join("")}</ul>`;
+    legend.querySelectorAll(".dmv-legend-item").forEach((item) => {
+      const code = Number(item.dataset.code);
+      item.onclick = () => {
+        if (this.hidden.has(code)) this.hidden.delete(code);
+        else this.hidden.add(code);
+        this.render(window.Plotly);
+        this.renderLegend();
+      };
+      item.ondblclick = () => {
+        this.hidden = new Set(color.names.map((_, c) => c).filter((c) => c !== code));
+        this.render(window.Plotly);
+        this.renderLegend();
+      };
+    });
+  }
+
+  destroy() {
+    if (window.Plotly) window.Plotly.purge(this.plot);
+    if (window.dmvMap === this) window.dmvMap = undefined;
+  }
+}
+
+function wireThumbRetries(root) {
+  const img = root.querySelector(".dmv-tip img");
+  if (!img || img.dataset.wired) return;
+  img.dataset.wired = "1";
+  // A thumbnail may still be being exported when it is first hovered: retry a few times, then say so.
+  img.addEventListener("error", () => {
+    const retries = Number(img.dataset.retries || "0");
+    if (retries < 6) {
+      img.dataset.retries = String(retries + 1);
+      const src = img.src.split("?")[0];
+      setTimeout(() => {
+        if (img.dataset.id && img.src.split("?")[0] === src) img.src = `${src}?r=${retries + 1}`;
+      }, 400);
+    } else {
+      img.classList.add("dmv-missing");
+    }
+  });
+}
+
+export default function (component) {
+  const { data, parentElement, setTriggerValue } = component;
+  let view = INSTANCES.get(parentElement);
+  if (!view) {
+    view = new MapView(parentElement);
+    INSTANCES.set(parentElement, view);
+    wireThumbRetries(parentElement);
+  }
+  view.setTrigger = setTriggerValue;
+  view.update(data || {});
+  // Streamlit may call this cleanup while the element is only being re-rendered; tear down only once
+  // the element has really left the page.
+  return () => {
+    setTimeout(() => {
+      const host = parentElement.host || parentElement;
+      if (!host.isConnected && INSTANCES.get(parentElement) === view) {
+        view.destroy();
+        INSTANCES.delete(parentElement);
+      }
+    }, 1000);
+  };
+}

@@ -1,0 +1,316 @@
+"""Session state and URL state of the app, under app-owned keys.
+
+Everything the Explore page remembers between reruns lives in ``st.session_state`` under keys that start
+with ``dmd.``; the shareable part of it is mirrored in the URL query string so that a copied link reopens
+the same view (model, runs, layer, step, projection parameters, colouring, neighbours, selection).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import streamlit as st
+
+# Session keys (app-owned).
+STORE_PATH = "dmd.store_path"
+VIEW = "dmd.view"
+SELECTED = "dmd.selected"  # sample_id or None
+MANUAL = "dmd.manual"  # manual neighbours, in click order
+KNN_REMOVED = "dmd.knn_removed"  # kNN neighbours the user clicked away
+LASSO = "dmd.lasso"  # ids of the last lasso/box selection
+HIGHLIGHT = "dmd.highlight"  # ids highlighted from the URL (search results), or None
+PNG_NONCE = "dmd.png_nonce"
+URL_LOADED = "dmd.url_loaded"  # the URL has been read into the session once
+
+FEATURES = ("mean", "full", "pca")
+METRICS = ("euclidean", "cosine", "manhattan", "correlation")
+SPACES = ("map", "activation")
+FILTER_MODES = ("highlight", "project")
+N_NEIGHBORS_RANGE = (5, 100)
+MIN_DIST_RANGE = (0.0, 1.0)
+K_RANGE = (1, 20)
+
+
+def default_store_path() -> str:
+    """``DMD2VIZ_STORE`` if set, else ``./data``."""
+    return os.environ.get("DMD2VIZ_STORE") or "data"
+
+
+def store_path() -> str:
+    return st.session_state.get(STORE_PATH) or default_store_path()
+
+
+def is_default_store(path: str) -> bool:
+    return Path(path).expanduser().resolve() == Path(default_store_path()).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """What defines the Explore view; every field round-trips through the URL."""
+
+    model: str | None = None
+    runs: tuple[str, ...] = ()  # empty: all runs of the model
+    layer: str | None = None
+    step: int | None = None
+    feature: str = "mean"
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "euclidean"
+    color_by: str = "label"
+    classes: tuple[str, ...] = ()  # class/category filter (labels)
+    keyword: str = ""
+    filter_mode: str = "highlight"
+    k: int = 5
+    space: str = "map"
+
+    def validated(self) -> ViewSettings:
+        """Clamp numbers into range and replace unknown choices by defaults (URLs are user input)."""
+        d = ViewSettings()
+        return replace(
+            self,
+            feature=self.feature if self.feature in FEATURES else d.feature,
+            metric=self.metric if self.metric in METRICS else d.metric,
+            space=self.space if self.space in SPACES else d.space,
+            filter_mode=self.filter_mode if self.filter_mode in FILTER_MODES else d.filter_mode,
+            n_neighbors=min(max(int(self.n_neighbors), N_NEIGHBORS_RANGE[0]), N_NEIGHBORS_RANGE[1]),
+            min_dist=round(min(max(float(self.min_dist), MIN_DIST_RANGE[0]), MIN_DIST_RANGE[1]), 3),
+            k=min(max(int(self.k), K_RANGE[0]), K_RANGE[1]),
+        )
+
+
+# URL parameter name for each field (short, stable: links are shared).
+_URL_NAMES = {
+    "model": "model",
+    "runs": "runs",
+    "layer": "layer",
+    "step": "step",
+    "feature": "feat",
+    "n_neighbors": "nn",
+    "min_dist": "md",
+    "metric": "metric",
+    "color_by": "color",
+    "classes": "cls",
+    "keyword": "q",
+    "filter_mode": "fm",
+    "k": "k",
+    "space": "space",
+}
+_LIST_SEP = "~"  # never inside run ids, sample ids or class labels such as "207: golden retriever"
+
+
+def view_from_params(params: dict[str, str]) -> ViewSettings:
+    """Parse URL query parameters; anything malformed falls back to the default for that field."""
+    values: dict = {}
+    defaults = ViewSettings()
+    for f in fields(ViewSettings):
+        raw = params.get(_URL_NAMES[f.name])
+        if raw is None or raw == "":
+            continue
+        default = getattr(defaults, f.name)
+        try:
+            if isinstance(default, tuple):
+                values[f.name] = tuple(p for p in raw.split(_LIST_SEP) if p)
+            elif f.name == "step":
+                values[f.name] = int(raw)
+            elif isinstance(default, bool):
+                values[f.name] = raw in ("1", "true")
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        except ValueError:
+            continue
+    return ViewSettings(**values).validated()
+
+
+def view_to_params(view: ViewSettings) -> dict[str, str]:
+    """The query parameters of a view; fields at their default value are left out to keep links short."""
+    out: dict[str, str] = {}
+    defaults = ViewSettings()
+    for name, value in asdict(view).items():
+        if value == getattr(defaults, name) or value is None:
+            continue
+        if isinstance(value, (tuple, list)):
+            out[_URL_NAMES[name]] = _LIST_SEP.join(value)
+        else:
+            out[_URL_NAMES[name]] = str(value)
+    return out
+
+
+@dataclass
+class Selection:
+    """The selected sample and its neighbour edits."""
+
+    selected: str | None = None
+    manual: list[str] = field(default_factory=list)
+    knn_removed: list[str] = field(default_factory=list)
+
+
+def get_view() -> ViewSettings:
+    return st.session_state.get(VIEW) or ViewSettings()
+
+
+def set_view(view: ViewSettings) -> None:
+    st.session_state[VIEW] = view.validated()
+
+
+def get_selection() -> Selection:
+    return Selection(
+        selected=st.session_state.get(SELECTED),
+        manual=list(st.session_state.get(MANUAL, [])),
+        knn_removed=list(st.session_state.get(KNN_REMOVED, [])),
+    )
+
+
+def select(sample_id: str | None) -> None:
+    """Make ``sample_id`` the selected point; its neighbour edits start empty."""
+    st.session_state[SELECTED] = sample_id
+    st.session_state[MANUAL] = []
+    st.session_state[KNN_REMOVED] = []
+
+
+def clear_selection() -> None:
+    select(None)
+
+
+def toggle_neighbour(sample_id: str, knn: list[str]) -> str:
+    """A click on another point while one is selected; returns what happened.
+
+    A kNN neighbour is removed from the kNN list, a manual neighbour is removed, anything else becomes a
+    manual neighbour. Clicking the selected point itself does nothing.
+    """
+    selected = st.session_state.get(SELECTED)
+    if sample_id == selected:
+        return "none"
+    manual = list(st.session_state.get(MANUAL, []))
+    removed = list(st.session_state.get(KNN_REMOVED, []))
+    if sample_id in manual:
+        manual.remove(sample_id)
+        result = "removed manual"
+    elif sample_id in knn and sample_id not in removed:
+        removed.append(sample_id)
+        result = "removed knn"
+    else:
+        manual.append(sample_id)
+        result = "added manual"
+    st.session_state[MANUAL] = manual
+    st.session_state[KNN_REMOVED] = removed
+    return result
+
+
+def handle_click(sample_id: str, knn_of) -> str:
+    """Select on a first click, toggle a neighbour while a point is selected.
+
+    ``knn_of(selected) -> list[str]`` gives the current kNN list (computed only when needed).
+    """
+    selected = st.session_state.get(SELECTED)
+    if not selected:
+        select(sample_id)
+        return "selected"
+    return toggle_neighbour(sample_id, knn_of(selected))
+
+
+def find_neighbours() -> None:
+    """Recompute the kNN list of the selected point: clicked-away neighbours come back."""
+    st.session_state[KNN_REMOVED] = []
+
+
+# --- highlights passed in the URL (the Search page's "show on map") ----------------------------------
+
+_HIGHLIGHT_LIMIT = 64  # result sets kept in memory by the server
+
+
+@st.cache_resource
+def _highlight_registry() -> tuple[threading.Lock, OrderedDict]:
+    return threading.Lock(), OrderedDict()
+
+
+def register_highlight(sample_ids) -> str:
+    """Keep a set of sample ids on the server and return a short token for the URL (``?hl=s:<token>``).
+
+    Tokens live in memory for the life of the server process (the last 64 sets); a link to a forgotten
+    token opens the map without a highlight and says so.
+    """
+    lock, registry = _highlight_registry()
+    token = secrets.token_urlsafe(8)
+    with lock:
+        registry[token] = tuple(str(s) for s in sample_ids)
+        while len(registry) > _HIGHLIGHT_LIMIT:
+            registry.popitem(last=False)
+    return f"s:{token}"
+
+
+def highlight_param(sample_ids) -> str:
+    """The ``hl`` query value for a set of ids: the ids themselves when short, else a server token."""
+    ids = [str(s) for s in sample_ids]
+    joined = _LIST_SEP.join(ids)
+    if len(ids) <= 20 and len(joined) <= 600:
+        return joined
+    return register_highlight(ids)
+
+
+def highlight_ids_from_query(value: str | None = None) -> list[str] | None:
+    """The sample ids named by ``?hl=`` (a ``~``-separated id list or ``s:<token>``); None when absent.
+
+    Returns ``[]`` for a token the server no longer knows.
+    """
+    if value is None:
+        value = st.query_params.get("hl")
+    if not value:
+        return None
+    if value.startswith("s:"):
+        lock, registry = _highlight_registry()
+        with lock:
+            ids = registry.get(value[2:])
+        return list(ids) if ids is not None else []
+    return [p for p in value.split(_LIST_SEP) if p]
+
+
+# --- URL <-> session ---------------------------------------------------------------------------------
+
+
+def load_from_url_once() -> None:
+    """Read the view, selection and highlight from the URL into a new session (only once per session)."""
+    if st.session_state.get(URL_LOADED):
+        return
+    st.session_state[URL_LOADED] = True
+    params = {k: st.query_params.get(k) for k in st.query_params}
+    if params.get("store"):
+        st.session_state[STORE_PATH] = params["store"]
+    st.session_state[VIEW] = view_from_params(params)
+    select(params.get("sel") or None)
+    if params.get("man"):
+        st.session_state[MANUAL] = [p for p in params["man"].split(_LIST_SEP) if p]
+    if params.get("hl"):
+        st.session_state[HIGHLIGHT] = highlight_ids_from_query(params["hl"])
+        st.session_state["dmd.hl_param"] = params["hl"]
+
+
+def sync_url() -> None:
+    """Write the current view and selection to the URL (only the keys that differ from the defaults)."""
+    params = view_to_params(get_view())
+    path = store_path()
+    if not is_default_store(path):
+        params["store"] = path
+    sel = get_selection()
+    if sel.selected:
+        params["sel"] = sel.selected
+        if sel.manual:
+            params["man"] = _LIST_SEP.join(sel.manual)
+    if st.session_state.get(HIGHLIGHT) is not None and st.session_state.get("dmd.hl_param"):
+        params["hl"] = st.session_state["dmd.hl_param"]
+    current = {k: st.query_params.get(k) for k in st.query_params}
+    if current != params:
+        st.query_params.from_dict(params)
+
+
+def clear_highlight() -> None:
+    st.session_state[HIGHLIGHT] = None
+    st.session_state.pop("dmd.hl_param", None)

@@ -1,0 +1,123 @@
+"""Synthetic stores for the app tests, the browser tests and the app benchmark.
+
+Written through the real `store.RunWriter`, so the app reads them exactly as it reads a generated store.
+Images are small digit tiles (a coloured square with the digit drawn on it), activations are Gaussian
+clusters per class, so a projection shows clusters and a hover preview shows a recognisable image.
+
+* ``build_app_store(root)``: two models ("digits": two runs, three steps, two layers; "words": prompts with
+  categories, one step) — small enough for AppTest (a few hundred samples).
+* ``build_points_store(root, n)``: one model, one run, one step, ``n`` samples (the benchmark's 10k/50k).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+PALETTE = ((231, 76, 60), (52, 152, 219), (46, 204, 113), (155, 89, 182), (241, 196, 15),
+           (230, 126, 34), (26, 188, 156), (52, 73, 94), (236, 64, 122), (127, 140, 141))
+PROMPTS = (
+    ("a red sports car on a mountain road", "vehicles"),
+    ("a vintage bicycle leaning on a wall", "vehicles"),
+    ("a cargo ship in a storm", "vehicles"),
+    ("a golden retriever playing in snow", "animals"),
+    ("a cat sleeping on a windowsill", "animals"),
+    ("an owl at night in a pine forest", "animals"),
+    ("a bowl of ramen with chopsticks", "food"),
+    ("a stack of blueberry pancakes", "food"),
+)
+SIGMAS = (14.6, 2.5, 0.3)
+
+
+def _tile(digit: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    color = np.array(PALETTE[digit % 10], dtype=np.int16)
+    jitter = rng.integers(-25, 26, size=3)
+    img = Image.new("RGB", (size, size), tuple(int(c) for c in np.clip(color + jitter, 0, 255)))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=int(size * 0.8)) if size >= 16 else ImageFont.load_default()
+    draw.text((size / 2, size / 2), str(digit % 10), fill=(255, 255, 255), font=font, anchor="mm")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _clustered(labels: np.ndarray, dim: int, rng: np.random.Generator, spread: float, centers=None):
+    n_labels = int(labels.max()) + 1
+    if centers is None:
+        centers = rng.normal(0, 3.0, size=(n_labels, dim))
+    return (centers[labels] + rng.normal(0, spread, size=(len(labels), dim))).astype(np.float32), centers
+
+
+def _write_class_run(root, model, run_id, layers, n, steps, seed, image_size=32, batch=100):
+    from store import RunWriter
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    centers = {layer: None for layer in layers}
+    manifest = dict(run_id=run_id, model=model, family="synthetic", checkpoint="synthetic",
+                    checkpoint_sha256=f"synthetic-{model}", layers=list(layers), seed=seed, num_samples=n,
+                    reduce={layer: "mean" for layer in layers},
+                    settings={"steps": len(steps), "sigmas": list(steps), "resolution": image_size})
+    with RunWriter(root, manifest) as writer:
+        for first in range(0, n, batch):
+            idx = np.arange(first, min(n, first + batch))
+            lab = labels[idx]
+            samples = [dict(seed=int(seed * 100000 + i), class_id=int(c), class_name=DIGITS[c],
+                            category=DIGITS[c], label=f"{c}: {DIGITS[c]}", num_steps=len(steps))
+                       for i, c in zip(idx, lab, strict=True)]
+            images = [_tile(int(c), image_size, rng) for c in lab]
+            acts = {}
+            for li, layer in enumerate(layers):
+                dim = 16 + 8 * li
+                entries = []
+                for s, sigma in enumerate(steps):
+                    arr, centers[layer] = _clustered(lab, dim, rng, spread=0.6 + 0.5 * s, centers=centers[layer])
+                    entries.append(dict(step=s, timestep=None, sigma=float(sigma), reduce="mean",
+                                        layer_shape=(dim, 4, 4), array=arr))
+                acts[layer] = entries
+            writer.write_batch(idx, samples, images, acts)
+    return run_id
+
+
+def _write_prompt_run(root, model, run_id, n, seed, image_size=32):
+    from store import RunWriter
+
+    rng = np.random.default_rng(seed)
+    pidx = np.arange(n) % len(PROMPTS)
+    cats = sorted({c for _, c in PROMPTS})
+    manifest = dict(run_id=run_id, model=model, family="synthetic-t2i", checkpoint="synthetic",
+                    checkpoint_sha256=f"synthetic-{model}", layers=["mid_block"], seed=seed, num_samples=n,
+                    reduce={"mid_block": "mean"}, settings={"steps": 1, "resolution": image_size})
+    with RunWriter(root, manifest) as writer:
+        samples = [dict(seed=int(seed * 100000 + i), prompt=PROMPTS[p][0], prompt_index=int(p),
+                        category=PROMPTS[p][1], label=PROMPTS[p][0], num_steps=1)
+                   for i, p in enumerate(pidx)]
+        images = [_tile(cats.index(PROMPTS[p][1]) * 3, image_size, rng) for p in pidx]
+        arr, _ = _clustered(pidx, 24, rng, spread=0.8)
+        acts = {"mid_block": [dict(step=0, timestep=999.0, sigma=14.6, reduce="mean", layer_shape=(24, 4, 4),
+                                   array=arr)]}
+        writer.write_batch(np.arange(n), samples, images, acts)
+        emb = rng.normal(size=(len(PROMPTS), 8)).astype(np.float32)
+        writer.write_text_embeddings({"prompt_index": list(range(len(PROMPTS))),
+                                      "prompt": [p for p, _ in PROMPTS],
+                                      "category": [c for _, c in PROMPTS], "embedding": emb})
+    return run_id
+
+
+def build_app_store(root: str | Path, per_run: int = 120) -> Path:
+    """Two models, three runs: the fixture of the app tests (about a second to build)."""
+    root = Path(root)
+    _write_class_run(root, "digits", "digits-a", ("encoder_bottleneck", "midblock"), per_run, SIGMAS, seed=1)
+    _write_class_run(root, "digits", "digits-b", ("encoder_bottleneck", "midblock"), per_run // 2, SIGMAS,
+                     seed=2)
+    _write_prompt_run(root, "words", "words-a", 48, seed=3)
+    return root
+
+
+def build_points_store(root: str | Path, n: int, image_size: int = 24) -> Path:
+    """One model, one run, one step with ``n`` samples: the benchmark store."""
+    root = Path(root)
+    _write_class_run(root, "points", f"points-{n}", ("midblock",), n, (1.0,), seed=7, image_size=image_size,
+                     batch=1000)
+    return root
