@@ -33,6 +33,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,8 @@ _PREFIX = "SELECT DISTINCT sample_id FROM samples WHERE (\n"
 _SUFFIX = "\n)"
 _USER_TABLES = {"samples"}
 _ALLOWED_FROM = {"BASE_TABLE", "JOIN", "SUBQUERY", "EMPTY", "EXPRESSION_LIST"}
+_FROM_NAMES = {"SHOW_REF": "DESCRIBE / SHOW / SUMMARIZE", "PIVOT": "PIVOT / UNPIVOT", "COLUMN_DATA": "a data scan",
+               "DELIM_GET": "an internal scan", "CTE": "a CTE"}
 # Functions that read the database's state or configuration, change state, or only waste time.
 _DENIED_FUNCTIONS = {
     "getvariable", "current_setting", "current_query", "current_query_id", "current_connection_id",
@@ -350,17 +353,27 @@ def _check_table_ref(ref, clause: str, nearest: int | None) -> None:
         raise SearchError(f"table functions such as {fn}() are not allowed: only the `samples` table can be queried",
                           pos, clause, kind="refused")
     if typ not in _ALLOWED_FROM:
-        raise SearchError(f"{str(typ).lower().replace('_', ' ')} is not allowed in a search: "
-                          "only the `samples` table can be queried", pos, clause, kind="refused")
+        what = _FROM_NAMES.get(str(typ), str(typ).lower().replace("_", " "))
+        raise SearchError(f"{what} is not allowed in a search: only the `samples` table can be queried",
+                          pos, clause, kind="refused")
     if typ == "BASE_TABLE":
         name = str(ref.get("table_name", ""))
-        if ref.get("schema_name") or ref.get("catalog_name") or name.lower() not in _USER_TABLES or ref.get("at_clause"):
+        if ref.get("at_clause"):
+            raise SearchError("time travel (AT ...) is not allowed in a search", pos, clause, kind="refused")
+        if ref.get("schema_name") or ref.get("catalog_name") or name.lower() not in _USER_TABLES:
             qualified = ".".join(p for p in (ref.get("catalog_name"), ref.get("schema_name"), name) if p)
             raise SearchError(f"unknown table {qualified!r}: only the `samples` table can be queried",
                               pos, clause, kind="refused")
     if typ == "JOIN":
         _check_table_ref(ref.get("left"), clause, pos)
         _check_table_ref(ref.get("right"), clause, pos)
+
+
+def _statement_count(cur, statement: str) -> int:
+    try:
+        return len(cur.extract_statements(statement))
+    except duckdb.Error:
+        return 1
 
 
 _LINE_RE = re.compile(r"\n*LINE (\d+): (.*)\n( *)\^")
@@ -413,11 +426,13 @@ class SafeSearch:
         self.models = sorted(set(samples.column("model").drop_null().to_pylist()))
         self._con = _open_sandbox(samples, steps, memory_limit, threads)
         self._lock = threading.Lock()
+        # closes the connection when this object is collected or at interpreter exit, whichever comes first
+        self._finalizer = weakref.finalize(self, self._con.close)
 
     def close(self) -> None:
         with self._lock:
             if self._con is not None:
-                self._con.close()
+                self._finalizer()
                 self._con = None
 
     def __enter__(self) -> SafeSearch:
@@ -521,9 +536,11 @@ class SafeSearch:
             kind = "syntax" if parsed.get("error_type") == "parser" else "refused"
             pos = parsed.get("position")
             pos = min(max(int(pos) - len(_PREFIX), 0), len(clause)) if pos not in (None, "") else None
-            if kind == "refused" or (pos is not None and clause[pos:pos + 1] == ";"):
-                # e.g. a second statement that is not a SELECT
-                message = "only one condition is allowed: no second statement, no ';'"
+            if (pos is not None and clause[pos:pos + 1] == ";") or (
+                    kind == "refused" and _statement_count(cur, statement) > 1):
+                kind, message = "refused", "only one condition is allowed: no second statement, no ';'"
+            elif kind == "refused":
+                message = f"not allowed in a search: {message}"
             raise SearchError(message, pos, clause, kind=kind)
         statements = parsed.get("statements", [])
         if len(statements) != 1:
