@@ -116,8 +116,8 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         "run_id": run_id, "model": adapter.name, "family": adapter.family,
         "checkpoint": ident.get("checkpoint"), "checkpoint_sha256": ident.get("checkpoint_sha256"),
         "base_model": ident.get("base_model"), "layers": list(paths), "reduce": reductions,
-        "settings": {**ident.get("settings", {}), **(settings or {}), "batch_size": batch_size,
-                     "layer_paths": paths, "layer_shapes": {k: list(shapes[k]) for k in paths}},
+        # settings decide what a sample is; the batch size does not, so a resume may change it
+        "settings": {**ident.get("settings", {}), **(settings or {}), "layer_paths": paths, "layer_shapes": {k: list(shapes[k]) for k in paths}},
         "seed": seed, "num_samples": num_samples, "code_version": code_version(),
         "device": str(next(adapter.root.parameters()).device),
     }
@@ -146,7 +146,7 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
                 seeds = [sample_seed(seed, int(i)) for i in indices]
                 images = adapter.sample(seeds, conditions, recorder)
                 activations = recorder.pop()
-                rows = [_sample_row(run_id, int(i), s, c, adapter) for i, s, c in zip(indices, seeds, conditions)]
+                rows = [_sample_row(s, c, adapter) for s, c in zip(seeds, conditions, strict=True)]
                 writer.write_batch(indices, rows, list(images), activations)
                 bar.update(len(indices))
                 if on_batch is not None:
@@ -164,10 +164,10 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
                           seconds)
 
 
-def _sample_row(run_id: str, index: int, seed: int, cond, adapter: Adapter) -> dict:
+def _sample_row(seed: int, cond, adapter: Adapter) -> dict:
+    """The sample's metadata; the writer adds sample_id, run_id, index, image path and thumbnail."""
     return {
-        "sample_id": f"{run_id}-{index:08d}", "run_id": run_id, "index": index, "seed": seed,
-        "class_id": cond.class_id, "class_name": cond.class_name, "prompt": cond.prompt,
+        "seed": seed, "class_id": cond.class_id, "class_name": cond.class_name, "prompt": cond.prompt,
         "prompt_index": cond.prompt_index, "category": cond.category, "label": cond.label,
         "num_steps": getattr(adapter, "num_steps", 1),
     }
