@@ -177,3 +177,8 @@ def test_round_trips_state_dict_strictly():
 def test_bad_config_names_the_problem():
     with pytest.raises(ValueError, match="not divisible"):
         EDMPrecond(img_resolution=18, img_channels=3, label_dim=0, model_channels=32, channel_mult=(1, 2, 2))
+
+
+def test_width_that_group_norm_cannot_split_is_explained():
+    with pytest.raises(ValueError, match="144 channels cannot be group-normalised"):
+        EDMPrecond(img_resolution=16, img_channels=3, label_dim=0, model_channels=48, channel_mult=(1, 3))
