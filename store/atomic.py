@@ -1,7 +1,10 @@
-"""Atomic file writes: staging name in the same folder, flush + fsync, rename over the final name.
+"""Atomic file writes: staging name in the same folder, flush (+ fsync), rename over the final name.
 
-A reader (or a crash) sees either no file or the whole file, never a prefix. Staging names
-(`<final>.tmp-<pid>-<random>`) never end in `.parquet`/`.png`, so globs on the final names skip them.
+A reader, or a process killed at any instant, sees either no file or the whole file, never a prefix:
+that needs only flush + rename, because every process shares the page cache. `durable=True` also
+fsyncs the file before the rename and its folder after, so the rename survives a power loss too.
+Staging names (`<final>.tmp-<pid>-<random>`) never end in `.parquet`/`.png`, so globs on final names
+skip them.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ def staging_path(final: Path) -> Path:
     return final.with_name(f"{final.name}{STAGING_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform lets you open a directory.
+def fsync_dir(folder: Path) -> None:
+    """Make renames in `folder` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -39,45 +42,101 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(final: Path, write: Callable[[Any], None]) -> Path:
-    """Call `write(fileobj)` on a staging file, fsync it, then rename it to `final`."""
-    final = Path(final)
+def _write_staging(final: Path, write: Callable[[Any], None], durable: bool) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(final)
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write(final: Path, write: Callable[[Any], None], durable: bool = True) -> Path:
+    """Call `write(fileobj)` on a staging file, flush (and fsync), then rename it to `final`."""
+    final = Path(final)
+    tmp = _write_staging(final, write, durable)
+    try:
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(final.parent)
+    if durable:
+        fsync_dir(final.parent)
     return final
 
 
-def atomic_write_bytes(final: Path, data: bytes) -> Path:
-    return atomic_write(final, lambda f: f.write(data))
-
-
-def atomic_write_parquet(
-    final: Path,
-    table: pa.Table,
-    metadata: Mapping[bytes, bytes] | None = None,
-    **write_options: Any,
-) -> Path:
-    """Write `table` as Parquet atomically; `metadata` is merged into the schema key-value metadata.
-
-    Page checksums are on by default so that `verify` can tell a flipped bit from good data.
-    """
-    write_options.setdefault("write_page_checksum", True)
+def _parquet_writer(table: pa.Table, metadata: Mapping[bytes, bytes] | None, options: dict):
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update(metadata)
         table = table.replace_schema_metadata(merged)
-    return atomic_write(final, lambda f: pq.write_table(table, f, **write_options))
+    # Page checksums let `verify` tell a flipped bit from good data.
+    options.setdefault("write_page_checksum", True)
+    return lambda f: pq.write_table(table, f, **options)
+
+
+def atomic_write_bytes(final: Path, data: bytes, durable: bool = True) -> Path:
+    return atomic_write(final, lambda f: f.write(data), durable)
+
+
+def atomic_write_parquet(final: Path, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None,
+                         durable: bool = True, **write_options: Any) -> Path:
+    """Write `table` as Parquet atomically; `metadata` is merged into the schema key-value metadata."""
+    return atomic_write(final, _parquet_writer(table, metadata, write_options), durable)
+
+
+class StagedFiles:
+    """Several files written to staging names first, then renamed together by `commit()`.
+
+    With `durable`, each file is fsynced when written and each folder once after the renames (instead
+    of once per file). Leaving the `with` block without `commit()` removes the staging files.
+    """
+
+    def __init__(self, durable: bool = True):
+        self.durable = durable
+        self._pending: list[tuple[Path, Path]] = []
+
+    def write_bytes(self, final: Path, data: bytes) -> None:
+        final = Path(final)
+        self._pending.append((_write_staging(final, lambda f: f.write(data), self.durable), final))
+
+    def write_parquet(self, final: Path, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None,
+                      **write_options: Any) -> None:
+        final = Path(final)
+        writer = _parquet_writer(table, metadata, write_options)
+        self._pending.append((_write_staging(final, writer, self.durable), final))
+
+    def commit(self) -> None:
+        folders = []
+        while self._pending:
+            tmp, final = self._pending[0]
+            os.replace(tmp, final)
+            self._pending.pop(0)
+            if final.parent not in folders:
+                folders.append(final.parent)
+        if self.durable:
+            for folder in folders:
+                fsync_dir(folder)
+
+    def abort(self) -> None:
+        for tmp, _ in self._pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._pending.clear()
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
 
 
 def json_bytes(value: Any) -> bytes:

@@ -33,6 +33,8 @@ from .atomic import atomic_write_parquet, json_bytes
 
 log = logging.getLogger(__name__)
 
+_STEP_COLUMNS = ["sample_id", "step", "timestep", "sigma", "dtype", "vector"]
+_SHAPE_COLUMNS = ["reduce", "shape", "layer_shape"]
 _HIVE = "hive_partitioning=true, hive_types_autocast=false, union_by_name=true"
 
 # DuckDB types of each view, used to build an empty view when a store has no files yet.
@@ -122,7 +124,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self._con = duckdb.connect()
+        self._con: duckdb.DuckDBPyConnection | None = None  # opened on first use (costs ~30 ms)
         self._con_lock = threading.Lock()
         self._footers = _FooterCache()
         self._skip_lock = threading.Lock()
@@ -179,6 +181,8 @@ class Store:
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         with self._con_lock:
+            if self._con is None:
+                self._con = duckdb.connect()
             return self._con.cursor()
 
     def _scan(self, files: Sequence[Path], kind: str, build_sql, params: dict | None = None,
@@ -377,10 +381,11 @@ class Store:
         hit = self._ids_cache.get(key)
         if hit is not None:
             return hit
-        if not self._good(path, "samples"):
+        md = self._good(path, "samples")
+        if md is None:
             return None
         try:
-            t = pq.read_table(path, columns=["sample_id", "index"])
+            t = pq.ParquetFile(path, metadata=md).read(columns=["sample_id", "index"])
         except Exception as e:
             self._footers.mark_bad(path, str(e))
             self._skip(path, f"{type(e).__name__}: {e}")
@@ -429,7 +434,13 @@ class Store:
                 chunks.append((run, t))
         if not chunks:
             return _empty_activations(model, layer, step)
-        return _assemble(chunks, order_ids, model, layer, step)
+        return _assemble(chunks, order_ids, model, layer, step, self._shape_info(parts[0][1]))
+
+    def _shape_info(self, path: Path) -> dict:
+        """reduce, shape and layer_shape of a part (one value for all its rows), from its first row."""
+        md = self._good(path, "activations")
+        t = pq.ParquetFile(path, metadata=md).read_row_group(0, columns=_SHAPE_COLUMNS).slice(0, 1).to_pylist()
+        return t[0] if t else {}
 
     def _steps_in(self, parts: list[tuple[str, Path]]) -> list[int]:
         """Steps recorded in `parts`, from row-group statistics (one row group per step) where possible."""
@@ -468,7 +479,7 @@ class Store:
                     groups.append(i)
             if not groups:
                 return None
-            t = pq.ParquetFile(path, metadata=md, memory_map=True).read_row_groups(groups)
+            t = pq.ParquetFile(path, metadata=md).read_row_groups(groups, columns=_STEP_COLUMNS)
         except Exception as e:
             self._footers.mark_bad(path, str(e))
             self._skip(path, f"{type(e).__name__}: {e}")
@@ -639,13 +650,16 @@ class Store:
         runs = self._run_files()
         sample_cols = {f.name: f.type for f in schema.SAMPLES} | {"model": pa.string(), "run_id": pa.string()}
         act_cols = {f.name: f.type for f in schema.ACTIVATION_META} | {
-            "vector": "FLOAT[]", "model": pa.string(), "layer": pa.string(), "run_id": pa.string()}
+            "dtype": pa.string(), "vector": "FLOAT[]", "model": pa.string(), "layer": pa.string(),
+            "run_id": pa.string()}
+        cur.create_function("vector_values", _vector_values_udf, ["BLOB", "VARCHAR"], "FLOAT[]", type="arrow")
         for name, files, cols, hive in (("samples", samples, sample_cols, True),
                                         ("activations", acts, act_cols, True),
                                         ("runs", runs, {f.name: f.type for f in schema.RUNS}, False)):
             if files:
                 src = _read_parquet(files, hive=hive)
-                cur.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {src}")
+                star = "* REPLACE (vector_values(vector, dtype) AS vector)" if name == "activations" else "*"
+                cur.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {star} FROM {src}")
             else:
                 select = ", ".join(f"CAST(NULL AS {t if isinstance(t, str) else _DUCK_TYPES[t]}) AS {_q(c)}"
                                    for c, t in cols.items())
@@ -653,7 +667,10 @@ class Store:
         return cur
 
     def close(self) -> None:
-        self._con.close()
+        with self._con_lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -691,11 +708,11 @@ def _empty_samples(cols: Sequence[str]) -> pd.DataFrame:
 
 
 def _assemble(chunks: list[tuple[str, pa.Table]], order_ids: pa.Array, model: str, layer: str,
-              step: int) -> Activations:
+              step: int, info: dict) -> Activations:
     """Stack the vectors of `chunks` into one float32 matrix ordered like `order_ids` (no per-row Python)."""
-    dims = {}
+    dims: dict[int, set[str]] = {}
     for run, t in chunks:
-        dims.setdefault(t.schema.field("vector").type.list_size, set()).add(run)
+        dims.setdefault(_vector_dim(t), set()).add(run)
     if len(dims) > 1:
         detail = "; ".join(f"{d} values: runs {sorted(r)}" for d, r in sorted(dims.items()))
         raise ValueError(f"{model}/{layer} has vectors of different sizes across runs ({detail}); "
@@ -705,10 +722,10 @@ def _assemble(chunks: list[tuple[str, pa.Table]], order_ids: pa.Array, model: st
     matrix = np.empty((n, dim), dtype=np.float32)
     row = 0
     for _, t in chunks:
+        dtype = _vector_dtype(t)
         for chunk in t["vector"].chunks:
-            flat = chunk.flatten().to_numpy(zero_copy_only=False)
             k = len(chunk)
-            matrix[row:row + k] = flat.reshape(k, dim)
+            matrix[row:row + k] = vectors_to_numpy(chunk, dtype).reshape(k, dim)  # casts while copying
             row += k
     ids = _concat(chunks, "sample_id").combine_chunks()
     if isinstance(ids, pa.DictionaryArray):
@@ -734,10 +751,61 @@ def _assemble(chunks: list[tuple[str, pa.Table]], order_ids: pa.Array, model: st
         timesteps, sigmas = timesteps[sel], sigmas[sel]
     ts0 = first_t["timestep"][0].as_py()
     sg0 = first_t["sigma"][0].as_py()
-    shape = tuple(first_t["shape"][0].as_py() or ())
-    layer_shape = tuple(first_t["layer_shape"][0].as_py() or ())
-    return Activations(sample_ids, matrix, shape, first_t["reduce"][0].as_py(), layer_shape, ts0, sg0,
-                       model, layer, step, run_ids, timesteps, sigmas)
+    return Activations(sample_ids, matrix, tuple(info.get("shape") or ()), info.get("reduce") or "",
+                       tuple(info.get("layer_shape") or ()), ts0, sg0, model, layer, step, run_ids, timesteps, sigmas)
+
+
+def _vector_dtype(t: pa.Table) -> str:
+    if "dtype" not in t.column_names or t.num_rows == 0:
+        return "float16"
+    dtype = t["dtype"][0].as_py() or "float16"
+    if dtype not in schema.VECTOR_DTYPES:
+        raise ValueError(f"unknown vector dtype {dtype!r}; valid: {list(schema.VECTOR_DTYPES)}")
+    return dtype
+
+
+def _vector_dim(t: pa.Table) -> int:
+    return t.schema.field("vector").type.byte_width // schema.VECTOR_DTYPES[_vector_dtype(t)]
+
+
+def vectors_to_numpy(arr: pa.Array, dtype: str = "float16") -> np.ndarray:
+    """The values of a binary vector column chunk as a flat numpy array (zero-copy for fixed-size binary)."""
+    np_dtype = np.dtype("<f2" if dtype == "float16" else "<f4")
+    n = len(arr)
+    if pa.types.is_fixed_size_binary(arr.type):
+        width = arr.type.byte_width
+        return np.frombuffer(arr.buffers()[1], dtype=np_dtype, count=n * width // np_dtype.itemsize,
+                             offset=arr.offset * width)
+    # variable binary (what DuckDB hands a UDF): one contiguous data buffer between the first and last offset
+    off_type = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=off_type, count=n + 1, offset=arr.offset * off_type().itemsize)
+    data = arr.buffers()[2]
+    if data is None:
+        return np.zeros(0, dtype=np_dtype)
+    return np.frombuffer(data, dtype=np_dtype, count=int(offsets[-1] - offsets[0]) // np_dtype.itemsize,
+                         offset=int(offsets[0]))
+
+
+def _vector_values_udf(vector, dtype) -> pa.Array:
+    """DuckDB function vector_values(vector BLOB, dtype VARCHAR) -> FLOAT[] (the decoded values)."""
+    if isinstance(vector, pa.ChunkedArray):
+        vector = vector.combine_chunks()
+    if isinstance(dtype, pa.ChunkedArray):
+        dtype = dtype.combine_chunks()
+    kinds = {d for d in dtype.unique().to_pylist() if d is not None} or {"float16"}
+    if len(kinds) == 1 and not pa.types.is_fixed_size_binary(vector.type) and vector.null_count == 0:
+        kind = kinds.pop()
+        size = schema.VECTOR_DTYPES[kind]
+        values = vectors_to_numpy(vector, kind).astype(np.float32)
+        off_type = np.int64 if pa.types.is_large_binary(vector.type) else np.int32
+        off = np.frombuffer(vector.buffers()[1], dtype=off_type, count=len(vector) + 1,
+                            offset=vector.offset * np.dtype(off_type).itemsize)
+        return pa.ListArray.from_arrays(pa.array(((off - off[0]) // size).astype(np.int32)), pa.array(values))
+    out = []  # mixed dtypes or nulls in one chunk: rare, decode row by row
+    for blob, kind in zip(vector.to_pylist(), dtype.to_pylist(), strict=True):
+        np_dtype = "<f4" if kind == "float32" else "<f2"
+        out.append(None if blob is None else np.frombuffer(blob, dtype=np_dtype).astype(np.float32).tolist())
+    return pa.array(out, pa.list_(pa.float32()))
 
 
 def _leaf_index(md: pq.FileMetaData, name: str) -> int:

@@ -45,15 +45,20 @@ ACTIVATION_META = pa.schema(
 
 REDUCTIONS = ("mean", "pool4", "full")
 FLOAT16_MAX = 65504.0
+VECTOR_DTYPES = {"float16": 2, "float32": 4}  # dtype column value -> bytes per value (little-endian)
 
 
-def vector_type(dim: int, dtype: pa.DataType | None = None) -> pa.DataType:
-    return pa.list_(pa.field("item", dtype or pa.float16()), dim)
+def activations_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """Activation part schema for vectors of `dim` values.
 
-
-def activations_schema(dim: int, dtype: pa.DataType | None = None) -> pa.Schema:
-    """Activation part schema for vectors of `dim` values (float16; float32 only when float16 overflows)."""
-    return ACTIVATION_META.append(pa.field("vector", vector_type(dim, dtype)))
+    `vector` is one fixed-size binary value per row: the `dim` values, little-endian, of type `dtype`
+    (float16; float32 only for a part whose values overflow float16). A binary cell rather than a list
+    of halffloats: Parquet list columns encode a repetition level per value, which made writes ~8x
+    and reads ~4x slower (see docs/store-format.md).
+    """
+    return ACTIVATION_META.append(pa.field("dtype", pa.string())).append(
+        pa.field("vector", pa.binary(dim * VECTOR_DTYPES[dtype]), nullable=False)
+    )
 
 
 RUNS = pa.schema(
@@ -94,7 +99,8 @@ TEXT_EMBEDDINGS_META = pa.schema(
 
 
 def text_embeddings_schema(dim: int) -> pa.Schema:
-    return TEXT_EMBEDDINGS_META.append(pa.field("embedding", vector_type(dim)))
+    # Few rows: a plain list of halffloats keeps it readable as FLOAT[] in DuckDB.
+    return TEXT_EMBEDDINGS_META.append(pa.field("embedding", pa.list_(pa.field("item", pa.float16()), dim)))
 
 
 PROJECTION = pa.schema([("sample_id", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
@@ -102,7 +108,7 @@ PROJECTION = pa.schema([("sample_id", pa.string()), ("x", pa.float32()), ("y", p
 # Columns a file must have for a reader to use it (a file without them is skipped as corrupt).
 REQUIRED = {
     "samples": ("sample_id", "index"),
-    "activations": ("sample_id", "step", "vector"),
+    "activations": ("sample_id", "step", "dtype", "vector"),
     "runs": ("run_id", "model", "status"),
     "text_embeddings": ("prompt_index", "embedding"),
 }

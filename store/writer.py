@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import layout, schema
-from .atomic import atomic_write_bytes, atomic_write_parquet, json_bytes
+from .atomic import StagedFiles, atomic_write_parquet, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,12 @@ MANIFEST_OPTIONAL = (
 )
 ACTIVATION_ENTRY_KEYS = ("step", "timestep", "sigma", "reduce", "layer_shape", "array")
 
-# Vectors are near-incompressible float16: skip compression and dictionaries for them (speed), keep
-# statistics only on `step` (one row group per step, so a reader can skip the other steps).
+# Vectors are near-incompressible float16: no compression, dictionary or statistics for them (speed);
+# statistics on `step` (one row group per step, so a reader can skip the other steps).
 _ACT_WRITE = dict(
-    compression={"sample_id": "zstd", "step": "zstd", "timestep": "zstd", "sigma": "zstd",
-                 "reduce": "zstd", "shape": "zstd", "layer_shape": "zstd", "vector": "none"},
-    use_dictionary=["sample_id", "reduce"],
+    compression={"sample_id": "zstd", "step": "zstd", "timestep": "zstd", "sigma": "zstd", "reduce": "zstd",
+                 "shape": "zstd", "layer_shape": "zstd", "dtype": "zstd", "vector": "none"},
+    use_dictionary=["sample_id", "reduce", "dtype"],
     write_statistics=["step"],
 )
 _SAMPLES_WRITE = dict(compression="zstd")
@@ -135,12 +136,16 @@ class RunWriter:
     `manifest` keys: run_id, model, layers, seed (required); family, checkpoint, checkpoint_sha256,
     base_model, reduce, settings, num_samples, code_version, device (optional). `reduce` and `settings`
     are stored as JSON. Only rank 0 writes the manifest; every rank writes its own batches.
+    `durable=False` skips fsync: batches stay atomic for readers and survive a killed process, but
+    not necessarily a power loss.
     """
 
-    def __init__(self, root: str | os.PathLike, manifest: Mapping[str, Any], rank: int = 0, world_size: int = 1):
+    def __init__(self, root: str | os.PathLike, manifest: Mapping[str, Any], rank: int = 0, world_size: int = 1,
+                 durable: bool = True):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         self.root = Path(root)
+        self.durable = durable
         self.rank = rank
         self.world_size = world_size
         self.manifest = self._normalise(manifest)
@@ -208,14 +213,15 @@ class RunWriter:
             self._created_at = now
         row = dict(self.manifest)
         row.update(
-            num_done=len(self.done_indices()),
+            # other ranks commit too: count from disk unless this writer is the only one
+            num_done=len(self._done) if self.world_size == 1 else len(self.done_indices()),
             status=status,
             created_at=self._created_at,
             updated_at=now,
             format_version=schema.FORMAT_VERSION,
         )
         table = pa.Table.from_pylist([row], schema=schema.RUNS)
-        atomic_write_parquet(self._manifest_path, table)
+        atomic_write_parquet(self._manifest_path, table, durable=self.durable)
         return row
 
     # -- state ------------------------------------------------------------------------------------------
@@ -226,7 +232,7 @@ class RunWriter:
         chunks = []
         for p in parts:
             try:
-                chunks.append(pq.read_table(p, columns=["index"]).column("index").to_numpy())
+                chunks.append(pq.ParquetFile(p).read(columns=["index"]).column("index").to_numpy())
             except Exception as e:  # a corrupt commit record means the batch is not done
                 log.warning("skipping unreadable samples part %s: %s", p, e)
         if not chunks:
@@ -300,50 +306,45 @@ class RunWriter:
         name = layout.part_name(int(idx[0]), int(idx[-1]))
         sids = [layout.sample_id(self.run_id, i) for i in idx.tolist()]
 
-        # 1. images (+ thumbnails kept for the samples part)
         thumbs: list[bytes | None] = [None] * b
         sizes: list[tuple[int | None, int | None]] = [(None, None)] * b
         paths: list[str | None] = [None] * b
-        if images is not None:
-            for j, (i, arr) in enumerate(zip(idx.tolist(), images, strict=True)):
-                im = _to_pil(arr)
-                buf = io.BytesIO()
-                im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-                rel = layout.image_relpath(self.model, self.run_id, i)
-                atomic_write_bytes(self.root / rel, buf.getvalue())
-                thumbs[j], sizes[j], paths[j] = make_thumbnail(im), im.size, rel
-
-        # 2. one activation part per layer
-        for layer in self.layers:
-            table = _activation_table(layer, sids, activations[layer])
-            atomic_write_parquet(layout.activations_dir(self.root, self.model, layer, self.run_id) / name,
-                                 table, row_group_size=b, **_ACT_WRITE)
-
-        # 3. the commit record
-        table = self._samples_table(idx, sids, samples, thumbs, sizes, paths)
+        with StagedFiles(self.durable) as staged:
+            # 1. images (+ thumbnails kept for the samples part)
+            if images is not None:
+                for j, (i, arr) in enumerate(zip(idx.tolist(), images, strict=True)):
+                    im = _to_pil(arr)
+                    buf = io.BytesIO()
+                    im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+                    rel = layout.image_relpath(self.model, self.run_id, i)
+                    staged.write_bytes(self.root / rel, buf.getvalue())
+                    thumbs[j], sizes[j], paths[j] = make_thumbnail(im), im.size, rel
+            # 2. one activation part per layer
+            for layer in self.layers:
+                table = _activation_table(layer, sids, activations[layer])
+                staged.write_parquet(layout.activations_dir(self.root, self.model, layer, self.run_id) / name,
+                                     table, row_group_size=b, **_ACT_WRITE)
+            table = self._samples_table(idx, sids, samples, thumbs, sizes, paths)  # validate before renaming
+            staged.commit()
+        # 3. the commit record, written last
         atomic_write_parquet(layout.samples_dir(self.root, self.model, self.run_id) / name, table,
-                             **_SAMPLES_WRITE)
+                             durable=self.durable, **_SAMPLES_WRITE)
         self._done.update(idx.tolist())
         return name
 
     def _samples_table(self, idx, sids, samples, thumbs, sizes, paths) -> pa.Table:
         allowed = set(schema.SAMPLE_INPUT_FIELDS) | {"width", "height"}
-        cols: dict[str, list] = {f: [] for f in schema.SAMPLE_INPUT_FIELDS}
-        cols["width"], cols["height"] = [], []
         for j, s in enumerate(samples):
-            unknown = set(s) - allowed
-            if unknown:
-                raise ValueError(f"unknown sample fields {sorted(unknown)}; valid: {sorted(allowed)}")
+            if not allowed.issuperset(s):
+                raise ValueError(f"unknown sample fields {sorted(set(s) - allowed)}; valid: {sorted(allowed)}")
             if s.get("seed") is None:
                 raise ValueError(f"sample {j} has no 'seed'")
-            for f in schema.SAMPLE_INPUT_FIELDS:
-                v = s.get(f)
-                cols[f].append(v.item() if isinstance(v, np.generic) else v)
-            w, h = sizes[j]
-            cols["width"].append(w if w is not None else s.get("width"))
-            cols["height"].append(h if h is not None else s.get("height"))
-        data = {"sample_id": sids, "index": idx, **cols, "image_path": paths, "thumb": thumbs}
-        return pa.Table.from_pydict({f.name: data[f.name] for f in schema.SAMPLES}, schema=schema.SAMPLES)
+        data: dict[str, Any] = {f: [s.get(f) for s in samples] for f in schema.SAMPLE_INPUT_FIELDS}
+        data["width"] = [w if w is not None else s.get("width") for (w, _), s in zip(sizes, samples, strict=True)]
+        data["height"] = [h if h is not None else s.get("height") for (_, h), s in zip(sizes, samples, strict=True)]
+        data.update(sample_id=sids, index=idx, image_path=paths, thumb=thumbs)
+        return pa.Table.from_arrays([pa.array(data[f.name], f.type) for f in schema.SAMPLES],
+                                    schema=schema.SAMPLES)
 
     def write_text_embeddings(self, table) -> Path:
         """Write the pooled text embedding per prompt: columns prompt_index, prompt, category, embedding.
@@ -414,18 +415,23 @@ def _activation_table(layer: str, sids: list[str], entries: Sequence[Mapping[str
         arrays.append(a.reshape(b, -1))
     dim = int(np.prod(shape))
     s = len(entries)
-    flat = np.empty((s * b, dim), dtype=np.float16)
-    for k, a in enumerate(arrays):
-        flat[k * b:(k + 1) * b] = a  # casts to float16 while copying
-    dtype = pa.float16()
-    n_inf = int(np.isinf(flat).sum())
-    if n_inf and n_inf > sum(int(np.isinf(a).sum()) for a in arrays if a.dtype.kind == "f"):
+    dtype = "float16"
+    if dim == 0:
+        raise ValueError(f"layer {layer!r}: empty vectors (shape {shape})")
+    if not _overflows_float16(arrays):
+        if s == 1:
+            flat = np.ascontiguousarray(_to_float16(arrays[0]))
+        else:
+            flat = np.empty((s * b, dim), dtype=np.float16)
+            for k, a in enumerate(arrays):
+                flat[k * b:(k + 1) * b] = _to_float16(a)
+    else:
         # float16 overflowed (|x| > 65504): keep this part in float32 rather than lose the values.
-        log.warning("layer %r: values exceed float16 range; storing this part as float32", layer)
-        flat = np.concatenate([a.astype(np.float32) for a in arrays])
-        dtype = pa.float32()
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=dtype), dim)
-
+        log.warning("layer %r: values exceed the float16 range; storing this part as float32", layer)
+        flat = np.ascontiguousarray(np.concatenate(arrays), dtype="<f4")
+        dtype = "float32"
+    vec_type = pa.binary(dim * schema.VECTOR_DTYPES[dtype])
+    vec = pa.FixedSizeBinaryArray.from_buffers(vec_type, s * b, [None, pa.py_buffer(flat)])
     rows = np.repeat(np.arange(s), b)  # row -> its step entry; rows are ordered (step, index)
 
     def per_step(values, typ):
@@ -444,10 +450,33 @@ def _activation_table(layer: str, sids: list[str], entries: Sequence[Mapping[str
             per_step([[int(x) for x in shape]] * s, pa.list_(pa.int32())),
             per_step([None if e.get("layer_shape") is None else [int(x) for x in e["layer_shape"]]
                       for e in entries], pa.list_(pa.int32())),
+            per_step([dtype] * s, pa.string()),
             vec,
         ],
         schema=schema.activations_schema(dim, dtype),
     )
+
+
+def _overflows_float16(arrays: list[np.ndarray]) -> bool:
+    """Whether a finite value is beyond the float16 range (two reductions, no temporaries)."""
+    for a in arrays:
+        if a.dtype.kind != "f" or a.dtype.itemsize <= 2 or a.size == 0:
+            continue
+        hi, lo = float(a.max()), float(a.min())
+        if np.isfinite(hi) and np.isfinite(lo):
+            if max(hi, -lo) > schema.FLOAT16_MAX:
+                return True
+        elif np.any(np.isfinite(a) & (np.abs(a) > schema.FLOAT16_MAX)):  # inf/nan present: look closer
+            return True
+    return False
+
+
+def _to_float16(a: np.ndarray) -> np.ndarray:
+    """float16 copy of `a`; Arrow's cast is ~3x faster than numpy's for float32 and rounds identically."""
+    if a.dtype == np.float32 and a.flags.c_contiguous:
+        h = pc.cast(pa.array(a.reshape(-1)), pa.float16(), safe=False)
+        return np.frombuffer(h.buffers()[1], dtype=np.float16, count=a.size).reshape(a.shape)
+    return a.astype(np.float16)
 
 
 def _matrix(values) -> np.ndarray:

@@ -1,0 +1,227 @@
+"""Integrity check of a store folder (`python -m store verify DIR`).
+
+Problems (exit 1): corrupt files (unreadable Parquet footer or pages, wrong columns, rows that do not
+match their file name), foreign files (anything the layout does not name), images referenced by
+committed samples but missing. Notes (exit 0): staging leftovers and orphans of uncommitted batches,
+which are invisible to readers and removed by the next writer of their run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from . import layout, schema
+
+
+class NotAStore(ValueError):
+    pass
+
+
+@dataclass
+class Report:
+    root: Path
+    checked: int = 0
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+    foreign: list[str] = field(default_factory=list)
+    missing_images: list[tuple[str, str]] = field(default_factory=list)  # (relpath, sample_id)
+    staging: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupt or self.foreign or self.missing_images)
+
+    def lines(self) -> list[str]:
+        out = [f"CORRUPT  {p}: {why}" for p, why in self.corrupt]
+        out += [f"FOREIGN  {p}" for p in self.foreign]
+        out += [f"MISSING  {p} (image of {sid})" for p, sid in self.missing_images]
+        out += [f"note: staging leftover {p} (removed by the next writer of its run)" for p in self.staging]
+        out += [f"note: orphan {p} (batch never committed: invisible, removed when the run resumes)"
+                for p in self.orphans]
+        verdict = "OK" if self.ok else "PROBLEMS FOUND"
+        out.append(
+            f"{verdict}: {self.checked} files checked in {self.root}; {len(self.corrupt)} corrupt, "
+            f"{len(self.foreign)} foreign, {len(self.missing_images)} missing images, "
+            f"{len(self.staging)} staging leftovers, {len(self.orphans)} orphans"
+        )
+        return out
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        layout.check_name("run_id", name)
+        return True
+    except ValueError:
+        return False
+
+
+def is_store(root: Path) -> bool:
+    root = Path(root)
+    return root.is_dir() and any((root / t).is_dir() for t in (layout.RUNS, layout.SAMPLES, layout.ACTIVATIONS))
+
+
+class _Verifier:
+    def __init__(self, root: Path, quick: bool):
+        self.root = root
+        self.quick = quick
+        self.r = Report(root)
+        self.committed: dict[tuple[str, str], dict[str, set[str]]] = {}  # (model, run) -> part -> ids
+        self.image_refs: list[tuple[str, str]] = []
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def read(self, path: Path, kind: str, columns: list[str] | None = None):
+        """The table at `path` (footer only when quick), or None after recording it as corrupt."""
+        self.r.checked += 1
+        try:
+            pf = pq.ParquetFile(path, page_checksum_verification=True)
+            names = pf.schema_arrow.names
+            missing = [c for c in schema.REQUIRED.get(kind, ()) if c not in names]
+            if missing:
+                raise ValueError(f"missing columns {missing}")
+            if self.quick and columns is None:
+                return pf.schema_arrow.empty_table()
+            return pf.read(columns=columns) if self.quick else pf.read()
+        except Exception as e:
+            self.r.corrupt.append((self.rel(path), f"{type(e).__name__}: {e}"))
+            return None
+
+    def walk(self, top: str, keys: tuple[str, ...], on_file: Callable[[dict, Path], None]) -> None:
+        """Visit `top/key1=v/key2=v/.../file`; anything off that shape is foreign."""
+        def visit(folder: Path, depth: int, parts: dict) -> None:
+            for e in sorted(os.scandir(folder), key=lambda e: e.name):
+                p = Path(e.path)
+                if depth < len(keys):
+                    value = layout.parse_hive(e.name, keys[depth]) if e.is_dir() else None
+                    if value is None:
+                        self.foreign_or_staging(p)
+                    else:
+                        visit(p, depth + 1, {**parts, keys[depth]: value})
+                elif e.is_dir():
+                    self.r.foreign.append(self.rel(p) + "/")
+                else:
+                    on_file(parts, p)
+        if (self.root / top).is_dir():
+            visit(self.root / top, 0, {})
+
+    def foreign_or_staging(self, p: Path) -> None:
+        if p.is_file() and layout.is_staging(p.name):
+            self.r.staging.append(self.rel(p))
+        else:
+            self.r.foreign.append(self.rel(p) + ("/" if p.is_dir() else ""))
+
+    # -- per folder ------------------------------------------------------------------------------------
+
+    def runs(self, _parts: dict, p: Path) -> None:
+        if layout.is_staging(p.name):
+            self.r.staging.append(self.rel(p))
+        elif p.suffix == ".parquet" and _valid_name(p.stem):
+            t = self.read(p, "runs")
+            if t is not None and not self.quick and t.num_rows != 1:
+                self.r.corrupt.append((self.rel(p), f"a manifest has one row, found {t.num_rows}"))
+            elif t is not None and not self.quick and t["run_id"][0].as_py() != p.stem:
+                self.r.corrupt.append((self.rel(p), f"run_id {t['run_id'][0].as_py()!r} != file name"))
+        else:
+            self.r.foreign.append(self.rel(p))
+
+    def samples(self, parts: dict, p: Path) -> None:
+        rng = layout.parse_part_name(p.name)
+        if rng is None:
+            self.foreign_or_staging(p)
+            return
+        t = self.read(p, "samples", ["sample_id", "index", "image_path"])
+        if t is None:
+            return
+        if not self.quick:
+            run = parts["run_id"]
+            idx = t["index"].to_numpy()
+            ids = t["sample_id"].to_pylist()
+            expect = [layout.sample_id(run, i) for i in idx.tolist()]
+            if ids != expect:
+                self.r.corrupt.append((self.rel(p), f"sample_id does not match run {run!r} and index"))
+                return
+            if len(idx) and (idx.min() != rng[0] or idx.max() != rng[1]):
+                self.r.corrupt.append((self.rel(p), f"indices {idx.min()}..{idx.max()} do not match the name"))
+                return
+            if "image_path" in t.column_names:
+                self.image_refs.extend((ip, sid) for ip, sid in zip(t["image_path"].to_pylist(), ids, strict=True)
+                                       if ip is not None)
+        else:
+            ids = []
+        self.committed.setdefault((parts["model"], parts["run_id"]), {})[p.name] = set(ids)
+
+    def activations(self, parts: dict, p: Path) -> None:
+        if layout.parse_part_name(p.name) is None:
+            self.foreign_or_staging(p)
+            return
+        t = self.read(p, "activations", ["sample_id"])
+        if t is None:
+            return
+        committed = self.committed.get((parts["model"], parts["run_id"]), {})
+        if p.name not in committed:
+            self.r.orphans.append(self.rel(p))
+        elif not self.quick and not set(t["sample_id"].to_pylist()) <= committed[p.name]:
+            self.r.corrupt.append((self.rel(p), "rows for samples that its samples part does not hold"))
+
+    def images(self, parts: dict, p: Path) -> None:
+        index = layout.parse_image_name(p.name)
+        if index is None:
+            self.foreign_or_staging(p)
+            return
+        self.r.checked += 1
+        run = parts["run_id"]
+        ids = set().union(*self.committed.get((parts["model"], run), {}).values())
+        if not self.quick and layout.sample_id(run, index) not in ids:
+            self.r.orphans.append(self.rel(p))
+        if not self.quick:
+            try:
+                from PIL import Image
+
+                with Image.open(p) as im:
+                    im.verify()
+            except Exception as e:
+                self.r.corrupt.append((self.rel(p), f"unreadable PNG: {type(e).__name__}: {e}"))
+
+    def text_embeddings(self, _parts: dict, p: Path) -> None:
+        if p.name == layout.PROMPTS_FILE:
+            self.read(p, "text_embeddings")
+        else:
+            self.foreign_or_staging(p)
+
+    def derived(self, folder: Path) -> None:
+        for dirpath, _dirs, files in os.walk(folder):
+            for n in sorted(files):
+                p = Path(dirpath) / n
+                if n.endswith(".parquet"):
+                    self.read(p, "derived")
+                else:
+                    self.foreign_or_staging(p)
+
+
+def verify(root: str | os.PathLike, quick: bool = False) -> Report:
+    """Check every file of the store at `root`. `quick` reads footers only (no pages, no cross-checks)."""
+    root = Path(root)
+    if not is_store(root):
+        raise NotAStore(f"{root} is not a store: expected a folder holding {layout.RUNS}/, {layout.SAMPLES}/ "
+                        f"or {layout.ACTIVATIONS}/")
+    v = _Verifier(root, quick)
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if e.name not in layout.TOP_LEVEL or not e.is_dir():
+            v.r.foreign.append(e.name + ("/" if e.is_dir() else ""))
+    v.walk(layout.RUNS, (), v.runs)
+    v.walk(layout.SAMPLES, ("model", "run_id"), v.samples)  # before activations/images: they need the commits
+    v.walk(layout.ACTIVATIONS, ("model", "layer", "run_id"), v.activations)
+    v.walk(layout.IMAGES, ("model", "run_id"), v.images)
+    v.walk(layout.TEXT_EMBEDDINGS, ("model", "run_id"), v.text_embeddings)
+    for top in layout.ARTIFACT_TOPS:
+        v.derived(root / top)
+    for rel, sid in v.image_refs:
+        if not (root / rel).is_file():
+            v.r.missing_images.append((rel, sid))
+    return v.r
