@@ -305,8 +305,8 @@ def to_sql(node: Node, columns: tuple[str, ...] | list[str] = DEFAULT_COLUMNS, l
     """A DuckDB predicate for ``node`` with ``?`` placeholders, and the parameters to bind, in order.
 
     ``columns`` are column names (identifiers we control, never user text). A term matches when any of them
-    contains it; NULL columns never match. With ``lowered=True`` the columns already hold lower-cased text
-    (a precomputed search column), which saves a ``lower()`` per row.
+    contains it; NULL columns never match. With ``lowered=True`` the columns already hold NFC-normalised,
+    lower-cased, non-NULL text (a precomputed search column), which saves the per-row work.
     """
     cols = tuple(columns)
     if not cols:
@@ -323,8 +323,10 @@ def _emit(node: Node, cols: tuple[str, ...], lowered: bool, params: list) -> str
     if isinstance(node, Term):
         parts = []
         for col in cols:
-            expr = f'"{col}"' if lowered else f'lower(nfc_normalize("{col}"))'
-            parts.append(f"coalesce(contains({expr}, lower(?)), false)")
+            if lowered:  # a precomputed search column, never NULL
+                parts.append(f'contains("{col}", lower(?))')
+            else:
+                parts.append(f'coalesce(contains(lower(nfc_normalize("{col}")), lower(?)), false)')
             params.append(node.text)
         return "(" + " OR ".join(parts) + ")"
     if isinstance(node, Regex):

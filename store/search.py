@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -271,7 +272,7 @@ def _open_sandbox(samples: pa.Table, steps: pa.Table | None, memory_limit: str, 
                 "FROM _steps_in ORDER BY model, step"
             )
             con.unregister("_steps_in")
-        cols = ", ".join(f's."{c}"' for c in SAMPLE_COLUMNS)
+        cols = ", ".join(f's."{c}"' for c in SAMPLE_COLUMNS)  # not _text nor _ord
         con.execute(
             f"CREATE VIEW samples AS SELECT {cols}, u.step::SMALLINT AS step, i.timestep, i.sigma "
             "FROM sample_rows s CROSS JOIN LATERAL "
@@ -422,6 +423,10 @@ class SafeSearch:
             samples, loaded_steps = _load_store(source)
             steps = steps if steps is not None else loaded_steps
             self.root = Path(getattr(source, "root", ".")) if hasattr(source, "root") else None
+        # store order, and the position in it (`_ord`) that the sandbox keeps beside each row
+        samples = samples.sort_by([("model", "ascending"), ("run_id", "ascending"), ("index", "ascending")])
+        self._rows = samples
+        samples = samples.append_column("_ord", pa.array(np.arange(samples.num_rows, dtype=np.int64)))
         self.num_samples = samples.num_rows
         self.models = sorted(set(samples.column("model").drop_null().to_pylist()))
         self._con = _open_sandbox(samples, steps, memory_limit, threads)
@@ -580,8 +585,12 @@ class SafeSearch:
             raise SearchError(f"{message} (DuckDB uses RE2: no look-arounds or backreferences)", None, text,
                               kind="syntax") from None
 
-    @staticmethod
-    def _fetch(cur, predicate: str, params: list, model, run_ids, limit: int) -> tuple[pd.DataFrame, int]:
+    def _fetch(self, cur, predicate: str, params: list, model, run_ids, limit: int) -> tuple[pd.DataFrame, int]:
+        """Rows matching ``predicate`` in scope: the first ``limit`` in store order, and how many there are.
+
+        DuckDB returns only the store-order positions of the matches (one integer each); the rows themselves
+        come from the Arrow copy by position. That is one scan, with no window or sort over all matches.
+        """
         where = [f"({predicate})"]
         args = list(params)
         if model is not None:
@@ -591,13 +600,11 @@ class SafeSearch:
             ids = [run_ids] if isinstance(run_ids, str) else [str(r) for r in run_ids]
             where.append("list_contains(?::VARCHAR[], run_id)")
             args.append(ids)
-        cols = ", ".join(f'"{c}"' for c in SAMPLE_COLUMNS)
-        sql = (f"SELECT {cols}, count(*) OVER () AS _total FROM sample_rows WHERE {' AND '.join(where)} "
-               "ORDER BY model, run_id, \"index\" LIMIT ?")
-        table = cur.sql(sql, params=[*args, limit]).to_arrow_table()
-        total = int(table.column("_total")[0].as_py()) if table.num_rows else 0
-        frame = table.drop_columns(["_total"]).to_pandas(types_mapper=_NULLABLE_INTS.get)
-        return frame, total
+        sql = f"SELECT _ord FROM sample_rows WHERE {' AND '.join(where)}"
+        ords = cur.sql(sql, params=args).to_arrow_table().column("_ord").to_numpy()
+        ords = np.sort(ords.astype(np.int64, copy=False))
+        frame = self._rows.take(pa.array(ords[:limit])).to_pandas(types_mapper=_NULLABLE_INTS.get)
+        return frame, int(len(ords))
 
 
 def _check_limits(limit, timeout_s) -> tuple[int, float]:
