@@ -45,6 +45,18 @@ def store_path() -> str:
     return st.session_state.get(STORE_PATH) or default_store_path()
 
 
+def set_store_path(path: str) -> None:
+    """Switch stores: the view and the selection belong to the old store and are reset."""
+    path = (path or "").strip() or default_store_path()
+    if path == st.session_state.get(STORE_PATH):
+        return
+    st.session_state[STORE_PATH] = path
+    st.session_state[VIEW] = ViewSettings()
+    st.session_state[LASSO] = []
+    clear_highlight()
+    clear_selection()
+
+
 def is_default_store(path: str) -> bool:
     return Path(path).expanduser().resolve() == Path(default_store_path()).expanduser().resolve()
 
@@ -67,6 +79,8 @@ class ViewSettings:
     filter_mode: str = "highlight"
     k: int = 5
     space: str = "map"
+    n_clusters: int = 8
+    point_size: float = 5.0
 
     def validated(self) -> ViewSettings:
         """Clamp numbers into range and replace unknown choices by defaults (URLs are user input)."""
@@ -80,6 +94,8 @@ class ViewSettings:
             n_neighbors=min(max(int(self.n_neighbors), N_NEIGHBORS_RANGE[0]), N_NEIGHBORS_RANGE[1]),
             min_dist=round(min(max(float(self.min_dist), MIN_DIST_RANGE[0]), MIN_DIST_RANGE[1]), 3),
             k=min(max(int(self.k), K_RANGE[0]), K_RANGE[1]),
+            n_clusters=min(max(int(self.n_clusters), 2), 100),
+            point_size=min(max(float(self.point_size), 1.0), 20.0),
         )
 
 
@@ -95,10 +111,12 @@ _URL_NAMES = {
     "metric": "metric",
     "color_by": "color",
     "classes": "cls",
-    "keyword": "q",
+    "keyword": "kw",
     "filter_mode": "fm",
     "k": "k",
     "space": "space",
+    "n_clusters": "nc",
+    "point_size": "ps",
 }
 _LIST_SEP = "~"  # never inside run ids, sample ids or class labels such as "207: golden retriever"
 

@@ -121,3 +121,107 @@ def build_points_store(root: str | Path, n: int, image_size: int = 24) -> Path:
     _write_class_run(root, "points", f"points-{n}", ("midblock",), n, (1.0,), seed=7, image_size=image_size,
                      batch=1000)
     return root
+
+
+class FakeProjector:
+    """A deterministic, instant stand-in for ``pipeline.project.Projector`` in the AppTest tests.
+
+    The 2-D map is the first two principal components of the stored vectors (numpy SVD); neighbours are
+    exact Euclidean ones. It follows the projector's calling convention, so the app code under test is the
+    same; the real engine is exercised by the pipeline's own tests and the browser tests.
+    """
+
+    def __init__(self, delay_s: float = 0.0, fail: str | None = None):
+        self.calls: list[dict] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self._features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def project(self, store, model, layer, step, params, run_ids=None, sample_ids=None, progress=None,
+                force=False):
+        import hashlib
+        import time
+        from types import SimpleNamespace
+
+        self.calls.append(dict(model=model, layer=layer, step=step, params=dict(params), run_ids=run_ids,
+                               sample_ids=None if sample_ids is None else list(sample_ids), force=force))
+        if progress:
+            progress(0.1, "reading activations")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail:
+            raise ValueError(self.fail)
+        acts = store.activations(model, layer, step, run_ids=run_ids, sample_ids=sample_ids)
+        x = acts.matrix.astype(np.float64)
+        x = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        xy = x @ vt[:2].T
+        key = hashlib.sha1(repr((model, layer, step, sorted(params.items()), run_ids,
+                                 None if sample_ids is None else sorted(sample_ids))).encode()).hexdigest()[:16]
+        self._features[key] = (np.asarray(acts.sample_ids).astype(str), acts.matrix)
+        if progress:
+            progress(1.0, "done")
+        return SimpleNamespace(sample_ids=np.asarray(acts.sample_ids), xy=xy.astype(np.float32), key=key,
+                               quality={"trustworthiness": 0.93, "knn_overlap": 0.41}, source="fit")
+
+    def neighbors(self, projection_key, sample_ids, xy, sample_id, k, space, metric, others=None):
+        ids = np.asarray(sample_ids).astype(str)
+        if space == "map":
+            mat = np.asarray(xy, dtype=np.float64)
+        else:
+            fids, feats = self._features[projection_key]
+            order = {s: i for i, s in enumerate(fids.tolist())}
+            mat = feats[[order[s] for s in ids.tolist()]].astype(np.float64)
+        i = int(np.flatnonzero(ids == sample_id)[0])
+        d = np.linalg.norm(mat - mat[i], axis=1)
+        if others is not None:
+            pos = {s: j for j, s in enumerate(ids.tolist())}
+            return [float(d[pos[o]]) for o in others]
+        d[i] = np.inf
+        top = np.argsort(d, kind="stable")[:k]
+        return ids[top].tolist(), d[top].tolist()
+
+
+# ------------------------------------------------------------------------------ pytest fixtures
+# Imported by the app test modules (``from tests.app_fixtures import app_env, app_store, ...``).
+
+import pytest  # noqa: E402
+
+ENTRY = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
+
+
+@pytest.fixture(scope="session")
+def app_store(tmp_path_factory) -> Path:
+    return build_app_store(tmp_path_factory.mktemp("appstore") / "store")
+
+
+@pytest.fixture
+def app_env(app_store, monkeypatch, tmp_path):
+    """The app pointed at the synthetic store, static files in a temporary folder, the fake projector."""
+    import streamlit as st
+
+    from app import data, static_files
+
+    monkeypatch.setenv("DMD2VIZ_STORE", str(app_store))
+    monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path / "static")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    fake = FakeProjector()
+    data.set_projector(fake)
+    yield fake
+    data.set_projector(None)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def app_test(page: str | None = None, query: dict | None = None, timeout: float = 60):
+    """An AppTest of the entry script, run, then switched to ``page`` (e.g. "app_pages/overview.py") and run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(ENTRY, default_timeout=timeout)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at

@@ -113,8 +113,8 @@ class MapView {
         this.color = color;
         this.hidden.clear();
       }
-      this.render(Plotly);
       this.renderLegend();
+      this.render(Plotly);
       this.status.textContent = "";
       this.status.hidden = true;
       this.wrap.dataset.ready = "1";
@@ -360,9 +360,11 @@ class MapView {
   renderLegend() {
     const color = this.color;
     const legend = this.legend;
+    const wasHidden = legend.hidden;
     if (!color || color.kind !== "category") {
       legend.hidden = true;
       legend.innerHTML = "";
+      if (!wasHidden) this.resize();
       return;
     }
     legend.hidden = false;
@@ -374,7 +376,9 @@ class MapView {
         <span class="dmv-legend-name">${escapeHTML(color.names[code])}</span>
         <span class="dmv-legend-count">${color.counts[code]}</span></li>`;
     });
-    legend.innerHTML = `<div class="dmv-legend-title">${escapeHTML(color.title)}</div><ul>${items.join("")}</ul>`;
+    legend.innerHTML = `<div class="dmv-legend-title">${escapeHTML(color.title)}</div><ul>${items.join("")}</ul>
+      <div class="dmv-legend-hint">click: hide/show · double-click: only this</div>`;
+    if (wasHidden) this.resize();
     legend.querySelectorAll(".dmv-legend-item").forEach((item) => {
       const code = Number(item.dataset.code);
       item.onclick = () => {
@@ -389,6 +393,10 @@ class MapView {
         this.renderLegend();
       };
     });
+  }
+
+  resize() {
+    if (window.Plotly && this.plot._fullLayout) window.Plotly.Plots.resize(this.plot);
   }
 
   destroy() {

@@ -1,0 +1,122 @@
+"""Overview: the store in use, its runs and manifests, models, layers, steps, sample counts, a grid of
+samples per class or category, and the storage footprint per layer."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app import data, state, ui
+
+GRID_PER_CATEGORY = 8
+GRID_CATEGORIES_PER_PAGE = 10
+
+path = state.store_path()
+status = data.store_status(path)
+st.title("Overview")
+if not status.ok:
+    ui.no_store_panel(status)
+
+resolved = data.resolve(path)
+version = data.store_version(path)
+runs = data.runs_frame(resolved, version)
+by_kind = data.storage_frame(resolved, version, "kind")
+by_layer = data.storage_frame(resolved, version, "layer")
+samples = {m: data.model_samples(path, m) for m in status.models}
+
+st.caption(f"Store `{resolved}`")
+warning_slot = st.empty()  # filled at the end, once every read has reported its corrupt parts
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Models", len(status.models))
+c2.metric("Runs", len(runs))
+c3.metric("Samples", f"{sum(len(df) for df in samples.values()):,}")
+c4.metric("Size on disk", data.human_bytes(float(by_kind["bytes"].sum()) if len(by_kind) else 0))
+
+# ---------------------------------------------------------------------------------------------- runs
+st.subheader("Runs")
+if len(runs):
+    table = pd.DataFrame({
+        "run": runs["run_id"],
+        "model": runs["model"],
+        "status": runs["status"],
+        "samples": [f"{int(d):,} / {int(n):,}" if pd.notna(n) else f"{int(d):,}"
+                    for d, n in zip(runs["num_done"], runs["num_samples"], strict=True)],
+        "layers": [", ".join(list(x)) for x in runs["layers"]],
+        "seed": runs["seed"],
+        "checkpoint": runs["checkpoint"],
+        "created": runs["created_at"],
+    })
+    st.dataframe(table, hide_index=True, width="stretch")
+    chosen = st.selectbox("Manifest of run", runs["run_id"].tolist(), key="overview_manifest_run")
+    manifest = data.open_store(path).manifest(chosen) or {}
+    with st.expander(f"Manifest of {chosen}", expanded=False):
+        st.json(json.loads(json.dumps(manifest, default=str)))
+else:
+    st.info("No run manifests in this store (samples without manifests are still shown below).")
+
+# -------------------------------------------------------------------------------------------- models
+st.subheader("Models, layers and steps")
+tabs = st.tabs(list(status.models))
+for tab, model in zip(tabs, status.models, strict=True):
+    with tab:
+        frame = samples[model]
+        layers = data.model_layers(path, model)
+        per_run = frame.groupby("run_id").size().rename("samples").reset_index()
+        left, right = st.columns([1, 2])
+        with left:
+            st.markdown(f"**{len(frame):,} samples** in {len(per_run)} run(s)")
+            st.dataframe(per_run, hide_index=True, width="stretch")
+        with right:
+            rows = []
+            for layer in layers:
+                steps = data.model_steps(path, model, layer)
+                sig = ", ".join(f"{s:.3g}" for s in steps["sigma"].dropna()) if len(steps) else ""
+                size = by_layer[(by_layer["model"] == model) & (by_layer["layer"] == layer)]["bytes"].sum()
+                rows.append({"layer": layer, "steps": len(steps), "sigma per step": sig,
+                             "size": data.human_bytes(float(size))})
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+# --------------------------------------------------------------------------------------- sample grid
+st.subheader("Samples per class or category")
+gm, gp = st.columns([2, 1])
+grid_model = gm.selectbox("Model", list(status.models), key="overview_grid_model")
+frame = samples[grid_model]
+group_col = "category" if frame["category"].notna().any() else "label"
+order = (frame.sort_values(["class_id", "index"], na_position="last") if frame["class_id"].notna().any()
+         else frame)
+groups = list(pd.unique(order[group_col].dropna()))
+pages = max(1, -(-len(groups) // GRID_CATEGORIES_PER_PAGE))
+page = gp.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="overview_grid_page")
+shown = groups[(page - 1) * GRID_CATEGORIES_PER_PAGE: page * GRID_CATEGORIES_PER_PAGE]
+picked = order[order[group_col].isin(shown)].groupby(group_col, sort=False).head(GRID_PER_CATEGORY)
+urls = dict(zip(picked["sample_id"], data.thumb_urls(path, picked["sample_id"].tolist()), strict=True))
+for group in shown:
+    members = picked[picked[group_col] == group]
+    count = int((frame[group_col] == group).sum())
+    with st.container(border=True, key=f"grid_{grid_model}_{group}"):
+        st.markdown(f"**{group}** · {count:,} samples")
+        st.image([urls[s] for s in members["sample_id"]], width=72,
+                 caption=[f"seed {s}" for s in members["seed"]])
+
+# ------------------------------------------------------------------------------------------- storage
+st.subheader("Storage")
+s1, s2 = st.columns([3, 2])
+with s1:
+    if len(by_layer):
+        chart = by_layer.assign(MB=by_layer["bytes"] / 2**20, name=by_layer["model"] + " / " + by_layer["layer"])
+        st.bar_chart(chart, x="name", y="MB", horizontal=True, x_label="MB on disk", y_label="")
+    else:
+        st.caption("No activations stored.")
+with s2:
+    kinds = by_kind.assign(size=[data.human_bytes(float(b)) for b in by_kind["bytes"]])
+    st.dataframe(kinds[["kind", "files", "size"]], hide_index=True, width="stretch")
+
+bad = data.skipped(path)
+if bad:
+    with warning_slot.container():
+        st.warning(f"{len(bad)} corrupt part(s) were skipped while reading this store; everything else is "
+                   f"shown. Check it with `python -m store verify {path}`.", icon=":material/warning:")
+        with st.expander("Skipped parts"):
+            st.code("\n".join(bad), language=None)

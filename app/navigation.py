@@ -1,0 +1,42 @@
+"""The app's pages, in one place. A page whose file is not in this checkout is left out of the menu.
+
+Page scripts live in ``app/app_pages/``, not ``app/pages/``: Streamlit treats a ``pages/`` folder beside the
+entry script as a legacy multipage app, and then a fresh server opening a shared link such as ``/overview``
+runs that file without the entry script (no sidebar, no store selection, no ``st.navigation``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    file: str  # under app/app_pages/
+    title: str
+    icon: str
+    url_path: str
+    default: bool = False
+
+
+PAGES = (
+    PageSpec("explore.py", "Explore", ":material/scatter_plot:", "explore", default=True),
+    PageSpec("overview.py", "Overview", ":material/dashboard:", "overview"),
+    PageSpec("search.py", "Search", ":material/search:", "search"),
+    PageSpec("trajectories.py", "Trajectories", ":material/timeline:", "trajectories"),
+    PageSpec("compare_layers.py", "Compare layers", ":material/compare:", "compare-layers"),
+)
+
+
+def available() -> list[PageSpec]:
+    return [p for p in PAGES if (PAGES_DIR / p.file).is_file()]
+
+
+def pages() -> list[st.Page]:
+    return [st.Page(PAGES_DIR / p.file, title=p.title, icon=p.icon, url_path=p.url_path, default=p.default)
+            for p in available()]

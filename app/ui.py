@@ -1,0 +1,107 @@
+"""Small pieces of UI shared by the pages: the no-store panel and the demo-store builder."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from app import data, state
+
+
+@dataclass
+class DemoBuild:
+    """One demo-store build per server process, run in a thread so no page ever freezes while it runs."""
+
+    path: str | None = None
+    done: int = 0
+    total: int = 0
+    runs_finished: int = 0
+    error: str | None = None
+    finished: bool = False
+    started_at: float = 0.0
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, path: str) -> bool:
+        """Start building into ``path`` unless a build is already running; returns whether it started."""
+        with self._lock:
+            if self.running:
+                return False
+            builder = _demo_builder()
+            if builder is None:
+                self.error = "pipeline.demo.build_demo_store is not available in this checkout"
+                return False
+            self.path, self.done, self.total, self.runs_finished = path, 0, 0, 0
+            self.error, self.finished, self.started_at = None, False, time.time()
+            self._thread = threading.Thread(target=self._run, args=(builder, path), daemon=True,
+                                            name="demo-store-build")
+            self._thread.start()
+            return True
+
+    def _on_batch(self, done: int, total: int) -> None:
+        if total and done >= total:
+            self.runs_finished += 1
+        self.done, self.total = done, total
+
+    def _run(self, builder, path: str) -> None:
+        try:
+            builder(path, progress=False, on_batch=self._on_batch)
+        except Exception as exc:  # shown in the page, with the command to run it by hand
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.finished = True
+
+
+def _demo_builder():
+    try:
+        from pipeline.demo import build_demo_store
+    except Exception:  # pipeline not importable (missing torch, partial checkout): show the commands
+        return None
+    return build_demo_store
+
+
+@st.cache_resource
+def demo_build() -> DemoBuild:
+    return DemoBuild()
+
+
+def no_store_panel(status: data.StoreStatus) -> None:
+    """Explain why there is nothing to show and how to build a store; builds the demo store by itself when
+    the default store is missing or empty. Always ends the page (``st.stop``)."""
+    path = status.path
+    if state.is_default_store(path) and _demo_builder() is not None:
+        build = demo_build()
+        if not build.running and not build.finished:
+            build.start(data.resolve(path))
+        _demo_progress(path)
+        st.stop()
+    what = {"missing": "does not exist", "not a folder": "is not a folder",
+            "empty": "holds no samples yet"}.get(status.kind, status.kind)
+    st.info(f"The store **{path}** {what}. Build one with:", icon=":material/database:")
+    st.code(data.BUILD_COMMANDS.format(path=path), language="bash")
+    st.caption("Then reload this page, or point the sidebar's store field at an existing store.")
+    st.stop()
+
+
+@st.fragment(run_every=1.0)
+def _demo_progress(path: str) -> None:
+    build = demo_build()
+    st.subheader("Building the demo store")
+    st.caption(f"First start: generating samples of the shipped digits model into `{path}` (CPU only, no "
+               "network). The map opens by itself when it is done.")
+    if build.error:
+        st.error(f"The demo store could not be built: {build.error}")
+        st.code(data.BUILD_COMMANDS.format(path=path), language="bash")
+        return
+    frac = build.done / build.total if build.total else 0.0
+    label = f"run {min(build.runs_finished + 1, 2)} of 2 · {build.done} / {build.total or '?'} samples"
+    st.progress(min(1.0, frac), text=label)
+    if build.finished:
+        st.rerun(scope="app")

@@ -1,0 +1,236 @@
+"""A projected view as the browser needs it: point, colour and per-point text files under app/static/views/.
+
+A ``View`` is one projection (model, layer, step, parameters, filter) joined to its samples' metadata.
+Its files are written once per view key (atomically; a second session finds them in place):
+
+* ``<key>.points.json``: ``ids``, ``x``, ``y`` (what the figure needs, nothing else);
+* ``<key>.meta.json``: per-point text for the hover card, columnar and dictionary-coded (fetched by the
+  browser after the map is drawn);
+* ``<key>.color-<colour key>.json``: one colouring (categorical codes + palette + counts, or numbers).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from app import static_files
+
+# Tableau-like palette: distinguishable in light and dark themes.
+PALETTE = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+    "#bab0ac", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#bcbd22", "#7f7f7f",
+)
+MISSING_COLOR = "#9aa0a6"
+MAX_CATEGORIES_NAMED = 2000  # beyond this many distinct values a column is not offered as a colouring
+
+
+def palette(n: int) -> list[str]:
+    """``n`` colours: the fixed palette first, then evenly spread hues (golden angle) for large label sets."""
+    if n <= len(PALETTE):
+        return list(PALETTE[:n])
+    out = list(PALETTE)
+    for i in range(n - len(PALETTE)):
+        h = (i * 0.618033988749895) % 1.0
+        light = 0.45 + 0.12 * ((i // 7) % 3) / 2
+        r, g, b = colorsys.hls_to_rgb(h, light, 0.62)
+        out.append(f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}")
+    return out
+
+
+@dataclass(frozen=True)
+class Coloring:
+    """One way to colour the map: ``kind`` 'category' (values are labels) or 'numeric'."""
+
+    key: str  # stable id, used in file names and the URL
+    title: str
+    kind: str
+    values: pd.Series = field(repr=False)  # aligned with the view's rows
+    order: tuple | None = None  # category order (default: by first appearance sorted)
+
+
+@dataclass(frozen=True, eq=False)
+class View:
+    """One projection joined to its samples. Shared between sessions: never mutate its arrays."""
+
+    key: str
+    store_key: str
+    projection_key: str
+    model: str
+    layer: str
+    step: int | None
+    sample_ids: np.ndarray
+    xy: np.ndarray
+    frame: pd.DataFrame  # samples metadata, row i is sample_ids[i]
+    quality: dict
+    source: str
+    step_info: dict  # step, sigma, timestep of the projected step (for the hover card)
+    position: dict = field(repr=False)  # sample_id -> row
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def points_file(self) -> str:
+        return f"{self.key}.points.json"
+
+    @property
+    def meta_file(self) -> str:
+        return f"{self.key}.meta.json"
+
+    def color_file(self, coloring: Coloring) -> str:
+        return f"{self.key}.color-{coloring.key}.json"
+
+    def rows(self, sample_ids) -> list[int]:
+        return [self.position[s] for s in sample_ids if s in self.position]
+
+
+def view_key(projection_key: str, extra: str = "") -> str:
+    return hashlib.sha1(f"{projection_key}|{extra}".encode()).hexdigest()[:20]
+
+
+def make_view(*, store_key: str, projection_key: str, model: str, layer: str, step: int | None,
+              sample_ids, xy, samples: pd.DataFrame, quality: dict | None, source: str,
+              step_info: dict | None = None, extra_key: str = "") -> View:
+    """Join a projection to its samples' metadata (rows missing from ``samples`` are dropped)."""
+    ids = np.asarray(sample_ids).astype(str)
+    xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
+    meta = samples.set_index("sample_id", drop=False)
+    keep = np.isin(ids, meta.index.to_numpy())
+    ids, xy = ids[keep], xy[keep]
+    frame = meta.loc[ids].reset_index(drop=True)
+    return View(
+        key=view_key(projection_key, extra_key), store_key=store_key, projection_key=projection_key, model=model,
+        layer=layer, step=step, sample_ids=ids, xy=xy, frame=frame, quality=dict(quality or {}), source=source,
+        step_info=dict(step_info or {}), position={s: i for i, s in enumerate(ids.tolist())},
+    )
+
+
+def _round(values: np.ndarray) -> list[float]:
+    span = float(np.nanmax(values) - np.nanmin(values)) if len(values) else 1.0
+    digits = max(2, 4 - int(math.floor(math.log10(span))) if span > 0 else 4)
+    return np.round(values.astype(np.float64), digits).tolist()
+
+
+def _coded(series: pd.Series) -> dict:
+    """A column as {codes, values}: each distinct value once (labels and prompts repeat a lot)."""
+    codes, uniques = pd.factorize(series.astype("object").where(series.notna(), None), use_na_sentinel=True)
+    values = [str(v) for v in uniques]
+    if (codes < 0).any():
+        values.append("")
+        codes = np.where(codes < 0, len(values) - 1, codes)
+    return {"codes": codes.tolist(), "values": values}
+
+
+def hover_fields(view: View) -> dict:
+    """The per-point text of the hover card: title (label or prompt) and a few fields; constants of the view
+    (step, sigma, timestep, layer) once in ``common``."""
+    f = view.frame
+    out_fields = []
+    pairs = f[["category", "label"]].dropna().drop_duplicates()
+    redundant = all(str(c) in str(lab) for c, lab in pairs.itertuples(index=False))
+    if len(pairs) and not redundant:  # a label such as "207: golden retriever" already names its category
+        out_fields.append({"name": "category", **_coded(f["category"])})
+    out_fields.append({"name": "seed", "values": [str(int(s)) if pd.notna(s) else "" for s in f["seed"]]})
+    out_fields.append({"name": "run", **_coded(f["run_id"])})
+    out_fields.append({"name": "index", "values": [int(i) for i in f["index"]]})
+    common = [["layer", view.layer]]
+    info = view.step_info
+    if info.get("step") is not None:
+        common.append(["step", str(info["step"])])
+    if info.get("sigma") is not None and not pd.isna(info["sigma"]):
+        common.append(["sigma", f"{float(info['sigma']):.4g}"])
+    if info.get("timestep") is not None and not pd.isna(info["timestep"]):
+        common.append(["timestep", f"{float(info['timestep']):.4g}"])
+    title = _coded(f["label"].where(f["label"].notna(), f["sample_id"]))
+    return {"title": title, "fields": out_fields, "common": common}
+
+
+def write_view_files(view: View) -> None:
+    """Write the points and per-point text files of a view unless they are already there."""
+    folder = static_files.views_dir(view.store_key)
+    points = folder / view.points_file
+    if not points.exists():
+        static_files.write_json(points, {"ids": view.sample_ids.tolist(), "x": _round(view.xy[:, 0]),
+                                         "y": _round(view.xy[:, 1])})
+        static_files.prune_views(view.store_key)
+    meta = folder / view.meta_file
+    if not meta.exists():
+        static_files.write_json(meta, hover_fields(view))
+
+
+def color_payload(coloring: Coloring) -> dict:
+    values = coloring.values
+    if coloring.kind == "numeric":
+        nums = pd.to_numeric(values, errors="coerce").astype("float64")
+        finite = nums[np.isfinite(nums)]
+        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        return {"kind": "numeric", "title": coloring.title, "min": lo, "max": hi,
+                "values": [None if not np.isfinite(v) else round(float(v), 6) for v in nums]}
+    labels = values.astype("object").where(values.notna(), "(none)").astype(str)
+    order = list(coloring.order) if coloring.order else sorted(pd.unique(labels), key=_natural)
+    order += [v for v in pd.unique(labels) if v not in set(order)]
+    code_of = {v: i for i, v in enumerate(order)}
+    codes = labels.map(code_of).to_numpy()
+    counts = np.bincount(codes, minlength=len(order)).tolist()
+    colors = palette(len(order))
+    if "(none)" in code_of:
+        colors[code_of["(none)"]] = MISSING_COLOR
+    return {"kind": "category", "title": coloring.title, "codes": codes.tolist(), "names": order,
+            "colors": colors, "counts": counts}
+
+
+def write_color_file(view: View, coloring: Coloring) -> str:
+    path = static_files.views_dir(view.store_key) / view.color_file(coloring)
+    if not path.exists():
+        static_files.write_json(path, color_payload(coloring))
+    return view.color_file(coloring)
+
+
+def _natural(text: str):
+    """Sort "2: two" before "10: ten"."""
+    head = text.split(":", 1)[0].strip()
+    return (0, int(head), text) if head.isdigit() else (1, 0, text)
+
+
+def colorings(view: View, clusters: tuple[pd.Series, str] | None = None) -> dict[str, Coloring]:
+    """The colourings this view offers, by key: class label, category, prompt cluster, run, numbers.
+
+    ``clusters``: (cluster label per sample_id, clustering key) from ``pipeline.clusters``.
+    """
+    f = view.frame
+    out: dict[str, Coloring] = {}
+    label_order = None
+    if f["class_id"].notna().any():
+        label_order = tuple(f.drop_duplicates("label").sort_values("class_id")["label"].astype(str))
+    out["label"] = Coloring("label", "class" if f["class_id"].notna().any() else "prompt", "category",
+                            f["label"], label_order)
+    if f["category"].notna().any() and f["category"].nunique() <= MAX_CATEGORIES_NAMED \
+            and not f["category"].equals(f["label"]):
+        out["category"] = Coloring("category", "category", "category", f["category"])
+    if clusters is not None:
+        labels, key = clusters
+        aligned = labels.reindex(view.sample_ids).reset_index(drop=True)
+        order = tuple(sorted(pd.unique(aligned.dropna()), key=_natural))
+        out["cluster"] = Coloring(f"cluster-{key[:12]}", "prompt cluster", "category", aligned, order)
+    if f["run_id"].nunique() > 1:
+        out["run"] = Coloring("run", "run", "category", f["run_id"])
+    if "step" in f.columns and f["step"].nunique() > 1:
+        out["step"] = Coloring("step", "step", "numeric", f["step"])
+    for col in ("seed", "index", "prompt_index", "num_steps", "width", "height"):
+        if col in f.columns and f[col].notna().any() and f[col].nunique() > 1:
+            out[col] = Coloring(col, col, "numeric", f[col])
+    return out
+
+
+COLORING_TITLES = {
+    "label": "class label / prompt", "category": "category", "cluster": "prompt meaning (clusters)",
+    "run": "run", "step": "step", "seed": "seed", "index": "index in run", "prompt_index": "prompt index",
+    "num_steps": "sampling steps", "width": "width", "height": "height",
+}
