@@ -182,7 +182,10 @@ class Store:
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         with self._con_lock:
             if self._con is None:
-                self._con = duckdb.connect()
+                con = duckdb.connect()
+                con.create_function("vector_values", _vector_values_udf, ["BLOB", "VARCHAR"], "FLOAT[]",
+                                    type="arrow")
+                self._con = con
             return self._con.cursor()
 
     def _scan(self, files: Sequence[Path], kind: str, build_sql, params: dict | None = None,
@@ -248,13 +251,17 @@ class Store:
         for layer in layout.layers_in(self.root, model):
             if self._activation_parts(model, layer):
                 present.append(layer)
+        rank = {name: i for i, name in enumerate(self._manifest_layers(model))}
+        return sorted(present, key=lambda x: (rank.get(x, len(rank)), x))
+
+    def _manifest_layers(self, model: str) -> list[str]:
+        """Layers named by the manifests of `model`'s runs, in order of first appearance."""
         order: list[str] = []
         runs = self.runs()
         if len(runs):
             for layers in runs.loc[runs["model"] == model, "layers"]:
                 order.extend(x for x in list(layers) if x not in order)
-        rank = {name: i for i, name in enumerate(order)}
-        return sorted(present, key=lambda x: (rank.get(x, len(rank)), x))
+        return order
 
     def steps(self, model: str, layer: str | None = None) -> pd.DataFrame:
         """Distinct (step, timestep, sigma) recorded for `model` (one layer, or its first layer)."""
@@ -403,11 +410,12 @@ class Store:
         layout.check_name("model", model)
         layout.check_name("layer", layer)
         step = int(step)
-        all_layers = layout.layers_in(self.root, model)
-        if not all_layers:
-            return _empty_activations(model, layer, step)
-        if layer not in all_layers:
-            raise ValueError(f"unknown layer {layer!r} for model {model!r}; valid: {self.layers(model)}")
+        if layer not in layout.layers_in(self.root, model):
+            known = self._manifest_layers(model)
+            if layer in known or not (known or layout.layers_in(self.root, model)):
+                return _empty_activations(model, layer, step)  # nothing written yet
+            valid = known + [x for x in layout.layers_in(self.root, model) if x not in known]
+            raise ValueError(f"unknown layer {layer!r} for model {model!r}; valid: {valid}")
         committed = self._committed_ids(model, None if run_ids is None else [str(r) for r in run_ids])
         if sample_ids is not None:
             wanted = pa.array([str(s) for s in sample_ids], pa.string())
@@ -652,7 +660,6 @@ class Store:
         act_cols = {f.name: f.type for f in schema.ACTIVATION_META} | {
             "dtype": pa.string(), "vector": "FLOAT[]", "model": pa.string(), "layer": pa.string(),
             "run_id": pa.string()}
-        cur.create_function("vector_values", _vector_values_udf, ["BLOB", "VARCHAR"], "FLOAT[]", type="arrow")
         for name, files, cols, hive in (("samples", samples, sample_cols, True),
                                         ("activations", acts, act_cols, True),
                                         ("runs", runs, {f.name: f.type for f in schema.RUNS}, False)):

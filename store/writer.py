@@ -306,28 +306,31 @@ class RunWriter:
         name = layout.part_name(int(idx[0]), int(idx[-1]))
         sids = [layout.sample_id(self.run_id, i) for i in idx.tolist()]
 
+        # Encode and validate everything first, so that bad input leaves no file behind.
         thumbs: list[bytes | None] = [None] * b
         sizes: list[tuple[int | None, int | None]] = [(None, None)] * b
         paths: list[str | None] = [None] * b
+        pngs: list[bytes] = []
+        if images is not None:
+            for j, (i, arr) in enumerate(zip(idx.tolist(), images, strict=True)):
+                im = _to_pil(arr)
+                buf = io.BytesIO()
+                im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+                pngs.append(buf.getvalue())
+                thumbs[j], sizes[j] = make_thumbnail(im), im.size
+                paths[j] = layout.image_relpath(self.model, self.run_id, i)
+        tables = {layer: _activation_table(layer, sids, activations[layer]) for layer in self.layers}
+        samples_table = self._samples_table(idx, sids, samples, thumbs, sizes, paths)
+
         with StagedFiles(self.durable) as staged:
-            # 1. images (+ thumbnails kept for the samples part)
-            if images is not None:
-                for j, (i, arr) in enumerate(zip(idx.tolist(), images, strict=True)):
-                    im = _to_pil(arr)
-                    buf = io.BytesIO()
-                    im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-                    rel = layout.image_relpath(self.model, self.run_id, i)
-                    staged.write_bytes(self.root / rel, buf.getvalue())
-                    thumbs[j], sizes[j], paths[j] = make_thumbnail(im), im.size, rel
-            # 2. one activation part per layer
-            for layer in self.layers:
-                table = _activation_table(layer, sids, activations[layer])
+            for rel, png in zip(paths, pngs, strict=False):  # 1. images
+                staged.write_bytes(self.root / rel, png)
+            for layer, table in tables.items():  # 2. one activation part per layer
                 staged.write_parquet(layout.activations_dir(self.root, self.model, layer, self.run_id) / name,
                                      table, row_group_size=b, **_ACT_WRITE)
-            table = self._samples_table(idx, sids, samples, thumbs, sizes, paths)  # validate before renaming
             staged.commit()
         # 3. the commit record, written last
-        atomic_write_parquet(layout.samples_dir(self.root, self.model, self.run_id) / name, table,
+        atomic_write_parquet(layout.samples_dir(self.root, self.model, self.run_id) / name, samples_table,
                              durable=self.durable, **_SAMPLES_WRITE)
         self._done.update(idx.tolist())
         return name

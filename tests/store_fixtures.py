@@ -60,3 +60,59 @@ def write_run(root: Path, run_id: str = "r1", model: str = "demo", n: int = 10, 
     if finish:
         w.finish("complete")
     return w
+
+
+# -- writer processes for the concurrency and crash tests ------------------------------------------------------
+
+def _append_main(root: str, batches: int, batch_size: int, pause: float) -> None:
+    """Append `batches` batches to run 'r1', sleeping `pause` s between them, then finish."""
+    import time
+
+    w = RunWriter(root, manifest("r1", num_samples=batches * batch_size))
+    for k in range(batches):
+        idx = list(range(k * batch_size, (k + 1) * batch_size))
+        w.write_batch(idx, *batch("r1", idx))
+        time.sleep(pause)
+    w.finish()
+
+
+def _hang_in_commit_main(root: str, batch_size: int) -> None:
+    """Commit two batches, then hang while writing the third batch's samples part (the commit record),
+    half of it already in its staging file: the state a SIGKILL mid-batch leaves behind."""
+    import sys
+    import time
+
+    import store.writer as writer_mod
+    from store.atomic import staging_path
+
+    real = writer_mod.atomic_write_parquet
+    w = RunWriter(root, manifest("r1", num_samples=3 * batch_size))
+    for k in range(2):
+        idx = list(range(k * batch_size, (k + 1) * batch_size))
+        w.write_batch(idx, *batch("r1", idx))
+
+    def hang(final, table, *args, **kwargs):
+        if "samples" not in Path(final).parts:
+            return real(final, table, *args, **kwargs)
+        with open(staging_path(Path(final)), "wb") as f:
+            f.write(b"PAR1" + b"\0" * 100)  # a partial Parquet file
+            f.flush()
+        print("HANGING", flush=True)
+        sys.stdout.close()
+        time.sleep(600)
+
+    writer_mod.atomic_write_parquet = hang
+    idx = list(range(2 * batch_size, 3 * batch_size))
+    w.write_batch(idx, *batch("r1", idx))
+
+
+if __name__ == "__main__":
+    import sys
+
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "append":
+        _append_main(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "hang-in-commit":
+        _hang_in_commit_main(args[0], int(args[1]))
+    else:
+        raise SystemExit(f"unknown command {cmd!r}; valid: append, hang-in-commit")
