@@ -7,7 +7,6 @@ from PIL import Image
 from pipeline.adapters import UnknownLayer
 from pipeline.generate import _batches, generate
 from store import Store
-
 from tests.edm_fixtures import tiny_edm_adapter
 
 LAYERS = ["encoder_bottleneck", "midblock", "dec.16x16_block0"]
@@ -15,7 +14,7 @@ LAYERS = ["encoder_bottleneck", "midblock", "dec.16x16_block0"]
 
 def _by_sample(store, layer, step):
     acts = Store(store).activations("tiny", layer, step=step)
-    return dict(zip(acts.sample_ids, acts.matrix))
+    return dict(zip(acts.sample_ids, acts.matrix, strict=True))
 
 
 def _images(store, ids):

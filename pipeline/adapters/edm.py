@@ -12,6 +12,7 @@ import torch
 
 from pipeline.adapters.base import Adapter, Condition, seeded_normal, shapes_by_hooks
 from pipeline.models.edm import EDMPrecond
+from pipeline.sampling import edm_sample, karras_sigmas, to_uint8
 
 
 class EDMAdapter(Adapter):
@@ -75,16 +76,9 @@ class EDMAdapter(Adapter):
         z = seeded_normal(noise_seeds, (ch, res, res)).to(self.device)
         labels = torch.zeros(len(conditions), int(self.config["label_dim"]), device=self.device)
         labels[torch.arange(len(conditions)), torch.tensor([c.class_id for c in conditions])] = 1.0
-        x = self.sigmas[0] * z
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype,
-                                             enabled=self.dtype != torch.float32):
-            for i, sigma in enumerate(self.sigmas):
-                with recorder.step(i, sigma=sigma):
-                    denoised = self.net(x, torch.full((len(z),), sigma, device=self.device), labels).float()
-                if i + 1 < len(self.sigmas):
-                    # Re-noise to the next sigma with noise of this sample and step only.
-                    eps = seeded_normal(noise_seeds, (ch, res, res), stream=i + 1).to(self.device)
-                    x = denoised + self.sigmas[i + 1] * eps
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            denoised = edm_sample(self.net, z, labels, self.sigmas, noise_seeds=noise_seeds,
+                                  on_step=lambda i, sigma: recorder.step(i, sigma=sigma))
         return to_uint8(denoised)
 
     def identity(self) -> dict:
@@ -98,25 +92,6 @@ class EDMAdapter(Adapter):
 
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW floats to uint8 NHWC, truncating like the reference ((x + 1) * 127.5, clamp, cast)."""
-    out = ((images.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
-    if out.shape[1] == 1:
-        out = out.repeat(1, 3, 1, 1)
-    return out.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def karras_sigmas(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0) -> list[float]:
-    """EDM's schedule; one step is DMD2's single call at sigma_max."""
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
-    if steps == 1:
-        return [sigma_max]
-    ramp = np.linspace(0, 1, steps)
-    inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
-    return [float(s) for s in inv ** rho]
 
 
 def load_imagenet(checkpoint: str, device: torch.device, *, steps: int = 1, dtype=torch.float32,
