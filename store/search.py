@@ -42,6 +42,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import keywords
 from .keywords import SearchError
@@ -161,7 +162,7 @@ class SearchResult:
     total: int
     elapsed_s: float
     limit: int
-    notes: list[str] = field(default_factory=list)
+    model_counts: dict[str, int] = field(default_factory=dict)  # every match, beyond the row limit
 
     @property
     def truncated(self) -> bool:
@@ -426,6 +427,9 @@ class SafeSearch:
         # store order, and the position in it (`_ord`) that the sandbox keeps beside each row
         samples = samples.sort_by([("model", "ascending"), ("run_id", "ascending"), ("index", "ascending")])
         self._rows = samples
+        models = samples.column("model").combine_chunks().dictionary_encode()
+        self._model_names = models.dictionary.to_pylist()
+        self._model_codes = pc.fill_null(models.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         samples = samples.append_column("_ord", pa.array(np.arange(samples.num_rows, dtype=np.int64)))
         self.num_samples = samples.num_rows
         self.models = sorted(set(samples.column("model").drop_null().to_pylist()))
@@ -481,14 +485,15 @@ class SafeSearch:
                 self._check_re2(cur, node.pattern, text)
             with _deadline(cur, timeout_s) as timer:
                 try:
-                    frame, total = self._fetch(cur, predicate, params, model, run_ids, limit)
+                    frame, total, per_model = self._fetch(cur, predicate, params, model, run_ids, limit)
                 except duckdb.InterruptException:
                     raise _timeout_error(text, timeout_s, timer) from None
                 except duckdb.Error as exc:
                     raise SearchError(_error_position(str(exc), "", text)[0], None, text, kind="error") from None
         finally:
             cur.close()
-        return SearchResult("regex" if regex else "keywords", text, frame, total, time.perf_counter() - t0, limit)
+        return SearchResult("regex" if regex else "keywords", text, frame, total, time.perf_counter() - t0, limit,
+                            per_model)
 
     def where(self, clause: str, model: str | None = None, run_ids=None, limit: int = DEFAULT_LIMIT,
               timeout_s: float = DEFAULT_TIMEOUT_S) -> SearchResult:
@@ -503,7 +508,7 @@ class SafeSearch:
                     # execute() (not sql()) so that binder errors keep their LINE/caret excerpt
                     ids = cur.execute(statement).fetchnumpy()["sample_id"]
                     cur.register("_hits", pa.table({"sample_id": pa.array(ids, pa.string())}))
-                    frame, total = self._fetch(
+                    frame, total, per_model = self._fetch(
                         cur, "sample_id IN (SELECT sample_id FROM _hits)", [], model, run_ids, limit)
                 except duckdb.InterruptException:
                     raise _timeout_error(clause, timeout_s, timer) from None
@@ -512,7 +517,7 @@ class SafeSearch:
                     raise SearchError(message, pos, clause, kind="error") from None
         finally:
             cur.close()
-        return SearchResult("sql", clause, frame, total, time.perf_counter() - t0, limit)
+        return SearchResult("sql", clause, frame, total, time.perf_counter() - t0, limit, per_model)
 
     def validate(self, clause: str) -> str:
         """The full statement a WHERE clause would run as, or a SearchError saying why it is refused."""
@@ -585,8 +590,9 @@ class SafeSearch:
             raise SearchError(f"{message} (DuckDB uses RE2: no look-arounds or backreferences)", None, text,
                               kind="syntax") from None
 
-    def _fetch(self, cur, predicate: str, params: list, model, run_ids, limit: int) -> tuple[pd.DataFrame, int]:
-        """Rows matching ``predicate`` in scope: the first ``limit`` in store order, and how many there are.
+    def _fetch(self, cur, predicate: str, params: list, model, run_ids, limit: int):
+        """Rows matching ``predicate`` in scope: the first ``limit`` in store order, how many there are, and how
+        many per model.
 
         DuckDB returns only the store-order positions of the matches (one integer each); the rows themselves
         come from the Arrow copy by position. That is one scan, with no window or sort over all matches.
@@ -604,7 +610,10 @@ class SafeSearch:
         ords = cur.sql(sql, params=args).to_arrow_table().column("_ord").to_numpy()
         ords = np.sort(ords.astype(np.int64, copy=False))
         frame = self._rows.take(pa.array(ords[:limit])).to_pandas(types_mapper=_NULLABLE_INTS.get)
-        return frame, int(len(ords))
+        codes = self._model_codes[ords]
+        per_model = np.bincount(codes[codes >= 0], minlength=len(self._model_names))
+        model_counts = {m: int(c) for m, c in zip(self._model_names, per_model, strict=True) if c}
+        return frame, int(len(ords)), model_counts
 
 
 def _check_limits(limit, timeout_s) -> tuple[int, float]:

@@ -8,7 +8,6 @@ import threading
 import numpy as np
 import pyarrow as pa
 import pytest
-from app_fixtures import PROMPTS, build_app_store
 
 from store import RunWriter, Store
 from store.keywords import matches, parse
@@ -21,6 +20,7 @@ from store.search import (
     run_saved,
     validate_where,
 )
+from tests.app_fixtures import PROMPTS, build_app_store
 
 PER_RUN = 40  # digits-a: 40 samples, digits-b: 20 (3 steps each); words-a: 48 prompts (1 step)
 
@@ -72,6 +72,8 @@ def test_scope_limit_and_truncation(search):
     assert search.keyword("cat", model="digits").total == 0
     r = search.where("1=1", limit=7)
     assert len(r.frame) == 7 and r.total == 108 and r.truncated
+    assert set(r.frame["model"]) == {"digits"}
+    assert r.model_counts == {"digits": 60, "words": 48}  # counted over every match, not the rows shown
     assert not search.where("1=1").truncated
     r = search.where("1=1", run_ids="digits-a")  # a single run id as a string
     assert r.total == 40

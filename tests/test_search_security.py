@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from app_fixtures import build_app_store
 
 from store import Store
 from store.search import MAX_CLAUSE_CHARS, SafeSearch, SearchError, for_store
+from tests.app_fixtures import build_app_store
 
 SECRET = "TOPSECRET-7f3a9c"
 REFUSED = {"refused", "syntax"}  # stopped before anything ran
