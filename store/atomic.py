@@ -43,14 +43,27 @@ def fsync_dir(folder: Path) -> None:
 
 
 def _write_staging(final: Path, write: Callable[[Any], None], durable: bool) -> Path:
+    """Write a staging file next to `final` with `write(fileobj)` and flush (+ fsync) it."""
+    return _staging_by_path(final, lambda tmp: _write_fileobj(tmp, write), durable)
+
+
+def _write_fileobj(tmp: Path, write: Callable[[Any], None]) -> None:
+    with open(tmp, "wb") as f:
+        write(f)
+
+
+def _staging_by_path(final: Path, write_path: Callable[[Path], None], durable: bool) -> Path:
+    """Staging file written by `write_path(tmp)` (which closes it); fsynced when `durable`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(final)
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
+        write_path(tmp)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -58,10 +71,7 @@ def _write_staging(final: Path, write: Callable[[Any], None], durable: bool) -> 
     return tmp
 
 
-def atomic_write(final: Path, write: Callable[[Any], None], durable: bool = True) -> Path:
-    """Call `write(fileobj)` on a staging file, flush (and fsync), then rename it to `final`."""
-    final = Path(final)
-    tmp = _write_staging(final, write, durable)
+def _rename(tmp: Path, final: Path, durable: bool) -> Path:
     try:
         os.replace(tmp, final)
     except BaseException:
@@ -73,14 +83,22 @@ def atomic_write(final: Path, write: Callable[[Any], None], durable: bool = True
     return final
 
 
+def atomic_write(final: Path, write: Callable[[Any], None], durable: bool = True) -> Path:
+    """Call `write(fileobj)` on a staging file, flush (and fsync), then rename it to `final`."""
+    final = Path(final)
+    return _rename(_write_staging(final, write, durable), final, durable)
+
+
 def _parquet_writer(table: pa.Table, metadata: Mapping[bytes, bytes] | None, options: dict):
+    """A `write_path(tmp)` for a Parquet file. pyarrow writes to the path natively: through a Python
+    file object it makes many small calls and is several times slower."""
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update(metadata)
         table = table.replace_schema_metadata(merged)
     # Page checksums let `verify` tell a flipped bit from good data.
     options.setdefault("write_page_checksum", True)
-    return lambda f: pq.write_table(table, f, **options)
+    return lambda tmp: pq.write_table(table, str(tmp), **options)
 
 
 def atomic_write_bytes(final: Path, data: bytes, durable: bool = True) -> Path:
@@ -90,7 +108,9 @@ def atomic_write_bytes(final: Path, data: bytes, durable: bool = True) -> Path:
 def atomic_write_parquet(final: Path, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None,
                          durable: bool = True, **write_options: Any) -> Path:
     """Write `table` as Parquet atomically; `metadata` is merged into the schema key-value metadata."""
-    return atomic_write(final, _parquet_writer(table, metadata, write_options), durable)
+    final = Path(final)
+    tmp = _staging_by_path(final, _parquet_writer(table, metadata, write_options), durable)
+    return _rename(tmp, final, durable)
 
 
 class StagedFiles:
@@ -112,7 +132,7 @@ class StagedFiles:
                       **write_options: Any) -> None:
         final = Path(final)
         writer = _parquet_writer(table, metadata, write_options)
-        self._pending.append((_write_staging(final, writer, self.durable), final))
+        self._pending.append((_staging_by_path(final, writer, self.durable), final))
 
     def commit(self) -> None:
         folders = []

@@ -367,7 +367,7 @@ class Store:
     # -- activations ------------------------------------------------------------------------------------
 
     def _committed_ids(self, model: str, run_ids: Iterable[str] | None) -> dict[str, pa.Table]:
-        """run_id -> table (sample_id, index, part) of its committed samples."""
+        """run_id -> table (sample_id, index, part) of its committed samples, sorted by index."""
         out: dict[str, list[pa.Table]] = {}
         runs = None if run_ids is None else set(run_ids)
         for _m, run, folder in layout.sample_partitions(self.root, model):
@@ -377,7 +377,7 @@ class Store:
                 t = self._ids_of(p)
                 if t is not None:
                     out.setdefault(run, []).append(t)
-        return {r: pa.concat_tables(ts) for r, ts in out.items()}
+        return {r: pa.concat_tables(ts).sort_by("index") for r, ts in out.items()}
 
     def _ids_of(self, path: Path) -> pa.Table | None:
         try:

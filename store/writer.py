@@ -86,10 +86,15 @@ def default_code_version() -> str:
 def read_manifest(path: Path) -> dict | None:
     """The one-row manifest at `path` as a dict, or None when missing."""
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = pq.ParquetFile(path).read().to_pylist()
     except FileNotFoundError:
         return None
-    return rows[0] if rows else None
+    except Exception as e:
+        raise ValueError(f"the run manifest {path} is unreadable ({type(e).__name__}: {e}); check the store with "
+                         f"`python -m store verify`, or delete the file to reopen the run with a new manifest") from e
+    if len(rows) != 1:
+        raise ValueError(f"the run manifest {path} has {len(rows)} rows, expected 1")
+    return rows[0]
 
 
 def _canon(field: str, value: Any) -> Any:
@@ -486,6 +491,9 @@ def _matrix(values) -> np.ndarray:
     """A 2-D float array from an ndarray, a list of vectors, or an Arrow list column."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    if isinstance(values, pa.FixedSizeListArray) and values.null_count == 0:
+        flat = values.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(len(values), values.type.list_size)
     if isinstance(values, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
         values = values.to_pylist()
     m = np.asarray(values) if isinstance(values, np.ndarray) else np.stack([np.asarray(v) for v in values])

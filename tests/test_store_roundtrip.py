@@ -287,3 +287,30 @@ def test_vectors_of_different_sizes_need_run_ids(tmp_path):
     with pytest.raises(ValueError, match="different sizes.*pass run_ids"):
         st.activations("demo", "enc")
     assert st.activations("demo", "enc", run_ids=["r2"]).matrix.shape == (1, 64)
+
+
+def test_two_ranks_interleaved_indices_read_in_index_order(tmp_path):
+    m = manifest("r1", num_samples=8)
+    w0 = RunWriter(tmp_path, m, rank=0, world_size=2)
+    w1 = RunWriter(tmp_path, m, rank=1, world_size=2)
+    w0.cleanup()
+    for w, idx in ((w1, [5, 7]), (w0, [0, 2, 4]), (w1, [1, 3]), (w0, [6])):
+        w.write_batch(idx, *batch("r1", idx))
+    assert w1.finish() is None  # only rank 0 writes the manifest
+    assert w0.finish()["num_done"] == 8
+    st = Store(tmp_path)
+    a = st.activations("demo", "mid", step=1)
+    assert a.sample_ids.tolist() == [f"r1-{i:08d}" for i in range(8)]
+    want = np.stack([activation_value("r1", "mid", 1, i).reshape(-1) for i in range(8)])
+    np.testing.assert_allclose(a.matrix, want, rtol=1e-3, atol=1e-3)
+    assert st.samples()["index"].tolist() == list(range(8))
+    assert RunWriter(tmp_path, m).done_indices().tolist() == list(range(8))
+
+
+def test_unreadable_manifest_is_a_clear_error(tmp_path):
+    write_run(tmp_path, "r1", n=2)
+    (tmp_path / "runs/r1.parquet").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"manifest .*r1\.parquet is unreadable.*store verify"):
+        RunWriter(tmp_path, manifest("r1"))
+    with pytest.warns(RuntimeWarning, match="r1.parquet"):
+        assert Store(tmp_path).runs().empty
