@@ -29,17 +29,19 @@ class Report:
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
     foreign: list[str] = field(default_factory=list)
     missing_images: list[tuple[str, str]] = field(default_factory=list)  # (relpath, sample_id)
+    missing_parts: list[str] = field(default_factory=list)  # activation parts of committed batches
     staging: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.foreign or self.missing_images)
+        return not (self.corrupt or self.foreign or self.missing_images or self.missing_parts)
 
     def lines(self) -> list[str]:
         out = [f"CORRUPT  {p}: {why}" for p, why in self.corrupt]
         out += [f"FOREIGN  {p}" for p in self.foreign]
         out += [f"MISSING  {p} (image of {sid})" for p, sid in self.missing_images]
+        out += [f"MISSING  {p} (activations of a committed batch)" for p in self.missing_parts]
         out += [f"note: staging leftover {p} (removed by the next writer of its run)" for p in self.staging]
         out += [f"note: orphan {p} (batch never committed: invisible, removed when the run resumes)"
                 for p in self.orphans]
@@ -47,6 +49,7 @@ class Report:
         out.append(
             f"{verdict}: {self.checked} files checked in {self.root}; {len(self.corrupt)} corrupt, "
             f"{len(self.foreign)} foreign, {len(self.missing_images)} missing images, "
+            f"{len(self.missing_parts)} missing activation parts, "
             f"{len(self.staging)} staging leftovers, {len(self.orphans)} orphans"
         )
         return out
@@ -188,6 +191,22 @@ class _Verifier:
             except Exception as e:
                 self.r.corrupt.append((self.rel(p), f"unreadable PNG: {type(e).__name__}: {e}"))
 
+    def missing_activation_parts(self) -> None:
+        """Every committed batch has one activation part per layer of its run's manifest."""
+        for (model, run), parts in sorted(self.committed.items()):
+            manifest = layout.run_manifest_path(self.root, run)
+            try:
+                md = pq.read_table(manifest, columns=["model", "layers"]).to_pylist()[0]
+            except Exception:  # missing or corrupt manifest: reported on its own (or nothing to compare with)
+                continue
+            if md["model"] != model:
+                continue
+            for layer in md["layers"] or []:
+                for name in sorted(parts):
+                    p = layout.activations_dir(self.root, model, layer, run) / name
+                    if not p.is_file():
+                        self.r.missing_parts.append(self.rel(p))
+
     def text_embeddings(self, _parts: dict, p: Path) -> None:
         if p.name == layout.PROMPTS_FILE:
             self.read(p, "text_embeddings")
@@ -224,4 +243,5 @@ def verify(root: str | os.PathLike, quick: bool = False) -> Report:
     for rel, sid in v.image_refs:
         if not (root / rel).is_file():
             v.r.missing_images.append((rel, sid))
+    v.missing_activation_parts()
     return v.r

@@ -127,6 +127,14 @@ def test_verify_reports_missing_image_exit_1(root):
     assert "MISSING  images/model=demo/run_id=r1/00000005.png (image of r1-00000005)" in res.stdout
 
 
+def test_verify_reports_missing_activation_part_exit_1(root):
+    (root / "activations/model=demo/layer=mid/run_id=r1/part-00000004-00000007.parquet").unlink()
+    res = _cli("verify", root)
+    assert res.returncode == 1
+    assert ("MISSING  activations/model=demo/layer=mid/run_id=r1/part-00000004-00000007.parquet "
+            "(activations of a committed batch)") in res.stdout
+
+
 def test_verify_notes_staging_and_orphans_exit_0(root):
     folder = root / "activations/model=demo/layer=enc/run_id=r1"
     (folder / "part-00000008-00000009.parquet").write_bytes(
