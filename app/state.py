@@ -198,17 +198,18 @@ def clear_selection() -> None:
     select(None)
 
 
-def toggle_neighbour(sample_id: str, knn: list[str]) -> str:
-    """A click on another point while one is selected; returns what happened.
+def apply_click(sel: Selection, sample_id: str, knn: list[str]) -> tuple[Selection, str]:
+    """What a click on the map does to a selection (pure; ``knn``: the kNN list shown for it).
 
-    A kNN neighbour is removed from the kNN list, a manual neighbour is removed, anything else becomes a
-    manual neighbour. Clicking the selected point itself does nothing.
+    No selection: the point becomes the selected one. With a selection: a kNN neighbour is removed from the
+    kNN list, a manual neighbour is removed, any other point becomes a manual neighbour; clicking the
+    selected point itself changes nothing.
     """
-    selected = st.session_state.get(SELECTED)
-    if sample_id == selected:
-        return "none"
-    manual = list(st.session_state.get(MANUAL, []))
-    removed = list(st.session_state.get(KNN_REMOVED, []))
+    if not sel.selected:
+        return Selection(selected=sample_id), "selected"
+    if sample_id == sel.selected:
+        return sel, "none"
+    manual, removed = list(sel.manual), list(sel.knn_removed)
     if sample_id in manual:
         manual.remove(sample_id)
         result = "removed manual"
@@ -218,21 +219,28 @@ def toggle_neighbour(sample_id: str, knn: list[str]) -> str:
     else:
         manual.append(sample_id)
         result = "added manual"
-    st.session_state[MANUAL] = manual
-    st.session_state[KNN_REMOVED] = removed
+    return Selection(sel.selected, manual, removed), result
+
+
+def put_selection(sel: Selection) -> None:
+    st.session_state[SELECTED] = sel.selected
+    st.session_state[MANUAL] = list(sel.manual)
+    st.session_state[KNN_REMOVED] = list(sel.knn_removed)
+
+
+def toggle_neighbour(sample_id: str, knn: list[str]) -> str:
+    """Toggle ``sample_id`` as a neighbour of the selected point (see ``apply_click``)."""
+    sel, result = apply_click(get_selection(), sample_id, knn)
+    put_selection(sel)
     return result
 
 
 def handle_click(sample_id: str, knn_of) -> str:
-    """Select on a first click, toggle a neighbour while a point is selected.
-
-    ``knn_of(selected) -> list[str]`` gives the current kNN list (computed only when needed).
-    """
-    selected = st.session_state.get(SELECTED)
-    if not selected:
-        select(sample_id)
-        return "selected"
-    return toggle_neighbour(sample_id, knn_of(selected))
+    """The map's click callback: ``knn_of(selected) -> list[str]`` gives the kNN list currently shown."""
+    current = get_selection()
+    sel, result = apply_click(current, sample_id, knn_of(current.selected) if current.selected else [])
+    put_selection(sel)
+    return result
 
 
 def find_neighbours() -> None:

@@ -131,19 +131,40 @@ class ThumbExport:
         self.folder = thumbs_dir(skey)
         self._lock = threading.Lock()
         self._queue: list[list[str]] = []
+        self._requested: set[str] = set()
         self._thread: threading.Thread | None = None
         self.written = 0
         self.error: str | None = None
 
     def missing(self, sample_ids: Iterable[str]) -> list[str]:
+        ids = list(sample_ids)
+        if len(ids) < 200:  # a few files: stat them rather than list a folder of many thousands
+            return [s for s in ids if not (self.folder / (thumb_name(s) + THUMB_EXT)).exists()]
         try:
             have = {p.name for p in os.scandir(self.folder)} if self.folder.is_dir() else set()
         except FileNotFoundError:
             have = set()
-        return [s for s in sample_ids if thumb_name(s) + THUMB_EXT not in have]
+        return [s for s in ids if thumb_name(s) + THUMB_EXT not in have]
+
+    def request_once(self, key: str, sample_ids: Iterable[str]) -> None:
+        """``request`` the thumbnails of a view the first time it is drawn (reruns of it cost nothing)."""
+        with self._lock:
+            if key in self._requested:
+                return
+            self._requested.add(key)
+        self.request(sample_ids)
+
+    def ensure(self, sample_ids: Iterable[str]) -> int:
+        """Write the missing thumbnails of a few ids now, in the calling thread (the selection panel must not
+        wait behind a whole map's export); returns how many were written."""
+        todo = self.missing(sample_ids)
+        if todo:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._write(todo)
+        return len(todo)
 
     def request(self, sample_ids: Iterable[str], *, wait: bool = False) -> int:
-        """Queue the missing thumbnails of ``sample_ids``; returns how many are missing."""
+        """Queue the missing thumbnails of ``sample_ids`` for the background thread; returns how many."""
         todo = self.missing(sample_ids)
         if not todo:
             return 0
@@ -170,14 +191,16 @@ class ThumbExport:
                 todo = self._queue.pop(0)
             todo = self.missing(todo)
             for start in range(0, len(todo), self.BATCH):
-                batch = todo[start : start + self.BATCH]
-                try:
-                    blobs = self.fetch(batch)
-                except Exception as exc:  # a corrupt part must not kill the exporter
-                    self.error = f"{type(exc).__name__}: {exc}"
-                    log.warning("thumbnail export failed for %d samples: %s", len(batch), self.error)
-                    continue
-                for sample_id, blob in zip(batch, blobs, strict=True):
-                    if blob:
-                        _atomic_write(self.folder / (thumb_name(sample_id) + THUMB_EXT), bytes(blob))
-                        self.written += 1
+                self._write(todo[start : start + self.BATCH])
+
+    def _write(self, batch: list[str]) -> None:
+        try:
+            blobs = self.fetch(batch)
+        except Exception as exc:  # a corrupt part must not kill the exporter
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("thumbnail export failed for %d samples: %s", len(batch), self.error)
+            return
+        for sample_id, blob in zip(batch, blobs, strict=True):
+            if blob:
+                _atomic_write(self.folder / (thumb_name(sample_id) + THUMB_EXT), bytes(blob))
+                self.written += 1

@@ -218,7 +218,8 @@ def colorings(view: View, clusters: tuple[pd.Series, str] | None = None) -> dict
         labels, key = clusters
         aligned = labels.reindex(view.sample_ids).reset_index(drop=True)
         order = tuple(sorted(pd.unique(aligned.dropna()), key=_natural))
-        out["cluster"] = Coloring(f"cluster-{key[:12]}", "prompt cluster", "category", aligned, order)
+        short = hashlib.sha1(key.encode()).hexdigest()[:12]
+        out["cluster"] = Coloring(f"cluster-{short}", "prompt cluster", "category", aligned, order)
     if f["run_id"].nunique() > 1:
         out["run"] = Coloring("run", "run", "category", f["run_id"])
     if "step" in f.columns and f["step"].nunique() > 1:

@@ -53,7 +53,7 @@ def test_overview_grid_switches_model_and_pages(app_env):
 
 def test_missing_non_default_store_shows_commands_not_a_traceback(app_env, tmp_path):
     at = app_test(OVERVIEW)
-    at.text_input(key="dmd.store_input").set_value(str(tmp_path / "nowhere")).run()
+    at.text_input(key="dmd_store_input").set_value(str(tmp_path / "nowhere")).run()
     assert not at.exception
     text = _texts(at)
     assert "does not exist" in text
@@ -65,7 +65,7 @@ def test_empty_store_shows_commands_on_every_page(app_env, tmp_path):
     empty.mkdir()
     for page in (OVERVIEW, "app_pages/explore.py"):
         at = app_test(page)
-        at.text_input(key="dmd.store_input").set_value(str(empty)).run()
+        at.text_input(key="dmd_store_input").set_value(str(empty)).run()
         assert not at.exception
         assert "holds no samples yet" in _texts(at)
         assert "python -m pipeline demo" in _texts(at)
@@ -79,7 +79,7 @@ def test_corrupt_part_is_reported_and_skipped(app_env, app_store, tmp_path):
     bad = store / "activations/model=digits/layer=midblock/run_id=digits-a/part-00000000-00000099.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
     at = app_test(OVERVIEW)
-    at.text_input(key="dmd.store_input").set_value(str(store)).run()
+    at.text_input(key="dmd_store_input").set_value(str(store)).run()
     assert not at.exception
     assert any("corrupt part" in w.value for w in at.warning)
     assert str(bad) in _texts(at)

@@ -1,0 +1,5 @@
+"""Explore: the map of one layer's activations, hover previews, click selection and neighbours."""
+
+from app import explore
+
+explore.main()

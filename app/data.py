@@ -1,0 +1,408 @@
+"""What the pages read, cached with explicit small keys (store path + data version + parameters).
+
+Nothing here computes: the store reads, the pipeline projects and finds neighbours. This module only
+caches their answers per store version and shapes them for the pages. Cached objects are shared between
+sessions and must not be mutated by callers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import static_files, views
+from store import Store
+
+log = logging.getLogger(__name__)
+
+BUILD_COMMANDS = """\
+# the demo store (the shipped digits model, CPU, a few minutes):
+python -m pipeline demo --store {path}
+
+# or generate from a checkpoint (see README, "Generating a store"):
+python -m pipeline generate --help
+"""
+
+
+def resolve(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _open_store(resolved: str) -> Store:
+    return Store(resolved)
+
+
+def open_store(path: str) -> Store:
+    """One shared `Store` per folder (it is thread-safe: one DuckDB cursor per query)."""
+    return _open_store(resolve(path))
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    path: str
+    kind: str  # "missing", "not a folder", "empty" or "ok"
+    models: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+def store_status(path: str) -> StoreStatus:
+    p = Path(path).expanduser()
+    if not p.exists():
+        return StoreStatus(path, "missing")
+    if not p.is_dir():
+        return StoreStatus(path, "not a folder")
+    try:
+        models = tuple(open_store(path).models())
+    except Exception as exc:  # an unreadable folder is reported, never a traceback
+        log.warning("cannot read store %s: %s", path, exc)
+        return StoreStatus(path, "empty")
+    return StoreStatus(path, "ok" if models else "empty", models)
+
+
+def store_version(path: str) -> str:
+    """Changes whenever a batch is committed or a manifest rewritten anywhere in the store."""
+    store = open_store(path)
+    parts = [store.data_version(m) for m in store.models()]
+    runs_dir = Path(resolve(path)) / "runs"
+    if runs_dir.is_dir():
+        parts.extend(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(runs_dir.glob("*.parquet")))
+    return "|".join(parts)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def runs_frame(resolved: str, version: str) -> pd.DataFrame:
+    return open_store(resolved).runs()
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def samples_frame(resolved: str, model: str, version: str) -> pd.DataFrame:
+    """All samples of a model (no thumbnails), in store order. Shared: do not mutate."""
+    return open_store(resolved).samples(model=model)
+
+
+def model_samples(path: str, model: str) -> pd.DataFrame:
+    store = open_store(path)
+    return samples_frame(resolve(path), model, store.data_version(model))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def steps_frame(resolved: str, model: str, layer: str | None, version: str) -> pd.DataFrame:
+    return open_store(resolved).steps(model, layer)
+
+
+def model_steps(path: str, model: str, layer: str | None = None) -> pd.DataFrame:
+    store = open_store(path)
+    return steps_frame(resolve(path), model, layer, store.data_version(model, layer))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def layers_of(resolved: str, model: str, version: str) -> list[str]:
+    return open_store(resolved).layers(model)
+
+
+def model_layers(path: str, model: str) -> list[str]:
+    return layers_of(resolve(path), model, open_store(path).data_version(model))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def storage_frame(resolved: str, version: str, by: str) -> pd.DataFrame:
+    return open_store(resolved).storage(by=by)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def thumb_export(resolved: str) -> static_files.ThumbExport:
+    """The thumbnail exporter of one store (one background thread at a time)."""
+    store = open_store(resolved)
+    return static_files.ThumbExport(static_files.store_key(resolved), store.thumbs)
+
+
+def thumb_urls(path: str, sample_ids: list[str], *, for_image: bool = True) -> list[str]:
+    """URLs of thumbnails, exported first (synchronously: call it for a handful of ids, not a map).
+
+    ``for_image``: the ``/app/static/...`` form that ``st.image`` resolves against the server itself;
+    else the URL with ``server.baseUrlPath`` for raw HTML.
+    """
+    resolved = resolve(path)
+    thumb_export(resolved).ensure(sample_ids)
+    skey = static_files.store_key(resolved)
+    names = [static_files.thumb_name(s) + static_files.THUMB_EXT for s in sample_ids]
+    if for_image:
+        return [f"/app/static/thumbs/{skey}/{n}" for n in names]
+    return [static_files.thumb_base_url(skey) + n for n in names]
+
+
+def skipped(path: str) -> list[str]:
+    """Corrupt parts the store skipped so far (each also logged as a warning)."""
+    return list(open_store(path).skipped)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# ------------------------------------------------------------------------------------------ projections
+# The projection engine (pipeline.project) is asked, never imitated. A fit runs in a worker thread so the
+# page keeps answering: the page polls the job and shows its progress; a cached result finishes within the
+# first short wait and shows at once.
+
+_projector_override = None
+JOB_WAIT_S = 0.4  # how long a page waits for a job before showing progress instead
+
+
+def set_projector(projector) -> None:
+    """Replace the projection engine (tests: a fast deterministic stand-in). None restores the real one."""
+    global _projector_override
+    _projector_override = projector
+
+
+@st.cache_resource(show_spinner=False)
+def _real_projector():
+    from pipeline.project import Projector
+
+    return Projector()
+
+
+def projector():
+    return _projector_override if _projector_override is not None else _real_projector()
+
+
+@st.cache_resource(show_spinner=False)
+def start_warmup() -> bool:
+    """Compile UMAP's numba code paths in the background once per server process (off the click path)."""
+    try:
+        from pipeline.project import start_warmup_thread
+    except Exception as exc:  # the app still works, the first fit is just slower
+        log.info("no projection warm-up: %s", exc)
+        return False
+    start_warmup_thread()
+    return True
+
+
+@dataclass
+class Job:
+    """One projection request running (or finished) in a worker thread."""
+
+    key: tuple
+    progress: float = 0.0
+    message: str = "starting"
+    result: object | None = None
+    error: str | None = None
+    started: float = 0.0
+    finished: float | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    def report(self, fraction: float | None = None, message: str | None = None) -> None:
+        if fraction is not None:
+            self.progress = max(0.0, min(1.0, float(fraction)))
+        if message:
+            self.message = str(message)
+
+
+class _Jobs:
+    KEEP = 32
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.jobs: OrderedDict[tuple, Job] = OrderedDict()
+
+    def get_or_start(self, key: tuple, work) -> Job:
+        with self.lock:
+            job = self.jobs.get(key)
+            if job is not None and job.error is None:
+                self.jobs.move_to_end(key)
+                return job
+            job = Job(key=key, started=time.time())
+            self.jobs[key] = job
+            while len(self.jobs) > self.KEEP:
+                oldest = next(iter(self.jobs))
+                if self.jobs[oldest].running:
+                    break
+                self.jobs.popitem(last=False)
+
+        def run():
+            try:
+                job.result = work(job)
+            except Exception as exc:  # reported in the page with the parameters that failed
+                log.warning("projection %s failed: %s", key, exc, exc_info=True)
+                job.error = f"{exc}" if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            finally:
+                job.finished = time.time()
+
+        job.thread = threading.Thread(target=run, daemon=True, name="projection")
+        job.thread.start()
+        return job
+
+    def find(self, key: tuple) -> Job | None:
+        with self.lock:
+            return self.jobs.get(key)
+
+
+@st.cache_resource(show_spinner=False)
+def jobs() -> _Jobs:
+    return _Jobs()
+
+
+def projection_params(settings) -> dict:
+    """The projection parameters of a view, as the projection engine takes them."""
+    return {"feature": settings.feature, "n_neighbors": settings.n_neighbors, "min_dist": settings.min_dist,
+            "metric": settings.metric}
+
+
+def request_projection(path: str, settings, sample_ids: list[str] | None, refit: int) -> Job:
+    """Start (or find) the projection job of a view; waits briefly so that a cached result shows at once."""
+    store = open_store(path)
+    runs = list(settings.runs) or None
+    version = store.data_version(settings.model, settings.layer, runs)
+    params = projection_params(settings)
+    ids = tuple(sample_ids) if sample_ids is not None else None
+    filter_key = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12] if ids is not None else ""
+    key = (resolve(path), version, settings.model, settings.layer, settings.step, tuple(settings.runs),
+           tuple(sorted(params.items())), filter_key, refit)
+
+    def work(job: Job):
+        return projector().project(store, settings.model, settings.layer, settings.step, params,
+                                   run_ids=runs, sample_ids=list(ids) if ids is not None else None,
+                                   progress=job.report, force=refit > 0)
+
+    job = jobs().get_or_start(key, work)
+    if job.running and job.thread is not None:
+        job.thread.join(JOB_WAIT_S)
+    return job
+
+
+@st.cache_resource(show_spinner=False, max_entries=24)
+def _view(job_key: tuple, _job: Job, _path: str, model: str, layer: str, step: int) -> views.View:
+    proj = _job.result
+    samples = model_samples(_path, model)
+    steps = model_steps(_path, model, layer)
+    row = steps[steps["step"] == step]
+    info = {"step": int(step)}
+    if len(row):
+        info["sigma"] = None if pd.isna(row["sigma"].iloc[0]) else float(row["sigma"].iloc[0])
+        info["timestep"] = None if pd.isna(row["timestep"].iloc[0]) else float(row["timestep"].iloc[0])
+    view = views.make_view(store_key=static_files.store_key(resolve(_path)), projection_key=str(proj.key),
+                           model=model, layer=layer, step=step, sample_ids=proj.sample_ids, xy=proj.xy,
+                           samples=samples, quality=dict(proj.quality or {}), source=str(proj.source),
+                           step_info=info, extra_key=str(job_key))
+    views.write_view_files(view)
+    return view
+
+
+def view_for(path: str, settings, job: Job) -> views.View:
+    """The View of a finished projection job (built and written once per job)."""
+    return _view(job.key, job, path, settings.model, settings.layer, settings.step)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _has_text_embeddings(resolved: str, model: str, version: str) -> bool:
+    frame, matrix = open_store(resolved).text_embeddings(model)
+    return len(frame) > 0 and matrix.size > 0
+
+
+def has_text_embeddings(path: str, model: str) -> bool:
+    return _has_text_embeddings(resolve(path), model, open_store(path).data_version(model))
+
+
+def keyword_search(path: str, model: str, text: str, runs=()) -> list[str]:
+    """Sample ids matching a keyword query (store.search; raises its SearchError, a ValueError)."""
+    from store import search
+
+    result = search.for_store(open_store(path)).keyword(text, model, list(runs) or None, limit=search.MAX_LIMIT)
+    return result.sample_ids
+
+
+def prompt_cluster_labels(path: str, model: str, k: int, runs=()) -> tuple[pd.Series, str] | None:
+    """Cluster label of every sample (indexed by sample_id) and the clustering's key, or None."""
+    from pipeline import clusters
+
+    try:
+        found = clusters.prompt_clusters(open_store(path), model, k, list(runs) or None)
+    except (clusters.NoTextEmbeddings, ValueError) as exc:
+        log.info("no prompt clusters for %s: %s", model, exc)
+        return None
+    return found.labels(), found.key
+
+
+def coloring_for(path: str, view: views.View, settings) -> views.Coloring:
+    """The colouring chosen in the sidebar for this view (falls back to class label)."""
+    clusters = None
+    if settings.color_by == "cluster":
+        got = prompt_cluster_labels(path, view.model, settings.n_clusters, settings.runs)
+        if got is not None:
+            clusters = got
+    options = views.colorings(view, clusters=clusters)
+    return options.get(settings.color_by) or options["label"]
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The neighbour panel of the selected sample: its k nearest minus the ones the user removed (removed ones
+    are not replaced: "Find neighbours" brings them back), and the manual neighbours."""
+
+    knn: list[str]
+    knn_distances: list[float]
+    manual: list[str]
+    manual_distances: list[float]
+
+
+def neighbours_of(path: str, view: views.View, settings, selection) -> Neighbours:
+    removed = set(selection.knn_removed)
+    ids, dists = nearest(path, view, settings, selection.selected, settings.k)
+    kept = [(s, float(d)) for s, d in zip(ids, dists, strict=True)
+            if s != selection.selected and s not in removed]
+    manual = [s for s in selection.manual if s in view.position]
+    manual_d = distances(path, view, settings, selection.selected, manual) if manual else []
+    return Neighbours(knn=[s for s, _ in kept], knn_distances=[d for _, d in kept], manual=manual,
+                      manual_distances=[float(d) for d in manual_d])
+
+
+def nearest(path: str, view: views.View, settings, sample_id: str, k: int) -> tuple[list[str], list[float]]:
+    """The k nearest samples of ``sample_id`` in the view (map space or activation space) with distances."""
+    engine = projector()
+    if hasattr(engine, "neighbors"):  # a stand-in engine answers itself
+        return engine.neighbors(view.projection_key, view.sample_ids, view.xy, sample_id, k, settings.space,
+                                settings.metric)
+    return _pipeline_nearest(path, view, settings, sample_id, k)
+
+
+def distances(path: str, view: views.View, settings, sample_id: str, others: list[str]) -> list[float]:
+    """Distances from ``sample_id`` to ``others`` in the same space as ``nearest``."""
+    engine = projector()
+    if hasattr(engine, "neighbors"):
+        return engine.neighbors(view.projection_key, view.sample_ids, view.xy, sample_id, 0, settings.space,
+                                settings.metric, others=others)
+    return _pipeline_distances(path, view, settings, sample_id, others)
+
+
+def _pipeline_nearest(path, view, settings, sample_id, k):
+    from pipeline import neighbors
+
+    return neighbors.neighbors(open_store(path), view.projection_key, sample_id, k, space=settings.space,
+                               metric=settings.metric)
+
+
+def _pipeline_distances(path, view, settings, sample_id, others):
+    from pipeline import neighbors
+
+    return neighbors.distances(open_store(path), view.projection_key, sample_id, others, space=settings.space,
+                               metric=settings.metric)

@@ -1,0 +1,506 @@
+"""The Explore page: sidebar controls, the projection job, the map, the selection panel, info and export.
+
+The page script (``app/pages/explore.py``) only calls ``main()``. The map, the selection panel, the info
+and the export run in one fragment: a click on the map reruns just that fragment, not the sidebar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from urllib.parse import urlencode
+
+import pandas as pd
+import streamlit as st
+
+from app import data, exports, state, static_files, ui, views
+from app.components.scatter_map import scatter_map
+from app.state import ViewSettings
+
+log = logging.getLogger(__name__)
+
+MAP_KEY = "explore_map"
+KNN_CURRENT = "dmd.knn_current"
+REFIT = "dmd.refit"
+PNG_NONCE = state.PNG_NONCE
+MAP_HEIGHT = 640
+
+
+# ------------------------------------------------------------------------------------------ sidebar
+
+
+def _init(key: str, value, valid=None) -> None:
+    """Give a widget its value from the view before it is drawn (first run, URL, or a stale choice)."""
+    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
+        st.session_state[key] = value
+
+
+def _step_label(steps: pd.DataFrame):
+    info = {int(r.step): r for r in steps.itertuples()}
+
+    def fmt(step: int) -> str:
+        r = info.get(int(step))
+        if r is None:
+            return str(step)
+        parts = [f"step {int(step)}"]
+        if pd.notna(r.sigma):
+            parts.append(f"σ {float(r.sigma):.3g}")
+        if pd.notna(r.timestep):
+            parts.append(f"t {float(r.timestep):.0f}")
+        return " · ".join(parts)
+
+    return fmt
+
+
+def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings, int]:
+    """Draw the sidebar; returns the settings of the view to show and the refit counter."""
+    view = state.get_view()
+    models = list(status.models)
+    sb = st.sidebar
+    sb.subheader("View")
+
+    _init("w_model", view.model if view.model in models else models[0], lambda v: v in models)
+    model = sb.selectbox("Model", models, key="w_model")
+
+    runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
+    wanted_runs = [r for r in view.runs if r in runs_all] if view.model == model else []
+    _init("w_runs", wanted_runs, lambda v: all(r in runs_all for r in v))
+    runs = sb.multiselect("Runs", runs_all, key="w_runs", placeholder="all runs",
+                          help="Leave empty to show every run of the model.")
+
+    layers = data.model_layers(path, model)
+    if not layers:
+        st.warning(f"Model **{model}** has no stored activations.")
+        st.stop()
+    _init("w_layer", view.layer if view.layer in layers else layers[len(layers) // 2], lambda v: v in layers)
+    layer = sb.selectbox("Layer", layers, key="w_layer")
+
+    steps = data.model_steps(path, model, layer)
+    step_values = [int(s) for s in steps["step"]] or [0]
+    default_step = view.step if view.step in step_values else step_values[-1]
+    _init("w_step", default_step, lambda v: v in step_values)
+    if len(step_values) > 1:
+        step = sb.select_slider("Step", step_values, key="w_step", format_func=_step_label(steps))
+    else:
+        step = step_values[0]
+        sb.caption(_step_label(steps)(step))
+
+    with sb.form("projection", border=True):
+        st.markdown("**Projection**")
+        _init("w_feature", view.feature)
+        feature = st.radio("Feature", state.FEATURES, key="w_feature", horizontal=True,
+                           help="mean: channel means over space · full: the stored map flattened · "
+                                "pca: PCA of the stored map")
+        _init("w_nn", view.n_neighbors)
+        nn = st.slider("n_neighbors", *state.N_NEIGHBORS_RANGE, key="w_nn")
+        _init("w_md", view.min_dist)
+        md = st.slider("min_dist", *state.MIN_DIST_RANGE, step=0.01, key="w_md")
+        _init("w_metric", view.metric, lambda v: v in state.METRICS)
+        metric = st.selectbox("Metric", state.METRICS, key="w_metric")
+        recompute = st.form_submit_button("Recompute", icon=":material/refresh:", width="stretch",
+                                          help="Apply these parameters. With unchanged parameters: refit "
+                                               "from scratch (new samples are otherwise placed into the "
+                                               "existing map).")
+    if recompute and (feature, nn, md, metric) == (view.feature, view.n_neighbors, view.min_dist, view.metric) \
+            and (model, layer, step) == (view.model, view.layer, view.step):
+        st.session_state[REFIT] = st.session_state.get(REFIT, 0) + 1
+    if not recompute and view.model is not None:
+        # Form widgets only count once submitted: keep the applied parameters.
+        feature, nn, md, metric = view.feature, view.n_neighbors, view.min_dist, view.metric
+
+    sb.subheader("Colour and filter")
+    samples = data.model_samples(path, model)
+    options = color_options(path, model, samples)
+    _init("w_color", view.color_by if view.color_by in options else "label", lambda v: v in options)
+    color_by = sb.selectbox("Colour by", list(options), key="w_color",
+                            format_func=lambda k: views.COLORING_TITLES.get(k, k))
+    n_clusters = view.n_clusters
+    if color_by == "cluster":
+        n_prompts = int(samples["prompt"].nunique())
+        _init("w_nclusters", min(view.n_clusters, max(2, n_prompts)))
+        n_clusters = sb.slider("Clusters (k)", 2, max(3, min(30, n_prompts)), key="w_nclusters")
+
+    labels = _label_order(samples)
+    _init("w_classes", [c for c in view.classes if c in labels] if view.model == model else [],
+          lambda v: all(c in labels for c in v))
+    classes = sb.multiselect("Classes / prompts", labels, key="w_classes", placeholder="all")
+    _init("w_keyword", view.keyword if view.model == model else "")
+    keyword = sb.text_input("Keywords", key="w_keyword", placeholder='e.g. dog OR "red car" -night',
+                            help="Terms are ANDed; OR, NOT/-term, \"quoted phrases\"; case-insensitive; over "
+                                 "prompts, labels, class names and categories.")
+    _init("w_fmode", view.filter_mode, lambda v: v in state.FILTER_MODES)
+    filter_mode = sb.radio("Filter shows", state.FILTER_MODES, key="w_fmode", horizontal=True,
+                           format_func={"highlight": "highlight on the map", "project": "project only"}.get,
+                           disabled=not (classes or keyword.strip()))
+
+    sb.subheader("Neighbours")
+    _init("w_k", view.k)
+    k = sb.slider("k nearest", *state.K_RANGE, key="w_k")
+    _init("w_space", view.space, lambda v: v in state.SPACES)
+    space = sb.radio("Neighbour space", state.SPACES, key="w_space", horizontal=True,
+                     format_func={"map": "map (2-D)", "activation": "activation"}.get,
+                     help="map: nearest on the screen · activation: nearest in the feature space the "
+                          "projection was computed from (the faithful one).")
+    _init("w_psize", view.point_size)
+    point_size = sb.slider("Point size", 2.0, 12.0, step=0.5, key="w_psize")
+
+    new = ViewSettings(model=model, runs=tuple(runs), layer=layer, step=int(step), feature=feature,
+                       n_neighbors=int(nn), min_dist=float(md), metric=metric, color_by=color_by,
+                       n_clusters=int(n_clusters), classes=tuple(classes), keyword=keyword.strip(),
+                       filter_mode=filter_mode, k=int(k), space=space, point_size=float(point_size))
+    if (new.model, new.layer, new.step, new.runs) != (view.model, view.layer, view.step, view.runs) \
+            and view.model is not None:
+        # Another projection: the lasso set belongs to the old one. The selected sample stays if present.
+        st.session_state[state.LASSO] = []
+    return new.validated(), int(st.session_state.get(REFIT, 0))
+
+
+def _label_order(samples: pd.DataFrame) -> list[str]:
+    if samples["class_id"].notna().any():
+        return samples.drop_duplicates("label").sort_values("class_id")["label"].astype(str).tolist()
+    return sorted(samples["label"].dropna().astype(str).unique().tolist())
+
+
+def color_options(path: str, model: str, samples: pd.DataFrame) -> dict[str, str]:
+    """Colourings offered for a model, judged on its metadata (the same for every layer and step)."""
+    opts = {"label": "label"}
+    if samples["category"].notna().any() and not samples["category"].equals(samples["label"]):
+        opts["category"] = "category"
+    if data.has_text_embeddings(path, model):
+        opts["cluster"] = "cluster"
+    if samples["run_id"].nunique() > 1:
+        opts["run"] = "run"
+    for col in ("seed", "index", "prompt_index"):
+        if samples[col].notna().any() and samples[col].nunique() > 1:
+            opts[col] = col
+    return opts
+
+
+# ------------------------------------------------------------------------------------- the view
+
+
+def filter_ids(path: str, settings: ViewSettings) -> tuple[list[str] | None, str | None]:
+    """Sample ids matching the class and keyword filters (None: no filter), and an error to show."""
+    if not settings.classes and not settings.keyword:
+        return None, None
+    samples = data.model_samples(path, settings.model)
+    if settings.runs:
+        samples = samples[samples["run_id"].isin(settings.runs)]
+    mask = pd.Series(True, index=samples.index)
+    if settings.classes:
+        mask &= samples["label"].astype(str).isin(settings.classes)
+    ids = samples.loc[mask, "sample_id"]
+    if settings.keyword:
+        try:
+            found = set(data.keyword_search(path, settings.model, settings.keyword, settings.runs))
+        except ValueError as exc:  # store.search.SearchError: shown under the box, the map stays
+            return None, str(exc)
+        ids = ids[ids.isin(found)]
+    return ids.tolist(), None
+
+
+def current_view(path: str, settings: ViewSettings, refit: int) -> views.View | None:
+    """The view to draw, or None after showing progress or an error (the page then stops)."""
+    ids, error = filter_ids(path, settings)
+    if error:
+        st.sidebar.error(f"Keywords: {error}")
+    project_only = ids is not None and settings.filter_mode == "project"
+    if project_only and len(ids) < 10:
+        st.sidebar.warning(f"Only {len(ids)} samples match the filter: too few to project on their own; "
+                           "they are highlighted on the full map instead.")
+        project_only = False
+    job = data.request_projection(path, settings, ids if project_only else None, refit)
+    header(settings, job)
+    if job.running:
+        _progress(job.key)
+        return None
+    if job.error:
+        st.error(f"The projection failed: {job.error}")
+        st.caption("Change the parameters in the sidebar and press Recompute.")
+        return None
+    view = data.view_for(path, settings, job)
+    highlight = ids if ids is not None and not project_only else None
+    st.session_state["dmd.filter_highlight"] = highlight
+    return view
+
+
+def header(settings: ViewSettings, job) -> None:
+    st.markdown(f"### {settings.model} · {settings.layer}")
+
+
+@st.fragment(run_every=0.5)
+def _progress(job_key: tuple) -> None:
+    job = data.jobs().find(job_key)
+    if job is None or not job.running:
+        st.rerun(scope="app")
+    st.progress(job.progress, text=f"Projecting… {job.message}")
+    st.caption("The page stays usable: change any control, or wait here; the map appears when the fit ends.")
+
+
+# -------------------------------------------------------------------------------------- callbacks
+
+
+def _on_map_click() -> None:
+    event = st.session_state.get(MAP_KEY) or {}
+    click = event.get("click")
+    if isinstance(click, dict) and click.get("id"):
+        state.handle_click(str(click["id"]), lambda _sel: st.session_state.get(KNN_CURRENT, []))
+
+
+def _on_map_select() -> None:
+    event = st.session_state.get(MAP_KEY) or {}
+    sel = event.get("select")
+    if isinstance(sel, dict):
+        st.session_state[state.LASSO] = [str(s) for s in sel.get("ids") or []]
+
+
+def _png() -> None:
+    st.session_state[PNG_NONCE] = st.session_state.get(PNG_NONCE, 0) + 1
+
+
+# ------------------------------------------------------------------------------------------ body
+
+
+def main() -> None:
+    path = state.store_path()
+    status = data.store_status(path)
+    if not status.ok:
+        st.title("Explore")
+        ui.no_store_panel(status)
+    data.start_warmup()
+    settings, refit = sidebar_controls(path, status)
+    state.set_view(settings)
+    view = current_view(path, settings, refit)
+    if view is None:
+        state.sync_url()
+        return
+    body(path, view, settings)
+
+
+@st.fragment
+def body(path: str, view: views.View, settings: ViewSettings) -> None:
+    sel = state.get_selection()
+    if sel.selected and sel.selected not in view.position:
+        st.toast(f"{sel.selected} is not in this view: selection cleared.", icon=":material/info:")
+        state.clear_selection()
+        sel = state.get_selection()
+    neighbours = data.neighbours_of(path, view, settings, sel) if sel.selected else None
+    st.session_state[KNN_CURRENT] = neighbours.knn if neighbours else []
+    state.sync_url()
+
+    highlight = _highlight(view)
+    left, right = st.columns([5, 2], gap="medium")
+    with left:
+        _map(view, settings, sel, neighbours, highlight)
+        _caption(view, settings, highlight)
+    with right:
+        _selection_panel(path, view, settings, sel, neighbours)
+    _info(view)
+    _share_and_export(path, view, settings, sel, neighbours)
+
+
+def _highlight(view: views.View) -> list[str] | None:
+    url_ids = st.session_state.get(state.HIGHLIGHT)
+    filt = st.session_state.get("dmd.filter_highlight")
+    if url_ids is not None and filt is not None:
+        keep = set(filt)
+        return [s for s in url_ids if s in keep]
+    return url_ids if url_ids is not None else filt
+
+
+def _map(view, settings, sel, neighbours, highlight) -> None:
+    resolved = data.resolve(state.store_path())
+    coloring = data.coloring_for(state.store_path(), view, settings)
+    color_file = views.write_color_file(view, coloring)
+    data.thumb_export(resolved).request_once(view.key, view.sample_ids.tolist())
+    scatter_map(
+        plotly_url=static_files.plotly_js_url(),
+        points_url=static_files.view_url(view.store_key, view.points_file),
+        color_url=static_files.view_url(view.store_key, color_file),
+        meta_url=static_files.view_url(view.store_key, view.meta_file),
+        thumb_base=static_files.thumb_base_url(view.store_key),
+        revision=view.key,
+        selected=sel.selected,
+        knn=neighbours.knn if neighbours else [],
+        manual=sel.manual,
+        highlight=highlight,
+        height=MAP_HEIGHT,
+        point_size=settings.point_size,
+        filename=f"map-{view.model}-{view.layer}-step{view.step}",
+        png_nonce=st.session_state.get(PNG_NONCE, 0),
+        key=MAP_KEY,
+        on_click=_on_map_click,
+        on_select=_on_map_select,
+    )
+
+
+def _caption(view, settings, highlight) -> None:
+    bits = [f"{len(view):,} samples", f"step {view.step}"]
+    if view.step_info.get("sigma") is not None and pd.notna(view.step_info.get("sigma")):
+        bits.append(f"σ {float(view.step_info['sigma']):.3g}")
+    bits.append(f"{settings.feature} · n_neighbors {settings.n_neighbors} · min_dist {settings.min_dist:g} · "
+                f"{settings.metric}")
+    bits.append({"cache": "cached", "fit": "fitted now"}.get(view.source, view.source))
+    if highlight is not None:
+        bits.append(f"**{len(highlight):,} highlighted**")
+    st.caption(" · ".join(bits) + "  \nHover for a preview · click to select · while selected, click "
+               "others to add/remove neighbours · lasso/box (toolbar) selects a set · double-click resets zoom")
+    if st.session_state.get(state.HIGHLIGHT) is not None:
+        n = len(st.session_state[state.HIGHLIGHT])
+        c1, c2 = st.columns([4, 1])
+        c1.info(f"Highlighting {n:,} samples from a search link." if n else
+                "The search in this link is no longer known to the server: nothing to highlight.",
+                icon=":material/search:")
+        c2.button("Clear highlight", on_click=state.clear_highlight, key="clear_hl")
+
+
+# ------------------------------------------------------------------------------- selection panel
+
+
+def _selection_panel(path, view, settings, sel, neighbours) -> None:
+    with st.container(border=True, key="selection_panel"):
+        if not sel.selected:
+            st.markdown("#### Selection")
+            st.caption("Click a point on the map to see its image, metadata and nearest neighbours.")
+            lasso = st.session_state.get(state.LASSO) or []
+            if lasso:
+                st.markdown(f"**{len(lasso):,} samples** in the lasso/box selection (see Export below).")
+            return
+        row = view.frame.iloc[view.position[sel.selected]]
+        head, close = st.columns([6, 1], vertical_alignment="center")
+        head.markdown(f"#### {row['label'] if pd.notna(row['label']) else sel.selected}")
+        close.button("", key="clear_selection", on_click=state.clear_selection, icon=":material/close:",
+                     help="Clear the selection (✕)", type="tertiary")
+        try:
+            image = data.open_store(path).image_path(sel.selected)
+            if image.exists():
+                w = int(row["width"]) if pd.notna(row["width"]) else 256
+                st.image(str(image), width="stretch" if w >= 320 else max(w, 224))
+            else:
+                st.caption("(image file missing from the store)")
+        except KeyError:
+            st.caption("(image file missing from the store)")
+        with st.expander("Metadata", expanded=False):
+            meta = {k: ("" if pd.isna(v) else v) for k, v in row.items() if k not in ("thumb",)}
+            meta.update({f"map {a}": f"{view.xy[view.position[sel.selected], i]:.4f}"
+                         for i, a in enumerate("xy")})
+            for k, v in view.step_info.items():
+                if v is not None and not pd.isna(v):
+                    meta[k] = v
+            st.dataframe(pd.DataFrame({"field": list(meta), "value": [str(v) for v in meta.values()]}),
+                         hide_index=True, width="stretch")
+        st.button("Find neighbours", key="find_neighbours", on_click=state.find_neighbours, width="stretch",
+                  icon=":material/hub:", help="Recompute the k nearest (brings back removed ones).")
+        _neighbour_list(path, view, settings, neighbours)
+
+
+def _neighbour_list(path, view, settings, nb) -> None:
+    rows = [(s, d, "kNN") for s, d in zip(nb.knn, nb.knn_distances, strict=True)]
+    rows += [(s, d, "manual") for s, d in zip(nb.manual, nb.manual_distances, strict=True)]
+    space = "map" if settings.space == "map" else f"activation, {settings.metric}"
+    st.markdown(f"**Neighbours** · {len(nb.knn)} nearest + {len(nb.manual)} manual · distance in {space}")
+    if not rows:
+        st.caption("No neighbours: press Find neighbours.")
+        return
+    urls = data.thumb_urls(path, [s for s, _, _ in rows])
+    for (sid, dist, kind), url in zip(rows, urls, strict=True):
+        r = view.frame.iloc[view.position[sid]] if sid in view.position else None
+        label = r["label"] if r is not None and pd.notna(r["label"]) else sid
+        with st.container(key=f"nb_{kind}_{sid}", border=False):
+            c_img, c_txt, c_btn = st.columns([1.1, 3, 1.3], vertical_alignment="center", gap="small")
+            c_img.image(url, width=56)
+            mark = ":red[●]" if kind == "kNN" else ":red[◉]"
+            c_txt.markdown(f"{mark} {label}  \n:gray[{kind} · d = {dist:.3g}]")
+            with c_btn:
+                b1, b2 = st.columns(2, gap="small")
+                b1.button("", key=f"go_{kind}_{sid}", icon=":material/my_location:", help="Select this one",
+                          on_click=state.select, args=(sid,))
+                b2.button("", key=f"rm_{kind}_{sid}", icon=":material/close:", help="Remove from neighbours",
+                          on_click=state.toggle_neighbour, args=(sid, nb.knn))
+
+
+# ------------------------------------------------------------------------------------------ info
+
+
+def _info(view: views.View) -> None:
+    st.markdown("#### This view")
+    c1, c2 = st.columns([3, 2], gap="large")
+    with c1:
+        col = "category" if view.frame["category"].notna().any() else "label"
+        counts = view.frame[col].astype("object").where(view.frame[col].notna(), "(none)").value_counts()
+        table = pd.DataFrame({col: counts.index.astype(str), "samples": counts.to_numpy(),
+                              "share": counts.to_numpy() / max(1, len(view))})
+        st.dataframe(table, hide_index=True, width="stretch", height=min(320, 38 + 35 * len(table)),
+                     column_config={"share": st.column_config.ProgressColumn("share", format="percent",
+                                                                            min_value=0.0, max_value=1.0)})
+    with c2:
+        q = view.quality or {}
+        m1, m2 = st.columns(2)
+        tw = q.get("trustworthiness")
+        ov = q.get("knn_overlap")
+        m1.metric("Trustworthiness", f"{tw:.3f}" if isinstance(tw, (int, float)) else "–",
+                  help="scikit-learn trustworthiness of the 2-D map w.r.t. the feature space (1 = every map "
+                       "neighbour is a true neighbour).")
+        m2.metric("kNN overlap", f"{ov:.0%}" if isinstance(ov, (int, float)) else "–",
+                  help="Mean share of a sample's map-space neighbours that are also its activation-space "
+                       "neighbours.")
+        st.caption(f"{len(view):,} samples · {view.frame['run_id'].nunique()} run(s) · "
+                   f"{view.frame['label'].nunique():,} labels · projection `{view.projection_key[:16]}`")
+        extra = {k: v for k, v in q.items() if k not in ("trustworthiness", "knn_overlap")}
+        if extra:
+            st.caption(" · ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
+                                  for k, v in extra.items()))
+
+
+# --------------------------------------------------------------------------------- share/export
+
+
+def share_url() -> str:
+    base = st.context.url or ""
+    params = {k: st.query_params.get(k) for k in st.query_params}
+    return base + ("?" + urlencode(params) if params else "")
+
+
+def _share_and_export(path, view, settings, sel, nb) -> None:
+    st.markdown("#### Share and export")
+    st.code(share_url(), language=None, wrap_lines=True)
+    st.caption("This link reopens this view: model, runs, layer, step, parameters, colouring, filters and the "
+               "selected sample.")
+    lasso = [s for s in (st.session_state.get(state.LASSO) or []) if s in view.position]
+    if lasso:
+        chosen, what = lasso, f"the lasso/box selection ({len(lasso):,} samples)"
+    elif sel.selected and nb is not None:
+        chosen = [sel.selected, *nb.knn, *nb.manual]
+        what = f"the selected sample and its {len(chosen) - 1} neighbours"
+    else:
+        chosen, what = view.sample_ids.tolist(), f"the whole view ({len(view):,} samples)"
+    st.caption(f"Export: {what}.")
+    name = f"{view.model}-{view.layer}-step{view.step}"
+    digest = hashlib.sha1("|".join(chosen).encode()).hexdigest()[:8]
+    c = st.columns(5)
+    c[0].download_button("CSV", data=lambda: exports.selection_csv(view, chosen), file_name=f"{name}.csv",
+                         mime="text/csv", icon=":material/table:", key=f"dl_csv_{digest}", width="stretch")
+    c[1].download_button("Parquet", data=lambda: exports.selection_parquet(view, chosen),
+                         file_name=f"{name}.parquet", mime="application/octet-stream",
+                         icon=":material/database:", key=f"dl_pq_{digest}", width="stretch")
+    c[2].download_button("Images (ZIP)", data=lambda: exports.images_zip(data.open_store(path), view, chosen),
+                         file_name=f"{name}-images.zip", mime="application/zip", icon=":material/photo_library:",
+                         key=f"dl_zip_{digest}", width="stretch",
+                         disabled=len(chosen) > exports.MAX_ZIP_IMAGES,
+                         help=f"At most {exports.MAX_ZIP_IMAGES:,} images; select fewer with the lasso.")
+    c[3].download_button("Map (HTML)", data=lambda: exports.map_html(view, data.coloring_for(path, view, settings)),
+                         file_name=f"{name}.html", mime="text/html", icon=":material/language:",
+                         key=f"dl_html_{view.key}", width="stretch",
+                         help="A standalone interactive map (plotly.js included; works offline).")
+    c[4].button("Map (PNG)", on_click=_png, icon=":material/image:", key="dl_png", width="stretch",
+                help="Drawn by your browser from the map as you see it (zoom included).")
+
+
+def clear_view_state() -> None:
+    """Forget the selection and lasso (used when the store changes)."""
+    state.clear_selection()
+    st.session_state[state.LASSO] = []
+
+
+__all__ = ["main", "sidebar_controls", "current_view", "body", "share_url", "replace"]

@@ -1,0 +1,31 @@
+"""Entry point: `streamlit run app/streamlit_app.py` (store from the sidebar, `DMD2VIZ_STORE` or ./data)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the repository root
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import data, navigation, state  # noqa: E402
+
+st.set_page_config(page_title="DMD2 visualizer", page_icon="🧭", layout="wide",
+                   initial_sidebar_state="expanded")
+state.load_from_url_once()
+page = st.navigation(navigation.pages())
+
+with st.sidebar:
+    st.text_input("Store", value=state.store_path(), key="dmd_store_input",
+                  help="Folder of a store (default: the DMD2VIZ_STORE environment variable, else ./data).",
+                  on_change=lambda: state.set_store_path(st.session_state["dmd_store_input"]))
+    status = data.store_status(state.store_path())
+    if status.ok:
+        st.caption(f"{len(status.models)} model(s): {', '.join(status.models)}")
+    else:
+        st.caption(f":orange[store {status.kind}]")
+
+page.run()

@@ -1,0 +1,338 @@
+"""AppTest: the Explore page's control paths, with a fast stand-in projection engine.
+
+A chart cannot be clicked in AppTest: clicks are replayed through the same session-state functions the map's
+callbacks call (``state.handle_click``), and the selection is seeded through the URL or session state.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests import app_fixtures as fx
+from tests.app_fixtures import app_test
+
+app_store = fx.app_store  # pytest fixtures
+app_env = fx.app_env
+
+EXPLORE = "app_pages/explore.py"
+
+
+def _md(at) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
+
+
+def _neighbour_rows(at) -> dict[str, list[str]]:
+    """Neighbour rows shown in the panel, by kind, from the keys of their buttons."""
+    out = {"kNN": [], "manual": []}
+    for b in at.button:
+        key = b.key or ""
+        if key.startswith("rm_"):
+            _, kind, sid = key.split("_", 2)
+            out[kind].append(sid)
+    return out
+
+
+def _map_data(at) -> dict:
+    """The data the map component was drawn with."""
+    import json
+
+    elements = at.get("bidi_component")
+    assert len(elements) == 1, "expected exactly one map"
+    proto = elements[0].proto
+    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
+
+
+def test_default_view_draws_the_map_and_writes_the_url(app_env):
+    at = app_test()
+    assert not at.exception
+    data = _map_data(at)
+    assert data["points_url"].endswith(".points.json") and "/app/static/views/" in data["points_url"]
+    assert data["thumb_base"].startswith("/app/static/thumbs/")
+    assert data["plotly_url"].startswith("/app/static/vendor/plotly-")
+    assert data["selected"] is None and data["knn"] == [] and data["highlight"] is None
+    assert at.query_params["model"] == "digits" and at.query_params["layer"] == "midblock"
+    assert at.query_params["step"] == "2"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Trustworthiness": "0.930", "kNN overlap": "41%"}
+    call = app_env.calls[-1]
+    assert (call["model"], call["layer"], call["step"]) == ("digits", "midblock", 2)
+    assert call["params"] == {"feature": "mean", "n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"}
+
+
+def test_view_files_are_written_under_static(app_env, app_store):
+    import json
+
+    from app import static_files
+
+    at = app_test()
+    data = _map_data(at)
+    rel = data["points_url"].split("/app/static/", 1)[1]
+    points = json.loads((static_files.STATIC_DIR / rel).read_text())
+    assert len(points["ids"]) == 180 == len(points["x"]) == len(points["y"])
+    meta = json.loads((static_files.STATIC_DIR / data["meta_url"].split("/app/static/", 1)[1]).read_text())
+    assert meta["title"]["values"][meta["title"]["codes"][0]].endswith(": zero")
+    assert ["step", "2"] in meta["common"] and ["layer", "midblock"] in meta["common"]
+    color = json.loads((static_files.STATIC_DIR / data["color_url"].split("/app/static/", 1)[1]).read_text())
+    assert color["kind"] == "category" and color["names"][:2] == ["0: zero", "1: one"]
+    assert sum(color["counts"]) == 180
+    # thumbnails are exported in the background for the whole view
+    thumbs = static_files.STATIC_DIR / data["thumb_base"].split("/app/static/", 1)[1]
+    deadline = time.time() + 20
+    while len(list(thumbs.glob("*.webp"))) < 180 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(list(thumbs.glob("*.webp"))) == 180
+
+
+def test_shared_url_restores_view_and_selection(app_env):
+    sid = "words-a-00000004"
+    at = app_test(query={"model": "words", "layer": "mid_block", "step": "0", "nn": "30", "md": "0.25",
+                         "metric": "cosine", "k": "3", "sel": sid})
+    assert not at.exception
+    assert at.selectbox(key="w_model").value == "words"
+    assert at.slider(key="w_nn").value == 30 and at.slider(key="w_md").value == 0.25
+    assert at.selectbox(key="w_metric").value == "cosine" and at.slider(key="w_k").value == 3
+    call = app_env.calls[-1]
+    assert call["params"] == {"feature": "mean", "n_neighbors": 30, "min_dist": 0.25, "metric": "cosine"}
+    data = _map_data(at)
+    assert data["selected"] == sid and len(data["knn"]) == 3
+    assert "#### a cat sleeping on a windowsill" in _md(at)  # the selected sample's prompt heads the panel
+    assert len(_neighbour_rows(at)["kNN"]) == 3
+    assert at.query_params["sel"] == sid and at.query_params["nn"] == "30"
+
+
+def test_bad_url_values_fall_back_to_defaults(app_env):
+    at = app_test(query={"model": "nope", "layer": "nope", "nn": "9999", "md": "abc", "k": "-3", "feat": "x"})
+    assert not at.exception
+    assert at.selectbox(key="w_model").value == "digits"
+    assert at.slider(key="w_nn").value == 100 and at.slider(key="w_md").value == 0.1
+    assert at.slider(key="w_k").value == 1
+    assert at.radio(key="w_feature").value == "mean"
+
+
+def test_click_selects_then_toggles_neighbours(app_env):
+    """The map's click callback: first click selects; then kNN → removed, other → manual, manual → removed."""
+    from app import state
+
+    at = app_test(query={"sel": "digits-a-00000000"})
+    rows = _neighbour_rows(at)
+    assert len(rows["kNN"]) == 5 and rows["manual"] == []
+    first_knn = rows["kNN"][0]
+    other = "digits-a-00000001"  # class one: not a neighbour of a zero
+    assert other not in rows["kNN"]
+
+    _click(at, other)
+    rows = _neighbour_rows(at)
+    assert rows["manual"] == [other] and len(rows["kNN"]) == 5
+    assert _map_data(at)["manual"] == [other]
+    assert at.query_params["man"] == other
+
+    _click(at, first_knn)  # a kNN neighbour: removed from the kNN list
+    rows = _neighbour_rows(at)
+    assert first_knn not in rows["kNN"] and len(rows["kNN"]) == 4
+    assert first_knn not in _map_data(at)["knn"]
+
+    _click(at, other)  # a manual neighbour: removed
+    assert _neighbour_rows(at)["manual"] == []
+
+    at.button(key="find_neighbours").click().run()  # brings the removed kNN back
+    assert len(_neighbour_rows(at)["kNN"]) == 5
+    assert state.SELECTED in at.session_state and at.session_state[state.SELECTED] == "digits-a-00000000"
+
+
+def _click(at, sample_id):
+    """Replay a map click with the function the map's click callback runs."""
+    from app import state
+    from app.explore import KNN_CURRENT
+
+    current = state.Selection(at.session_state[state.SELECTED], list(at.session_state[state.MANUAL]),
+                              list(at.session_state[state.KNN_REMOVED]))
+    sel, _ = state.apply_click(current, sample_id, list(at.session_state[KNN_CURRENT]))
+    at.session_state[state.SELECTED] = sel.selected
+    at.session_state[state.MANUAL] = sel.manual
+    at.session_state[state.KNN_REMOVED] = sel.knn_removed
+    at.run()
+    assert not at.exception
+
+
+def test_panel_buttons_select_remove_and_clear(app_env):
+    at = app_test(query={"sel": "digits-a-00000000", "k": "4"})
+    rows = _neighbour_rows(at)["kNN"]
+    assert len(rows) == 4
+    at.button(key=f"rm_kNN_{rows[1]}").click().run()
+    assert rows[1] not in _neighbour_rows(at)["kNN"]
+    at.button(key=f"go_kNN_{rows[0]}").click().run()  # make a neighbour the selected sample
+    assert _map_data(at)["selected"] == rows[0]
+    assert at.query_params["sel"] == rows[0]
+    at.button(key="clear_selection").click().run()
+    assert not at.exception
+    assert _map_data(at)["selected"] is None
+    assert "sel" not in at.query_params
+    assert "Click a point on the map" in _md(at)
+
+
+def test_k_and_space_change_the_neighbour_list(app_env):
+    at = app_test(query={"sel": "digits-a-00000010"})
+    at.slider(key="w_k").set_value(2).run()
+    assert len(_neighbour_rows(at)["kNN"]) == 2
+    map_nb = _neighbour_rows(at)["kNN"]
+    at.radio(key="w_space").set_value("activation").run()
+    assert not at.exception
+    assert len(_neighbour_rows(at)["kNN"]) == 2
+    assert "distance in activation" in _md(at)
+    assert at.query_params["space"] == "activation"
+    assert isinstance(map_nb, list)
+
+
+def test_recompute_applies_parameters_and_refits(app_env):
+    at = app_test()
+    n = len(app_env.calls)
+    at.slider(key="w_nn").set_value(40)
+    at.slider(key="w_md").set_value(0.5)
+    at.button[[b.label for b in at.button].index("Recompute")].click().run()
+    assert not at.exception
+    assert app_env.calls[-1]["params"]["n_neighbors"] == 40 and app_env.calls[-1]["params"]["min_dist"] == 0.5
+    assert app_env.calls[-1]["force"] is False
+    assert at.query_params["nn"] == "40"
+    assert len(app_env.calls) == n + 1
+    at.button[[b.label for b in at.button].index("Recompute")].click().run()  # unchanged: a refit
+    assert app_env.calls[-1]["force"] is True
+    at.run()  # a plain rerun neither refits nor recomputes
+    assert len(app_env.calls) == n + 2
+
+
+def test_switching_model_layer_and_step(app_env):
+    at = app_test()
+    at.select_slider(key="w_step").set_value(0).run()
+    assert app_env.calls[-1]["step"] == 0
+    at.selectbox(key="w_layer").set_value("encoder_bottleneck").run()
+    assert app_env.calls[-1]["layer"] == "encoder_bottleneck"
+    at.selectbox(key="w_model").set_value("words").run()
+    assert not at.exception
+    assert app_env.calls[-1]["model"] == "words" and app_env.calls[-1]["layer"] == "mid_block"
+    assert at.query_params["model"] == "words"
+    at.multiselect(key="w_runs").set_value(["words-a"]).run()
+    assert app_env.calls[-1]["run_ids"] == ["words-a"]
+
+
+@pytest.mark.parametrize("color", ["label", "category", "cluster", "seed", "index"])
+def test_colour_by_options(app_env, color):
+    import json
+
+    from app import static_files
+    from app.views import COLORING_TITLES
+
+    at = app_test(query={"model": "words", "layer": "mid_block"})
+    assert COLORING_TITLES[color] in at.selectbox(key="w_color").options
+    at.selectbox(key="w_color").set_value(color).run()
+    assert not at.exception
+    payload = json.loads((static_files.STATIC_DIR / _map_data(at)["color_url"].split("/app/static/", 1)[1])
+                         .read_text())
+    if color in ("seed", "index"):
+        assert payload["kind"] == "numeric" and len(payload["values"]) == 48
+    else:
+        assert payload["kind"] == "category" and sum(payload["counts"]) == 48
+    if color == "cluster":
+        at.slider(key="w_nclusters").set_value(3).run()
+        payload = json.loads((static_files.STATIC_DIR / _map_data(at)["color_url"].split("/app/static/", 1)[1])
+                             .read_text())
+        assert len(payload["names"]) == 3
+
+
+def test_class_filter_highlights_or_projects(app_env):
+    at = app_test()
+    at.multiselect(key="w_classes").set_value(["3: three", "7: seven"]).run()
+    assert not at.exception
+    highlight = _map_data(at)["highlight"]
+    assert len(highlight) == 36 and all(s.startswith("digits-") for s in highlight)
+    assert "36 highlighted" in _md(at)
+    assert app_env.calls[-1]["sample_ids"] is None
+    at.radio(key="w_fmode").set_value("project").run()
+    assert not at.exception
+    assert sorted(app_env.calls[-1]["sample_ids"]) == sorted(highlight)
+    assert _map_data(at)["highlight"] is None
+
+
+def test_keyword_filter_and_its_errors(app_env):
+    at = app_test(query={"model": "words", "layer": "mid_block"})
+    at.text_input(key="w_keyword").set_value("cat OR owl").run()
+    assert not at.exception
+    # substrings, case-insensitive: "cat", "owl" and the "owl" of "a bowl of ramen": 3 of 8 prompts
+    assert len(_map_data(at)["highlight"]) == 18
+    at.text_input(key="w_keyword").set_value('"unclosed').run()
+    assert not at.exception
+    assert any("Keywords" in e.value for e in at.sidebar.error)
+    assert _map_data(at)["highlight"] is None  # the map stays, unfiltered
+
+
+def test_highlight_from_a_search_link(app_env):
+    from app import state
+
+    ids = [f"digits-a-{i:08d}" for i in (1, 2, 3)]
+    at = app_test(query={"hl": "~".join(ids)})
+    assert _map_data(at)["highlight"] == ids
+    assert "Highlighting 3 samples" in _md(at)
+    at.button(key="clear_hl").click().run()
+    assert _map_data(at)["highlight"] is None and "hl" not in at.query_params
+    token = state.register_highlight([f"digits-b-{i:08d}" for i in range(30)])
+    at = app_test(query={"hl": token})
+    assert len(_map_data(at)["highlight"]) == 30
+    at = app_test(query={"hl": "s:forgotten"})
+    assert _map_data(at)["highlight"] == []
+    assert "no longer known" in _md(at)
+
+
+def test_projection_progress_then_map(app_env, monkeypatch):
+    from app import data
+
+    slow = fx.FakeProjector(delay_s=1.5)
+    data.set_projector(slow)
+    monkeypatch.setattr(data, "JOB_WAIT_S", 0.05)
+    at = app_test()
+    assert not at.exception
+    assert len(at.get("progress")) == 1 and "Projecting" in at.get("progress")[0].proto.text
+    assert not at.get("bidi_component")
+    time.sleep(2.0)
+    at.run()
+    assert at.get("bidi_component") and not at.get("progress")
+
+
+def test_projection_error_is_shown_not_raised(app_env):
+    from app import data
+
+    data.set_projector(fx.FakeProjector(fail="n_neighbors (100) must be smaller than the number of samples (48)"))
+    at = app_test(query={"model": "words", "layer": "mid_block"})
+    assert not at.exception
+    assert any("must be smaller than the number of samples" in e.value for e in at.error)
+
+
+def test_lasso_selection_drives_the_export(app_env):
+    from app import state
+
+    at = app_test()
+    ids = [f"digits-a-{i:08d}" for i in range(7)]
+    at.session_state[state.LASSO] = ids
+    at.run()
+    assert "lasso/box selection (7 samples)" in _md(at)
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["CSV", "Parquet", "Images (ZIP)", "Map (HTML)"]
+
+
+def test_png_button_asks_the_browser(app_env):
+    at = app_test()
+    assert _map_data(at)["png_nonce"] == 0
+    at.button(key="dl_png").click().run()
+    assert _map_data(at)["png_nonce"] == 1
+
+
+def test_store_switch_resets_the_view(app_env, app_store, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(app_store, other)
+    at = app_test(query={"model": "words", "layer": "mid_block", "sel": "words-a-00000001"})
+    at.text_input(key="dmd_store_input").set_value(str(other)).run()
+    assert not at.exception
+    assert _map_data(at)["selected"] is None
+    assert at.query_params["store"] == str(other)

@@ -1,0 +1,229 @@
+"""The app's pure parts: URL state, click rules, view files, colourings, thumbnails export, downloads."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app import exports, state, static_files, views
+from app.state import Selection, ViewSettings
+from tests import app_fixtures as fx
+
+app_store = fx.app_store  # pytest fixture
+
+
+# ------------------------------------------------------------------------------------------- URL state
+
+
+def test_view_round_trips_through_the_url():
+    view = ViewSettings(model="digits", runs=("a", "b"), layer="midblock", step=2, feature="pca", n_neighbors=40,
+                        min_dist=0.3, metric="cosine", color_by="seed", classes=("3: three", "7: seven"),
+                        keyword='dog OR "red car"', filter_mode="project", k=12, space="activation",
+                        n_clusters=5, point_size=7.5)
+    params = state.view_to_params(view)
+    assert params["cls"] == "3: three~7: seven" and params["runs"] == "a~b"
+    assert state.view_from_params(params) == view
+
+
+def test_url_leaves_defaults_out_and_clamps_user_input():
+    assert state.view_to_params(ViewSettings()) == {}
+    v = state.view_from_params({"nn": "1", "md": "7", "k": "99", "metric": "chebyshev", "feat": "x", "step": "x",
+                                "space": "moon", "fm": "?", "ps": "0"})
+    assert (v.n_neighbors, v.min_dist, v.k, v.metric, v.feature, v.step, v.space, v.filter_mode) == \
+        (5, 1.0, 20, "euclidean", "mean", None, "map", "highlight")
+    assert v.point_size == 1.0
+
+
+def test_highlight_param_uses_ids_or_a_token():
+    short = ["r-00000001", "r-00000002"]
+    assert state.highlight_param(short) == "r-00000001~r-00000002"
+    assert state.highlight_ids_from_query("r-00000001~r-00000002") == short
+    many = [f"r-{i:08d}" for i in range(100)]
+    token = state.highlight_param(many)
+    assert token.startswith("s:") and state.highlight_ids_from_query(token) == many
+    assert state.highlight_ids_from_query("s:unknown") == []
+    assert state.highlight_ids_from_query("") is None
+
+
+# ------------------------------------------------------------------------------------------ clicks
+
+
+def test_click_rules():
+    sel, what = state.apply_click(Selection(), "a", [])
+    assert (sel.selected, what) == ("a", "selected")
+    sel, what = state.apply_click(sel, "b", ["b", "c"])
+    assert what == "removed knn" and sel.knn_removed == ["b"] and sel.manual == []
+    sel, what = state.apply_click(sel, "b", ["b", "c"])  # removed kNN clicked again: becomes manual
+    assert what == "added manual" and sel.manual == ["b"]
+    sel, what = state.apply_click(sel, "z", ["b", "c"])
+    assert what == "added manual" and sel.manual == ["b", "z"]
+    sel, what = state.apply_click(sel, "z", ["b", "c"])
+    assert what == "removed manual" and sel.manual == ["b"]
+    same, what = state.apply_click(sel, "a", ["b", "c"])
+    assert what == "none" and same == sel
+
+
+# ------------------------------------------------------------------------------------------ views
+
+
+def _view(n=6, labels=None, run_ids=None) -> views.View:
+    ids = [f"r-{i:08d}" for i in range(n)]
+    labels = labels or [f"{i % 3}: c{i % 3}" for i in range(n)]
+    frame = pd.DataFrame({
+        "sample_id": ids, "model": "m", "run_id": run_ids or ["r"] * n, "index": range(n),
+        "seed": [10**15 + i for i in range(n)], "class_id": [i % 3 for i in range(n)],
+        "class_name": [f"c{i % 3}" for i in range(n)], "prompt": None, "prompt_index": None,
+        "category": [f"c{i % 3}" for i in range(n)], "label": labels, "num_steps": 1, "width": 32,
+        "height": 32, "image_path": None,
+    })
+    xy = np.stack([np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32) ** 2], axis=1)
+    return views.make_view(store_key="s", projection_key="p", model="m", layer="L", step=1, sample_ids=ids[::-1],
+                           xy=xy[::-1], samples=frame, quality={}, source="fit",
+                           step_info={"step": 1, "sigma": 0.5, "timestep": None})
+
+
+def test_view_rows_follow_the_projection_order():
+    v = _view()
+    assert v.sample_ids[0] == "r-00000005" and v.frame["sample_id"].iloc[0] == "r-00000005"
+    assert v.position["r-00000000"] == 5 and v.rows(["r-00000000", "nope"]) == [5]
+
+
+def test_hover_fields_are_dictionary_coded_and_keep_big_seeds_exact():
+    v = _view()
+    meta = views.hover_fields(v)
+    title = meta["title"]
+    assert [title["values"][c] for c in title["codes"]][:2] == ["2: c2", "1: c1"]
+    seeds = next(f for f in meta["fields"] if f["name"] == "seed")["values"]
+    assert seeds[0] == str(10**15 + 5)  # strings: JSON numbers would round above 2**53
+    assert not any(f["name"] == "category" for f in meta["fields"])  # "2: c2" already names it
+    assert ["sigma", "0.5"] in meta["common"] and not any(c[0] == "timestep" for c in meta["common"])
+
+
+def test_color_payloads():
+    v = _view(n=9)
+    options = views.colorings(v)
+    assert set(options) >= {"label", "seed", "index"} and "run" not in options
+    cat = views.color_payload(options["label"])
+    assert cat["names"] == ["0: c0", "1: c1", "2: c2"] and cat["counts"] == [3, 3, 3]
+    assert len(set(cat["colors"])) == 3 and len(cat["codes"]) == 9
+    num = views.color_payload(options["index"])
+    assert num["kind"] == "numeric" and (num["min"], num["max"]) == (0.0, 8.0)
+    many = views.palette(300)
+    assert len(set(many)) == 300 and all(c.startswith("#") and len(c) == 7 for c in many)
+
+
+def test_labels_sort_naturally():
+    v = _view(n=12, labels=[f"{i}: c" for i in range(12)])
+    names = views.color_payload(views.Coloring("x", "x", "category", v.frame["label"]))["names"]
+    assert names[:3] == ["0: c", "1: c", "2: c"] and names[-1] == "11: c"
+
+
+def test_view_files_are_written_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path)
+    v = _view()
+    views.write_view_files(v)
+    points = tmp_path / "views" / "s" / v.points_file
+    data = json.loads(points.read_text())
+    assert data["ids"] == v.sample_ids.tolist() and data["y"][0] == 25.0
+    stamp = points.stat().st_mtime_ns
+    views.write_view_files(v)
+    assert points.stat().st_mtime_ns == stamp
+    assert not list((tmp_path / "views" / "s").glob("*.tmp"))
+
+
+def test_prune_keeps_the_newest_view_files(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path)
+    folder = tmp_path / "views" / "s"
+    folder.mkdir(parents=True)
+    for i in range(10):
+        p = folder / f"{i}.json"
+        p.write_text("{}")
+        os.utime(p, (i, i))
+    assert static_files.prune_views("s", keep=4) == 6
+    assert sorted(p.name for p in folder.iterdir()) == ["6.json", "7.json", "8.json", "9.json"]
+
+
+# -------------------------------------------------------------------------------------- thumbnails
+
+
+def test_thumbnail_names_are_url_safe():
+    assert static_files.thumb_name("run-00000001") == "run-00000001"
+    odd = static_files.thumb_name("a b/ü")
+    assert odd.startswith("b64-") and "/" not in odd and " " not in odd
+
+
+def test_thumb_export_writes_each_thumbnail_once(tmp_path, monkeypatch, app_store):
+    from store import Store
+
+    monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path)
+    store = Store(app_store)
+    calls = []
+
+    def fetch(ids):
+        calls.append(list(ids))
+        return store.thumbs(ids)
+
+    exporter = static_files.ThumbExport("k", fetch)
+    ids = [f"digits-a-{i:08d}" for i in range(25)]
+    assert exporter.request(ids, wait=True) == 25
+    files = sorted((tmp_path / "thumbs" / "k").glob("*.webp"))
+    assert len(files) == 25 and files[0].read_bytes()[:4] == b"RIFF"
+    assert exporter.request(ids, wait=True) == 0 and len(calls) == 1
+    assert exporter.request([*ids, "digits-a-00000030"], wait=True) == 1 and calls[-1] == ["digits-a-00000030"]
+
+
+def test_static_urls_follow_the_base_url_path(monkeypatch):
+    import streamlit as st
+
+    monkeypatch.setattr(st, "get_option", lambda name: "/viz/" if name == "server.baseUrlPath" else None)
+    assert static_files.static_url("views/a.json") == "/viz/app/static/views/a.json"
+    monkeypatch.setattr(st, "get_option", lambda name: "")
+    assert static_files.thumb_base_url("k") == "/app/static/thumbs/k/"
+
+
+def test_plotly_bundle_is_copied_from_the_plotly_package(tmp_path, monkeypatch):
+    import plotly
+
+    monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path)
+    url = static_files.plotly_js_url()
+    copied = tmp_path / "vendor" / url.rsplit("/", 1)[1]
+    assert copied.stat().st_size > 1_000_000
+    assert copied.read_bytes()[-200:] == (
+        __import__("pathlib").Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()[-200:]
+
+
+# ---------------------------------------------------------------------------------------- exports
+
+
+def test_selection_exports(app_store):
+    from store import Store
+
+    store = Store(app_store)
+    frame = store.samples(model="digits")
+    ids = frame["sample_id"].tolist()
+    xy = np.random.default_rng(0).normal(size=(len(ids), 2))
+    v = views.make_view(store_key="s", projection_key="p", model="digits", layer="midblock", step=2,
+                        sample_ids=ids, xy=xy, samples=frame, quality={}, source="fit",
+                        step_info={"step": 2, "sigma": 0.3, "timestep": None})
+    chosen = [ids[5], ids[1], ids[40]]
+    csv = pd.read_csv(io.BytesIO(exports.selection_csv(v, chosen)))
+    assert csv["sample_id"].tolist() == chosen and csv["layer"].iloc[0] == "midblock"
+    assert csv["x"].iloc[0] == pytest.approx(xy[5, 0]) and (csv["sigma"] == 0.3).all()
+    pq = pd.read_parquet(io.BytesIO(exports.selection_parquet(v, chosen)))
+    assert pq["sample_id"].tolist() == chosen
+    with zipfile.ZipFile(io.BytesIO(exports.images_zip(store, v, chosen))) as zf:
+        names = zf.namelist()
+        assert sorted(names) == sorted([f"images/{s}.png" for s in chosen] + ["metadata.csv"])
+        assert zf.read(f"images/{chosen[0]}.png")[:4] == b"\x89PNG"
+    html = exports.map_html(v, views.colorings(v)["label"]).decode()
+    assert html.count("<html") == 1 and "Plotly.newPlot" in html and "0: zero" in html
+    assert len(html) > 3_000_000  # plotly.js is inlined: the file opens offline
+    with pytest.raises(ValueError, match="at most"):
+        exports.images_zip(store, v, ["x"] * (exports.MAX_ZIP_IMAGES + 1))
