@@ -661,6 +661,7 @@ def _timeout_error(text: str, timeout_s: float, timer: _deadline) -> SearchError
 
 _CACHE: OrderedDict[tuple, SafeSearch] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+_BUILD_LOCK = threading.Lock()
 _CACHE_SIZE = 4
 
 
@@ -668,17 +669,18 @@ def for_store(store) -> SafeSearch:
     """A SafeSearch for the store's current samples, cached by (store root, samples data version)."""
     root = Path(store.root).resolve()
     key = (str(root), _samples_version(root))
-    with _CACHE_LOCK:
-        found = _CACHE.get(key)
-        if found is not None:
-            _CACHE.move_to_end(key)
-            return found
-    search = SafeSearch(store)
-    with _CACHE_LOCK:
-        _CACHE[key] = search
-        while len(_CACHE) > _CACHE_SIZE:
-            _, old = _CACHE.popitem(last=False)
-            old.close()
+    with _BUILD_LOCK:  # one build at a time: two sessions asking at once share one sandbox
+        with _CACHE_LOCK:
+            found = _CACHE.get(key)
+            if found is not None:
+                _CACHE.move_to_end(key)
+                return found
+        search = SafeSearch(store)
+        with _CACHE_LOCK:
+            _CACHE[key] = search
+            while len(_CACHE) > _CACHE_SIZE:
+                # not closed here: a caller may still hold it; its finalizer closes it once unreferenced
+                _CACHE.popitem(last=False)
     return search
 
 
