@@ -3,82 +3,30 @@ their thumbnails, see an error with its caret, and jump to the map with the matc
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.browser import harness as h
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-START_TIMEOUT_S = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def search_server(tmp_path_factory):
-    """The app (``tests/browser/serve.py``, instant stand-in projector) on a small synthetic store."""
+    """The app on a store of its own: the session's browser store may be the demo store, which has no prompts."""
     from tests.app_fixtures import build_app_store
 
     base = tmp_path_factory.mktemp("search_browser")
     store = build_app_store(base / "store", per_run=40)
-    port = _free_port()
-    log = open(base / "server.log", "wb")  # noqa: SIM115  (closed below, after the server stops)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/browser/serve.py"), "--port", str(port), "--store",
-                             str(store), "--stand-in-projector"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail(f"the app did not start: {(base / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.3)
-    yield dict(url=url, store=store)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
+    with h.AppServer(store, stand_in_projector=True, log=base / "streamlit.log") as server:
+        yield dict(url=server.url.rstrip("/"), store=store)
 
 
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+def page(chromium, search_server):
+    """A fresh browser context on the search server (the conftest's ``page`` belongs to its own server)."""
+    context = chromium.new_context(viewport=h.VIEWPORT)
     pg = context.new_page()
     pg.set_default_timeout(30_000)
     yield pg
