@@ -197,7 +197,8 @@ class Store:
             try:
                 cur = self._cursor()
                 rel = cur.sql(sql, params=params) if params else cur.sql(sql)
-                return rel.to_arrow_table() if arrow else rel.df()
+                table = rel.to_arrow_table()
+                return table if arrow else table.to_pandas()
             except duckdb.Error:
                 if attempt:
                     raise
