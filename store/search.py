@@ -28,8 +28,6 @@ rows does. Its columns are listed in ``SEARCH_COLUMNS``.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
 import threading
 import time
@@ -44,10 +42,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import keywords
+from . import keywords, layout
 from .keywords import SearchError
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "SafeSearch",
@@ -204,38 +200,21 @@ def _conform(table: pa.Table) -> pa.Table:
 
 def _load_store(store) -> tuple[pa.Table, pa.Table | None]:
     """The samples metadata (no thumbnails) and the (model, step, timestep, sigma) table of a `Store`."""
-    if hasattr(store, "samples_arrow"):
-        table = store.samples_arrow()
-    else:
-        frame = store.samples()
-        table = pa.Table.from_pandas(frame.drop(columns=["thumb"], errors="ignore"), preserve_index=False)
-    if "thumb" in table.column_names:
-        table = table.drop_columns(["thumb"])
-    table = _conform(table)
+    table = store.samples_arrow()  # every column but the thumbnail, with the model partition
+    table = _conform(table.drop_columns(["thumb"]) if "thumb" in table.column_names else table)
     steps = []
     for model in sorted(set(table.column("model").drop_null().to_pylist())):
-        try:
-            frame = store.steps(model)
-        except Exception as exc:  # a store without activations for this model: steps stay without timesteps
-            log.info("no step timesteps for model %r: %s", model, exc)
-            continue
-        if frame is None or len(frame) == 0 or "step" not in frame:
-            continue
-        part = pd.DataFrame({
-            "model": model,
-            "step": frame["step"].astype("int16"),
-            "timestep": (frame["timestep"] if "timestep" in frame else pd.Series([None] * len(frame))).astype("float32"),
-            "sigma": (frame["sigma"] if "sigma" in frame else pd.Series([None] * len(frame))).astype("float32"),
-        })
-        steps.append(part)
+        frame = store.steps(model)  # empty for a model without activations: its steps keep NULL timesteps
+        if len(frame):
+            steps.append(pd.DataFrame({"model": model, "step": frame["step"].astype("int16"),
+                                       "timestep": frame["timestep"].astype("float32"),
+                                       "sigma": frame["sigma"].astype("float32")}))
     step_table = pa.Table.from_pandas(pd.concat(steps, ignore_index=True), preserve_index=False) if steps else None
     return table, step_table
 
 
 def _samples_version(root: Path) -> tuple:
     """Identity of the committed samples parts (names, sizes, mtimes): a new batch or run changes it."""
-    from . import layout
-
     entries = []
     for model, run_id, folder in layout.sample_partitions(root):
         for part in layout.list_parts(folder):
@@ -423,7 +402,7 @@ class SafeSearch:
         else:
             samples, loaded_steps = _load_store(source)
             steps = steps if steps is not None else loaded_steps
-            self.root = Path(getattr(source, "root", ".")) if hasattr(source, "root") else None
+            self.root = Path(source.root)
         # store order, and the position in it (`_ord`) that the sandbox keeps beside each row
         samples = samples.sort_by([("model", "ascending"), ("run_id", "ascending"), ("index", "ascending")])
         self._rows = samples
@@ -698,6 +677,3 @@ def run_saved(store, mode: str, text: str, model: str | None = None, run_ids=Non
     """
     return for_store(store).run(mode, text, model, run_ids, limit=limit, timeout_s=timeout_s).sample_ids
 
-
-def default_store_root() -> str:
-    return os.environ.get("DMD2VIZ_STORE", "data")
