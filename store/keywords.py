@@ -156,7 +156,8 @@ def _tokenize(text: str) -> list[_Token]:
             if i >= n:
                 raise SearchError("unclosed quote: add the closing \"", start, text)
             i += 1
-            phrase = "".join(buf)
+            # line breaks and tabs in a phrase read as spaces (a phrase never spans two searched columns)
+            phrase = "".join(" " if c.isspace() else c for c in buf)
             if not phrase.strip():
                 raise SearchError("empty phrase: put words between the quotes", start, text)
             tokens.append(_Token("PHRASE", phrase, start))

@@ -237,11 +237,15 @@ def _open_sandbox(samples: pa.Table, steps: pa.Table | None, memory_limit: str, 
     try:
         con.register("_samples_in", samples)
         # `_text`: the keyword-searched columns, NFC-normalised and lower-cased once, joined by a newline (which
-        # no keyword term can contain) so that a phrase never matches across two columns.
+        # no keyword term can contain) so that a phrase never matches across two columns. A column whose text
+        # already lies inside another one is left out (the label of a prompt sample is its prompt; the label
+        # "207: golden retriever" holds the class name): the same matches, half the bytes to scan.
         con.execute(
-            "CREATE TABLE sample_rows AS SELECT *, lower(nfc_normalize(concat_ws(chr(10), "
-            + ", ".join(f'"{c}"' for c in KEYWORD_COLUMNS)
-            + "))) AS _text FROM _samples_in"
+            "CREATE TABLE sample_rows AS SELECT *, lower(nfc_normalize(concat_ws(chr(10), prompt, "
+            "CASE WHEN label IS DISTINCT FROM prompt THEN label END, "
+            "CASE WHEN NOT coalesce(contains(label, class_name), false) THEN class_name END, "
+            "CASE WHEN NOT (coalesce(contains(prompt, category), false) OR coalesce(contains(label, category), "
+            "false)) THEN category END))) AS _text FROM _samples_in"
         )
         con.unregister("_samples_in")
         con.execute("CREATE TABLE step_info (model VARCHAR, step SMALLINT, timestep FLOAT, sigma FLOAT)")

@@ -70,6 +70,7 @@ def strip(node):
     ("\u201cred car\u201d", t("red car", True)),                 # curly quotes
     ('"say \\"hi\\""', t('say "hi"', True)),                     # escaped quote inside a phrase
     ('"back\\\\slash"', t("back\\slash", True)),
+    ('"red\ncar"', t("red car", True)),                         # a line break in a phrase reads as a space
     ("a\tOR\nb", Or((t("a"), t("b")))),                          # any whitespace separates
 ])
 def test_structure(text, expected):

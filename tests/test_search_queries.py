@@ -161,6 +161,24 @@ def test_table_source_with_missing_columns():
         s.keyword("car")
 
 
+def test_search_text_skips_repeated_columns_without_changing_matches():
+    table = pa.table({
+        "sample_id": [f"r-{i:08d}" for i in range(4)],
+        "prompt": ["a red car", None, None, "Vintage Bicycle"],
+        "label": ["a red car", "207: golden retriever", "7", "Vintage Bicycle"],
+        "class_name": [None, "golden retriever", "seven", None],
+        "category": ["car", "dogs", "digits", "bicycle"],  # "bicycle" is inside the prompt only case-insensitively
+    })
+    rows = table.to_pylist()
+    with SafeSearch(table) as s:
+        for text in ("car", "dogs", "retriever", "seven", "207", "bicycle", "BICYCLE -vintage", '"retriever dogs"',
+                     '"car car"', "digits OR dogs"):
+            node = parse(text)
+            want = [r["sample_id"] for r in rows
+                    if matches(node, [r["prompt"], r["label"], r["class_name"], r["category"]])]
+            assert s.keyword(text).sample_ids == want, text
+
+
 def test_concurrent_searches_share_one_sandbox(search):
     expected = {q: search.where(q).sample_ids for q in ("category = 'food'", "step = 2", "label LIKE '7%'")}
     errors = []
