@@ -17,6 +17,7 @@ import re
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,11 +437,15 @@ class Store:
             raise ValueError(f"step {step} not recorded for {model}/{layer}; valid steps: {available}")
 
         order_ids = pa.concat_arrays([committed[r]["sample_id"].combine_chunks() for r in sorted(committed)])
-        chunks: list[tuple[str, pa.Table]] = []
-        for run, p in parts:
-            t = self._read_step(p, step, committed[run]["sample_id"].combine_chunks())
-            if t is not None and t.num_rows:
-                chunks.append((run, t))
+        ids_of = {r: t["sample_id"].combine_chunks() for r, t in committed.items()}
+
+        def read(item):
+            run, p = item
+            return run, self._read_step(p, step, ids_of[run])
+
+        # pyarrow releases the GIL while it reads: many small parts go faster on a few threads
+        results = _pool().map(read, parts) if len(parts) > 8 else map(read, parts)
+        chunks = [(run, t) for run, t in results if t is not None and t.num_rows]
         if not chunks:
             return _empty_activations(model, layer, step)
         return _assemble(chunks, order_ids, model, layer, step, self._shape_info(parts[0][1]))
@@ -814,6 +819,18 @@ def _vector_values_udf(vector, dtype) -> pa.Array:
         np_dtype = "<f4" if kind == "float32" else "<f2"
         out.append(None if blob is None else np.frombuffer(blob, dtype=np_dtype).astype(np.float32).tolist())
     return pa.array(out, pa.list_(pa.float32()))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="store-read")
+        return _POOL
 
 
 def _leaf_index(md: pq.FileMetaData, name: str) -> int:
