@@ -154,3 +154,13 @@ def test_show_on_map_highlights_the_matches_on_explore():
     assert at.session_state[state.VIEW].model == "words"
     assert state.highlight_ids_from_query(at.session_state["dmd.hl_param"]) == ids  # what the URL carries
     assert "18 highlighted" in _texts(at) or "Highlighting 18 samples" in _texts(at)
+
+
+def test_empty_store_shows_how_to_build_one(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at = app_test(SEARCH)
+    at.text_input(key="dmd_store_input").set_value(str(empty)).run()
+    assert not at.exception
+    assert "holds no samples yet" in _texts(at)
+    assert "python -m pipeline demo" in _texts(at)
