@@ -114,8 +114,10 @@ def main() -> int:
         def row(name, t):
             return f"  {name:<34} {t * 1000:8.1f} ms  {payload_mb / t:8.1f} MB/s"
 
+        load = "/".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
         print(f"{args.rows} rows x {args.dim} float32 = {payload_mb:.1f} MB payload, {len(batches)} batches of "
-              f"{args.batch}; median of {args.repeats} interleaved runs; disk: {base}")
+              f"{args.batch}; median of {args.repeats} interleaved runs; disk: {base}; "
+              f"{os.cpu_count()} CPUs, load average {load}")
         print(f"store keeps float16: {store_bytes / 1e6:.1f} MB of activation parts; "
               f"max relative error {err:.1e}")
         print("write (MB/s of float32 payload):")
