@@ -95,6 +95,9 @@ def test_our_loop_matches_diffusers_lcm_route(adapters, files, model, monkeypatc
 
 
 def test_lora_without_peft_matches_lora_with_peft(files, adapters, monkeypatch):
+    """Same fused weights either way (so the same images); and the LoRA did change the base UNet."""
+    from diffusers import UNet2DConditionModel
+
     if not lora.peft_available():
         pytest.skip("peft is not installed: only the merge route can run")
     with_peft = adapters["sdxl-4step-lora"]
@@ -104,12 +107,8 @@ def test_lora_without_peft_matches_lora_with_peft(files, adapters, monkeypatch):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    conditions = with_peft.conditions(np.arange(2), 0)
-    np.testing.assert_array_equal(with_peft.sample(SEEDS, conditions, None), without.sample(SEEDS, conditions, None))
-    from diffusers import UNet2DConditionModel
-
     base = UNet2DConditionModel.from_pretrained(str(files.sdxl), subfolder="unet").state_dict()
-    assert sum(not torch.equal(base[k], b[k]) for k in b) > 50  # the LoRA did change the base UNet
+    assert sum(not torch.equal(base[k], b[k]) for k in b) > 50
 
 
 def test_lora_builds_without_peft(files, monkeypatch):
@@ -127,14 +126,14 @@ def test_a_sample_does_not_depend_on_its_batch(adapters):
     together, _ = a.denoise([5, 6, 7], *a.encode(prompts))
     alone, _ = a.denoise([6], *a.encode(prompts[1:2]))
     torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-5)
-    again, _ = a.denoise([5, 6, 7], *a.encode(prompts))
-    torch.testing.assert_close(together, again, rtol=0, atol=0)
     assert not torch.allclose(together[0], together[2])
 
 
-def test_x0_previews_per_step(files):
-    a = build(files, "sdxl-4step", x0_previews=True)
-    images = a.sample(SEEDS, a.conditions(np.arange(2), 0), None)
+def test_x0_previews_per_step(adapters, monkeypatch):
+    a = adapters["sdxl-4step"]
+    assert a.last_previews is None
+    monkeypatch.setattr(a, "x0_previews", True)
+    images = a.sample(SEEDS[:1], a.conditions(np.arange(1), 0), None)
     previews = a.last_previews
     assert sorted(previews) == [0, 1, 2, 3]
     np.testing.assert_array_equal(previews[3], images)
@@ -263,10 +262,12 @@ def test_unknown_model_and_bad_resolution(files):
 
 
 def test_other_resolution_changes_shapes(files):
-    a = build(files, "sdxl", resolution=32)
+    a = build(files, "sdxl", resolution=32, x0_previews=True)
     assert a.latent == 16 and a.layer_shapes()["mid"] == (64, 8, 8)
     images = a.sample(SEEDS[:1], a.conditions(np.arange(1), 0), None)
     assert images.shape == (1, 32, 32, 3)
+    assert a.identity()["settings"]["resolution"] == 32
+    np.testing.assert_array_equal(a.last_previews[0], images)  # 1 step: the preview is the image
 
 
 def test_adapter_from_prompt_file(files, tmp_path):

@@ -360,6 +360,7 @@ class T2IAdapter(Adapter):
         return x0, x0s
 
     def sample(self, noise_seeds, conditions, recorder) -> np.ndarray:
+        self.last_previews = None
         prompt_embeds, pooled = self.encode([c.prompt for c in conditions])
         x0, x0s = self.denoise(list(noise_seeds), prompt_embeds, pooled, recorder)
         images = self.decode(x0)
