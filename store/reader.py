@@ -536,13 +536,16 @@ class Store:
         """Short hash of the committed parts behind (model, layer, runs): changes when a batch is appended."""
         runs = None if run_ids is None else set(run_ids)
         items = []
+        committed: dict[str, set[str]] = {}
         for _m, run, folder in layout.sample_partitions(self.root, model):
             if runs is None or run in runs:
-                items.extend(_stat_item(self.root, p) for p in layout.list_parts(folder))
-        if layer is not None:
+                parts = layout.list_parts(folder)
+                committed[run] = {p.name for p in parts}
+                items.extend(_stat_item(self.root, p) for p in parts)
+        if layer is not None:  # orphans (batches in progress or killed) do not count
             for run, folder in layout.activation_partitions(self.root, model, layer):
-                if runs is None or run in runs:
-                    items.extend(_stat_item(self.root, p) for p in layout.list_parts(folder))
+                names = committed.get(run, set())
+                items.extend(_stat_item(self.root, p) for p in layout.list_parts(folder) if p.name in names)
         h = hashlib.sha1()
         for item in sorted(i for i in items if i is not None):
             h.update(repr(item).encode())

@@ -160,6 +160,11 @@ def test_data_version_changes_on_append(tmp_path):
     assert st.data_version("demo") != v1 and st.data_version("demo", "enc") != v1_layer
     assert st.data_version("demo", run_ids=["other"]) != st.data_version("demo")
     assert len(st.activations("demo", "enc")) == 6
+    # an activation part whose batch is not committed (yet) changes nothing
+    v2 = st.data_version("demo", "enc")
+    folder = tmp_path / "activations/model=demo/layer=enc/run_id=r1"
+    (folder / "part-00000006-00000007.parquet").write_bytes((folder / "part-00000004-00000005.parquet").read_bytes())
+    assert st.data_version("demo", "enc") == v2 and len(st.activations("demo", "enc")) == 6
 
 
 def test_resume_appends_and_counts(tmp_path):
