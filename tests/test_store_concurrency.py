@@ -91,11 +91,12 @@ def test_sigkill_mid_batch_leaves_nothing_visible_and_resumes(tmp_path):
     batch_size = 4
     proc = _spawn("hang-in-commit", tmp_path, batch_size)
     try:
-        line = proc.stdout.readline()
-        assert line.strip() == "HANGING", proc.stderr.read()
-        os.kill(proc.pid, signal.SIGKILL)
+        line = proc.stdout.readline()  # the writer is now inside write_batch, before its commit
     finally:
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    assert line.strip() == "HANGING", err
     assert proc.returncode == -signal.SIGKILL
 
     # On disk: the killed batch's images and activation parts (orphans) and a partial staging file.
