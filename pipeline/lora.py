@@ -42,6 +42,25 @@ def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def lora_keys(path: str | Path) -> list[str]:
+    """The tensor names in a LoRA file (safetensors: without reading the tensors)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    return list(read_lora_file(path))
+
+
+def check_lora_file(path: str | Path) -> int:
+    """Raise a clear ValueError unless `path` is a kohya-format UNet LoRA; returns its module count."""
+    try:
+        return len(group_kohya(dict.fromkeys(lora_keys(path))))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def group_kohya(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """{underscored module name: {"down", "up", "alpha"}}; raises on keys that are not UNet LoRA keys."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
@@ -57,6 +76,7 @@ def group_kohya(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torc
         raise ValueError(
             f"not a kohya-format UNet LoRA: {len(foreign)} keys do not look like "
             f"'lora_unet_<module>.lora_down.weight / .lora_up.weight / .alpha', e.g. {sorted(foreign)[:5]}"
+            " (a full UNet state dict belongs to a non-LoRA model such as sdxl-4step)"
         )
     if not groups:
         raise ValueError("the LoRA file holds no 'lora_unet_*' weights")
@@ -110,6 +130,7 @@ def fuse_with_diffusers(pipe, path: str | Path, scale: float = 1.0) -> None:
 def apply_lora(unet: torch.nn.Module, path: str | Path, scale: float = 1.0, pipeline_factory=None) -> str:
     """Fuse the LoRA at `path` into `unet`. With peft and a `pipeline_factory` (returning a diffusers
     pipeline that holds this `unet`) diffusers does it; otherwise we merge. Returns "peft" or "merge"."""
+    check_lora_file(path)
     if pipeline_factory is not None and peft_available():
         pipe = pipeline_factory()
         if pipe.unet is not unet:

@@ -254,6 +254,13 @@ def test_wrong_unet_keys_are_listed(files):
     assert err.value.missing and err.value.unexpected
 
 
+def test_lora_and_full_unet_files_swapped(files):
+    with pytest.raises(ValueError, match=r"is a LoRA \(kohya format\), not a full UNet: use --model sdxl-4step-lora"):
+        build_t2i_adapter("sdxl", checkpoint=str(files.lora), base_model=str(files.sdxl))
+    with pytest.raises(ValueError, match=r"not a kohya-format UNet LoRA: 292 keys .*such as sdxl-4step"):
+        build_t2i_adapter("sdxl-4step-lora", checkpoint=str(files.sdxl_unet), base_model=str(files.sdxl))
+
+
 def test_unknown_model_and_bad_resolution(files):
     with pytest.raises(ValueError, match="unknown text-to-image model 'sd3'; choose one of sd15, sdxl, sdxl-4step"):
         build_t2i_adapter("sd3")

@@ -474,6 +474,8 @@ def build_t2i_adapter(model: str, checkpoint: str | None = None, base_model: str
     else:
         unet = _meta_unet(unet_config)
         state = checkpoints.load_state_dict_file(weights)
+        if state and all(k.startswith("lora_unet_") for k in state):
+            raise ValueError(f"{weights} is a LoRA (kohya format), not a full UNet: use --model sdxl-4step-lora")
         checkpoints.load_into(unet, _cast_state(state, dtype))
     return T2IAdapter(
         name=model, family=family, unet=unet, vae=vae, tokenizers=tokenizers, text_encoders=encoders,
