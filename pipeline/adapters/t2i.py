@@ -170,9 +170,11 @@ class BaseSource:
         return {} if self.local else {"local_files_only": _offline()}
 
     def load(self, what: str, fn, *args, **kwargs):
+        from huggingface_hub.errors import EntryNotFoundError
+
         try:
             return fn(*args, **kwargs, **self.kwargs())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EntryNotFoundError) as exc:  # hub errors are OSErrors but this one
             if self.local:
                 raise ValueError(f"cannot load {what} from {self.ref}: {exc}") from exc
             raise ValueError(
