@@ -2,7 +2,8 @@
 
 Both run in this process on the same prompts. DuckDB searches the sandbox's pre-lowered ``_text`` column with
 ``contains`` (no LIKE patterns, no regex) on all its threads; pandas gets the same advantage (a pre-lowered
-column, ``regex=False``). Each figure is the median of several runs. Two DuckDB figures are shown:
+column, ``regex=False``). Each figure is the minimum and the median of several runs (the machine is shared: the minimum is the closest to
+the uncontended cost, the median is what a user sees under the current load); ratios use the minimums. Two DuckDB figures are shown:
 ``filter`` (the predicate alone: count the matches) and ``search`` (what ``SafeSearch.keyword`` returns: parse,
 count, and the first 10,000 matching rows as a DataFrame).
 
@@ -60,19 +61,21 @@ def pandas_mask(node, col: pd.Series) -> pd.Series:
     return out
 
 
-def median_time(fn, repeat: int) -> tuple[float, object]:
+def timed(fn, repeat: int) -> tuple[float, float, object]:
+    """(min, median) seconds over ``repeat`` runs, and the last value. On a shared machine the minimum is the
+    closest to the uncontended cost (what timeit reports); the median shows what a user sees under load."""
     times, value = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
         value = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), value
+    return min(times), statistics.median(times), value
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -100,27 +103,28 @@ def main() -> None:
     print(f"setup: prompts {t_make:.2f} s, DuckDB sandbox (copy + pre-lowered column) {t_sandbox:.2f} s, "
           f"pandas lower() {t_lower:.2f} s")
     print()
-    header = (f"{'query':32} {'matches':>9} {'duckdb filter':>14} {'duckdb search':>14} {'pandas':>10} "
+    header = (f"{'query':28} {'matches':>8} {'duckdb filter':>14} {'duckdb search':>14} {'pandas':>9} "
               f"{'pandas/filter':>14} {'pandas/search':>14}")
-    print(header)
+    print(header + "\n" + " " * 37 + "(min / median of " + str(args.repeat) + " runs, ms)")
     print("-" * len(header))
-    worst = 0.0
+    worst_min = worst_med = 0.0
     for q in QUERIES:
         node = parse(q)
         sql, params = to_sql(node, ("_text",), lowered=True)
-        t_filter, count = median_time(
+        f_min, f_med, count = timed(
             lambda sql=sql, params=params: cur.execute(f"SELECT count(*) FROM sample_rows WHERE {sql}",
                                                       params).fetchall()[0][0], args.repeat)
-        t_search, result = median_time(lambda q=q: search.keyword(q, timeout_s=30), args.repeat)
-        t_pandas, mask = median_time(lambda node=node: pandas_mask(node, lowered), args.repeat)
+        s_min, s_med, result = timed(lambda q=q: search.keyword(q, timeout_s=30), args.repeat)
+        p_min, p_med, mask = timed(lambda node=node: pandas_mask(node, lowered), args.repeat)
         assert int(mask.sum()) == count == result.total, (q, int(mask.sum()), count, result.total)
-        worst = max(worst, t_search)
-        print(f"{q:32} {count:>9,} {t_filter * 1e3:>11.1f} ms {t_search * 1e3:>11.1f} ms "
-              f"{t_pandas * 1e3:>7.1f} ms {t_pandas / t_filter:>13.1f}x {t_pandas / t_search:>13.1f}x")
+        worst_min, worst_med = max(worst_min, s_min), max(worst_med, s_med)
+        print(f"{q:28} {count:>8,} {f_min * 1e3:>6.0f} / {f_med * 1e3:<5.0f} {s_min * 1e3:>6.0f} / {s_med * 1e3:<5.0f}"
+              f" {p_min * 1e3:>4.0f} / {p_med * 1e3:<4.0f} {p_min / f_min:>10.1f}x {p_min / s_min:>13.1f}x")
     print()
-    verdict = "meets" if worst < 0.1 else "misses"
-    print(f"slowest DuckDB search: {worst * 1e3:.1f} ms ({verdict} the 100 ms target); "
-          f"load average now {os.getloadavg()[0]:.1f}")
+    for name, worst in (("fastest run", worst_min), ("median run", worst_med)):
+        verdict = "meets" if worst < 0.1 else "misses"
+        print(f"slowest query, {name}: DuckDB search {worst * 1e3:.0f} ms ({verdict} the 100 ms target)")
+    print(f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     cur.close()
     search.close()
 
