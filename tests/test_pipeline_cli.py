@@ -42,10 +42,10 @@ def test_layers_lists_names_and_shapes_without_a_checkpoint(capsys):
     assert main(["layers", "--model", "imagenet"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert "768x8x8" in lines["midblock"] and "model.dec.8x8_in0" in lines["midblock"]
-    assert "model.enc.8x8_block2" in lines["encoder_bottleneck"]
+    assert "(midblock)" in lines["dec.8x8_in0"] and "768x8x8" in lines["dec.8x8_in0"]
+    assert "(encoder_bottleneck)" in lines["enc.8x8_block2"] and "model.enc.8x8_block2" in lines["enc.8x8_block2"]
     assert "192x64x64" in lines["enc.64x64_conv"] and "dec.64x64_block3" in lines
-    assert len(lines) == 16 + 21 + 2
+    assert len(lines) == 16 + 21
 
 
 def test_generate_reports_unknown_layers_and_bad_checkpoints(tmp_path, demo_checkpoint, capsys):

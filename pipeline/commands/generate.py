@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         if args.model in T2I_MODELS:
             from pipeline.prompts import PromptSet
 
+            if args.steps is not None:
+                raise ValueError(f"--steps does not apply to {args.model}: DMD2's text-to-image generators "
+                                 "have fixed timesteps (sdxl-4step and sdxl-4step-lora run 4, the others 1)")
+
             t2i = dict(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
                        seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution,
                        x0_previews=args.x0_previews)

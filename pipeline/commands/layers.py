@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def layer_table(model: str, resolution: int | None = None) -> list[dict]:
-    """One row per layer name: module path, output shape, default reduction and bytes per sample."""
+    """One row per hookable module: its first name and aliases, module path, output shape, default reduction and bytes per sample."""
     from pipeline.adapters.edm import skeleton
 
     if model in ("demo", "imagenet"):
@@ -27,22 +27,28 @@ def layer_table(model: str, resolution: int | None = None) -> list[dict]:
         from pipeline.adapters.t2i import layer_info
 
         layers, shapes = layer_info(model, resolution)
-    rows = []
+    names_of: dict[str, list[str]] = {}
     for name, path in layers.items():
-        shape = tuple(shapes[name])
-        rows.append({"name": name, "path": path, "shape": shape, "auto": resolve_reduce("auto", shape),
+        names_of.setdefault(path, []).append(name)
+    rows = []
+    for path, names in names_of.items():
+        shape = tuple(shapes[names[0]])
+        rows.append({"name": names[0], "aliases": names[1:], "path": path, "shape": shape,
+                     "auto": resolve_reduce("auto", shape),
                      **{f"bytes_{r}": bytes_per_sample(r, shape) for r in ("mean", "pool4", "full")}})
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
     rows = layer_table(args.model, args.resolution)
-    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        r["shown"] = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+    width = max(len(r["shown"]) for r in rows)
     pwidth = max(len(r["path"]) for r in rows)
     print(f"{'layer':<{width}}  {'module path':<{pwidth}}  {'output shape':<18} {'auto':<6} "
           f"{'mean B':>8} {'pool4 B':>9} {'full B':>11}")
     for r in rows:
         shape = "x".join(str(d) for d in r["shape"])
-        print(f"{r['name']:<{width}}  {r['path']:<{pwidth}}  {shape:<18} {r['auto']:<6} "
+        print(f"{r['shown']:<{width}}  {r['path']:<{pwidth}}  {shape:<18} {r['auto']:<6} "
               f"{r['bytes_mean']:>8,} {r['bytes_pool4']:>9,} {r['bytes_full']:>11,}")
     return 0
