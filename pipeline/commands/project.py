@@ -1,0 +1,81 @@
+"""Precompute a UMAP projection of one layer into the store's cache (prints its key, source, time and quality).
+
+A cached projection is returned at once; appended samples are placed into the existing map unless --refit.
+Precomputing here keeps the app's first map off numba's compile time (the command itself compiles once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pipeline.features import FEATURE_KINDS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.project import BACKENDS, METRICS
+
+    p.add_argument("--store", default="data", help="store folder (default: ./data)")
+    p.add_argument("--model", required=True, help="model key in the store, e.g. demo")
+    p.add_argument("--layer", required=True, help="layer name, e.g. midblock")
+    p.add_argument("--step", type=int, default=None, help="sampling step (default: the last recorded; -1 = last)")
+    p.add_argument("--run", dest="runs", action="append", metavar="RUN", help="only this run (repeatable)")
+    p.add_argument("--feature", default="auto", choices=[*FEATURE_KINDS, "pca"],
+                   help="auto (by layer size), mean (channel means), full (stored map), pca (full map, PCA 50)")
+    p.add_argument("--pca", type=int, default=None, metavar="K", help="PCA to K dimensions first")
+    p.add_argument("--standardize", action="store_true", help="z-score every feature column first")
+    p.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (default 15)")
+    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist, 0-1 (default 0.1)")
+    p.add_argument("--metric", default="euclidean", choices=METRICS)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--backend", default="umap", choices=BACKENDS, help="umap (CPU) or cuml (CUDA GPU)")
+    p.add_argument("--refit", action="store_true", help="recompute from scratch (no cache, no placement)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.project import ProjectionError, ProjectionParams, default_projector
+    from store import Store
+
+    if not Path(args.store).is_dir():
+        print(f"error: store folder {args.store!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        params = ProjectionParams.coerce({"feature": args.feature, "pca": args.pca,
+                                          "standardize": args.standardize or None,
+                                          "n_neighbors": args.n_neighbors, "min_dist": args.min_dist,
+                                          "metric": args.metric, "seed": args.seed, "backend": args.backend})
+    except ProjectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed}", file=sys.stderr)
+
+    def progress(fraction: float, message: str) -> None:
+        if bar is not None:
+            bar.set_description_str(message[:60])
+            bar.update(max(0, round(fraction * 100) - bar.n))
+
+    t0 = time.perf_counter()
+    try:
+        proj = default_projector().project(Store(args.store), args.model, args.layer, args.step, params,
+                                           run_ids=args.runs, progress=progress, refit=args.refit)
+    except ProjectionError as e:
+        if bar is not None:
+            bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if bar is not None:
+        bar.close()
+    q = proj.quality or {}
+    print(f"key: {proj.key}")
+    print(f"source: {proj.source}  samples: {len(proj):,}  step: {proj.step}  time: {time.perf_counter() - t0:.2f} s")
+    print(f"quality: trustworthiness={q.get('trustworthiness')} knn_overlap={q.get('knn_overlap')} "
+          f"(k={q.get('k')}, {q.get('sample')} sampled points)")
+    return 0

@@ -1,0 +1,339 @@
+"""The matrix a projection sees: one row per sample, built from a (model, layer, step) of the store.
+
+Choices (``FeatureSpec``):
+
+* ``kind="mean"``: the C channel means over space. Invariant to *where* in the image a channel fires, small
+  (C values) and always available: a stored ``pool4``/``full`` vector is averaged over its recorded
+  ``shape`` (C, h, w); a stored ``mean`` vector already is one.
+* ``kind="full"``: the stored vector flattened (the whole map, or its 4x4 pooling): spatial layout counts.
+* ``pca=k``: randomized PCA to k dimensions of either, fitted on exactly the selected samples (cached, also on
+  disk: it is the slow step for large maps).
+* ``standardize=True``: z-score every column first, so that channels with large activations do not dominate.
+
+The default (``kind="auto"``, resolved by ``default_spec`` from the stored vector's size) keeps UMAP's input
+small enough for a fit in seconds while losing as little as possible:
+
+* a stored map of at most ``FULL_MAX_DIM`` (1024) values is used whole (``full``): nothing is thrown away;
+* a larger one is reduced to its channel means (``mean``), and stored means are used as they are;
+* and if that is still wider than ``PCA_ABOVE`` (256) dimensions, PCA to ``DEFAULT_PCA`` (50) follows
+  (nearest-neighbour search degrades and slows down in many dimensions; 50 components keep most variance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FeatureSpec",
+    "FeatureError",
+    "FEATURE_KINDS",
+    "default_spec",
+    "to_features",
+    "build_features",
+    "features_key",
+    "filter_description",
+]
+
+FEATURE_KINDS = ("auto", "mean", "full")
+FULL_MAX_DIM = 1024
+PCA_ABOVE = 256
+DEFAULT_PCA = 50
+MAX_PCA = 1024
+
+
+class FeatureError(ValueError):
+    """Bad feature parameters or an empty selection (a ValueError, so callers may show the message as is)."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How to turn stored activation vectors into the rows UMAP sees (see the module docstring)."""
+
+    kind: str = "auto"
+    pca: int | None = None
+    standardize: bool = False
+
+    def __post_init__(self):
+        if self.kind not in FEATURE_KINDS:
+            raise FeatureError(f"unknown feature kind {self.kind!r}; valid: {list(FEATURE_KINDS)}")
+        if self.pca is not None:
+            if isinstance(self.pca, bool) or not isinstance(self.pca, int | np.integer):
+                raise FeatureError(f"pca must be an integer number of components or None, got {self.pca!r}")
+            if not 2 <= int(self.pca) <= MAX_PCA:
+                raise FeatureError(f"pca must be between 2 and {MAX_PCA} components, got {self.pca}")
+            object.__setattr__(self, "pca", int(self.pca))
+        if not isinstance(self.standardize, bool | np.bool_):
+            raise FeatureError(f"standardize must be True or False, got {self.standardize!r}")
+        object.__setattr__(self, "standardize", bool(self.standardize))
+
+    @property
+    def id(self) -> str:
+        """Short readable name, safe in file names: ``mean``, ``full+std``, ``full+pca50``, ``auto``."""
+        parts = [self.kind]
+        if self.standardize:
+            parts.append("std")
+        if self.pca is not None:
+            parts.append(f"pca{self.pca}")
+        return "+".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, value: FeatureSpec | Mapping | str | None) -> FeatureSpec:
+        """A spec from a spec, a dict, None (auto) or a string: ``mean``, ``full``, ``auto``, ``pca`` (the
+        full map, PCA to 50), or an ``id`` such as ``mean+std+pca20``."""
+        if value is None:
+            return cls()
+        if isinstance(value, FeatureSpec):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"kind", "pca", "standardize"}
+            if unknown:
+                raise FeatureError(f"unknown feature fields {sorted(unknown)}; valid: kind, pca, standardize")
+            return cls(**value)
+        if not isinstance(value, str) or not value.strip():
+            raise FeatureError(f"feature must be a FeatureSpec, a dict or a name, got {value!r}")
+        text = value.strip().lower()
+        if text == "pca":
+            return cls(kind="full", pca=DEFAULT_PCA)
+        kind, *mods = text.split("+")
+        pca, std = None, False
+        for m in mods:
+            if m == "std":
+                std = True
+            elif m.startswith("pca") and m[3:].isdigit():
+                pca = int(m[3:])
+            else:
+                raise FeatureError(f"unknown feature modifier {m!r} in {value!r}; use +std and/or +pca<k>")
+        if kind not in FEATURE_KINDS:
+            raise FeatureError(f"unknown feature {value!r}; valid: {list(FEATURE_KINDS)} or 'pca', "
+                               "optionally with +std and +pca<k> (e.g. 'mean+std+pca20')")
+        return cls(kind=kind, pca=pca, standardize=std)
+
+
+def default_spec(shape: tuple) -> FeatureSpec:
+    """The documented default for a stored vector of `shape` ((C,) for means, (C, h, w) for maps)."""
+    shape = tuple(int(s) for s in shape)
+    stored = int(np.prod(shape)) if shape else 0
+    if len(shape) <= 1 or stored > FULL_MAX_DIM:  # stored means are means; big maps become means
+        kind, dim = "mean", shape[0] if shape else 0
+    else:
+        kind, dim = "full", stored
+    return FeatureSpec(kind=kind, pca=DEFAULT_PCA if dim > PCA_ABOVE else None)
+
+
+def resolve_spec(spec: FeatureSpec, shape: tuple) -> FeatureSpec:
+    """`spec` with ``kind="auto"`` replaced by the layer's default (its own pca/standardize win if set)."""
+    if spec.kind != "auto":
+        return spec
+    base = default_spec(shape)
+    return FeatureSpec(kind=base.kind, pca=spec.pca if spec.pca is not None else base.pca,
+                       standardize=spec.standardize)
+
+
+def channel_means(matrix: np.ndarray, shape: tuple) -> np.ndarray:
+    """Channel means of flattened (N, C*h*w) vectors stored with `shape` (C, h, w); (N, C) as is."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) <= 1:
+        return matrix
+    if int(np.prod(shape)) != matrix.shape[1]:
+        raise FeatureError(f"stored vectors have {matrix.shape[1]} values but their shape {shape} says "
+                           f"{int(np.prod(shape))}")
+    return matrix.reshape(matrix.shape[0], shape[0], -1).mean(axis=2, dtype=np.float64).astype(np.float32)
+
+
+def standardize(X: np.ndarray) -> np.ndarray:
+    """Z-score columns; constant columns become 0 (not NaN)."""
+    X = np.asarray(X, dtype=np.float32)
+    mu = X.mean(axis=0, dtype=np.float64)
+    sd = X.std(axis=0, dtype=np.float64)
+    sd[sd == 0] = 1.0
+    return ((X - mu) / sd).astype(np.float32)
+
+
+def pca(X: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """PCA scores (N, min(k, N, D)) by scikit-learn's randomized solver (exact when k covers the data)."""
+    from sklearn.decomposition import PCA
+
+    n, d = X.shape
+    k_eff = min(int(k), n, d)
+    solver = "randomized" if k_eff < min(n, d) else "full"
+    model = PCA(n_components=k_eff, svd_solver=solver, random_state=seed)
+    return np.ascontiguousarray(model.fit_transform(X), dtype=np.float32)
+
+
+def to_features(matrix: np.ndarray, shape: tuple, spec: FeatureSpec, seed: int = 0) -> np.ndarray:
+    """The pure-numpy core of `build_features`: stored (N, D) vectors -> the (N, d) feature matrix."""
+    spec = resolve_spec(spec, shape)
+    X = channel_means(matrix, shape) if spec.kind == "mean" else np.asarray(matrix, dtype=np.float32)
+    if spec.standardize:
+        X = standardize(X)
+    if spec.pca is not None and len(X):
+        X = pca(X, spec.pca, seed=seed)
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+# -- keys ----------------------------------------------------------------------------------------------------
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def filter_description(run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None) -> dict:
+    """Canonical, JSON-able description of a sample filter. A sample-id list is summarised by its count and
+    the hash of its sorted ids (the ids themselves are the filter: no array values are hashed)."""
+    desc: dict = {"run_ids": None if run_ids is None else sorted({str(r) for r in run_ids})}
+    if sample_ids is None:
+        desc["sample_ids"] = None
+    else:
+        ids = sorted({str(s) for s in sample_ids})
+        desc["sample_ids"] = {"n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
+    return desc
+
+
+def filter_id(desc: dict) -> str:
+    """Short id of a filter description: ``all`` when nothing is filtered."""
+    if desc.get("run_ids") is None and desc.get("sample_ids") is None:
+        return "all"
+    return "f" + _sha(desc)[:12]
+
+
+def features_key(data_version: str, model: str, layer: str, step: int, spec: FeatureSpec, filt: dict) -> str:
+    """Cache key of a feature matrix (file-name safe)."""
+    payload = {"what": "features", "v": 1, "data_version": data_version, "model": model, "layer": layer,
+               "step": int(step), "feature": spec.to_dict(), "filter": filt}
+    return f"s{int(step)}-{spec.id}-{_sha(payload)[:16]}"
+
+
+# -- from the store ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Features:
+    """A built feature matrix and where it came from."""
+
+    sample_ids: np.ndarray  # str, (N,)
+    X: np.ndarray  # float32, (N, d)
+    spec: FeatureSpec  # resolved (never "auto")
+    stored_shape: tuple
+    reduce: str
+    step: int
+    key: str
+
+
+class _FeatureCache:
+    """Recent feature matrices of this process, bounded by count and bytes (they can be large)."""
+
+    def __init__(self, max_items: int = 6, max_bytes: int = 2 << 30):
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: OrderedDict[str, Features] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Features | None:
+        with self._lock:
+            f = self._items.get(key)
+            if f is not None:
+                self._items.move_to_end(key)
+            return f
+
+    def put(self, f: Features) -> None:
+        with self._lock:
+            self._items[f.key] = f
+            self._items.move_to_end(f.key)
+            while len(self._items) > 1 and (len(self._items) > self.max_items or
+                                            sum(x.X.nbytes for x in self._items.values()) > self.max_bytes):
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+FEATURE_CACHE = _FeatureCache()
+
+
+def _pca_relpath(model: str, layer: str, key: str) -> str:
+    return f"projections/model={model}/layer={layer}/features/{key}.parquet"
+
+
+def _read_pca(store, model, layer, key, sample_ids) -> np.ndarray | None:
+    got = store.read_artifact(_pca_relpath(model, layer, key))
+    if got is None:
+        return None
+    table, _meta = got
+    if table.num_rows != len(sample_ids) or table.column("sample_id").to_pylist() != list(sample_ids):
+        return None  # a different sample order or set: recompute rather than join by position
+    flat = table.column("vector").combine_chunks()
+    width = flat.type.list_size
+    return np.asarray(flat.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
+
+
+def _write_pca(store, model, layer, key, sample_ids, X, spec) -> None:
+    table = pa.table({
+        "sample_id": pa.array([str(s) for s in sample_ids], pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel(), pa.float32()), X.shape[1]),
+    })
+    try:
+        store.write_artifact(_pca_relpath(model, layer, key), table, {"feature": spec.to_dict(), "key": key})
+    except OSError as e:  # a read-only store still works, it just recomputes
+        log.warning("could not cache PCA features %s: %s", key, e)
+
+
+def build_features(store, model: str, layer: str, step: int, spec: FeatureSpec | str | None = None,
+                   run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None,
+                   data_version: str | None = None, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(sample_ids, X) for one (model, layer, step) and an optional filter; see `load_features`."""
+    f = load_features(store, model, layer, step, spec, run_ids, sample_ids, data_version, cache)
+    return f.sample_ids, f.X
+
+
+def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | str | None = None,
+                  run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None,
+                  data_version: str | None = None, cache: bool = True) -> Features:
+    """The feature matrix of the committed samples of (model, layer, step), rows in the store's order
+    (run_id, index). Cached in memory by an explicit key (data version, model, layer, step, spec, filter);
+    PCA results are also cached in the store. Raises `FeatureError` when no sample matches."""
+    spec = FeatureSpec.parse(spec)
+    run_ids = None if run_ids is None else [str(r) for r in run_ids]
+    sample_ids = None if sample_ids is None else [str(s) for s in sample_ids]
+    if sample_ids is not None and not sample_ids:
+        raise FeatureError("the sample filter is empty: no sample ids were given")
+    filt = filter_description(run_ids, sample_ids)
+    version = data_version if data_version is not None else store.data_version(model, layer, run_ids)
+    key = features_key(version, model, layer, step, spec, filt)
+    if cache and (hit := FEATURE_CACHE.get(key)) is not None:
+        return hit
+
+    acts = store.activations(model, layer, step, run_ids=run_ids, sample_ids=sample_ids)
+    if len(acts.sample_ids) == 0:
+        where = f"model={model!r} layer={layer!r} step={step}"
+        if run_ids is not None:
+            where += f" runs={run_ids}"
+        if sample_ids is not None:
+            where += f" and {len(sample_ids)} given sample ids"
+        raise FeatureError(f"no samples match the filter ({where})")
+    resolved = resolve_spec(spec, acts.shape)
+    ids = np.asarray(acts.sample_ids).astype(str)
+    X = None
+    if resolved.pca is not None:
+        X = _read_pca(store, model, layer, key, ids)
+    if X is None:
+        X = to_features(acts.matrix, acts.shape, resolved)
+        if resolved.pca is not None:
+            _write_pca(store, model, layer, key, ids, X, resolved)
+    f = Features(sample_ids=ids, X=X, spec=resolved, stored_shape=tuple(acts.shape), reduce=acts.reduce,
+                 step=int(acts.step), key=key)
+    if cache:
+        FEATURE_CACHE.put(f)
+    return f
