@@ -7,6 +7,7 @@ sessions and must not be mutated by callers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -32,8 +33,23 @@ python -m pipeline generate --help
 """
 
 
+@functools.lru_cache(maxsize=256)
 def resolve(path: str) -> str:
     return str(Path(path).expanduser().resolve())
+
+
+VERSION_TTL_S = 2.0  # a batch committed by a running generation shows up within this delay
+
+
+@st.cache_data(show_spinner=False, ttl=VERSION_TTL_S, max_entries=256)
+def _version(resolved: str, model: str, layer: str | None, runs: tuple | None) -> str:
+    return _open_store(resolved).data_version(model, layer, list(runs) if runs is not None else None)
+
+
+def version(path: str, model: str, layer: str | None = None, runs=None) -> str:
+    """``Store.data_version``, remembered for two seconds: a page run asks it several times, and each call
+    lists and stats every part of the model."""
+    return _version(resolve(path), model, layer, tuple(sorted(runs)) if runs else None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -74,7 +90,7 @@ def store_status(path: str) -> StoreStatus:
 def store_version(path: str) -> str:
     """Changes whenever a batch is committed or a manifest rewritten anywhere in the store."""
     store = open_store(path)
-    parts = [store.data_version(m) for m in store.models()]
+    parts = [version(path, m) for m in store.models()]
     runs_dir = Path(resolve(path)) / "runs"
     if runs_dir.is_dir():
         parts.extend(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(runs_dir.glob("*.parquet")))
@@ -93,8 +109,7 @@ def samples_frame(resolved: str, model: str, version: str) -> pd.DataFrame:
 
 
 def model_samples(path: str, model: str) -> pd.DataFrame:
-    store = open_store(path)
-    return samples_frame(resolve(path), model, store.data_version(model))
+    return samples_frame(resolve(path), model, version(path, model))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -103,8 +118,7 @@ def steps_frame(resolved: str, model: str, layer: str | None, version: str) -> p
 
 
 def model_steps(path: str, model: str, layer: str | None = None) -> pd.DataFrame:
-    store = open_store(path)
-    return steps_frame(resolve(path), model, layer, store.data_version(model, layer))
+    return steps_frame(resolve(path), model, layer, version(path, model, layer))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -113,7 +127,7 @@ def layers_of(resolved: str, model: str, version: str) -> list[str]:
 
 
 def model_layers(path: str, model: str) -> list[str]:
-    return layers_of(resolve(path), model, open_store(path).data_version(model))
+    return layers_of(resolve(path), model, version(path, model))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -272,11 +286,11 @@ def request_projection(path: str, settings, sample_ids: list[str] | None, refit:
     """Start (or find) the projection job of a view; waits briefly so that a cached result shows at once."""
     store = open_store(path)
     runs = list(settings.runs) or None
-    version = store.data_version(settings.model, settings.layer, runs)
+    data_version = version(path, settings.model, settings.layer, runs)
     params = projection_params(settings)
     ids = tuple(sample_ids) if sample_ids is not None else None
     filter_key = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12] if ids is not None else ""
-    key = (resolve(path), version, settings.model, settings.layer, settings.step, tuple(settings.runs),
+    key = (resolve(path), data_version, settings.model, settings.layer, settings.step, tuple(settings.runs),
            tuple(sorted(params.items())), filter_key, refit)
 
     def work(job: Job):
@@ -320,7 +334,7 @@ def _has_text_embeddings(resolved: str, model: str, version: str) -> bool:
 
 
 def has_text_embeddings(path: str, model: str) -> bool:
-    return _has_text_embeddings(resolve(path), model, open_store(path).data_version(model))
+    return _has_text_embeddings(resolve(path), model, version(path, model))
 
 
 def keyword_search(path: str, model: str, text: str, runs=()) -> list[str]:
@@ -343,15 +357,27 @@ def prompt_cluster_labels(path: str, model: str, k: int, runs=()) -> tuple[pd.Se
     return found.labels(), found.key
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _color_file(view_key: str, _view: views.View, _path: str, color_by: str, n_clusters: int,
+                runs: tuple) -> str:
+    coloring = _coloring(_path, _view, color_by, n_clusters, runs)
+    return views.write_color_file(_view, coloring)
+
+
+def color_file_for(path: str, view: views.View, settings) -> str:
+    """The colour file of the chosen colouring (written once per view and colouring; reruns are free)."""
+    return _color_file(view.key, view, path, settings.color_by, settings.n_clusters, tuple(settings.runs))
+
+
 def coloring_for(path: str, view: views.View, settings) -> views.Coloring:
     """The colouring chosen in the sidebar for this view (falls back to class label)."""
-    clusters = None
-    if settings.color_by == "cluster":
-        got = prompt_cluster_labels(path, view.model, settings.n_clusters, settings.runs)
-        if got is not None:
-            clusters = got
+    return _coloring(path, view, settings.color_by, settings.n_clusters, tuple(settings.runs))
+
+
+def _coloring(path: str, view: views.View, color_by: str, n_clusters: int, runs: tuple) -> views.Coloring:
+    clusters = prompt_cluster_labels(path, view.model, n_clusters, runs) if color_by == "cluster" else None
     options = views.colorings(view, clusters=clusters)
-    return options.get(settings.color_by) or options["label"]
+    return options.get(color_by) or options["label"]
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,9 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         st.markdown("**Projection**")
         _init("w_feature", view.feature)
         feature = st.radio("Feature", state.FEATURES, key="w_feature", horizontal=True,
-                           help="mean: channel means over space · full: the stored map flattened · "
-                                "pca: PCA of the stored map")
+                           help="auto: the layer's default (the stored map when small, else channel means; "
+                                "PCA to 50 dimensions above 256) · mean: channel means over space · full: the "
+                                "stored map flattened · pca: the stored map reduced to 50 dimensions by PCA")
         _init("w_nn", view.n_neighbors)
         nn = st.slider("n_neighbors", *state.N_NEIGHBORS_RANGE, key="w_nn")
         _init("w_md", view.min_dist)
@@ -311,8 +312,7 @@ def _highlight(view: views.View) -> list[str] | None:
 
 def _map(view, settings, sel, neighbours, highlight) -> None:
     resolved = data.resolve(state.store_path())
-    coloring = data.coloring_for(state.store_path(), view, settings)
-    color_file = views.write_color_file(view, coloring)
+    color_file = data.color_file_for(state.store_path(), view, settings)
     data.thumb_export(resolved).request_once(view.key, view.sample_ids.tolist())
     scatter_map(
         plotly_url=static_files.plotly_js_url(),
@@ -428,7 +428,7 @@ def _info(view: views.View) -> None:
     c1, c2 = st.columns([3, 2], gap="large")
     with c1:
         col = "category" if view.frame["category"].notna().any() else "label"
-        counts = view.frame[col].astype("object").where(view.frame[col].notna(), "(none)").value_counts()
+        counts = view.counts(col)
         table = pd.DataFrame({col: counts.index.astype(str), "samples": counts.to_numpy(),
                               "share": counts.to_numpy() / max(1, len(view))})
         st.dataframe(table, hide_index=True, width="stretch", height=min(320, 38 + 35 * len(table)),

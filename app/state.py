@@ -27,7 +27,7 @@ HIGHLIGHT = "dmd.highlight"  # ids highlighted from the URL (search results), or
 PNG_NONCE = "dmd.png_nonce"
 URL_LOADED = "dmd.url_loaded"  # the URL has been read into the session once
 
-FEATURES = ("mean", "full", "pca")
+FEATURES = ("auto", "mean", "full", "pca")  # pipeline.features names; auto: the per-layer default
 METRICS = ("euclidean", "cosine", "manhattan", "correlation")
 SPACES = ("map", "activation")
 FILTER_MODES = ("highlight", "project")
@@ -69,7 +69,7 @@ class ViewSettings:
     runs: tuple[str, ...] = ()  # empty: all runs of the model
     layer: str | None = None
     step: int | None = None
-    feature: str = "mean"
+    feature: str = "auto"
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "euclidean"

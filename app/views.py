@@ -72,6 +72,7 @@ class View:
     source: str
     step_info: dict  # step, sigma, timestep of the projected step (for the hover card)
     position: dict = field(repr=False)  # sample_id -> row
+    _memo: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -90,6 +91,14 @@ class View:
     def rows(self, sample_ids) -> list[int]:
         return [self.position[s] for s in sample_ids if s in self.position]
 
+    def counts(self, column: str) -> pd.Series:
+        """Samples per value of a metadata column (missing values as "(none)"), largest first; computed once."""
+        key = ("counts", column)
+        if key not in self._memo:
+            col = self.frame[column].astype("object")
+            self._memo[key] = col.where(col.notna(), "(none)").value_counts()
+        return self._memo[key]
+
 
 def view_key(projection_key: str, extra: str = "") -> str:
     return hashlib.sha1(f"{projection_key}|{extra}".encode()).hexdigest()[:20]
@@ -102,7 +111,7 @@ def make_view(*, store_key: str, projection_key: str, model: str, layer: str, st
     ids = np.asarray(sample_ids).astype(str)
     xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
     meta = samples.set_index("sample_id", drop=False)
-    keep = np.isin(ids, meta.index.to_numpy())
+    keep = pd.Index(ids).isin(meta.index)  # hashed: np.isin on strings is quadratic
     ids, xy = ids[keep], xy[keep]
     frame = meta.loc[ids].reset_index(drop=True)
     return View(

@@ -58,7 +58,7 @@ def test_default_view_draws_the_map_and_writes_the_url(app_env):
     assert metrics == {"Trustworthiness": "0.930", "kNN overlap": "41%"}
     call = app_env.calls[-1]
     assert (call["model"], call["layer"], call["step"]) == ("digits", "midblock", 2)
-    assert call["params"] == {"feature": "mean", "n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"}
+    assert call["params"] == {"feature": "auto", "n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"}
 
 
 def test_view_files_are_written_under_static(app_env, app_store):
@@ -94,7 +94,7 @@ def test_shared_url_restores_view_and_selection(app_env):
     assert at.slider(key="w_nn").value == 30 and at.slider(key="w_md").value == 0.25
     assert at.selectbox(key="w_metric").value == "cosine" and at.slider(key="w_k").value == 3
     call = app_env.calls[-1]
-    assert call["params"] == {"feature": "mean", "n_neighbors": 30, "min_dist": 0.25, "metric": "cosine"}
+    assert call["params"] == {"feature": "auto", "n_neighbors": 30, "min_dist": 0.25, "metric": "cosine"}
     data = _map_data(at)
     assert data["selected"] == sid and len(data["knn"]) == 3
     assert "#### a cat sleeping on a windowsill" in _md(at)  # the selected sample's prompt heads the panel
@@ -108,7 +108,7 @@ def test_bad_url_values_fall_back_to_defaults(app_env):
     assert at.selectbox(key="w_model").value == "digits"
     assert at.slider(key="w_nn").value == 100 and at.slider(key="w_md").value == 0.1
     assert at.slider(key="w_k").value == 1
-    assert at.radio(key="w_feature").value == "mean"
+    assert at.radio(key="w_feature").value == "auto"
 
 
 def test_click_selects_then_toggles_neighbours(app_env):

@@ -35,7 +35,7 @@ def test_url_leaves_defaults_out_and_clamps_user_input():
     v = state.view_from_params({"nn": "1", "md": "7", "k": "99", "metric": "chebyshev", "feat": "x", "step": "x",
                                 "space": "moon", "fm": "?", "ps": "0"})
     assert (v.n_neighbors, v.min_dist, v.k, v.metric, v.feature, v.step, v.space, v.filter_mode) == \
-        (5, 1.0, 20, "euclidean", "mean", None, "map", "highlight")
+        (5, 1.0, 20, "euclidean", "auto", None, "map", "highlight")
     assert v.point_size == 1.0
 
 

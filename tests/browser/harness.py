@@ -123,6 +123,21 @@ def isolated_ids(page, count: int, min_px: float = 14, margin: float = 30) -> li
       return out; }""", [count, min_px, margin])
 
 
+def spread_ids(page, count: int, margin: float = 60, seed: int = 0) -> list[str]:
+    """``count`` ids of points inside the plot (not at its edges), spread over the map, deterministic."""
+    return page.evaluate("""([count, margin, seed]) => {
+      const m = window.dmvMap; const ids = m.points.ids; const rect = m.plot.getBoundingClientRect();
+      const xa = m.plot._fullLayout.xaxis, ya = m.plot._fullLayout.yaxis; const out = [];
+      let state = seed + 1;
+      const rand = () => (state = (state * 1103515245 + 12345) % 2147483648) / 2147483648;
+      for (let tries = 0; tries < 100000 && out.length < count; tries++) {
+        const i = Math.floor(rand() * ids.length);
+        const x = xa._offset + xa.l2p(m.points.x[i]), y = ya._offset + ya.l2p(m.points.y[i]);
+        if (x > margin && y > margin && x < rect.width - margin && y < rect.height - margin) out.push(ids[i]);
+      }
+      return out; }""", [count, margin, seed])
+
+
 def point_xy(page, sample_id: str) -> tuple[float, float]:
     p = page.evaluate("(id) => window.dmvMap.pointPixel(id)", sample_id)
     return p["x"], p["y"]
@@ -162,3 +177,61 @@ def neighbour_ids(page, kind: str = "kNN") -> list[str]:
     return page.evaluate("""(kind) => [...document.querySelectorAll(`[class*="st-key-nb_${kind}_"]`)]
       .map(el => [...el.classList].find(c => c.startsWith(`st-key-nb_${kind}_`)).slice(`st-key-nb_${kind}_`.length))""",
                          kind)
+
+
+# ---------------------------------------------------------------------------------- in-page timings
+# Measured inside the page (performance.now() from the input event to the frame that shows the result), so
+# Playwright's round trips are not counted.
+
+_WATCH = """([kind, id, k]) => {
+  window.__dmvT = {start: null, end: null};
+  const ev = kind === 'hover' ? 'mousemove' : 'mousedown';
+  const onInput = (e) => { if (window.__dmvT.start === null) window.__dmvT.start = e.timeStamp; };
+  document.addEventListener(ev, onInput, {capture: true});
+  const done = () => {
+    if (kind === 'hover') {
+      const tip = document.querySelector('.dmv-tip'); const img = tip && tip.querySelector('img');
+      return tip && !tip.hidden && (id === null ? !!tip.dataset.id : tip.dataset.id === id)
+        && img.complete && img.naturalWidth > 0 && img.dataset.id === tip.dataset.id;
+    }
+    const sel = document.querySelector('.dmv-wrap').dataset.selected;
+    if (id === null ? !sel : sel !== id) return false;
+    const imgs = [...document.querySelectorAll('[class*="st-key-nb_kNN_"] img')];
+    return imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0);
+  };
+  const tick = () => {
+    if (window.__dmvT.start !== null && done()) {
+      window.__dmvT.end = performance.now();
+      document.removeEventListener(ev, onInput, {capture: true});
+    } else requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}"""
+
+
+def timed_hover(page, sample_id: str, timeout: float = 10, exact: bool = True) -> float:
+    """Seconds from the mouse reaching a point to its preview image drawn (in-page clock). ``exact=False``
+    accepts whichever point plotly finds under the mouse (dense maps)."""
+    x, y = point_xy(page, sample_id)
+    page.mouse.move(5, 5)
+    page.wait_for_selector(".dmv-tip", state="hidden")
+    page.evaluate(_WATCH, ["hover", sample_id if exact else None, 0])
+    page.mouse.move(x, y)
+    page.wait_for_function("() => window.__dmvT.end !== null", timeout=timeout * 1000)
+    return page.evaluate("() => (window.__dmvT.end - window.__dmvT.start) / 1000")
+
+
+def timed_click(page, sample_id: str, k: int, timeout: float = 30, exact: bool = True) -> float:
+    """Seconds from the click on a point to the selection panel showing its k neighbour thumbnails."""
+    x, y = point_xy(page, sample_id)
+    page.mouse.move(x, y)
+    page.evaluate(_WATCH, ["click", sample_id if exact else None, k])
+    page.mouse.click(x, y)
+    page.wait_for_function("() => window.__dmvT.end !== null", timeout=timeout * 1000)
+    return page.evaluate("() => (window.__dmvT.end - window.__dmvT.start) / 1000")
+
+
+def clear_selection(page) -> None:
+    page.click(".st-key-clear_selection button")
+    page.wait_for_function("() => document.querySelector('.dmv-wrap').dataset.selected === ''")
+    page.wait_for_function("() => !document.querySelector('[class*=\"st-key-nb_kNN_\"]')")

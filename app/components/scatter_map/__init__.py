@@ -17,6 +17,7 @@ _HERE = Path(__file__).parent
 _HTML = """
 <div class="dmv-wrap" data-testid="dmv-map">
   <div class="dmv-plot"></div>
+  <svg class="dmv-rings" xmlns="http://www.w3.org/2000/svg"><defs><clipPath id="dmv-clip"><rect/></clipPath></defs><g clip-path="url(#dmv-clip)"></g></svg>
   <div class="dmv-legend" hidden></div>
   <div class="dmv-tip" hidden><img alt="preview"><div class="dmv-tip-text"></div></div>
   <div class="dmv-status">Loading map…</div>

@@ -5,6 +5,8 @@
 // fixed uirevision: zoom and pan survive changes of selection, neighbours and highlight.
 
 const INSTANCES = new WeakMap();
+const RED = "#e8412c";
+const BLUE = "#1f6feb";
 const JSON_CACHE = new Map(); // url -> Promise<object>, a few recent views only
 const JSON_CACHE_SIZE = 12;
 let plotlyPromise = null;
@@ -76,6 +78,7 @@ class MapView {
     this.tip = root.querySelector(".dmv-tip");
     this.legend = root.querySelector(".dmv-legend");
     this.status = root.querySelector(".dmv-status");
+    this.rings = root.querySelector(".dmv-rings");
     this.seq = 0;
     this.points = null; // {ids, x, y}
     this.pointsUrl = null;
@@ -122,8 +125,10 @@ class MapView {
       this.wrap.dataset.points = String(points.ids.length);
       this.wrap.dataset.selected = data.selected || "";
       if (data.png_nonce && data.png_nonce !== this.lastPng) {
+        if (this.lastPng !== null) this.downloadPng();  // not on the first draw of a session
         this.lastPng = data.png_nonce;
-        Plotly.downloadImage(this.plot, { format: "png", filename: data.filename || "map", scale: 2, width: this.plot.clientWidth, height: this.plot.clientHeight });
+      } else if (this.lastPng === null) {
+        this.lastPng = data.png_nonce || 0;
       }
       // Per-point text is fetched once the map is drawn, not before: the map never waits for it.
       if (data.meta_url !== this.metaUrl) {
@@ -154,15 +159,22 @@ class MapView {
     };
   }
 
+  // The per-point colour array, rebuilt only when the colouring or the hidden legend entries change: the
+  // same array object lets Plotly.react skip re-uploading 50,000 colours on a selection change.
   baseColors() {
     const color = this.color;
     const n = this.points.ids.length;
     if (!color || color.kind !== "category") return null;
+    const sig = [...this.hidden].sort().join(",");
+    if (this._colors && this._colors.color === color && this._colors.points === this.points && this._colors.sig === sig) {
+      return this._colors.out;
+    }
     const out = new Array(n);
     for (let i = 0; i < n; i++) {
       const code = color.codes[i];
       out[i] = this.hidden.has(code) ? "rgba(0,0,0,0)" : color.colors[code];
     }
+    this._colors = { color, points: this.points, sig, out };
     return out;
   }
 
@@ -180,13 +192,30 @@ class MapView {
     return { trace: { type: "scattergl", mode: "markers", x: xs, y: ys, marker, name, hoverinfo: "none", showlegend: false }, ids: kept };
   }
 
-  render(Plotly) {
+  // Everything plotly draws: the points (and the search/filter highlight). Redrawn only when one of its
+  // inputs changes; a change of selection or neighbours only moves the SVG rings (drawRings), so a click
+  // on a 50,000-point map costs no plotly recalculation.
+  render(Plotly, force = false) {
     const data = this.data;
     const th = this.theme();
+    const highlight = Array.isArray(data.highlight) && data.highlight.length > 0 ? data.highlight : null;
+    const sig = [this.pointsUrl, data.color_url, [...this.hidden].sort().join(","), highlight ? highlight.join(",") : "",
+      data.point_size, data.revision, th.text, th.font, this.plot.clientWidth, data.height].join("|");
+    if (!force && sig === this.figureSig) {
+      this.drawRings();
+      return;
+    }
+    this.figureSig = sig;
+    const { traces, ids } = this.figure(th, highlight);
+    this.traceIds = ids;
+    Plotly.react(this.plot, traces, this.layout(th), this.config()).then(() => this.drawRings());
+    if (!this.handlersAttached) this.attachHandlers();
+  }
+
+  figure(th, highlight, withRings = false) {
+    const data = this.data;
     const size = data.point_size || 5;
-    const highlight = data.highlight;
-    const dim = Array.isArray(highlight) && highlight.length > 0;
-    const baseMarker = { size, opacity: dim ? 0.18 : 0.85, line: { width: 0 } };
+    const baseMarker = { size, opacity: highlight ? 0.18 : 0.85, line: { width: 0 } };
     const color = this.color;
     if (color && color.kind === "numeric") {
       Object.assign(baseMarker, {
@@ -200,14 +229,13 @@ class MapView {
     } else {
       baseMarker.color = this.baseColors() || th.text;
     }
-    const base = { type: "scattergl", mode: "markers", x: this.points.x, y: this.points.y, marker: baseMarker, hoverinfo: "none", name: "samples", showlegend: false };
-    const traces = [base];
-    this.traceIds = [this.points.ids];
-    const add = ({ trace, ids }) => {
+    const traces = [{ type: "scattergl", mode: "markers", x: this.points.x, y: this.points.y, marker: baseMarker, hoverinfo: "none", name: "samples", showlegend: false }];
+    const ids = [this.points.ids];
+    const add = ({ trace, ids: kept }) => {
       traces.push(trace);
-      this.traceIds.push(ids);
+      ids.push(kept);
     };
-    if (dim) {
+    if (highlight) {
       const hl = this.overlay(highlight, { size: size + 1, color: [], line: { width: 1, color: th.text } }, "matches");
       const colors = this.baseColors();
       hl.trace.marker.color = hl.ids.map((id) => (colors ? colors[this.index.get(id)] : th.text));
@@ -217,13 +245,18 @@ class MapView {
       }
       add(hl);
     }
-    add(this.overlay(data.knn, { size: size + 9, symbol: "circle-open", color: "#e8412c", line: { width: 1.5, color: "#e8412c" } }, "neighbours"));
-    add(this.overlay(data.manual, { size: size + 11, symbol: "circle-open", color: "#e8412c", line: { width: 3.5, color: "#e8412c" } }, "manual neighbours"));
-    add(this.overlay(data.selected ? [data.selected] : [], { size: size + 9, color: "#1f6feb", line: { width: 2, color: "#ffffff" } }, "selected"));
+    if (withRings) {  // for the PNG: the rings as traces, so that the image shows them
+      add(this.overlay(data.knn, { size: size + 9, symbol: "circle-open", color: RED, line: { width: 1.5, color: RED } }, "neighbours"));
+      add(this.overlay(data.manual, { size: size + 11, symbol: "circle-open", color: RED, line: { width: 3.5, color: RED } }, "manual"));
+      add(this.overlay(data.selected ? [data.selected] : [], { size: size + 7, color: BLUE, line: { width: 2, color: "#ffffff" } }, "selected"));
+    }
+    return { traces, ids };
+  }
 
+  layout(th) {
     const axis = { visible: false, showgrid: false, zeroline: false, automargin: false };
-    const layout = {
-      uirevision: data.revision,
+    return {
+      uirevision: this.data.revision,
       margin: { l: 8, r: 8, t: 8, b: 8 },
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "rgba(0,0,0,0)",
@@ -234,18 +267,67 @@ class MapView {
       hovermode: "closest",
       hoverdistance: 12,
       showlegend: false,
-      modebar: { bgcolor: "rgba(0,0,0,0)", color: th.text, activecolor: "#1f6feb", orientation: "v" },
+      modebar: { bgcolor: "rgba(0,0,0,0)", color: th.text, activecolor: BLUE, orientation: "v" },
     };
-    const config = {
+  }
+
+  config() {
+    return {
       displaylogo: false,
       scrollZoom: true,
       responsive: true,
       doubleClick: "reset",
-      modeBarButtonsToRemove: ["autoScale2d", "toggleSpikelines", "hoverClosestCartesian", "hoverCompareCartesian"],
-      toImageButtonOptions: { format: "png", filename: data.filename || "map", scale: 2 },
+      modeBarButtonsToRemove: ["autoScale2d", "toggleSpikelines", "hoverClosestCartesian", "hoverCompareCartesian", "toImage"],
+      modeBarButtonsToAdd: [{ name: "Download the map as PNG", icon: window.Plotly.Icons.camera, click: () => this.downloadPng() }],
     };
-    Plotly.react(this.plot, traces, layout, config);
-    if (!this.handlersAttached) this.attachHandlers();
+  }
+
+  // The selected point (blue), its k nearest neighbours (thin red rings) and manual neighbours (thick red
+  // rings), drawn in an SVG layer over the WebGL canvas at the points' current screen positions.
+  drawRings() {
+    const full = this.plot._fullLayout;
+    if (!full || !this.points) return;
+    const xa = full.xaxis;
+    const ya = full.yaxis;
+    const svg = this.rings;
+    const w = this.plot.clientWidth;
+    const h = this.plot.clientHeight;
+    svg.setAttribute("width", w);
+    svg.setAttribute("height", h);
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    const clip = svg.querySelector("clipPath rect");
+    clip.setAttribute("x", xa._offset);
+    clip.setAttribute("y", ya._offset);
+    clip.setAttribute("width", xa._length);
+    clip.setAttribute("height", ya._length);
+    const r = (this.data.point_size || 5) / 2;
+    const items = [];
+    const ring = (id, cls, radius, extra) => {
+      const i = this.index.get(id);
+      if (i === undefined) return;
+      const cx = xa._offset + xa.l2p(this.points.x[i]);
+      const cy = ya._offset + ya.l2p(this.points.y[i]);
+      items.push(`<circle class="${cls}" data-id="${escapeHTML(id)}" cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="${radius}" ${extra}/>`);
+    };
+    for (const id of this.data.knn || []) ring(id, "dmv-ring-knn", r + 4.5, `fill="none" stroke="${RED}" stroke-width="1.5"`);
+    for (const id of this.data.manual || []) ring(id, "dmv-ring-manual", r + 5.5, `fill="none" stroke="${RED}" stroke-width="3.5"`);
+    if (this.data.selected) ring(this.data.selected, "dmv-ring-selected", r + 3.5, `fill="${BLUE}" stroke="#ffffff" stroke-width="2"`);
+    svg.querySelector("g").innerHTML = items.join("");
+  }
+
+  downloadPng() {
+    const th = this.theme();
+    const highlight = Array.isArray(this.data.highlight) && this.data.highlight.length > 0 ? this.data.highlight : null;
+    const { traces } = this.figure(th, highlight, true);
+    const layout = this.layout(th);
+    const full = this.plot._fullLayout;
+    layout.xaxis = { ...layout.xaxis, range: full.xaxis.range.slice(), autorange: false };
+    layout.yaxis = { ...layout.yaxis, range: full.yaxis.range.slice(), autorange: false };
+    layout.paper_bgcolor = th.bg;
+    layout.plot_bgcolor = th.bg;
+    return window.Plotly.downloadImage({ data: traces, layout }, {
+      format: "png", filename: this.data.filename || "map", scale: 2, width: this.plot.clientWidth, height: this.plot.clientHeight,
+    });
   }
 
   idOf(point) {
@@ -286,7 +368,12 @@ class MapView {
       this.setTrigger("select", { ids, t: Date.now() });
     });
     plot.on("plotly_deselect", () => this.setTrigger("select", { ids: [], t: Date.now() }));
-    plot.on("plotly_relayout", () => this.hideTip());
+    plot.on("plotly_relayout", () => {
+      this.hideTip();
+      this.drawRings();
+    });
+    plot.on("plotly_relayouting", () => this.drawRings());
+    plot.on("plotly_afterplot", () => this.drawRings());
     this.plot.addEventListener("mouseleave", () => this.hideTip());
   }
 
