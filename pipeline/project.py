@@ -12,9 +12,10 @@ and ``source``: how it was obtained). In order of preference:
     (`place_points`) rather than refitting, until the caller asks for ``refit=True``. More new points than old
     ones (a map of a few points would place poorly) refit instead.
 ``warm``
-    Only ``min_dist`` changed since a map of this process: the fuzzy graph does not depend on ``min_dist``,
-    so the cached kNN graph is reused and the layout starts from the current map with a fraction of the
-    epochs (``WARM_EPOCH_FRACTION``).
+    Only ``min_dist`` differs from the latest map of the same data and parameters (this process's, else the
+    store's): the fuzzy graph does not depend on ``min_dist``, so the cached kNN graph is reused and the
+    layout starts from that map with a fraction of the epochs (``WARM_EPOCH_FRACTION``). The result depends
+    on the map it started from; ``warm_from`` in its stored parameters names it.
 ``fit``
     A UMAP fit on the cached kNN graph when there is one with at least ``n_neighbors`` neighbours (it is
     sliced), else on a fresh one.
@@ -88,8 +89,8 @@ BACKENDS = ("umap", "cuml")
 N_NEIGHBORS_RANGE = (2, 200)  # the app offers 5-100
 EXACT_BELOW = 4096  # umap-learn's own switch from exact kNN to NNDescent
 KNN_MIN_K = 15  # kNN graphs get at least this many neighbours, so that a smaller n_neighbors reuses them
-WARM_EPOCH_FRACTION = 1 / 6  # of umap's default epochs (500 up to 10,000 points, else 200)
-WARM_MIN_EPOCHS = 30
+WARM_EPOCH_FRACTION = 1 / 8  # of umap's default epochs (500 up to 10,000 points, else 200)
+WARM_MIN_EPOCHS = 25
 TRANSFORM_MAX_NEW = 1.0  # place appended samples while they are at most this share of the existing map
 QUALITY_K = 10
 QUALITY_SAMPLE = 2000
@@ -605,7 +606,7 @@ class Projector:
                 xy, meta = placed
                 source = "transform"
         if xy is None and not refit and params.backend == "umap":
-            sibling = self._warm_sibling(store, family, key, feats)
+            sibling = self._warm_sibling(store, model, layer, family, key, feats)
             if sibling is not None:
                 knn = self._get_knn(store, model, layer, step, feats, params, version, fid, report)
                 epochs = warm_epochs(n)
@@ -635,7 +636,8 @@ class Projector:
                           seconds=seconds, meta=meta)
         report(0.97, "saving")
         store.write_projection(key, proj.frame(), meta)
-        _write_pointer(store, model, layer, lineage, key, version)
+        _write_pointer(store, model, layer, "lineage", lineage, key, version)
+        _write_pointer(store, model, layer, "family", family, key, version)
         self._remember(family, proj)
         from pipeline import neighbors
 
@@ -656,7 +658,7 @@ class Projector:
 
     def _try_transform(self, store, model, layer, lineage, key, feats, params, report):
         """Place appended samples into this lineage's previous map, if every old sample is still there."""
-        pointer = _read_pointer(store, model, layer, lineage)
+        pointer = _read_pointer(store, model, layer, "lineage", lineage)
         if pointer is None or pointer == key:
             return None
         base = self._cached(store, pointer, time.perf_counter())
@@ -678,9 +680,13 @@ class Projector:
             xy[is_new] = place_points(feats.X[old], base.xy, feats.X[is_new], params)
         return xy, {"base_key": base.key, "placed": n_new}
 
-    def _warm_sibling(self, store, family, key, feats) -> Projection | None:
+    def _warm_sibling(self, store, model, layer, family, key, feats) -> Projection | None:
+        """The latest map of the same data and parameters but another min_dist (this process's, else the
+        store's)."""
         with self._lock:
             sib_key = self._family.get(family)
+        if sib_key is None:
+            sib_key = _read_pointer(store, model, layer, "family", family)
         if sib_key is None or sib_key == key:
             return None
         sib = self._cached(store, sib_key, time.perf_counter())
@@ -726,23 +732,27 @@ def _umap_version() -> str:
 
 def _from_stored(key: str, frame: pd.DataFrame, meta: dict) -> Projection:
     params = ProjectionParams.from_dict(meta["params"])
-    xy = np.ascontiguousarray(frame[["x", "y"]].to_numpy(dtype=np.float32))
-    return Projection(sample_ids=frame["sample_id"].to_numpy().astype(str), xy=xy, params=params, key=key,
+    xy = np.column_stack([frame["x"].to_numpy(np.float32), frame["y"].to_numpy(np.float32)])
+    # object array of str: converting 50,000 ids to a fixed-width unicode array costs more than the read
+    ids = frame["sample_id"].to_numpy(dtype=object)
+    return Projection(sample_ids=ids, xy=xy, params=params, key=key,
                       quality=dict(meta.get("quality") or {}), source="cache", model=meta["model"],
                       layer=meta["layer"], step=int(meta["step"]), data_version=str(meta.get("data_version", "")),
                       meta=meta)
 
 
-def _write_pointer(store, model, layer, lineage, key, version) -> None:
+def _write_pointer(store, model, layer, kind, name, key, version) -> None:
+    """Record `key` as the latest projection of a lineage (what appended samples continue) or of a family
+    (what a min_dist change warm-starts from), so that a fresh process finds it too."""
     table = pa.table({"key": [key], "data_version": [version]})
     try:
-        store.write_artifact(_relpath(model, layer, "lineage", lineage), table, {"lineage": lineage})
+        store.write_artifact(_relpath(model, layer, kind, name), table, {kind: name})
     except OSError as e:
-        log.warning("could not record the latest projection of %s: %s", lineage, e)
+        log.warning("could not record the latest projection of %s %s: %s", kind, name, e)
 
 
-def _read_pointer(store, model, layer, lineage) -> str | None:
-    got = store.read_artifact(_relpath(model, layer, "lineage", lineage))
+def _read_pointer(store, model, layer, kind, name) -> str | None:
+    got = store.read_artifact(_relpath(model, layer, kind, name))
     if got is None or got[0].num_rows != 1:
         return None
     return str(got[0].column("key")[0].as_py())

@@ -170,6 +170,9 @@ def test_min_dist_change_warm_starts_from_the_current_map(fitted, store, monkeyp
         return d[:, 1].mean() / np.ptp(xy, axis=0).mean()
 
     assert spacing(warm.xy) > spacing(proj.xy)
+    # a fresh process finds the latest map of this family in the store and warm-starts from it too
+    again = Projector().project(store, "demo", "mid", 1, ProjectionParams.coerce(PARAMS, min_dist=0.3))
+    assert again.source == "warm" and again.meta["warm_from"] == warm.key
 
 
 def test_n_neighbors_at_or_below_cached_k_reuses_the_knn(fitted, store, monkeypatch):

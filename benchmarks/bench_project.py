@@ -1,0 +1,203 @@
+"""Projection speed through the real store and `Projector`, on synthetic clustered data.
+
+Data: 20 Gaussian clusters in 64 dimensions (centres N(0, 3^2), unit noise), stored as a layer's channel
+means (``reduce="mean"``, float16) in a temporary store, projected with feature ``mean``, n_neighbors 15,
+min_dist 0.1, euclidean, seed 0. For 10,000 and 50,000 points it prints:
+
+  fresh fit           kNN graph + spectral start + umap's default epochs (+ reading features, quality, writing)
+  cache hit           the same request again (in memory, and from the store in a new Projector)
+  min_dist only       0.1 -> 0.5: cached kNN graph, warm start from the current map, fewer epochs
+  n_neighbors change  15 -> 10: the cached kNN graph sliced, a new layout
+  transform           1,000 samples appended to the store, placed into the existing map
+  neighbours          click -> k=10 nearest, map and activation space (first click builds the index)
+
+then neighbour latency at 100,000 points, and the ratios. The numba warm-up runs first and is timed on its
+own, so no row pays compilation. The last line is ``min_dist_speedup=<fresh fit s / min_dist-only s>``,
+the smaller of the two sizes'.
+
+``--first-fit`` instead measures, in fresh processes, the first fit of 5,000 points with and without the
+warm-up before it (numba compilation cost; run it twice to see the persistent cache's effect).
+
+Run: ``.venv/bin/python benchmarks/bench_project.py [--sizes 10000 50000] [--first-fit]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DIM, CLUSTERS, APPEND = 64, 20, 1000
+
+
+def clustered(n: int, start: int = 0) -> np.ndarray:
+    centres = np.random.default_rng(0).normal(size=(CLUSTERS, DIM)) * 3
+    rng = np.random.default_rng(start + 1)
+    labels = (np.arange(start, start + n) * 7919) % CLUSTERS
+    return (centres[labels] + rng.normal(size=(n, DIM))).astype(np.float32)
+
+
+def write_samples(root: Path, first: int, n: int, total: int, batch: int = 5000) -> None:
+    from store import RunWriter
+
+    manifest = dict(run_id="bench", model="synth", family="synthetic", checkpoint="none",
+                    checkpoint_sha256="0" * 64, layers=["mid"], reduce={"mid": "mean"},
+                    settings={"steps": 1, "batch_size": batch}, seed=0, num_samples=total,
+                    code_version="bench", device="cpu")
+    w = RunWriter(root, manifest)
+    X = clustered(n, first)
+    for s in range(0, n, batch):
+        idx = list(range(first + s, first + min(n, s + batch)))
+        samples = [dict(seed=i, class_id=i % CLUSTERS, class_name=f"c{i % CLUSTERS}", category="c",
+                        label=f"c{i % CLUSTERS}", num_steps=1) for i in idx]
+        acts = {"mid": [dict(step=0, timestep=None, sigma=1.0, reduce="mean", layer_shape=(DIM, 8, 8),
+                             array=X[s:s + len(idx)])]}
+        w.write_batch(idx, samples, None, acts)
+
+
+def timed(fn, repeat: int = 1):
+    """(result of the last call, median seconds)."""
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, statistics.median(times)
+
+
+def bench_size(n: int) -> dict:
+    from pipeline import features as F
+    from pipeline import neighbors as NB
+    from pipeline.project import ProjectionParams, Projector
+    from store import Store
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench-project-") as tmp:
+        root = Path(tmp)
+        write_samples(root, 0, n, n + APPEND)
+        store = Store(root)
+        params = ProjectionParams(feature="mean", n_neighbors=15, min_dist=0.1)
+        F.FEATURE_CACHE.clear()
+        projector = Projector()
+        stages = []
+        t0 = time.perf_counter()
+        fit, rows["fresh fit"] = timed(lambda: projector.project(
+            store, "synth", "mid", 0, params, progress=lambda f, m: stages.append((time.perf_counter() - t0, m))))
+        assert fit.source == "fit", fit.source
+        _, rows["cache hit (memory)"] = timed(lambda: projector.project(store, "synth", "mid", 0, params), 5)
+        hit, rows["cache hit (store)"] = timed(lambda: Projector().project(store, "synth", "mid", 0, params), 5)
+        assert hit.source == "cache"
+        warm, rows["min_dist only"] = timed(lambda: projector.project(
+            store, "synth", "mid", 0, ProjectionParams.coerce(params, min_dist=0.5)))
+        assert warm.source == "warm", warm.source
+        nn, rows["n_neighbors change"] = timed(lambda: projector.project(
+            store, "synth", "mid", 0, ProjectionParams.coerce(params, n_neighbors=10)))
+        assert nn.source == "fit"
+        write_samples(root, n, APPEND, n + APPEND)
+        placed, rows[f"transform of {APPEND:,} new"] = timed(lambda: projector.project(store, "synth", "mid", 0,
+                                                                                        params))
+        assert placed.source == "transform" and placed.meta["placed"] == APPEND, placed.source
+        rng = np.random.default_rng(0)
+        for space in ("map", "activation"):
+            sid = placed.sample_ids[0]
+            _, rows[f"neighbours {space} (first click)"] = timed(
+                lambda space=space, sid=sid: NB.neighbors(store, placed.key, sid, 10, space=space))
+            picks = iter(rng.choice(placed.sample_ids, 60))
+            _, rows[f"neighbours {space}"] = timed(
+                lambda space=space, picks=picks: NB.neighbors(store, placed.key, next(picks), 10, space=space), 50)
+    print(f"\n== {n:,} points ({DIM}-D, {CLUSTERS} clusters) ==")
+    for name, s in rows.items():
+        print(f"  {name:34s} {s * 1000:10.1f} ms" if s < 1 else f"  {name:34s} {s:10.2f} s")
+    print("  fresh fit stages: " + "; ".join(f"{t:.1f}s {m}" for t, m in stages))
+    q = fit.quality
+    print(f"  quality: trustworthiness {q['trustworthiness']}, knn_overlap {q['knn_overlap']} (fresh fit); "
+          f"{warm.quality['trustworthiness']}, {warm.quality['knn_overlap']} (warm start)")
+    fresh = rows["fresh fit"]
+    ratios = {
+        "fresh / min_dist only": fresh / rows["min_dist only"],
+        "fresh / n_neighbors change": fresh / rows["n_neighbors change"],
+        "fresh / transform": fresh / rows[f"transform of {APPEND:,} new"],
+        "fresh / cache hit (store)": fresh / rows["cache hit (store)"],
+    }
+    for name, r in ratios.items():
+        print(f"  {name:34s} {r:10.1f}x")
+    return {"n": n, "rows": rows, "speedup": ratios["fresh / min_dist only"]}
+
+
+def bench_neighbours_100k() -> None:
+    from pipeline.neighbors import NeighborIndex
+
+    n = 100_000
+    X = clustered(n)
+    xy = np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32)
+    print(f"\n== neighbours at {n:,} points (k=10) ==")
+    rng = np.random.default_rng(2)
+    for space, data, metric in (("map", xy, "euclidean"), ("activation", X, "euclidean"),
+                                ("activation", X, "cosine")):
+        index, build = timed(lambda data=data, space=space, metric=metric: NeighborIndex(data, space, metric))
+        picks = iter(rng.integers(0, n, 60))
+        _, query = timed(lambda index=index, picks=picks: index.query(int(next(picks)), 10), 50)
+        print(f"  {space:10s} {metric:9s} index build {build * 1000:8.1f} ms   query {query * 1000:7.2f} ms")
+
+
+FIRST_FIT = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+import numpy as np
+from pipeline import project as P
+if {warm}:
+    t = time.perf_counter(); P.warmup(); print(f"warm-up {{time.perf_counter() - t:.1f}} s", flush=True)
+X = np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32)
+params = P.ProjectionParams(feature="full", n_neighbors=15)
+t = time.perf_counter()
+idx, dist = P.compute_knn(X, 15)
+xy = P.umap_layout(X, idx, dist, params)
+print(f"first fit of 5,000 points {{time.perf_counter() - t:.1f}} s (process total {{time.perf_counter() - t0:.1f}} s)")
+"""
+
+
+def first_fit() -> None:
+    env = dict(os.environ)
+    for warm in (False, True):
+        print(f"-- fresh process, {'with' if warm else 'without'} warm-up first --", flush=True)
+        subprocess.run([sys.executable, "-c", FIRST_FIT.format(root=str(ROOT), warm=warm)], env=env, check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    ap.add_argument("--first-fit", action="store_true", help="measure numba compilation in fresh processes")
+    args = ap.parse_args()
+    if args.first_fit:
+        first_fit()
+        return
+    from pipeline.project import warmup
+
+    t = time.perf_counter()
+    timings = warmup()
+    print(f"warm-up {time.perf_counter() - t:.1f} s: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    results = [bench_size(n) for n in args.sizes]
+    bench_neighbours_100k()
+    print("\n== summary ==")
+    for r in results:
+        rows = r["rows"]
+        print(f"  {r['n']:>7,}: fresh {rows['fresh fit']:.2f} s, min_dist-only {rows['min_dist only']:.2f} s "
+              f"({r['speedup']:.1f}x), cache hit {rows['cache hit (store)'] * 1000:.1f} ms, "
+              f"neighbours {rows['neighbours map'] * 1000:.1f} / {rows['neighbours activation'] * 1000:.1f} ms "
+              f"(map / activation)")
+    print(f"min_dist_speedup={min(r['speedup'] for r in results):.2f}")
+
+
+if __name__ == "__main__":
+    main()
