@@ -196,9 +196,14 @@ def projector():
     return _projector_override if _projector_override is not None else _real_projector()
 
 
-@st.cache_resource(show_spinner=False)
 def start_warmup() -> bool:
-    """Compile UMAP's numba code paths in the background once per server process (off the click path)."""
+    """Compile UMAP's numba code paths in the background once per server process (off the click path); not
+    for a stand-in engine."""
+    return False if _projector_override is not None else _start_warmup()
+
+
+@st.cache_resource(show_spinner=False)
+def _start_warmup() -> bool:
     try:
         from pipeline.project import start_warmup_thread
     except Exception as exc:  # the app still works, the first fit is just slower
@@ -317,9 +322,24 @@ def _view(job_key: tuple, _job: Job, _path: str, model: str, layer: str, step: i
     view = views.make_view(store_key=static_files.store_key(resolve(_path)), projection_key=str(proj.key),
                            model=model, layer=layer, step=step, sample_ids=proj.sample_ids, xy=proj.xy,
                            samples=samples, quality=dict(proj.quality or {}), source=str(proj.source),
-                           step_info=info, extra_key=str(job_key))
+                           step_info=info, extra_key=str(job_key), feature=_feature_label(proj),
+                           seconds=getattr(proj, "seconds", None))
     views.write_view_files(view)
     return view
+
+
+def _feature_label(proj) -> str:
+    """The feature a projection used, with "auto" resolved (``full+pca50``); empty when unknown."""
+    resolved = (getattr(proj, "meta", None) or {}).get("feature_resolved")
+    if isinstance(resolved, dict) and resolved.get("kind"):
+        label = resolved["kind"]
+        if resolved.get("standardize"):
+            label += "+std"
+        if resolved.get("pca"):
+            label += f"+pca{resolved['pca']}"
+        return label
+    params = getattr(proj, "params", None)
+    return getattr(getattr(params, "feature", None), "id", "") or ""
 
 
 def view_for(path: str, settings, job: Job) -> views.View:

@@ -339,9 +339,13 @@ def _caption(view, settings, highlight) -> None:
     bits = [f"{len(view):,} samples", f"step {view.step}"]
     if view.step_info.get("sigma") is not None and pd.notna(view.step_info.get("sigma")):
         bits.append(f"σ {float(view.step_info['sigma']):.3g}")
-    bits.append(f"{settings.feature} · n_neighbors {settings.n_neighbors} · min_dist {settings.min_dist:g} · "
+    feature = settings.feature if not view.feature or view.feature == settings.feature \
+        else f"{settings.feature} → {view.feature}"
+    bits.append(f"feature {feature} · n_neighbors {settings.n_neighbors} · min_dist {settings.min_dist:g} · "
                 f"{settings.metric}")
-    bits.append({"cache": "cached", "fit": "fitted now"}.get(view.source, view.source))
+    took = f" in {view.seconds:.1f} s" if view.seconds else ""
+    bits.append({"cache": "from the cache", "fit": f"fitted{took}", "warm": f"warm-started{took}",
+                 "transform": f"new samples placed{took}"}.get(view.source, view.source))
     if highlight is not None:
         bits.append(f"**{len(highlight):,} highlighted**")
     st.caption(" · ".join(bits) + "  \nHover for a preview · click to select · while selected, click "
@@ -447,10 +451,8 @@ def _info(view: views.View) -> None:
                        "neighbours.")
         st.caption(f"{len(view):,} samples · {view.frame['run_id'].nunique()} run(s) · "
                    f"{view.frame['label'].nunique():,} labels · projection `{view.projection_key[:16]}`")
-        extra = {k: v for k, v in q.items() if k not in ("trustworthiness", "knn_overlap")}
-        if extra:
-            st.caption(" · ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
-                                  for k, v in extra.items()))
+        if q.get("sample") and q.get("k"):
+            st.caption(f"Quality measured on {int(q['sample']):,} samples with k = {int(q['k'])}.")
 
 
 # --------------------------------------------------------------------------------- share/export

@@ -11,10 +11,11 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the 
 
 import streamlit as st  # noqa: E402
 
-from app import data, navigation, state  # noqa: E402
+from app import auth, data, navigation, state  # noqa: E402
 
 st.set_page_config(page_title="DMD2 visualizer", page_icon="🧭", layout="wide",
                    initial_sidebar_state="expanded")
+auth.require_login()
 state.load_from_url_once()
 page = st.navigation(navigation.pages())
 
@@ -27,5 +28,6 @@ with st.sidebar:
         st.caption(f"{len(status.models)} model(s): {', '.join(status.models)}")
     else:
         st.caption(f":orange[store {status.kind}]")
+auth.account_box()
 
 page.run()

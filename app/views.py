@@ -72,6 +72,8 @@ class View:
     source: str
     step_info: dict  # step, sigma, timestep of the projected step (for the hover card)
     position: dict = field(repr=False)  # sample_id -> row
+    feature: str = ""  # the feature the projection used, resolved (e.g. "full+pca50" for "auto")
+    seconds: float | None = None  # how long the projection took
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -106,7 +108,8 @@ def view_key(projection_key: str, extra: str = "") -> str:
 
 def make_view(*, store_key: str, projection_key: str, model: str, layer: str, step: int | None,
               sample_ids, xy, samples: pd.DataFrame, quality: dict | None, source: str,
-              step_info: dict | None = None, extra_key: str = "") -> View:
+              step_info: dict | None = None, extra_key: str = "", feature: str = "",
+              seconds: float | None = None) -> View:
     """Join a projection to its samples' metadata (rows missing from ``samples`` are dropped)."""
     ids = np.asarray(sample_ids).astype(str)
     xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
@@ -117,7 +120,8 @@ def make_view(*, store_key: str, projection_key: str, model: str, layer: str, st
     return View(
         key=view_key(projection_key, extra_key), store_key=store_key, projection_key=projection_key, model=model,
         layer=layer, step=step, sample_ids=ids, xy=xy, frame=frame, quality=dict(quality or {}), source=source,
-        step_info=dict(step_info or {}), position={s: i for i, s in enumerate(ids.tolist())},
+        step_info=dict(step_info or {}), position={s: i for i, s in enumerate(ids.tolist())}, feature=feature,
+        seconds=seconds,
     )
 
 

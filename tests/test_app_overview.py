@@ -115,3 +115,25 @@ def test_default_store_missing_builds_the_demo_store_in_the_background(app_env, 
     at.run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Models"] == "2"
+
+
+def test_login_is_required_when_auth_is_configured(app_env):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app_fixtures import ENTRY
+
+    at = AppTest.from_file(ENTRY, default_timeout=60)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "id", "client_secret": "secret",
+                          "server_metadata_url": "https://login.example.com/.well-known/openid-configuration"}
+    at.run()
+    assert not at.exception
+    assert any("requires you to sign in" in i.value for i in at.info)
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.get("bidi_component") and not at.metric  # nothing of the store is shown
+
+
+def test_no_login_without_auth_settings(app_env):
+    at = app_test()
+    assert not at.exception and not any("sign in" in i.value for i in at.info)
+    assert at.get("bidi_component")
