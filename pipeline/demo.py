@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-DEMO_LAYERS = ("encoder_bottleneck", "midblock", "dec.16x16_block0", "enc.16x16_block0")
-DEMO_SAMPLES_PER_CLASS = 200
+DEMO_LAYERS = ("encoder_bottleneck", "midblock", "dec.16x16_block0")
+DEMO_SAMPLES_PER_CLASS = 100
 
 
 def demo_layers(adapter) -> list[str]:

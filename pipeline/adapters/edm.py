@@ -7,6 +7,8 @@ multi-step denoiser sampled on a short Karras schedule.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -49,6 +51,7 @@ class EDMAdapter(Adapter):
         names["midblock"] = f"model.dec.{dec[0]}"
         return names
 
+    @functools.cache  # noqa: B019 - one adapter per model load; the shapes never change
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         res, ch, labels = self.config["img_resolution"], self.config["img_channels"], self.config["label_dim"]
         with torch.device("meta"):

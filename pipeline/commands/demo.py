@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="data", help="store folder (default: ./data)")
-    p.add_argument("--samples-per-class", type=int, default=None, help="default: 200 (2,000 samples per run)")
+    p.add_argument("--samples-per-class", type=int, default=None, help="default: 100 (1,000 samples per run)")
 
 
 def run(args: argparse.Namespace) -> int:
