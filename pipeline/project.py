@@ -26,12 +26,19 @@ too: exactly below 4,096 points (as umap-learn itself does), by NNDescent from t
 correlation neighbours are searched as euclidean ones on normalised (centred) rows (the same order; the
 distance is converted), so one compiled NNDescent serves three metrics.
 
+Stored beside the projections (``projections/model=<m>/layer=<l>/``): ``knn/<key>.parquet`` (kNN graphs, with
+their sample ids), ``features/<key>.parquet`` (PCA features), ``lineage/`` and ``family/`` (one-row pointers
+to the latest map of a lineage and of a min_dist family).
+
 Compilation: the first fit of a fresh process spends 40-50 s in numba (NNDescent alone ~45 s on 2 cores).
-`warmup` runs a few seconds of real work that compiles the same code paths, off the critical path
-(`start_warmup_thread` at app start), and umap-learn's jitted functions are written to the persistent
-numba cache (``NUMBA_CACHE_DIR``, default ``<repo>/.numba_cache``) so that later processes load them.
-NNDescent's main loop takes the distance function as an argument, which numba cannot cache: every process
-compiles it once, hence the warm-up.
+`warmup` runs a few seconds of real work that compiles the same code paths (the small-store paths first,
+NNDescent last), off the critical path (`start_warmup_thread` at app start), and umap-learn's jitted
+functions are written to the persistent numba cache (``NUMBA_CACHE_DIR``, default ``<repo>/.numba_cache``)
+so that later processes load them in about a second. NNDescent's main loop takes the distance function as
+an argument, which numba cannot cache: every process compiles it once, hence the warm-up.
+
+cuML (``backend="cuml"``, imported only then): exact kNN and the layout on the GPU, the same keys, files and
+placement of appended samples; cuML takes no initial map, so a min_dist change refits there.
 """
 
 from __future__ import annotations
@@ -73,6 +80,8 @@ __all__ = [
     "projection_key",
     "compute_knn",
     "place_points",
+    "umap_layout",
+    "warm_epochs",
     "warmup",
     "start_warmup_thread",
     "default_projector",

@@ -205,6 +205,30 @@ def test_refit_recomputes(fitted, store, monkeypatch):
     assert projector.project(store, "demo", "mid", 1, PARAMS, refit=True).source == "fit"
 
 
+def test_concurrent_requests_for_one_key_compute_once(store, monkeypatch):
+    import threading
+    import time
+
+    def slow_layout(X, idx, dist, params, init=None, n_epochs=None):
+        time.sleep(0.3)
+        return X[:, :2].copy()
+
+    layout = Spy(slow_layout)
+    monkeypatch.setattr(P, "umap_layout", layout)
+    projector = Projector()
+    params = ProjectionParams.coerce(PARAMS, seed=7)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(projector.project(store, "demo", "enc", 0, params)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(layout.calls) == 1
+    assert sorted(r.source for r in results) == ["cache", "cache", "fit"]
+    assert len({r.key for r in results}) == 1
+
+
 # -- appended samples ----------------------------------------------------------------------------------------
 
 def test_appended_samples_are_placed_not_refit(tmp_path, monkeypatch):
