@@ -73,7 +73,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     if not layers:
         st.warning(f"Model **{model}** has no stored activations.")
         st.stop()
-    _init("w_layer", view.layer if view.layer in layers else layers[len(layers) // 2], lambda v: v in layers)
+    _init("w_layer", view.layer if view.layer in layers else default_layer(layers), lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="w_layer")
 
     steps = data.model_steps(path, model, layer)
@@ -155,6 +155,14 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         # Another projection: the lasso set belongs to the old one. The selected sample stays if present.
         st.session_state[state.LASSO] = []
     return new.validated(), int(st.session_state.get(REFIT, 0))
+
+
+def default_layer(layers: list[str]) -> str:
+    """The middle of the network (its bottleneck) when the store has it, else the middle of the list."""
+    for name in ("midblock", "mid_block", "encoder_bottleneck"):
+        if name in layers:
+            return name
+    return layers[len(layers) // 2]
 
 
 def _label_order(samples: pd.DataFrame) -> list[str]:

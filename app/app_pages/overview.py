@@ -10,7 +10,7 @@ import streamlit as st
 
 from app import data, state, ui
 
-GRID_PER_CATEGORY = 8
+GRID_PER_CATEGORY = 12
 GRID_CATEGORIES_PER_PAGE = 10
 
 path = state.store_path()
@@ -80,7 +80,7 @@ for tab, model in zip(tabs, status.models, strict=True):
 
 # --------------------------------------------------------------------------------------- sample grid
 st.subheader("Samples per class or category")
-gm, gp = st.columns([2, 1])
+gm, gp = st.columns([3, 1])
 grid_model = gm.selectbox("Model", list(status.models), key="overview_grid_model")
 frame = samples[grid_model]
 group_col = "category" if frame["category"].notna().any() else "label"
@@ -88,17 +88,20 @@ order = (frame.sort_values(["class_id", "index"], na_position="last") if frame["
          else frame)
 groups = list(pd.unique(order[group_col].dropna()))
 pages = max(1, -(-len(groups) // GRID_CATEGORIES_PER_PAGE))
-page = gp.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="overview_grid_page")
+page = 1
+if pages > 1:
+    page = gp.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="overview_grid_page")
 shown = groups[(page - 1) * GRID_CATEGORIES_PER_PAGE: page * GRID_CATEGORIES_PER_PAGE]
-picked = order[order[group_col].isin(shown)].groupby(group_col, sort=False).head(GRID_PER_CATEGORY)
+# one sample per seed: runs of the same model share seeds, and their images would repeat
+picked = (order[order[group_col].isin(shown)].drop_duplicates([group_col, "seed"])
+          .groupby(group_col, sort=False).head(GRID_PER_CATEGORY))
 urls = dict(zip(picked["sample_id"], data.thumb_urls(path, picked["sample_id"].tolist()), strict=True))
 for group in shown:
     members = picked[picked[group_col] == group]
     count = int((frame[group_col] == group).sum())
     with st.container(border=True, key=f"grid_{grid_model}_{group}"):
         st.markdown(f"**{group}** · {count:,} samples")
-        st.image([urls[s] for s in members["sample_id"]], width=72,
-                 caption=[f"seed {s}" for s in members["seed"]])
+        st.image([urls[s] for s in members["sample_id"]], width=72)
 
 # ------------------------------------------------------------------------------------------- storage
 st.subheader("Storage")

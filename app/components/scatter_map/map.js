@@ -274,6 +274,8 @@ class MapView {
   config() {
     return {
       displaylogo: false,
+      showSendToCloud: false,  // nothing leaves the server
+      showEditInChartStudio: false,
       scrollZoom: true,
       responsive: true,
       doubleClick: "reset",
@@ -430,8 +432,9 @@ class MapView {
     }
     const w = tip.offsetWidth;
     const h = tip.offsetHeight;
+    const room = this.plot.clientWidth;  // stay over the plot, off the legend
     let left = px + 16;
-    if (left + w > wrapRect.width - 4) left = Math.max(4, px - w - 16);
+    if (left + w > room - 4) left = Math.max(4, px - w - 16);
     let top = py + 12;
     if (top + h > wrapRect.height - 4) top = Math.max(4, wrapRect.height - h - 4);
     tip.style.left = `${left}px`;
