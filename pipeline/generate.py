@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +119,8 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         "checkpoint": ident.get("checkpoint"), "checkpoint_sha256": ident.get("checkpoint_sha256"),
         "base_model": ident.get("base_model"), "layers": list(paths), "reduce": reductions,
         # settings decide what a sample is; the batch size does not, so a resume may change it
-        "settings": {**ident.get("settings", {}), **(settings or {}), "layer_paths": paths, "layer_shapes": {k: list(shapes[k]) for k in paths}},
+        "settings": {**ident.get("settings", {}), **(settings or {}), "layer_paths": paths,
+                     "layer_shapes": {k: list(shapes[k]) for k in paths}},
         "seed": seed, "num_samples": num_samples, "code_version": code_version(),
         "device": str(next(adapter.root.parameters()).device),
     }
@@ -138,21 +141,27 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
     start = time.perf_counter()
     status = "interrupted"
     try:
-        with Recorder(adapter.root, paths, reductions) as recorder, \
+        with Recorder(adapter.root, paths, reductions) as recorder, BackgroundWriter(writer) as background, \
                 tqdm(total=total, unit="sample", disable=not progress, desc=f"{run_id} [rank {rank}]"
                      if world > 1 else run_id, dynamic_ncols=True) as bar:
+
+            def report():
+                bar.update(background.committed - bar.n)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix_str(f"{bar.n / elapsed:.1f} samples/s" if elapsed > 0 else "")
+                if on_batch is not None:
+                    on_batch(bar.n, total)
+
             for indices in mine:
                 conditions = adapter.conditions(indices, seed)
                 seeds = [sample_seed(seed, int(i)) for i in indices]
                 images = adapter.sample(seeds, conditions, recorder)
                 activations = recorder.pop()
                 rows = [_sample_row(s, c, adapter) for s, c in zip(seeds, conditions, strict=True)]
-                writer.write_batch(indices, rows, list(images), activations)
-                bar.update(len(indices))
-                if on_batch is not None:
-                    on_batch(bar.n, total)
-                elapsed = time.perf_counter() - start
-                bar.set_postfix_str(f"{bar.n / elapsed:.1f} samples/s" if elapsed > 0 else "")
+                background.write_batch(indices, rows, list(images), activations)
+                report()
+            background.close()
+            report()
         status = "complete"
     finally:
         if status == "complete":
@@ -162,6 +171,51 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
     seconds = time.perf_counter() - start
     return GenerateResult(run_id, total, len(done) + total if world == 1 else len(writer.done_indices()),
                           seconds)
+
+
+class BackgroundWriter:
+    """Writes batches on one thread, in order, so the device computes batch k+1 while batch k is encoded
+    (PNG, WebP, Parquet) and written. At most `depth` batches wait; a write error stops generation.
+    A killed process loses only queued batches, which a resume regenerates."""
+
+    def __init__(self, writer: RunWriter, depth: int = 2):
+        self.writer = writer
+        self.committed = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.writer.write_batch(*item)
+                    self.committed += len(item[0])
+                except BaseException as exc:  # noqa: BLE001 - handed to the generating thread
+                    self._error = exc
+
+    def write_batch(self, *args) -> None:
+        self._raise()
+        self._queue.put(args)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def _sample_row(seed: int, cond, adapter: Adapter) -> dict:
