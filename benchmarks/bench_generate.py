@@ -73,9 +73,10 @@ def main() -> None:
     args = p.parse_args()
     device = pick_device(args.device)
     adapter, layers = build(args.full_size, device)
-    n = args.num_samples or (256 if args.full_size else 400)
+    n = args.num_samples or (256 if args.full_size else 1000)
     bs = args.batch_size or (64 if args.full_size else 100)
-    bare(adapter, bs, bs)  # warm-up: kernels, allocator, thread pools
+    bare(adapter, bs, bs)  # warm-up: kernels, allocator, thread pools, layer shapes
+    recorded(adapter, bs, bs, layers)
     rates_bare, rates_rec = [], []
     for _ in range(args.repeats):  # interleaved so drift hits both sides alike
         rates_bare.append(bare(adapter, n, bs))

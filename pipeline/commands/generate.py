@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t2i.add_argument("--seeds-per-prompt", type=int, default=1)
     t2i.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
     t2i.add_argument("--x0-previews", action="store_true", help="also keep each step's x0 preview image")
+    p.add_argument("--fsync", action="store_true",
+                   help="fsync every file so finished batches survive a power cut (writes are atomic either way)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             num = args.samples_per_class * len(getattr(adapter, "class_ids", []) or [0])
         layers = [x for x in args.layers.replace(" ", "").split(",") if x]
         result = generate(adapter, args.store, num, layers, seed=args.seed, batch_size=args.batch_size,
-                          reduce=args.reduce, run_id=args.run_name, progress=not args.quiet)
+                          reduce=args.reduce, run_id=args.run_name, progress=not args.quiet, fsync=args.fsync)
     except (ValueError, FileNotFoundError, CheckpointMismatch, ManifestMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
