@@ -106,7 +106,8 @@ def load_imagenet(checkpoint: str, device: torch.device, *, steps: int = 1, dtyp
 
     config = imagenet_config()
     path = resolve_checkpoint(checkpoint)
-    net = EDMPrecond(**config)
+    with torch.device("meta"):  # no 1.2 GB of random init only to be overwritten
+        net = EDMPrecond(**config)
     load_into(net, load_state_dict_file(path))
     return EDMAdapter(net, config, name="imagenet", class_names=[class_name(i) for i in range(1000)],
                       sigmas=karras_sigmas(steps), device=device, checkpoint=checkpoint,
@@ -121,7 +122,8 @@ def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int
     from pipeline.checkpoints import load_into, load_state_dict_file, resolve_checkpoint, sha256_of
 
     path = resolve_checkpoint(checkpoint) if checkpoint else demo_model.DEMO_WEIGHTS
-    net = EDMPrecond(**demo_model.DEMO_CONFIG)
+    with torch.device("meta"):
+        net = EDMPrecond(**demo_model.DEMO_CONFIG)
     load_into(net, load_state_dict_file(path))
     sigmas = demo_model.DEMO_SIGMAS if steps is None else karras_sigmas(steps)
     return EDMAdapter(net, demo_model.DEMO_CONFIG, name="demo", class_names=list(DIGIT_NAMES),
