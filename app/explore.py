@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import replace
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -105,7 +104,10 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
                                                "existing map).")
     if recompute and (feature, nn, md, metric) == (view.feature, view.n_neighbors, view.min_dist, view.metric) \
             and (model, layer, step) == (view.model, view.layer, view.step):
-        st.session_state[REFIT] = st.session_state.get(REFIT, 0) + 1
+        # a refit of exactly this projection (the counter is part of the job key: one refit per press)
+        target = _refit_target(model, tuple(runs), layer, int(step), feature, int(nn), float(md), metric)
+        _, count = st.session_state.get(REFIT, (None, 0))
+        st.session_state[REFIT] = (target, count + 1)
     if not recompute and view.model is not None:
         # Form widgets only count once submitted: keep the applied parameters.
         feature, nn, md, metric = view.feature, view.n_neighbors, view.min_dist, view.metric
@@ -154,7 +156,15 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
             and view.model is not None:
         # Another projection: the lasso set belongs to the old one. The selected sample stays if present.
         st.session_state[state.LASSO] = []
-    return new.validated(), int(st.session_state.get(REFIT, 0))
+    new = new.validated()
+    target, count = st.session_state.get(REFIT, (None, 0))
+    here = _refit_target(new.model, new.runs, new.layer, new.step, new.feature, new.n_neighbors, new.min_dist,
+                         new.metric)
+    return new, count if target == here else 0
+
+
+def _refit_target(*values) -> tuple:
+    return tuple(values)
 
 
 def default_layer(layers: list[str]) -> str:
@@ -220,7 +230,7 @@ def current_view(path: str, settings: ViewSettings, refit: int) -> views.View | 
                            "they are highlighted on the full map instead.")
         project_only = False
     job = data.request_projection(path, settings, ids if project_only else None, refit)
-    header(settings, job)
+    header(settings)
     if job.running:
         _progress(job.key)
         return None
@@ -234,7 +244,7 @@ def current_view(path: str, settings: ViewSettings, refit: int) -> views.View | 
     return view
 
 
-def header(settings: ViewSettings, job) -> None:
+def header(settings: ViewSettings) -> None:
     st.markdown(f"### {settings.model} · {settings.layer}")
 
 
@@ -505,12 +515,3 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
                          help="A standalone interactive map (plotly.js included; works offline).")
     c[4].button("Map (PNG)", on_click=_png, icon=":material/image:", key="dl_png", width="stretch",
                 help="Drawn by your browser from the map as you see it (zoom included).")
-
-
-def clear_view_state() -> None:
-    """Forget the selection and lasso (used when the store changes)."""
-    state.clear_selection()
-    st.session_state[state.LASSO] = []
-
-
-__all__ = ["main", "sidebar_controls", "current_view", "body", "share_url", "replace"]

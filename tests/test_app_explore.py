@@ -336,3 +336,15 @@ def test_store_switch_resets_the_view(app_env, app_store, tmp_path):
     assert not at.exception
     assert _map_data(at)["selected"] is None
     assert at.query_params["store"] == str(other)
+
+
+def test_a_refit_applies_to_its_own_projection_only(app_env):
+    at = app_test()
+    recompute = [b.label for b in at.button].index("Recompute")
+    at.button[recompute].click().run()  # unchanged parameters: refit
+    assert app_env.calls[-1]["force"] is True
+    at.slider(key="w_nn").set_value(33)
+    at.button[[b.label for b in at.button].index("Recompute")].click().run()  # new parameters: no refit
+    assert app_env.calls[-1]["force"] is False and app_env.calls[-1]["params"]["n_neighbors"] == 33
+    at.select_slider(key="w_step").set_value(1).run()
+    assert app_env.calls[-1]["force"] is False and app_env.calls[-1]["step"] == 1

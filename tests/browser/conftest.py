@@ -1,6 +1,7 @@
 """Fixtures of the browser tests: one app server and one headless Chromium for the whole module.
 
-The server opens the demo store when ``./data`` holds one, else a synthetic store built for the session. It
+The server opens ``$DMD2VIZ_BROWSER_STORE`` if set, else the demo store when ``./data`` holds one, else a
+synthetic store built for the session. It
 uses the instant stand-in projection engine unless ``DMD2VIZ_BROWSER_REAL_PROJECTOR=1`` (then the first map
 waits for a real UMAP fit): these tests are about the page, the map component and the browser.
 """
@@ -26,6 +27,8 @@ def _demo_store() -> Path | None:
 
 @pytest.fixture(scope="session")
 def browser_store(tmp_path_factory) -> Path:
+    if os.environ.get("DMD2VIZ_BROWSER_STORE"):
+        return Path(os.environ["DMD2VIZ_BROWSER_STORE"])
     found = _demo_store()
     if found is not None:
         return found

@@ -235,3 +235,16 @@ def clear_selection(page) -> None:
     page.click(".st-key-clear_selection button")
     page.wait_for_function("() => document.querySelector('.dmv-wrap').dataset.selected === ''")
     page.wait_for_function("() => !document.querySelector('[class*=\"st-key-nb_kNN_\"]')")
+
+
+def pick(page, sample_id: str, timeout: float = 10) -> tuple[str, float, float]:
+    """Hover the point drawn for ``sample_id``; returns the id plotly finds under the mouse (that one on a
+    sparse map, maybe an overlapping neighbour on a dense one) and the mouse position: a click there selects
+    that id."""
+    x, y = point_xy(page, sample_id)
+    page.mouse.move(5, 5)
+    page.wait_for_selector(".dmv-tip", state="hidden")
+    page.mouse.move(x, y)
+    page.wait_for_function("""() => { const t = document.querySelector('.dmv-tip');
+        return t && !t.hidden && !!t.dataset.id; }""", timeout=timeout * 1000)
+    return page.evaluate("() => document.querySelector('.dmv-tip').dataset.id"), x, y

@@ -44,9 +44,9 @@ def test_hover_shows_the_thumbnail_and_metadata_without_a_rerun(page, app_server
     h.wait_map(page)
     time.sleep(0.5)
     before = len(sent)
-    ids = h.isolated_ids(page, 3)
-    for sid in ids:
-        h.hover(page, sid)
+    for sid in h.spread_ids(page, 3):
+        h.pick(page, sid)
+        page.wait_for_function(h.TIP_SHOWN, arg=page.evaluate("() => document.querySelector('.dmv-tip').dataset.id"))
         text = page.inner_text(".dmv-tip")
         assert "seed" in text and "step" in text and "layer" in text
     label = page.inner_text(".dmv-tip-title")
@@ -59,8 +59,8 @@ def test_hover_shows_the_thumbnail_and_metadata_without_a_rerun(page, app_server
 
 def test_click_shows_the_selection_panel_with_k_neighbour_thumbnails(page, app_server):
     _open(page, app_server, {"k": "6"})
-    sid = h.isolated_ids(page, 1)[0]
-    h.click(page, sid)
+    sid, x, y = h.pick(page, h.spread_ids(page, 1)[0])
+    page.mouse.click(x, y)
     h.wait_selected(page, sid)
     _wait_knn_images(page, 6)
     text = _panel_text(page)
@@ -72,20 +72,22 @@ def test_click_shows_the_selection_panel_with_k_neighbour_thumbnails(page, app_s
 
 def test_toggling_a_manual_neighbour_and_clearing(page, app_server):
     _open(page, app_server)
-    first, *others = h.isolated_ids(page, 60, min_px=28)  # far from everything: rings are drawn larger
-    h.click(page, first)
+    candidates = h.spread_ids(page, 60, seed=1)
+    first, x, y = h.pick(page, candidates[0])
+    page.mouse.click(x, y)
     h.wait_selected(page, first)
     _wait_knn_images(page, 5)
     knn = h.neighbour_ids(page, "kNN")
-    ring = [h.point_xy(page, s) for s in [first, *knn]]
-    other = next(s for s in others if s not in knn and min(
-        abs(h.point_xy(page, s)[0] - x) + abs(h.point_xy(page, s)[1] - y) for x, y in ring) > 40)
-    h.click(page, other)  # not a neighbour: becomes a manual one (thick ring)
+    for cand in candidates[1:]:  # a point that is neither the selected one nor one of its neighbours
+        other, ox, oy = h.pick(page, cand)
+        if other != first and other not in knn:
+            break
+    page.mouse.click(ox, oy)  # not a neighbour: becomes a manual one (thick ring)
     page.wait_for_function("(id) => window.dmvMap.data.manual.includes(id)", arg=other)
     page.wait_for_function("(id) => document.querySelector(`[class*='st-key-nb_manual_${id}'] img`)?.naturalWidth > 0",
                            arg=other)
     assert "5 nearest + 1 manual" in _panel_text(page)
-    h.click(page, other)  # a manual neighbour: removed again
+    page.mouse.click(ox, oy)  # a manual neighbour: removed again
     page.wait_for_function("(id) => !window.dmvMap.data.manual.includes(id)", arg=other)
     page.wait_for_function("() => !document.querySelector(\"[class*='st-key-nb_manual_']\")")
     page.click(".st-key-clear_selection button")  # ✕
@@ -96,7 +98,7 @@ def test_toggling_a_manual_neighbour_and_clearing(page, app_server):
 
 def test_a_shared_url_restores_the_view(page, app_server):
     _open(page, app_server)
-    sid = h.isolated_ids(page, 1)[0]
+    sid = h.spread_ids(page, 1)[0]
     layer = page.evaluate("() => new URL(location.href).searchParams.get('layer')")
     query = {"layer": layer, "nn": "25", "md": "0.3", "k": "3", "space": "activation", "sel": sid}
     _open(page, app_server, query)
@@ -114,8 +116,9 @@ def test_a_shared_url_restores_the_view(page, app_server):
 def test_zoom_survives_a_selection(page, app_server):
     _open(page, app_server)
     before = h.map_state(page)
-    box = page.query_selector(".dmv-plot").bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    target = h.spread_ids(page, 1, margin=120)[0]
+    x, y = h.point_xy(page, target)
+    page.mouse.move(x, y)  # zoom around a point: it stays under the mouse
     for _ in range(3):
         page.mouse.wheel(0, -240)
         time.sleep(0.15)
@@ -123,8 +126,8 @@ def test_zoom_survives_a_selection(page, app_server):
     time.sleep(0.5)
     zoomed = h.map_state(page)
     assert zoomed["xrange"][1] - zoomed["xrange"][0] < 0.9 * (before["xrange"][1] - before["xrange"][0])
-    sid = h.isolated_ids(page, 1, margin=60)[0]
-    h.click(page, sid)
+    sid, x, y = h.pick(page, target)
+    page.mouse.click(x, y)
     h.wait_selected(page, sid)
     _wait_knn_images(page, 5)
     after = h.map_state(page)
