@@ -359,9 +359,15 @@ def has_text_embeddings(path: str, model: str) -> bool:
 
 def keyword_search(path: str, model: str, text: str, runs=()) -> list[str]:
     """Sample ids matching a keyword query (store.search; raises its SearchError, a ValueError)."""
+    return _keyword_search(resolve(path), model, text, tuple(runs), version(path, model))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _keyword_search(resolved: str, model: str, text: str, runs: tuple, data_version: str) -> list[str]:
     from store import search
 
-    result = search.for_store(open_store(path)).keyword(text, model, list(runs) or None, limit=search.MAX_LIMIT)
+    result = search.for_store(open_store(resolved)).keyword(text, model, list(runs) or None,
+                                                           limit=search.MAX_LIMIT)
     return result.sample_ids
 
 

@@ -1,13 +1,12 @@
 """The Explore page: sidebar controls, the projection job, the map, the selection panel, info and export.
 
-The page script (``app/pages/explore.py``) only calls ``main()``. The map, the selection panel, the info
+The page script (``app/app_pages/explore.py``) only calls ``main()``. The map, the selection panel, the info
 and the export run in one fragment: a click on the map reruns just that fragment, not the sidebar.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -16,8 +15,6 @@ import streamlit as st
 from app import data, exports, state, static_files, ui, views
 from app.components.scatter_map import scatter_map
 from app.state import ViewSettings
-
-log = logging.getLogger(__name__)
 
 MAP_KEY = "explore_map"
 KNN_CURRENT = "dmd.knn_current"
@@ -239,6 +236,10 @@ def current_view(path: str, settings: ViewSettings, refit: int) -> views.View | 
         st.caption("Change the parameters in the sidebar and press Recompute.")
         return None
     view = data.view_for(path, settings, job)
+    bad = data.skipped(path)
+    if bad:
+        st.warning(f"{len(bad)} corrupt part(s) of this store were skipped (their samples are missing from the "
+                   "map); the Overview page lists them.", icon=":material/warning:")
     highlight = ids if ids is not None and not project_only else None
     st.session_state["dmd.filter_highlight"] = highlight
     return view

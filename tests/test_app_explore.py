@@ -348,3 +348,36 @@ def test_a_refit_applies_to_its_own_projection_only(app_env):
     assert app_env.calls[-1]["force"] is False and app_env.calls[-1]["params"]["n_neighbors"] == 33
     at.select_slider(key="w_step").set_value(1).run()
     assert app_env.calls[-1]["force"] is False and app_env.calls[-1]["step"] == 1
+
+
+@pytest.mark.slow
+def test_the_real_projection_engine_end_to_end(app_env, monkeypatch):
+    """The page with pipeline.project and pipeline.neighbors (UMAP on 180 points; numba's cache makes it a
+    few seconds after the first run on a machine)."""
+    from app import data
+
+    data.set_projector(None)
+    monkeypatch.setattr(data, "JOB_WAIT_S", 120)  # wait for the fit inside the run
+    at = app_test(query={"sel": "digits-a-00000003", "space": "activation"})
+    assert not at.exception and not at.error
+    info = _map_data(at)
+    assert info["selected"] == "digits-a-00000003" and len(info["knn"]) == 5
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["Trustworthiness"]) > 0.8
+    assert "distance in activation" in _md(at)
+    # the neighbours of a "3" in activation space are mostly "3"s (the synthetic clusters are well apart)
+    rows = _neighbour_rows(at)["kNN"]
+    assert sum(int(s.rsplit("-", 1)[1]) % 10 == 3 for s in rows) >= 4
+
+
+def test_a_corrupt_part_is_reported_on_the_map_page(app_env, app_store, tmp_path):
+    import shutil
+
+    store = tmp_path / "corrupt"
+    shutil.copytree(app_store, store)
+    bad = store / "activations/model=digits/layer=midblock/run_id=digits-b/part-00000000-00000059.parquet"
+    bad.write_bytes(b"not parquet at all")
+    at = app_test(query={"store": str(store)})
+    assert not at.exception
+    assert any("corrupt part" in w.value for w in at.warning)
+    assert len(app_env.calls) and _map_data(at)["points_url"]  # the map is still drawn, without that part
