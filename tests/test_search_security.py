@@ -178,7 +178,7 @@ def test_hostile_keyword_and_regex_input(env):
     assert search.keyword("(x+x+)+y", regex=True).total == 0
     assert time.perf_counter() - t0 < 1.0
     for pattern, fragment in (("a" * 501, "longer than"), ("(?=a)b", "RE2"), ("(a)\\1", "RE2"), ("[", "invalid"),
-                              ("((((a{1000}){1000}){1000}){1000})", "")):
+                              ("((((a{1000}){1000}){1000}){1000})", "(?i)re2|too (large|big)|repetition")):
         with pytest.raises(SearchError, match=fragment):
             search.keyword(pattern, regex=True)
     assert tree_hashes(env["base"]) == env["before"]
