@@ -283,12 +283,12 @@ def _png() -> None:
 
 
 def main() -> None:
+    data.start_warmup()  # first: numba compiles while a fresh clone builds its demo store
     path = state.store_path()
     status = data.store_status(path)
     if not status.ok:
         st.title("Explore")
         ui.no_store_panel(status)
-    data.start_warmup()
     settings, refit = sidebar_controls(path, status)
     state.set_view(settings)
     view = current_view(path, settings, refit)
@@ -370,9 +370,11 @@ def _caption(view, settings, highlight) -> None:
     st.caption(" · ".join(bits) + "  \nHover for a preview · click to select · while selected, click "
                "others to add/remove neighbours · lasso/box (toolbar) selects a set · double-click resets zoom")
     if st.session_state.get(state.HIGHLIGHT) is not None:
-        n = len(st.session_state[state.HIGHLIGHT])
+        ids = st.session_state[state.HIGHLIGHT]
+        n, here = len(ids), sum(1 for s in ids if s in view.position)
+        where = "" if here == n else f" ({here:,} of them in this view)"
         c1, c2 = st.columns([4, 1])
-        c1.info(f"Highlighting {n:,} samples from a search link." if n else
+        c1.info(f"Highlighting {n:,} samples from a search link{where}." if n else
                 "The search in this link is no longer known to the server: nothing to highlight.",
                 icon=":material/search:")
         c2.button("Clear highlight", on_click=state.clear_highlight, key="clear_hl")
