@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-TINY_EDM = dict(img_resolution=16, img_channels=3, label_dim=10, model_channels=32, channel_mult=(1, 2),
-                channel_mult_emb=4, num_blocks=1, attn_resolutions=(8,))
+TINY_EDM = dict(img_resolution=8, img_channels=3, label_dim=10, model_channels=16, channel_mult=(1, 2),
+                num_blocks=1, attn_resolutions=(4,), channels_per_head=16)
+"""The architecture at its smallest that still has attention, a down/up level and skip concatenations."""
 
 
 def tiny_edm_adapter(sigmas=(80.0, 5.0, 0.5), seed: int = 0, **kwargs):
-    """A randomly initialised 16-px EDM network behind the real adapter (fast enough for any test)."""
+    """A randomly initialised 8-px EDM network behind the real adapter (fast enough for any test)."""
     import torch
 
     from pipeline.adapters.edm import DIGIT_NAMES, EDMAdapter

@@ -19,17 +19,9 @@ from pipeline.checkpoints import (
     sha256_of,
 )
 from pipeline.models.edm import EDMPrecond
+from tests.edm_fixtures import TINY_EDM
 
-TINY = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(4,),
-    channels_per_head=16,
-)
+TINY = {**TINY_EDM, "label_dim": 4}
 RUN = "imagenet_lr2e-6_scratch_fid2.61_checkpoint_model_405500"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -8,19 +8,9 @@ from safetensors.torch import load_file
 
 from pipeline.demo_model import DEMO_CONFIG, DEMO_SIGMAS, DEMO_WEIGHTS, digits_dataset, train_demo
 from pipeline.models.edm import EDMPrecond
+from tests.edm_fixtures import TINY_EDM
 
-TINY = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=10,
-    model_channels=8,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(4,),
-    channels_per_head=8,
-    sigma_data=0.5,
-    dropout=0.0,
-)
+TINY = {**TINY_EDM, "model_channels": 8, "channels_per_head": 8, "sigma_data": 0.5, "dropout": 0.0}
 
 
 def test_digits_dataset():

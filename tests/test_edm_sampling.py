@@ -10,17 +10,9 @@ import torch
 
 from pipeline.models.edm import EDMPrecond
 from pipeline.sampling import edm_sample, karras_sigmas, to_uint8
+from tests.edm_fixtures import TINY_EDM
 
-TINY = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=10,
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(4,),
-    channels_per_head=16,
-)
+TINY = TINY_EDM
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pipeline.generate import _batches, generate
 from store import Store
 from tests.edm_fixtures import tiny_edm_adapter
 
-LAYERS = ["encoder_bottleneck", "midblock", "dec.16x16_block0"]
+LAYERS = ["encoder_bottleneck", "midblock", "dec.8x8_block0"]
 
 
 def _by_sample(store, layer, step):
@@ -71,8 +71,8 @@ def test_steps_sigmas_and_shapes_land_in_the_store(tmp_path):
     assert list(steps.step) == [0, 1, 2]
     np.testing.assert_allclose(steps.sigma, [80.0, 5.0, 0.5])
     acts = st.activations("tiny", "midblock", step=1)
-    assert acts.matrix.shape == (3, 64 * 8 * 8) and acts.matrix.dtype == np.float32
-    assert tuple(acts.layer_shape) == (64, 8, 8) and acts.reduce == "full"
+    assert acts.matrix.shape == (3, 32 * 4 * 4) and acts.matrix.dtype == np.float32
+    assert tuple(acts.layer_shape) == (32, 4, 4) and acts.reduce == "full"
     samples = st.samples(model="tiny")
     assert samples.label.str.match(r"^\d: \w+$").all()
     assert (samples.num_steps == 3).all()
