@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -347,7 +348,7 @@ class T2IAdapter(Adapter):
         for i, t in enumerate(self.timesteps):
             ab = self.alpha_bars[i]
             timestep = torch.tensor(t, device=self.device, dtype=torch.long)
-            ctx = recorder.step(i, timestep=t, sigma=self.sigmas[i]) if recorder is not None else _null()
+            ctx = recorder.step(i, timestep=t, sigma=self.sigmas[i]) if recorder is not None else nullcontext()
             with ctx:
                 eps = self.unet(x.to(self.dtype), timestep, encoder_hidden_states=prompt_embeds,
                                 added_cond_kwargs=added).sample
@@ -398,14 +399,6 @@ def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> to
     if next(module.parameters()).dtype != dtype:
         module = module.to(dtype=dtype)
     return module.to(device).eval().requires_grad_(False)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------
