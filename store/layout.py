@@ -30,6 +30,8 @@ STAGING_MARK = ".tmp-"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _PART_RE = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
 _IMAGE_RE = re.compile(r"^(\d{8})\.png$")
+_PREVIEW_RE = re.compile(r"^(\d{8})\.step(0|[1-9]\d{0,4})\.png$")
+MAX_PREVIEW_STEP = 32767  # preview_steps is list<int16>
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -82,6 +84,22 @@ def parse_image_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def preview_name(index: int, step: int) -> str:
+    """File name of sample `index`'s x0 preview at sampling step `step`: `<index:08d>.step<step>.png`."""
+    step = int(step)
+    if not 0 <= step <= MAX_PREVIEW_STEP:
+        raise ValueError(f"preview step must be in 0..{MAX_PREVIEW_STEP}, got {step}")
+    return f"{int(index):08d}.step{step}.png"
+
+
+def parse_preview_name(name: str) -> tuple[int, int] | None:
+    """(index, step) of a preview file name, or None."""
+    m = _PREVIEW_RE.match(name)
+    if m is None or int(m.group(2)) > MAX_PREVIEW_STEP:
+        return None
+    return int(m.group(1)), int(m.group(2))
+
+
 def is_staging(name: str) -> bool:
     return STAGING_MARK in name
 
@@ -117,6 +135,11 @@ def images_dir(root: Path, model: str, run_id: str) -> Path:
 
 def image_relpath(model: str, run_id: str, index: int) -> str:
     return f"{IMAGES}/{hive('model', model)}/{hive('run_id', run_id)}/{image_name(index)}"
+
+
+def preview_relpath(model: str, run_id: str, index: int, step: int) -> str:
+    """Previews live beside the final image: `images/model=<m>/run_id=<r>/<index:08d>.step<k>.png`."""
+    return f"{IMAGES}/{hive('model', model)}/{hive('run_id', run_id)}/{preview_name(index, step)}"
 
 
 def text_embeddings_path(root: Path, model: str, run_id: str) -> Path:

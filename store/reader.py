@@ -42,7 +42,7 @@ _HIVE = "hive_partitioning=true, hive_types_autocast=false, union_by_name=true"
 _DUCK_TYPES = {
     pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.int16(): "SMALLINT",
     pa.float32(): "FLOAT", pa.binary(): "BLOB", pa.list_(pa.int32()): "INTEGER[]",
-    pa.list_(pa.string()): "VARCHAR[]", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.list_(pa.string()): "VARCHAR[]", pa.list_(pa.int16()): "SMALLINT[]", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }
 SAMPLE_COLUMNS = ("sample_id", "model", "run_id", *[f.name for f in schema.SAMPLES if f.name != "sample_id"])
 
@@ -319,7 +319,8 @@ class Store:
         if sample_ids is not None:
             where.append("sample_id IN (SELECT UNNEST($ids))")
             params["ids"] = sample_ids
-        select = ", ".join(_q(c) for c in cols)
+        absent = self._absent_sample_columns(files, [c for c in cols if c in schema.SAMPLE_OPTIONAL])
+        select = ", ".join(_null_of(c) if c in absent else _q(c) for c in cols)
         cond = f"WHERE {' AND '.join(where)}" if where else ""
 
         def sql(src):
@@ -329,6 +330,17 @@ class Store:
         if out is None:
             return pa.Table.from_pandas(empty, preserve_index=False) if arrow else empty
         return out
+
+    def _absent_sample_columns(self, files: Sequence[Path], optional: Sequence[str]) -> set[str]:
+        """The `optional` columns that none of `files` has (parts written before the column existed)."""
+        absent = set(optional)
+        for p in files:
+            if not absent:
+                break
+            md, _ = self._footers.get(p, schema.REQUIRED["samples"])
+            if md is not None:
+                absent -= set(md.schema.to_arrow_schema().names)
+        return absent
 
     def samples(self, model: str | None = None, run_ids: Iterable[str] | None = None,
                 sample_ids: Iterable[str] | None = None, columns: Sequence[str] | None = None,
@@ -350,9 +362,7 @@ class Store:
         found = dict(zip(df["sample_id"], df["thumb"], strict=True))
         return [None if found.get(s) is None else bytes(found[s]) for s in ids]
 
-    def image_path(self, sample_id: str) -> Path:
-        """Path of the full-size PNG of `sample_id` (KeyError when its run is unknown)."""
-        run_id, index = layout.split_sample_id(sample_id)
+    def _model_of(self, run_id: str, sample_id: str) -> str:
         model = self._model_of_run.get(run_id)
         if model is None:
             m = self.manifest(run_id)
@@ -364,7 +374,32 @@ class Store:
                     raise KeyError(f"unknown run {run_id!r} in sample_id {sample_id!r}")
                 model = found[0]
             self._model_of_run[run_id] = model
-        return self.root / layout.image_relpath(model, run_id, index)
+        return model
+
+    def image_path(self, sample_id: str) -> Path:
+        """Path of the full-size PNG of `sample_id` (KeyError when its run is unknown)."""
+        run_id, index = layout.split_sample_id(sample_id)
+        return self.root / layout.image_relpath(self._model_of(run_id, sample_id), run_id, index)
+
+    def previews(self, sample_id: str) -> dict[int, Path]:
+        """step -> path of the x0 preview PNG of each step that the committed sample lists in `preview_steps`,
+        in step order; {} when it has none, is not committed, or its part predates previews."""
+        try:
+            run_id, index = layout.split_sample_id(sample_id)
+        except ValueError:
+            return {}
+        df = self.samples(sample_ids=[sample_id], columns=["model", "preview_steps"])
+        if not len(df):
+            return {}
+        steps = df["preview_steps"].iloc[0]
+        if not isinstance(steps, (list, tuple, np.ndarray)) or len(steps) == 0:  # null: no previews
+            return {}
+        model = df["model"].iloc[0]
+        return {int(k): self.root / layout.preview_relpath(model, run_id, index, int(k)) for k in sorted(steps)}
+
+    def preview_path(self, sample_id: str, step: int) -> Path | None:
+        """Path of `sample_id`'s x0 preview at sampling `step`, or None when the sample lists no such preview."""
+        return self.previews(sample_id).get(int(step))
 
     # -- activations ------------------------------------------------------------------------------------
 
@@ -675,6 +710,9 @@ class Store:
             if files:
                 src = _read_parquet(files, hive=hive)
                 star = "* REPLACE (vector_values(vector, dtype) AS vector)" if name == "activations" else "*"
+                if name == "samples":  # parts from before an optional column: give it as null
+                    star += "".join(f", {_null_of(c)}" for c in sorted(
+                        self._absent_sample_columns(files, schema.SAMPLE_OPTIONAL)))
                 cur.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {star} FROM {src}")
             else:
                 select = ", ".join(f"CAST(NULL AS {t if isinstance(t, str) else _DUCK_TYPES[t]}) AS {_q(c)}"
@@ -696,6 +734,12 @@ _ARTIFACT_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _null_of(column: str) -> str:
+    """`CAST(NULL AS <type>) AS "<column>"` for a samples column."""
+    typ = {f.name: f.type for f in schema.SAMPLES}[column]
+    return f"CAST(NULL AS {_DUCK_TYPES[typ]}) AS {_q(column)}"
 
 
 def _read_parquet(files: Sequence[Path], hive: bool = True) -> str:

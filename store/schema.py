@@ -25,8 +25,14 @@ SAMPLES = pa.schema(
         ("thumb", pa.binary()),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        # Sampling steps with an x0 preview image beside the final one (null: none). Added after the first
+        # stores were written: a samples part without this column has no previews.
+        ("preview_steps", pa.list_(pa.int16())),
     ]
 )
+
+# Sample columns that older parts may lack; readers give them as null.
+SAMPLE_OPTIONAL = ("preview_steps",)
 
 # Fields a caller may give per sample in `RunWriter.write_batch`; the rest is filled in by the writer.
 SAMPLE_INPUT_FIELDS = ("seed", "class_id", "class_name", "prompt", "prompt_index", "category", "label", "num_steps")

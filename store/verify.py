@@ -1,9 +1,9 @@
 """Integrity check of a store folder (`python -m store verify DIR`).
 
 Problems (exit 1): corrupt files (unreadable Parquet footer or pages, wrong columns, rows that do not
-match their file name), foreign files (anything the layout does not name), images referenced by
-committed samples but missing. Notes (exit 0): staging leftovers and orphans of uncommitted batches,
-which are invisible to readers and removed by the next writer of their run.
+match their file name), foreign files (anything the layout does not name), images and x0 previews
+referenced by committed samples but missing. Notes (exit 0): staging leftovers and orphans of uncommitted
+batches, which are invisible to readers and removed by the next writer of their run.
 """
 
 from __future__ import annotations
@@ -29,18 +29,21 @@ class Report:
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
     foreign: list[str] = field(default_factory=list)
     missing_images: list[tuple[str, str]] = field(default_factory=list)  # (relpath, sample_id)
+    missing_previews: list[tuple[str, str, int]] = field(default_factory=list)  # (relpath, sample_id, step)
     missing_parts: list[str] = field(default_factory=list)  # activation parts of committed batches
     staging: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.foreign or self.missing_images or self.missing_parts)
+        return not (self.corrupt or self.foreign or self.missing_images or self.missing_previews
+                    or self.missing_parts)
 
     def lines(self) -> list[str]:
         out = [f"CORRUPT  {p}: {why}" for p, why in self.corrupt]
         out += [f"FOREIGN  {p}" for p in self.foreign]
         out += [f"MISSING  {p} (image of {sid})" for p, sid in self.missing_images]
+        out += [f"MISSING  {p} (x0 preview of {sid}, step {k})" for p, sid, k in self.missing_previews]
         out += [f"MISSING  {p} (activations of a committed batch)" for p in self.missing_parts]
         out += [f"note: staging leftover {p} (removed by the next writer of its run)" for p in self.staging]
         out += [f"note: orphan {p} (batch never committed: invisible, removed when the run resumes)"
@@ -49,6 +52,7 @@ class Report:
         out.append(
             f"{verdict}: {self.checked} files checked in {self.root}; {len(self.corrupt)} corrupt, "
             f"{len(self.foreign)} foreign, {len(self.missing_images)} missing images, "
+            f"{len(self.missing_previews)} missing previews, "
             f"{len(self.missing_parts)} missing activation parts, "
             f"{len(self.staging)} staging leftovers, {len(self.orphans)} orphans"
         )
@@ -75,6 +79,8 @@ class _Verifier:
         self.r = Report(root)
         self.committed: dict[tuple[str, str], dict[str, set[str]]] = {}  # (model, run) -> part -> ids
         self.image_refs: list[tuple[str, str]] = []
+        self.preview_steps: dict[str, set[int]] = {}  # sample_id -> steps its row lists
+        self.preview_refs: list[tuple[str, str, int]] = []  # (relpath, sample_id, step)
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -155,6 +161,14 @@ class _Verifier:
             if "image_path" in t.column_names:
                 self.image_refs.extend((ip, sid) for ip, sid in zip(t["image_path"].to_pylist(), ids, strict=True)
                                        if ip is not None)
+            if "preview_steps" in t.column_names:  # absent from parts written before previews existed
+                for sid, i, steps in zip(ids, idx.tolist(), t["preview_steps"].to_pylist(), strict=True):
+                    if any(k is None or k < 0 for k in steps or ()):
+                        self.r.corrupt.append((self.rel(p), f"preview_steps of {sid} is not a list of steps: {steps}"))
+                        continue
+                    for k in sorted(set(steps or ())):
+                        self.preview_steps.setdefault(sid, set()).add(k)
+                        self.preview_refs.append((layout.preview_relpath(parts["model"], run, i, k), sid, k))
         else:
             ids = []
         self.committed.setdefault((parts["model"], parts["run_id"]), {})[p.name] = set(ids)
@@ -174,8 +188,12 @@ class _Verifier:
 
     def images(self, parts: dict, p: Path) -> None:
         index = layout.parse_image_name(p.name)
-        if index is None:
+        preview = layout.parse_preview_name(p.name) if index is None else None
+        if index is None and preview is None:
             self.foreign_or_staging(p)
+            return
+        if preview is not None:
+            self.preview(parts, p, *preview)
             return
         self.r.checked += 1
         run = parts["run_id"]
@@ -183,13 +201,25 @@ class _Verifier:
         if not self.quick and layout.sample_id(run, index) not in ids:
             self.r.orphans.append(self.rel(p))
         if not self.quick:
-            try:
-                from PIL import Image
+            self._check_png(p)
 
-                with Image.open(p) as im:
-                    im.verify()
-            except Exception as e:
-                self.r.corrupt.append((self.rel(p), f"unreadable PNG: {type(e).__name__}: {e}"))
+    def preview(self, parts: dict, p: Path, index: int, step: int) -> None:
+        """A preview is an orphan unless its committed sample lists its step in `preview_steps`."""
+        self.r.checked += 1
+        if self.quick:
+            return
+        if step not in self.preview_steps.get(layout.sample_id(parts["run_id"], index), ()):
+            self.r.orphans.append(self.rel(p))
+        self._check_png(p)
+
+    def _check_png(self, p: Path) -> None:
+        try:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as e:
+            self.r.corrupt.append((self.rel(p), f"unreadable PNG: {type(e).__name__}: {e}"))
 
     def missing_activation_parts(self) -> None:
         """Every committed batch has one activation part per layer of its run's manifest."""
@@ -243,5 +273,7 @@ def verify(root: str | os.PathLike, quick: bool = False) -> Report:
     for rel, sid in v.image_refs:
         if not (root / rel).is_file():
             v.r.missing_images.append((rel, sid))
+    # every step a committed sample lists in `preview_steps` has its preview file
+    v.r.missing_previews.extend(ref for ref in v.preview_refs if not (root / ref[0]).is_file())
     v.missing_activation_parts()
     return v.r

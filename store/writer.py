@@ -1,7 +1,7 @@
 """`RunWriter`: appends whole batches to a run, atomically, and resumes after a crash.
 
-A batch (indices first..last) is written in this order: its PNG images, one activation part per layer,
-then its samples part. The samples part is the commit record: until it exists nothing of the batch is
+A batch (indices first..last) is written in this order: its PNG images (and per-step x0 previews), one
+activation part per layer, then its samples part. The samples part is the commit record: until it exists nothing of the batch is
 visible to readers, and a writer that reopens the run deletes the leftovers (`cleanup`).
 """
 
@@ -250,7 +250,7 @@ class RunWriter:
         Only safe while no other writer of this run is active: the constructor calls it when
         world_size == 1; with several ranks, call it on rank 0 before the others start writing.
         """
-        removed = {"staging": 0, "orphan_activations": 0, "orphan_images": 0}
+        removed = {"staging": 0, "orphan_activations": 0, "orphan_images": 0, "orphan_previews": 0}
         sdir = layout.samples_dir(self.root, self.model, self.run_id)
         idir = layout.images_dir(self.root, self.model, self.run_id)
         adirs = [d for layer in layout.layers_in(self.root, self.model)
@@ -270,13 +270,37 @@ class RunWriter:
                 if p.name not in committed:
                     removed["orphan_activations"] += _unlink(p)
         done = set(self.done_indices().tolist())
+        previews: dict[int, set[int]] | None = None  # read only when the folder holds preview files
         for name in _names(idir):
             idx = layout.parse_image_name(name)
             if idx is not None and idx not in done:
                 removed["orphan_images"] += _unlink(idir / name)
+            pv = layout.parse_preview_name(name)
+            if pv is not None:
+                if previews is None:
+                    previews = self.committed_previews()
+                if pv[1] not in previews.get(pv[0], ()):  # uncommitted batch, or a step its sample does not list
+                    removed["orphan_previews"] += _unlink(idir / name)
         if any(removed.values()):
             log.info("run %s: removed %s", self.run_id, removed)
         return removed
+
+    def committed_previews(self) -> dict[int, set[int]]:
+        """index -> the preview steps its committed samples row lists (indices without previews left out)."""
+        out: dict[int, set[int]] = {}
+        for p in layout.list_parts(layout.samples_dir(self.root, self.model, self.run_id)):
+            try:
+                pf = pq.ParquetFile(p)
+                if "preview_steps" not in pf.schema_arrow.names:
+                    continue
+                t = pf.read(columns=["index", "preview_steps"])
+            except Exception as e:  # unreadable commit record: its batch is not done
+                log.warning("skipping unreadable samples part %s: %s", p, e)
+                continue
+            for i, steps in zip(t["index"].to_pylist(), t["preview_steps"].to_pylist(), strict=True):
+                if steps:
+                    out[int(i)] = set(steps)
+        return out
 
     # -- writing ----------------------------------------------------------------------------------------
 
@@ -286,11 +310,15 @@ class RunWriter:
         samples: Sequence[Mapping[str, Any]],
         images: Sequence[np.ndarray] | None,
         activations: Mapping[str, Sequence[Mapping[str, Any]]],
+        previews: Mapping[int, Sequence[np.ndarray]] | None = None,
     ) -> str:
         """Write one batch; returns its part name. `images` may be None (no image files, no thumbs).
 
         `activations[layer]` is a list of dicts, one per step: step, timestep (None for EDM), sigma,
         reduce ('mean' | 'pool4' | 'full'), layer_shape (C, H, W), array (B, ...) with rows in `indices` order.
+        `previews` maps a sampling step to the batch's x0 preview images of that step (B uint8 arrays, or one
+        (B, H, W, C) array), rows in `indices` order; each becomes `<index:08d>.step<k>.png` beside the
+        image and the samples' `preview_steps` lists the steps. None or {}: no previews.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         b = len(idx)
@@ -324,12 +352,17 @@ class RunWriter:
                 pngs.append(buf.getvalue())
                 thumbs[j], sizes[j] = make_thumbnail(im), im.size
                 paths[j] = layout.image_relpath(self.model, self.run_id, i)
+        preview_files = self._preview_pngs(idx, previews)
+        steps = sorted({k for k, _ in preview_files}) or None
         tables = {layer: _activation_table(layer, sids, activations[layer]) for layer in self.layers}
-        samples_table = self._samples_table(idx, sids, samples, thumbs, sizes, paths)
+        samples_table = self._samples_table(idx, sids, samples, thumbs, sizes, paths, steps)
 
         with StagedFiles(self.durable) as staged:
-            for rel, png in zip(paths, pngs, strict=False):  # 1. images
+            for rel, png in zip(paths, pngs, strict=False):  # 1. images and previews
                 staged.write_bytes(self.root / rel, png)
+            for _, files in preview_files:
+                for rel, png in files:
+                    staged.write_bytes(self.root / rel, png)
             for layer, table in tables.items():  # 2. one activation part per layer
                 staged.write_parquet(layout.activations_dir(self.root, self.model, layer, self.run_id) / name,
                                      table, row_group_size=b, **_ACT_WRITE)
@@ -340,7 +373,29 @@ class RunWriter:
         self._done.update(idx.tolist())
         return name
 
-    def _samples_table(self, idx, sids, samples, thumbs, sizes, paths) -> pa.Table:
+    def _preview_pngs(self, idx: np.ndarray, previews) -> list[tuple[int, list[tuple[str, bytes]]]]:
+        """[(step, [(relpath, png bytes) per sample])] of the batch's previews, validated and encoded."""
+        if not previews:
+            return []
+        if not isinstance(previews, Mapping):
+            raise TypeError(f"previews must be a dict step -> images, got {type(previews).__name__}")
+        out = []
+        for step, images in sorted(previews.items(), key=lambda kv: int(kv[0])):
+            if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+                raise ValueError(f"preview steps must be integers, got {step!r}")
+            if images is None or len(images) != len(idx):
+                raise ValueError(f"previews of step {step}: need {len(idx)} images (one per index), "
+                                 f"got {'none' if images is None else len(images)}")
+            files = []
+            for i, arr in zip(idx.tolist(), images, strict=True):
+                rel = layout.preview_relpath(self.model, self.run_id, i, int(step))  # checks the step range
+                buf = io.BytesIO()
+                _to_pil(arr).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+                files.append((rel, buf.getvalue()))
+            out.append((int(step), files))
+        return out
+
+    def _samples_table(self, idx, sids, samples, thumbs, sizes, paths, preview_steps=None) -> pa.Table:
         allowed = set(schema.SAMPLE_INPUT_FIELDS) | {"width", "height"}
         for j, s in enumerate(samples):
             if not allowed.issuperset(s):
@@ -350,7 +405,8 @@ class RunWriter:
         data: dict[str, Any] = {f: [s.get(f) for s in samples] for f in schema.SAMPLE_INPUT_FIELDS}
         data["width"] = [w if w is not None else s.get("width") for (w, _), s in zip(sizes, samples, strict=True)]
         data["height"] = [h if h is not None else s.get("height") for (_, h), s in zip(sizes, samples, strict=True)]
-        data.update(sample_id=sids, index=idx, image_path=paths, thumb=thumbs)
+        data.update(sample_id=sids, index=idx, image_path=paths, thumb=thumbs,
+                    preview_steps=[preview_steps] * len(sids))
         return pa.Table.from_arrays([pa.array(data[f.name], f.type) for f in schema.SAMPLES],
                                     schema=schema.SAMPLES)
 
