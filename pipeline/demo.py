@@ -19,8 +19,9 @@ def build_demo_store(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES_
                      batch_size: int = 100, progress: bool = True, on_batch=None) -> list[str]:
     """Generate the demo runs into `root` (resumable) and return their run ids.
 
-    Two runs of the same model: the multi-step run (trajectories across the sampling steps) and a
-    1-step run, so the app has several runs and steps to switch between.
+    Two runs of the same model: the multi-step run (trajectories across the sampling steps, with each
+    step's x0 preview image: 16-px PNGs, a few hundred bytes each) and a 1-step run, so the app has
+    several runs and steps to switch between.
     """
     from pipeline.adapters.edm import load_demo
     from pipeline.generate import generate
@@ -28,7 +29,8 @@ def build_demo_store(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES_
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run_ids = []
     for steps, name in ((None, "demo-multistep"), (1, "demo-1step")):
-        adapter = load_demo(torch.device("cpu"), steps=steps, samples_per_class=samples_per_class)
+        adapter = load_demo(torch.device("cpu"), steps=steps, samples_per_class=samples_per_class,
+                            x0_previews=steps is None)
         result = generate(adapter, root, samples_per_class * 10, demo_layers(adapter), seed=0,
                           batch_size=batch_size, run_id=name, progress=progress, on_batch=on_batch)
         run_ids.append(result.run_id)

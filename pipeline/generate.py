@@ -159,8 +159,10 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
                 seeds = [sample_seed(seed, int(i)) for i in indices]
                 images = adapter.sample(seeds, conditions, recorder)
                 activations = recorder.pop()
+                # step -> (B, H, W, 3) x0 images when the adapter was built with x0_previews, else None
+                previews = getattr(adapter, "last_previews", None)
                 rows = [_sample_row(s, c, adapter) for s, c in zip(seeds, conditions, strict=True)]
-                background.write_batch(indices, rows, list(images), activations)
+                background.write_batch(indices, rows, list(images), activations, previews)
                 report()
             background.close()
             report()

@@ -38,6 +38,7 @@ def edm_sample(
     noise_seeds: Sequence[int] | None = None,
     on_step: Callable[[int, float], AbstractContextManager] | None = None,
     generator: torch.Generator | None = None,
+    on_denoised: Callable[[int, float, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run the sampler and return the final denoised images D (float32, NCHW, about [-1, 1]).
 
@@ -46,7 +47,8 @@ def edm_sample(
     seed and the step only (``seeded_normal(seeds, shape, stream=i + 1)``, the same draw the generation
     adapters use), so a sample does not depend on the batch it was generated in. Otherwise ``eps`` comes
     from ``generator`` (or the global RNG). Each network call runs inside ``on_step(i, sigma_i)`` when given,
-    e.g. ``lambda i, s: recorder.step(i, sigma=s)``.
+    e.g. ``lambda i, s: recorder.step(i, sigma=s)``. ``on_denoised(i, sigma_i, D)`` receives each step's
+    denoised batch D (float32, NCHW; the last one is the returned image), e.g. to keep x0 previews.
     """
     if len(sigmas) == 0:
         raise ValueError("sigmas is empty")
@@ -60,6 +62,8 @@ def edm_sample(
             sigma_t = torch.full((len(x),), float(sigma), device=x.device)
             with on_step(i, float(sigma)) if on_step else nullcontext():
                 denoised = net(x, sigma_t, labels).to(torch.float32)
+            if on_denoised is not None:
+                on_denoised(i, float(sigma), denoised)
             if i + 1 < len(sigmas):
                 if noise_seeds is not None:
                     from pipeline.adapters.base import seeded_normal

@@ -23,7 +23,7 @@ class EDMAdapter(Adapter):
     def __init__(self, net: EDMPrecond, config: dict, *, name: str, class_names: list[str],
                  sigmas: list[float], device: torch.device, checkpoint: str, checkpoint_sha256: str | None,
                  class_ids: list[int] | None = None, samples_per_class: int | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, x0_previews: bool = False):
         self.name = name
         self.config = dict(config)
         self.device = torch.device(device)
@@ -41,6 +41,10 @@ class EDMAdapter(Adapter):
         self.samples_per_class = samples_per_class
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = checkpoint_sha256
+        # Not part of the run's identity: previews show the samples, they do not change them.
+        self.x0_previews = bool(x0_previews)
+        # step -> uint8 (B, H, W, 3) denoised image D of each step of the last `sample` call, when x0_previews
+        self.last_previews: dict[int, np.ndarray] | None = None
 
     # -- layers -------------------------------------------------------------------------------------
     def layers(self) -> dict[str, str]:
@@ -75,14 +79,24 @@ class EDMAdapter(Adapter):
         return out
 
     def sample(self, noise_seeds, conditions, recorder) -> np.ndarray:
+        self.last_previews = None
+        previews: dict[int, np.ndarray] = {}
+
+        def keep_preview(step: int, _sigma: float, denoised: torch.Tensor) -> None:
+            previews[step] = to_uint8(denoised)
+
         res, ch = self.config["img_resolution"], self.config["img_channels"]
         z = seeded_normal(noise_seeds, (ch, res, res)).to(self.device)
         labels = torch.zeros(len(conditions), int(self.config["label_dim"]), device=self.device)
         labels[torch.arange(len(conditions)), torch.tensor([c.class_id for c in conditions])] = 1.0
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             denoised = edm_sample(self.net, z, labels, self.sigmas, noise_seeds=noise_seeds,
-                                  on_step=lambda i, sigma: recorder.step(i, sigma=sigma))
-        return to_uint8(denoised)
+                                  on_step=lambda i, sigma: recorder.step(i, sigma=sigma),
+                                  on_denoised=keep_preview if self.x0_previews else None)
+        images = to_uint8(denoised)
+        if self.x0_previews:
+            self.last_previews = previews
+        return images
 
     def identity(self) -> dict:
         return {
@@ -98,7 +112,7 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 
 def load_imagenet(checkpoint: str, device: torch.device, *, steps: int = 1, dtype=torch.float32,
-                  class_ids=None, samples_per_class=None) -> EDMAdapter:
+                  class_ids=None, samples_per_class=None, x0_previews: bool = False) -> EDMAdapter:
     """DMD2's ImageNet-64 generator from a local file/folder or `hf://tianweiy/DMD2/model/imagenet/<run>`."""
     from pipeline.checkpoints import load_into, load_state_dict_file, resolve_checkpoint, sha256_of
     from pipeline.imagenet_classes import class_name
@@ -112,11 +126,11 @@ def load_imagenet(checkpoint: str, device: torch.device, *, steps: int = 1, dtyp
     return EDMAdapter(net, config, name="imagenet", class_names=[class_name(i) for i in range(1000)],
                       sigmas=karras_sigmas(steps), device=device, checkpoint=checkpoint,
                       checkpoint_sha256=sha256_of(path), class_ids=class_ids,
-                      samples_per_class=samples_per_class, dtype=dtype)
+                      samples_per_class=samples_per_class, dtype=dtype, x0_previews=x0_previews)
 
 
 def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int | None = None,
-              class_ids=None, samples_per_class=None) -> EDMAdapter:
+              class_ids=None, samples_per_class=None, x0_previews: bool = False) -> EDMAdapter:
     """The digits model the project trains and ships (pipeline/data/demo_edm.safetensors)."""
     from pipeline import demo_model
     from pipeline.checkpoints import load_into, load_state_dict_file, resolve_checkpoint, sha256_of
@@ -129,7 +143,7 @@ def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int
     return EDMAdapter(net, demo_model.DEMO_CONFIG, name="demo", class_names=list(DIGIT_NAMES),
                       sigmas=sigmas, device=device, checkpoint=str(checkpoint or "shipped demo weights"),
                       checkpoint_sha256=sha256_of(path), class_ids=class_ids,
-                      samples_per_class=samples_per_class)
+                      samples_per_class=samples_per_class, x0_previews=x0_previews)
 
 
 def skeleton(model: str) -> EDMAdapter:

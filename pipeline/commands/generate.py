@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t2i.add_argument("--prompt-file", help="txt (one per line), csv, jsonl or parquet with a prompt column")
     t2i.add_argument("--seeds-per-prompt", type=int, default=1)
     t2i.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
-    t2i.add_argument("--x0-previews", action="store_true", help="also keep each step's x0 preview image")
+    p.add_argument("--x0-previews", action="store_true",
+                   help="also store each sampling step's x0 (denoised) preview image beside the final one")
     p.add_argument("--fsync", action="store_true",
                    help="fsync every file so finished batches survive a power cut (writes are atomic either way)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -69,11 +70,10 @@ def run(args: argparse.Namespace) -> int:
                                  "have fixed timesteps (sdxl-4step and sdxl-4step-lora run 4, the others 1)")
 
             t2i = dict(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
-                       seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution,
-                       x0_previews=args.x0_previews)
+                       seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution)
         adapter = build_adapter(args.model, checkpoint=args.checkpoint, device=device, steps=args.steps,
                                 dtype=DTYPES.get(args.dtype), class_ids=args.class_ids,
-                                samples_per_class=args.samples_per_class, **t2i)
+                                samples_per_class=args.samples_per_class, x0_previews=args.x0_previews, **t2i)
         num = args.num_samples
         if num is None:
             if not args.samples_per_class:
