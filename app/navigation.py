@@ -26,10 +26,10 @@ class PageSpec:
 
 PAGES = (
     PageSpec("explore.py", "Explore", ":material/scatter_plot:", "explore", default=True),
+    PageSpec("compare.py", "Compare layers", ":material/compare:", "compare-layers"),
     PageSpec("overview.py", "Overview", ":material/dashboard:", "overview"),
     PageSpec("search.py", "Search", ":material/search:", "search"),
     PageSpec("trajectories.py", "Trajectories", ":material/timeline:", "trajectories"),
-    PageSpec("compare_layers.py", "Compare layers", ":material/compare:", "compare-layers"),
 )
 
 

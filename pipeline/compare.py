@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ __all__ = ["CompareError", "linear_cka", "cka_matrix", "knn_overlap", "layer_sim
 
 MIN_SAMPLES = 3
 MAX_K = 100
+Progress = Callable[[float, str], None]  # (fraction 0..1, message), as pipeline.project reports
 _VERSION = 1  # bump when a computation changes: old cached artifacts are then never read
 
 
@@ -191,10 +192,11 @@ def _resolve_step(store, model: str, layers: list[str], step) -> int:
     return int(step)
 
 
-def _aligned(store, model, layers, step, feature, run_ids, sample_ids, versions):
+def _aligned(store, model, layers, step, feature, run_ids, sample_ids, versions, report):
     """Feature matrices of `layers`, rows the same samples in the same order, and those sample ids."""
     feats = []
-    for layer in layers:
+    for i, layer in enumerate(layers):
+        report(0.8 * i / len(layers), f"features of {layer}")
         try:
             feats.append(load_features(store, model, layer, step, feature, run_ids=run_ids,
                                        data_version=versions[layer]))
@@ -218,6 +220,10 @@ def _aligned(store, model, layers, step, feature, run_ids, sample_ids, versions)
                            f"{sizes}); at least {MIN_SAMPLES} are needed")
     rows = [pd.Index(f.sample_ids).get_indexer(ids) for f in feats]
     return np.asarray(ids, dtype=str), [f.X[r] for f, r in zip(feats, rows, strict=True)], feats
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    pass
 
 
 def _relpath(model: str, what: str, key: str) -> str:
@@ -271,8 +277,8 @@ def _filter(run_ids, sample_ids) -> tuple[list[str] | None, list[str] | None, di
 
 def layer_similarity(store, model: str, layers: Sequence[str], step: int | None = None,
                      run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None,
-                     max_samples: int = 5000, seed: int = 0, feature: FeatureSpec | str | None = None
-                     ) -> pd.DataFrame:
+                     max_samples: int = 5000, seed: int = 0, feature: FeatureSpec | str | None = None,
+                     progress: Progress | None = None) -> pd.DataFrame:
     """Linear CKA of every pair of `layers` at `step` (None: the last step every layer recorded), computed on
     the samples all layers share (or exactly `sample_ids`, which every layer must have).
 
@@ -285,15 +291,17 @@ def layer_similarity(store, model: str, layers: Sequence[str], step: int | None 
     spec = FeatureSpec.parse(feature)
     runs, ids, desc = _filter(run_ids, sample_ids)
     versions = {layer: store.data_version(model, layer, runs) for layer in layers}
+    report = progress or _no_progress
     payload = {"what": "cka", "v": _VERSION, "model": model, "layers": layers, "step": step,
                "versions": versions, "feature": spec.to_dict(), "filter": desc, "max_samples": int(max_samples),
                "seed": int(seed)}
 
     def compute() -> pd.DataFrame:
-        common, mats, feats = _aligned(store, model, layers, step, spec, runs, ids, versions)
+        common, mats, feats = _aligned(store, model, layers, step, spec, runs, ids, versions, report)
         rows = np.arange(len(common))
         if len(rows) > max_samples:
             rows = np.sort(np.random.default_rng(seed).choice(len(rows), size=int(max_samples), replace=False))
+        report(0.85, f"CKA of {len(layers)} layers on {len(rows):,} samples")
         matrix = cka_matrix([m[rows] for m in mats])
         frame = pd.DataFrame(matrix, index=pd.Index(layers, name="layer"), columns=list(layers))
         frame.attrs.update(n_samples=int(len(rows)), n_common=int(len(common)), step=int(step),
@@ -301,6 +309,7 @@ def layer_similarity(store, model: str, layers: Sequence[str], step: int | None 
         return frame
 
     frame = _cached(store, model, "cka", payload, compute)
+    report(1.0, "done")
     if "layer" in frame.columns:  # read back from Parquet: the index was stored as a column
         frame = frame.set_index("layer")
     return frame
@@ -308,7 +317,8 @@ def layer_similarity(store, model: str, layers: Sequence[str], step: int | None 
 
 def neighbour_agreement(store, model: str, layer_a: str, layer_b: str, step: int | None = None, k: int = 10,
                         run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None,
-                        metric: str = "cosine", feature: FeatureSpec | str | None = None) -> pd.DataFrame:
+                        metric: str = "cosine", feature: FeatureSpec | str | None = None,
+                        progress: Progress | None = None) -> pd.DataFrame:
     """Per sample, the share of its `k` nearest neighbours (in each layer's feature space, under `metric`)
     that `layer_a` and `layer_b` have in common.
 
@@ -324,17 +334,21 @@ def neighbour_agreement(store, model: str, layer_a: str, layer_b: str, step: int
     runs, ids, desc = _filter(run_ids, sample_ids)
     pair = sorted(layers)  # symmetric: one cache entry per pair
     versions = {layer: store.data_version(model, layer, runs) for layer in pair}
+    report = progress or _no_progress
     payload = {"what": "knn-agreement", "v": _VERSION, "model": model, "layers": pair, "step": step,
                "versions": versions, "feature": spec.to_dict(), "filter": desc, "k": int(k), "metric": metric}
 
     def compute() -> pd.DataFrame:
-        common, (xa, xb), _ = _aligned(store, model, pair, step, spec, runs, ids, versions)
+        common, (xa, xb), _ = _aligned(store, model, pair, step, spec, runs, ids, versions, report)
         if int(k) >= len(common):
             raise CompareError(f"k={k} needs more than {k} samples; the layers share {len(common)}")
+        report(0.85, f"{k} nearest neighbours of {len(common):,} samples in both layers")
         overlap = knn_overlap(xa, xb, int(k), metric)
         frame = pd.DataFrame({"sample_id": common, "overlap": overlap})
         frame.attrs.update(mean=float(overlap.mean()), chance=float(k / (len(common) - 1)), k=int(k),
                            metric=metric, step=int(step), n_samples=int(len(common)))
         return frame
 
-    return _cached(store, model, "knn-agreement", payload, compute)
+    frame = _cached(store, model, "knn-agreement", payload, compute)
+    report(1.0, "done")
+    return frame

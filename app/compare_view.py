@@ -1,0 +1,233 @@
+"""What the Compare layers page reads and remembers: its URL state, the background jobs of its two analyses
+(`pipeline.compare`), the projections of its two maps and their colourings, and the disagreement table.
+
+The analyses run in the app's job registry (`app.data.jobs`) like the projections, so a slow first
+computation shows progress while the page stays usable; `pipeline.compare` caches results in the store under
+explicit keys, so a second visit is instant. Nothing here draws.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, replace
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import data, state, views
+from app.state import ViewSettings
+
+SEP = "~"  # list separator in the URL, as app.state uses (never inside run ids or layer names)
+COLOR_MODES = ("label", "agreement")
+K_RANGE = (2, 50)
+DEFAULT_K = 10
+URL_LOADED = "cmp.url_loaded"
+URL_VALUES = "cmp.url"  # the URL's values, read once per session, consumed as widget defaults
+SELECTED = "cmp.selected"  # sample clicked on either map
+EXPLORE_URL_PATH = "explore"  # app.navigation's url_path of Explore
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """Everything that defines the page's view; all of it round-trips through the URL."""
+
+    model: str
+    runs: tuple[str, ...]
+    step: int
+    layers: tuple[str, ...]
+    layer_a: str | None = None
+    layer_b: str | None = None
+    k: int = DEFAULT_K
+    color: str = "label"
+
+
+# ------------------------------------------------------------------------------------------------- URL
+
+def load_url_once() -> dict:
+    """The page's query values of the URL that opened this session (read on the first run of this page)."""
+    if not st.session_state.get(URL_LOADED):
+        st.session_state[URL_LOADED] = True
+        q = {k: st.query_params.get(k) for k in st.query_params}
+        st.session_state[URL_VALUES] = parse_params(q)
+    return st.session_state.get(URL_VALUES) or {}
+
+
+def parse_params(q: dict) -> dict:
+    """Parse the page's query parameters; malformed numbers are left out (the URL is user input)."""
+    out: dict = {}
+    if q.get("model"):
+        out["model"] = q["model"]
+    for name in ("runs", "layers"):
+        if q.get(name):
+            out[name] = [p for p in str(q[name]).split(SEP) if p]
+    for name in ("a", "b"):
+        if q.get(name):
+            out[name] = q[name]
+    for name in ("step", "k"):
+        try:
+            if q.get(name) not in (None, ""):
+                out[name] = int(q[name])
+        except ValueError:
+            continue
+    if q.get("color") in COLOR_MODES:
+        out["color"] = q["color"]
+    return out
+
+
+def to_params(s: CompareSettings, all_layers: list[str]) -> dict[str, str]:
+    """The query parameters of a view (all layers chosen: left out, to keep links short)."""
+    params = {"model": s.model, "step": str(s.step)}
+    if s.runs:
+        params["runs"] = SEP.join(s.runs)
+    if list(s.layers) != list(all_layers):
+        params["layers"] = SEP.join(s.layers)
+    if s.layer_a and s.layer_b:
+        params["a"], params["b"] = s.layer_a, s.layer_b
+    if s.k != DEFAULT_K:
+        params["k"] = str(s.k)
+    if s.color != "label":
+        params["color"] = s.color
+    path = state.store_path()
+    if not state.is_default_store(path):
+        params["store"] = path
+    return params
+
+
+def sync_url(s: CompareSettings, all_layers: list[str]) -> None:
+    params = to_params(s, all_layers)
+    current = {k: st.query_params.get(k) for k in st.query_params}
+    if current != params:
+        st.query_params.from_dict(params)
+
+
+def explore_link(s: CompareSettings, layer: str, sample_id: str) -> str:
+    """A link (relative to this page) that opens ``sample_id`` selected on Explore's map of ``layer``."""
+    view = map_settings(s, layer)
+    params = state.view_to_params(view)
+    params["sel"] = sample_id
+    path = state.store_path()
+    if not state.is_default_store(path):
+        params["store"] = path
+    return f"{EXPLORE_URL_PATH}?{urlencode(params)}"
+
+
+def open_in_explore(s: CompareSettings, layer: str, sample_id: str) -> tuple[ViewSettings, dict]:
+    """Put Explore's view and selection in the session for ``sample_id`` on ``layer``; returns the view and
+    the query parameters to switch pages with."""
+    view = map_settings(s, layer)
+    state.set_view(view)
+    state.select(sample_id)
+    return view, {**state.view_to_params(view), "sel": sample_id}
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+def _versions(path: str, model: str, layers, runs) -> tuple:
+    return tuple(data.version(path, model, layer, list(runs) or None) for layer in layers)
+
+
+def _start(key: tuple, work) -> data.Job:
+    job = data.jobs().get_or_start(key, work)
+    if job.running and job.thread is not None:
+        job.thread.join(data.JOB_WAIT_S)
+    return job
+
+
+def similarity_job(path: str, s: CompareSettings) -> data.Job:
+    """The CKA matrix of the chosen layers (`pipeline.compare.layer_similarity`), as a job."""
+    from pipeline import compare
+
+    key = ("compare-cka", data.resolve(path), _versions(path, s.model, s.layers, s.runs), s.model, s.layers,
+           s.step, s.runs)
+
+    def work(job: data.Job):
+        return compare.layer_similarity(data.open_store(path), s.model, list(s.layers), s.step,
+                                        run_ids=list(s.runs) or None, progress=job.report)
+
+    return _start(key, work)
+
+
+def agreement_job(path: str, s: CompareSettings) -> data.Job:
+    """Per-sample neighbour agreement of the chosen pair (`pipeline.compare.neighbour_agreement`), as a job."""
+    from pipeline import compare
+
+    pair = (s.layer_a, s.layer_b)
+    key = ("compare-knn", data.resolve(path), _versions(path, s.model, pair, s.runs), s.model, pair, s.step,
+           s.runs, s.k)
+
+    def work(job: data.Job):
+        return compare.neighbour_agreement(data.open_store(path), s.model, s.layer_a, s.layer_b, s.step, k=s.k,
+                                           run_ids=list(s.runs) or None, progress=job.report)
+
+    return _start(key, work)
+
+
+def map_settings(s: CompareSettings, layer: str) -> ViewSettings:
+    """The Explore view of one layer's map: this page's model, runs and step with Explore's current projection
+    parameters, so both pages share one cached projection."""
+    base = state.get_view()
+    return replace(ViewSettings(), model=s.model, runs=tuple(s.runs), layer=layer, step=int(s.step),
+                   feature=base.feature, n_neighbors=base.n_neighbors, min_dist=base.min_dist,
+                   metric=base.metric).validated()
+
+
+def map_job(path: str, s: CompareSettings, layer: str) -> data.Job:
+    return data.request_projection(path, map_settings(s, layer), None, 0)
+
+
+def least_similar_pair(cka: pd.DataFrame) -> tuple[str, str]:
+    """The pair of different layers with the lowest CKA (the most interesting to look at first)."""
+    m = cka.to_numpy(dtype=float).copy()
+    m[np.tril_indices_from(m)] = np.inf
+    m[~np.isfinite(m)] = np.inf
+    i, j = np.unravel_index(int(np.argmin(m)), m.shape)
+    names = list(cka.index)
+    return names[i], names[j]
+
+
+# ------------------------------------------------------------------------------------------- colouring
+
+def agreement_values(view: views.View, agreement: pd.DataFrame) -> pd.Series:
+    """The overlap of every point of a view, in the view's order (NaN for samples without one)."""
+    return agreement.set_index("sample_id")["overlap"].reindex(view.sample_ids).reset_index(drop=True)
+
+
+def color_file(path: str, view: views.View, s: CompareSettings, agreement: pd.DataFrame | None,
+               agreement_key: tuple | None) -> str:
+    """The colour file of a map: class label / prompt, or the pair's neighbour agreement."""
+    if s.color == "agreement" and agreement is not None:
+        short = hashlib.sha1(repr(agreement_key).encode()).hexdigest()[:12]
+        coloring = views.Coloring(f"agree-{short}", f"kNN agreement (k={s.k})", "numeric",
+                                  agreement_values(view, agreement))
+        return views.write_color_file(view, coloring)
+    return data.color_file_for(path, view, map_settings(s, view.layer))
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+def thumb_data_urls(path: str, sample_ids: list[str]) -> list[str | None]:
+    """Thumbnails as data URLs (a handful, for a table: no static files involved)."""
+    out = []
+    for raw in data.open_store(path).thumbs(sample_ids):
+        out.append(f"data:image/webp;base64,{base64.b64encode(raw).decode()}" if raw else None)
+    return out
+
+
+def disagreement_table(path: str, s: CompareSettings, agreement: pd.DataFrame, n: int = 12) -> pd.DataFrame:
+    """The ``n`` samples whose neighbourhoods differ most between the two layers (lowest overlap first, then
+    store order): thumbnail, label, overlap and links that open them in Explore on either layer."""
+    worst = agreement.sort_values("overlap", kind="stable").head(n)
+    samples = data.model_samples(path, s.model).set_index("sample_id")
+    ids = worst["sample_id"].tolist()
+    labels = samples["label"].reindex(ids)
+    return pd.DataFrame({
+        "thumbnail": thumb_data_urls(path, ids),
+        "label": [str(lab) if pd.notna(lab) else sid for sid, lab in zip(ids, labels, strict=True)],
+        "overlap": worst["overlap"].to_numpy(),
+        "sample_id": ids,
+        f"on {s.layer_a}": [explore_link(s, s.layer_a, sid) for sid in ids],
+        f"on {s.layer_b}": [explore_link(s, s.layer_b, sid) for sid in ids],
+    })
