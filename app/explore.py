@@ -406,8 +406,12 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
                 st.caption("(image file missing from the store)")
         except KeyError:
             st.caption("(image file missing from the store)")
+        from app.previews import preview_strip
+
+        preview_strip(path, view.model, view.layer, row.get("sample_id", sel.selected), row.get("preview_steps"),
+                      view.step)
         with st.expander("Metadata", expanded=False):
-            meta = {k: ("" if pd.isna(v) else v) for k, v in row.items() if k not in ("thumb",)}
+            meta = {k: ("" if pd.isna(v) else v) for k, v in row.items() if k not in ("thumb", "preview_steps")}
             meta.update({f"map {a}": f"{view.xy[view.position[sel.selected], i]:.4f}"
                          for i, a in enumerate("xy")})
             for k, v in view.step_info.items():
