@@ -17,8 +17,8 @@ import streamlit as st
 
 from app import data
 
-STRIP_WIDTH = 72  # CSS pixels per image in the strip
-THUMB_SIDE = 2 * STRIP_WIDTH  # downscaled to this (sharp on HiDPI screens); smaller previews stay as they are
+PER_ROW = 4  # images per row of the strip (DMD2's multi-step generators have 4 steps)
+THUMB_SIDE = 160  # downscaled to this (sharp on HiDPI screens); smaller previews stay as they are
 
 
 def listed_steps(value) -> list[int]:
@@ -84,5 +84,8 @@ def preview_strip(path: str, model: str, layer: str, sample_id: str, preview_ste
     steps = data.model_steps(path, model, layer)
     st.caption("x0 (denoised) preview at each sampling step")
     with st.container(key="x0_previews"):
-        st.image([png for _, png in images], caption=[step_caption(k, steps, current_step) for k, _ in images],
-                 width=STRIP_WIDTH)
+        ncols = min(len(images), PER_ROW)  # columns: the strip fits the panel at any width
+        for first in range(0, len(images), ncols):
+            row = images[first:first + ncols]
+            for col, (k, png) in zip(st.columns(ncols, gap="small"), row, strict=False):
+                col.image(png, caption=step_caption(k, steps, current_step), width="stretch")
