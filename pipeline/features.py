@@ -1,5 +1,11 @@
 """The matrix a projection sees: one row per sample, built from a (model, layer, step) of the store.
 
+``step=ALL_STEPS`` (``"all"``) builds one matrix over every recorded step of the layer instead: its rows are
+(sample, step) *points*, named ``f"{sample_id}@{step}"`` (`point_id`; `split_point_id` inverts it), the
+steps stacked in order (all samples at the first step, then all at the next...). Sample ids end in
+digits and never contain ``@``, so the last ``@`` always separates the step. Standardisation and PCA are fitted
+on all points together, so that every step lives in one space and a sample can be followed across steps.
+
 Choices (``FeatureSpec``):
 
 * ``kind="mean"``: the C channel means over space. Invariant to *where* in the image a channel fires, small
@@ -43,6 +49,11 @@ __all__ = [
     "build_features",
     "features_key",
     "filter_description",
+    "ALL_STEPS",
+    "point_id",
+    "split_point_id",
+    "parse_step",
+    "step_token",
 ]
 
 FEATURE_KINDS = ("auto", "mean", "full")
@@ -50,6 +61,7 @@ FULL_MAX_DIM = 1024
 PCA_ABOVE = 256
 DEFAULT_PCA = 50
 MAX_PCA = 1024
+ALL_STEPS = "all"
 
 
 class FeatureError(ValueError):
@@ -185,6 +197,41 @@ def to_features(matrix: np.ndarray, shape: tuple, spec: FeatureSpec, seed: int =
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
+# -- steps ---------------------------------------------------------------------------------------------------
+
+def point_id(sample_id: str, step: int) -> str:
+    """The id of one (sample, step) point of an all-steps matrix: ``f"{sample_id}@{step}"``."""
+    return f"{sample_id}@{int(step)}"
+
+
+def split_point_id(value: str) -> tuple[str, int | None]:
+    """(sample_id, step) of a point id; (value, None) for a plain sample id."""
+    head, sep, tail = str(value).rpartition("@")
+    if sep and head and tail.isdigit():
+        return head, int(tail)
+    return str(value), None
+
+
+def parse_step(step) -> int | str | None:
+    """A step as the projection functions take it: an int (negative counts from the last step), ``"all"``
+    (every step, see the module docstring) or None (the last step). Accepts numeric strings."""
+    if step is None or isinstance(step, int | np.integer) and not isinstance(step, bool):
+        return None if step is None else int(step)
+    if isinstance(step, str):
+        text = step.strip().lower()
+        if text == ALL_STEPS:
+            return ALL_STEPS
+        if text.lstrip("-").isdigit():
+            return int(text)
+    raise FeatureError(f"step must be a step number, {ALL_STEPS!r} (every step) or None (the last), "
+                       f"got {step!r}")
+
+
+def step_token(step: int | str) -> int | str:
+    """The JSON/key form of a resolved step: the int, or ``"all"``."""
+    return ALL_STEPS if step == ALL_STEPS else int(step)
+
+
 # -- keys ----------------------------------------------------------------------------------------------------
 
 def _sha(obj) -> str:
@@ -210,11 +257,12 @@ def filter_id(desc: dict) -> str:
     return "f" + _sha(desc)[:12]
 
 
-def features_key(data_version: str, model: str, layer: str, step: int, spec: FeatureSpec, filt: dict) -> str:
-    """Cache key of a feature matrix (file-name safe)."""
+def features_key(data_version: str, model: str, layer: str, step: int | str, spec: FeatureSpec,
+                 filt: dict) -> str:
+    """Cache key of a feature matrix (file-name safe); `step` is a step number or ``"all"``."""
     payload = {"what": "features", "v": 1, "data_version": data_version, "model": model, "layer": layer,
-               "step": int(step), "feature": spec.to_dict(), "filter": filt}
-    return f"s{int(step)}-{spec.id}-{_sha(payload)[:16]}"
+               "step": step_token(step), "feature": spec.to_dict(), "filter": filt}
+    return f"s{step_token(step)}-{spec.id}-{_sha(payload)[:16]}"
 
 
 # -- from the store ------------------------------------------------------------------------------------------
@@ -223,12 +271,12 @@ def features_key(data_version: str, model: str, layer: str, step: int, spec: Fea
 class Features:
     """A built feature matrix and where it came from."""
 
-    sample_ids: np.ndarray  # str, (N,)
+    sample_ids: np.ndarray  # str, (N,): sample ids, or point ids ("<sample_id>@<step>") when step is "all"
     X: np.ndarray  # float32, (N, d)
     spec: FeatureSpec  # resolved (never "auto")
     stored_shape: tuple
     reduce: str
-    step: int
+    step: int | str  # the step, or "all"
     key: str
 
 
@@ -302,9 +350,12 @@ def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | 
                   run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None,
                   data_version: str | None = None, cache: bool = True) -> Features:
     """The feature matrix of the committed samples of (model, layer, step), rows in the store's order
-    (run_id, index). Cached in memory by an explicit key (data version, model, layer, step, spec, filter);
+    (run_id, index); with ``step="all"`` one row per (sample, step) point, steps stacked in order (see the
+    module docstring). Cached in memory by an explicit key (data version, model, layer, step, spec, filter);
     PCA results are also cached in the store. Raises `FeatureError` when no sample matches."""
     spec = FeatureSpec.parse(spec)
+    step = parse_step(step)
+    step = -1 if step is None else step
     run_ids = None if run_ids is None else [str(r) for r in run_ids]
     sample_ids = None if sample_ids is None else [str(s) for s in sample_ids]
     if sample_ids is not None and not sample_ids:
@@ -315,25 +366,52 @@ def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | 
     if cache and (hit := FEATURE_CACHE.get(key)) is not None:
         return hit
 
-    acts = store.activations(model, layer, step, run_ids=run_ids, sample_ids=sample_ids)
-    if len(acts.sample_ids) == 0:
+    if step == ALL_STEPS:
+        ids, matrix, shape, reduce = _stacked_steps(store, model, layer, run_ids, sample_ids)
+    else:
+        acts = store.activations(model, layer, step, run_ids=run_ids, sample_ids=sample_ids)
+        ids, matrix, shape, reduce = np.asarray(acts.sample_ids).astype(str), acts.matrix, acts.shape, acts.reduce
+        step = int(acts.step)
+    if len(ids) == 0:
         where = f"model={model!r} layer={layer!r} step={step}"
         if run_ids is not None:
             where += f" runs={run_ids}"
         if sample_ids is not None:
             where += f" and {len(sample_ids)} given sample ids"
         raise FeatureError(f"no samples match the filter ({where})")
-    resolved = resolve_spec(spec, acts.shape)
-    ids = np.asarray(acts.sample_ids).astype(str)
+    resolved = resolve_spec(spec, shape)
     X = None
     if resolved.pca is not None:
         X = _read_pca(store, model, layer, key, ids)
     if X is None:
-        X = to_features(acts.matrix, acts.shape, resolved)
+        X = to_features(matrix, shape, resolved)
         if resolved.pca is not None:
             _write_pca(store, model, layer, key, ids, X, resolved)
-    f = Features(sample_ids=ids, X=X, spec=resolved, stored_shape=tuple(acts.shape), reduce=acts.reduce,
-                 step=int(acts.step), key=key)
+    f = Features(sample_ids=ids, X=X, spec=resolved, stored_shape=tuple(shape), reduce=reduce, step=step,
+                 key=key)
     if cache:
         FEATURE_CACHE.put(f)
     return f
+
+
+def _stacked_steps(store, model, layer, run_ids, sample_ids) -> tuple[np.ndarray, np.ndarray, tuple, str]:
+    """(point ids, stacked matrix, stored shape, reduce) over every recorded step: one store read per step."""
+    steps = sorted(int(s) for s in store.steps(model, layer)["step"].unique())
+    ids, blocks, shape, reduce = [], [], None, ""
+    for s in steps:
+        try:
+            acts = store.activations(model, layer, s, run_ids=run_ids, sample_ids=sample_ids)
+        except ValueError as e:  # a step that only other runs recorded (e.g. a 1-step and a 4-step run)
+            log.debug("step %s skipped for %s/%s: %s", s, model, layer, e)
+            continue
+        if not len(acts.sample_ids):
+            continue
+        if shape is not None and tuple(acts.shape) != shape:
+            raise FeatureError(f"{model}/{layer} stores vectors of shape {shape} at one step and "
+                               f"{tuple(acts.shape)} at step {s}: they cannot share one map; project one step")
+        shape, reduce = tuple(acts.shape), acts.reduce
+        ids.append(np.char.add(np.asarray(acts.sample_ids).astype(str), f"@{s}"))
+        blocks.append(np.asarray(acts.matrix, dtype=np.float32))
+    if not blocks:
+        return np.zeros(0, str), np.zeros((0, 0), np.float32), (), ""
+    return np.concatenate(ids), np.concatenate(blocks), shape, reduce

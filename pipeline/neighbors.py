@@ -1,5 +1,8 @@
 """Nearest samples of a sample, on the map or in activation space, and how far to believe a map.
 
+In a map of all steps (``step="all"``) the rows are (sample, step) points named ``<sample_id>@<step>``:
+their neighbours are other points, which may be other steps of the same sample.
+
 Two spaces, both offered in the app:
 
 * ``map``: euclidean distance between the 2-D points of a projection (what the eye sees; the seed's choice);
@@ -267,7 +270,7 @@ def _context(store, projection_key: str, space: str, metric: str | None) -> _Con
 
 def _features_of(store, ids: np.ndarray, meta: dict) -> np.ndarray:
     """The feature rows a projection was computed from, in the projection's order (joined by sample id)."""
-    from pipeline.features import FEATURE_CACHE, FeatureSpec, load_features
+    from pipeline.features import ALL_STEPS, FEATURE_CACHE, FeatureSpec, load_features, split_point_id
 
     feats = FEATURE_CACHE.get(meta.get("features_key", ""))
     if feats is not None:
@@ -275,8 +278,11 @@ def _features_of(store, ids: np.ndarray, meta: dict) -> np.ndarray:
         rows = [pos.get(s, -1) for s in ids]
         if min(rows, default=0) >= 0:
             return feats.X[rows]
-    feats = load_features(store, meta["model"], meta["layer"], int(meta["step"]),
-                          FeatureSpec(**meta["feature_resolved"]), sample_ids=list(ids))
+    step = meta["step"] if meta["step"] == ALL_STEPS else int(meta["step"])
+    # an all-steps map names (sample, step) points: its filter is their samples
+    samples = list(dict.fromkeys(split_point_id(s)[0] for s in ids)) if step == ALL_STEPS else list(ids)
+    feats = load_features(store, meta["model"], meta["layer"], step, FeatureSpec(**meta["feature_resolved"]),
+                          sample_ids=samples)
     pos = {s: i for i, s in enumerate(feats.sample_ids)}
     missing = [s for s in ids if s not in pos]
     if missing:

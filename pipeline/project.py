@@ -1,7 +1,10 @@
 """2-D maps of activations with UMAP: cached in the store under explicit keys, and fast to change.
 
 ``Projector.project(store, model, layer, step, params)`` returns a `Projection` (sample ids, x/y, quality,
-and ``source``: how it was obtained). In order of preference:
+and ``source``: how it was obtained). ``step="all"`` (`ALL_STEPS`) maps every recorded step of the layer in
+one UMAP: its points are (sample, step) pairs with ids ``f"{sample_id}@{step}"`` (`pipeline.features.
+point_id`), so a sample can be followed across the denoising steps; caching, reuse, placement of appended
+samples, neighbours and quality work on those points as on samples. In order of preference:
 
 ``cache``
     The key (data version, model, layer, step, feature, UMAP parameters, filter; see `projection_key`) is in
@@ -61,12 +64,15 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.features import (
+    ALL_STEPS,
     FeatureError,
     Features,
     FeatureSpec,
     filter_description,
     filter_id,
     load_features,
+    parse_step,
+    step_token,
 )
 from pipeline.neighbors import exact_knn, metric_rows, to_metric_distance
 
@@ -87,6 +93,7 @@ __all__ = [
     "default_projector",
     "METRICS",
     "BACKENDS",
+    "ALL_STEPS",
 ]
 
 # Set before numba is first imported (numba reads it then); see _prepare_numba for an already imported numba.
@@ -191,16 +198,16 @@ def _digest(payload: dict) -> str:
 
 def _payload(data_version, model, layer, step, params: ProjectionParams, filter_id_: str) -> dict:
     return {"what": "projection", "v": KEY_VERSION, "data_version": str(data_version), "model": str(model),
-            "layer": str(layer), "step": int(step), "filter": str(filter_id_), **params.to_dict()}
+            "layer": str(layer), "step": step_token(step), "filter": str(filter_id_), **params.to_dict()}
 
 
-def projection_key(data_version: str, model: str, layer: str, step: int, params: ProjectionParams,
+def projection_key(data_version: str, model: str, layer: str, step: int | str, params: ProjectionParams,
                    filter_id_: str = "all") -> str:
-    """Cache key of a projection: a readable prefix (step, feature, UMAP parameters) and a short hash of the
-    canonical JSON of exactly these inputs (model and layer are also the folder of the file)."""
+    """Cache key of a projection: a readable prefix (step or ``sall``, feature, UMAP parameters) and a short
+    hash of the canonical JSON of exactly these inputs (model and layer are also the folder of the file)."""
     p = params
     seed = "none" if p.seed is None else p.seed
-    prefix = (f"s{int(step)}-{p.feature.id}-nn{p.n_neighbors}-md{p.min_dist:g}-{p.metric}-seed{seed}-"
+    prefix = (f"s{step_token(step)}-{p.feature.id}-nn{p.n_neighbors}-md{p.min_dist:g}-{p.metric}-seed{seed}-"
               f"{p.backend}")
     return f"{prefix}-{_digest(_payload(data_version, model, layer, step, params, filter_id_))[:16]}"
 
@@ -221,16 +228,17 @@ def _family_id(data_version, model, layer, step, params, filter_id_) -> str:
 
 def _knn_key(data_version, model, layer, step, spec: FeatureSpec, metric, seed, filter_id_) -> str:
     payload = {"what": "knn", "v": KEY_VERSION, "data_version": data_version, "model": model, "layer": layer,
-               "step": int(step), "feature": spec.to_dict(), "metric": metric, "seed": seed,
+               "step": step_token(step), "feature": spec.to_dict(), "metric": metric, "seed": seed,
                "filter": filter_id_}
-    return f"s{int(step)}-{spec.id}-{metric}-{_digest(payload)[:16]}"
+    return f"s{step_token(step)}-{spec.id}-{metric}-{_digest(payload)[:16]}"
 
 
 # -- results -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Projection:
-    """A 2-D map: row i of ``xy`` is sample ``sample_ids[i]``."""
+    """A 2-D map: row i of ``xy`` is sample ``sample_ids[i]`` (a point id ``<sample_id>@<step>`` when
+    ``step == "all"``)."""
 
     sample_ids: np.ndarray  # str, (N,)
     xy: np.ndarray  # float32, (N, 2)
@@ -240,7 +248,7 @@ class Projection:
     source: str  # cache | fit | warm | transform
     model: str = ""
     layer: str = ""
-    step: int = 0
+    step: int | str = 0  # the step, or "all"
     data_version: str = ""
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)  # everything stored beside the coordinates
@@ -509,12 +517,13 @@ class Projector:
 
     # -- public ----------------------------------------------------------------------------------------------
 
-    def project(self, store, model: str, layer: str, step: int | None = None,
+    def project(self, store, model: str, layer: str, step: int | str | None = None,
                 params: ProjectionParams | Mapping | None = None, run_ids: Iterable[str] | None = None,
                 sample_ids: Iterable[str] | None = None, progress: Progress | None = None, refit: bool = False,
                 force: bool | None = None) -> Projection:
         """The map of (model, layer, step) for the samples of `run_ids` (None: all) and `sample_ids` (None:
-        all); see the module docstring for how it is obtained. `refit` (alias `force`, as the app calls it)
+        all); see the module docstring for how it is obtained. `step`: a step number (negative: from the
+        last), None (the last) or ``"all"`` (every step, one point per sample and step). `refit` (alias `force`, as the app calls it)
         recomputes from scratch: no cache, no transform, no warm start. Raises `ProjectionError`."""
         t0 = time.perf_counter()
         params = ProjectionParams.coerce(params)
@@ -549,9 +558,15 @@ class Projector:
 
     # -- steps -----------------------------------------------------------------------------------------------
 
-    def _resolve_step(self, store, model, layer, step) -> int:
-        if step is not None and int(step) >= 0:
-            return int(step)
+    def _resolve_step(self, store, model, layer, step) -> int | str:
+        try:
+            step = parse_step(step)
+        except FeatureError as e:
+            raise ProjectionError(str(e)) from None
+        if step == ALL_STEPS:
+            return ALL_STEPS
+        if step is not None and step >= 0:
+            return step
         steps = store.steps(model, layer) if model in store.models() else pd.DataFrame({"step": []})
         if not len(steps):
             self._validate_target(store, model, layer)
@@ -633,7 +648,7 @@ class Projector:
                               knn_indices=None if knn is None else knn[0])
         seconds = time.perf_counter() - t0
         meta = {
-            "model": model, "layer": layer, "step": int(step), "data_version": version, "filter": filt,
+            "model": model, "layer": layer, "step": step_token(step), "data_version": version, "filter": filt,
             "params": params.to_dict(), "feature_resolved": feats.spec.to_dict(), "features_key": feats.key,
             "stored_shape": list(feats.stored_shape), "reduce": feats.reduce, "n": n, "key": key,
             "source": source, "quality": quality, "seconds": round(seconds, 3),
@@ -641,7 +656,7 @@ class Projector:
             **meta,
         }
         proj = Projection(sample_ids=feats.sample_ids, xy=xy, params=params, key=key, quality=quality,
-                          source=source, model=model, layer=layer, step=int(step), data_version=version,
+                          source=source, model=model, layer=layer, step=step_token(step), data_version=version,
                           seconds=seconds, meta=meta)
         report(0.97, "saving")
         store.write_projection(key, proj.frame(), meta)
@@ -746,7 +761,7 @@ def _from_stored(key: str, frame: pd.DataFrame, meta: dict) -> Projection:
     ids = frame["sample_id"].to_numpy(dtype=object)
     return Projection(sample_ids=ids, xy=xy, params=params, key=key,
                       quality=dict(meta.get("quality") or {}), source="cache", model=meta["model"],
-                      layer=meta["layer"], step=int(meta["step"]), data_version=str(meta.get("data_version", "")),
+                      layer=meta["layer"], step=step_token(meta["step"]), data_version=str(meta.get("data_version", "")),
                       meta=meta)
 
 

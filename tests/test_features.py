@@ -202,3 +202,35 @@ def test_features_key_changes_with_every_input():
     # a filter is a set: order and duplicates do not matter
     assert F.filter_description(["b", "a", "a"], ["y", "x"]) == F.filter_description(["a", "b"], ["x", "y"])
     assert F.filter_id(F.filter_description()) == "all"
+
+
+# -- every step in one matrix ----------------------------------------------------------------------------------
+
+def test_point_ids_and_steps_parse():
+    assert F.point_id("r1-00000007", 3) == "r1-00000007@3"
+    assert F.split_point_id("r1-00000007@3") == ("r1-00000007", 3)
+    assert F.split_point_id("r1-00000007") == ("r1-00000007", None)
+    assert F.split_point_id("run@x-00000001") == ("run@x-00000001", None)  # no step after the last @
+    assert [F.parse_step(v) for v in (None, 2, -1, "3", " ALL ", "all")] == [None, 2, -1, 3, "all", "all"]
+    for bad in ("every", 1.5, True, "2.0"):
+        with pytest.raises(FeatureError, match="'all'"):
+            F.parse_step(bad)
+
+
+def test_all_steps_stack_every_step_as_points(store):
+    f = F.load_features(store, "demo", "mid", "all", "full", run_ids=["r2"])
+    assert f.step == "all" and f.X.shape == (2 * 40, 32) and f.key.startswith("sall-full-")
+    assert list(f.sample_ids[:2]) == ["r2-00000000@0", "r2-00000001@0"]
+    assert f.sample_ids[40] == "r2-00000000@1" and f.sample_ids[-1] == "r2-00000039@1"
+    for step in range(STEPS):  # the rows of each step are that step's matrix, in the store's order
+        ids, X = F.build_features(store, "demo", "mid", step, "full", run_ids=["r2"])
+        rows = slice(step * 40, (step + 1) * 40)
+        assert [F.split_point_id(p) for p in f.sample_ids[rows]] == [(s, step) for s in ids]
+        np.testing.assert_array_equal(f.X[rows], X)
+    # a sample filter keeps every step of those samples; PCA is fitted on all points together
+    g = F.load_features(store, "demo", "mid", "all", FeatureSpec("full", pca=4),
+                        sample_ids=["r1-00000002", "r1-00000009"])
+    assert list(g.sample_ids) == ["r1-00000002@0", "r1-00000009@0", "r1-00000002@1", "r1-00000009@1"]
+    assert g.X.shape == (4, 4)
+    assert F.features_key("v", "demo", "mid", "all", FeatureSpec("mean"), {}) != \
+        F.features_key("v", "demo", "mid", 0, FeatureSpec("mean"), {})

@@ -360,3 +360,67 @@ def test_warmup_compiles_the_small_paths():
     timings = P.warmup(nndescent=False)
     assert {"knn_exact", "layout", "warm_layout", "place", "quality"} <= set(timings)
     assert "knn_nndescent" not in timings
+
+
+# -- every step in one map -----------------------------------------------------------------------------------
+
+def test_all_steps_map_points_are_samples_at_steps(store, fitted):
+    from pipeline import neighbors
+
+    projector, single = fitted
+    proj = projector.project(store, "demo", "mid", "all", PARAMS)
+    assert proj.step == "all" and proj.key.startswith("sall-full-nn10-") and len(proj) == 2 * N
+    steps = np.array([int(s.rsplit("@", 1)[1]) for s in proj.sample_ids])
+    assert (np.bincount(steps) == N).all()
+    samples = [s.rsplit("@", 1)[0] for s in proj.sample_ids]
+    assert sorted(set(samples)) == sorted(single.sample_ids)
+    # the classes stay apart across steps (both steps are clustered by class)
+    labels = class_of(samples)
+    every = np.arange(2 * N)
+    assert map_accuracy(proj.xy, labels, every[every % 3 != 0], every[every % 3 == 0]) > 0.9
+    frame, meta = store.read_projection(proj.key)
+    assert meta["step"] == "all" and len(frame) == 2 * N and frame["sample_id"].iloc[0] == "r1-00000000@0"
+    fresh = Projector().project(store, "demo", "mid", "ALL", PARAMS)  # another process: the store's cache
+    assert fresh.source == "cache" and fresh.key == proj.key and fresh.step == "all"
+    # neighbours of a point are (sample, step) points, in either space
+    for space in ("map", "activation"):
+        ids, dist = neighbors.neighbors(store, proj.key, "r1-00000004@1", 6, space=space)
+        assert len(ids) == 6 and all("@" in s for s in ids) and "r1-00000004@1" not in ids
+        assert dist == sorted(dist)
+    ids, _ = neighbors.neighbors(store, proj.key, "r1-00000004@1", 6, space="activation")
+    assert all(class_of([s.rsplit("@", 1)[0]])[0] == 0 for s in ids)  # class 0 like sample 4
+    with pytest.raises(ProjectionError, match="'all'"):
+        projector.project(store, "demo", "mid", "every", PARAMS)
+
+
+def test_all_steps_reuse_knn_warm_start_and_place_appended(tmp_path, monkeypatch):
+    write_clustered_run(tmp_path, range(120))
+    st = Store(tmp_path)
+    projector = Projector()
+    first = projector.project(st, "demo", "enc", "all", PARAMS)
+    monkeypatch.setattr(P, "compute_knn", Spy(None, fail="kNN recomputed for a min_dist change"))
+    warm = projector.project(st, "demo", "enc", "all", ProjectionParams.coerce(PARAMS, min_dist=0.5))
+    assert warm.source == "warm" and warm.meta["warm_from"] == first.key
+    monkeypatch.undo()
+    write_clustered_run(tmp_path, range(120, 150))  # 30 new samples: 60 new points
+    monkeypatch.setattr(P, "umap_layout", Spy(None, fail="refit although the new points could be placed"))
+    placed = Projector().project(st, "demo", "enc", "all", PARAMS)
+    assert placed.source == "transform" and placed.meta["placed"] == 60 and len(placed) == 300
+    pos = {s: i for i, s in enumerate(placed.sample_ids)}
+    np.testing.assert_array_equal(placed.xy[[pos[s] for s in first.sample_ids]], first.xy)
+    assert {"r1-00000149@0", "r1-00000149@1"} <= set(pos)
+
+
+def test_cli_step_all(store, capsys):
+    from pipeline.commands import project as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    argv = ["--store", str(store.root), "--model", "demo", "--layer", "enc", "--step", "all", "--feature", "mean",
+            "--n-neighbors", "8", "--quiet"]
+    assert cmd.run(parser.parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    assert "key: sall-mean-nn8-" in out and f"samples: {2 * N:,}" in out and "step: all" in out
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv[:6], "--step", "every"])
+    assert "'all'" in capsys.readouterr().err

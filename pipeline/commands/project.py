@@ -13,13 +13,24 @@ import time
 from pipeline.features import FEATURE_KINDS
 
 
+def _step(text: str) -> int | str:
+    from pipeline.features import FeatureError, parse_step
+
+    try:
+        return parse_step(text)
+    except FeatureError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from pipeline.project import BACKENDS, METRICS
 
     p.add_argument("--store", default="data", help="store folder (default: ./data)")
     p.add_argument("--model", required=True, help="model key in the store, e.g. demo")
     p.add_argument("--layer", required=True, help="layer name, e.g. midblock")
-    p.add_argument("--step", type=int, default=None, help="sampling step (default: the last recorded; -1 = last)")
+    p.add_argument("--step", type=_step, default=None,
+                   help="sampling step (default: the last recorded; -1 = last), or 'all': every step in one map, "
+                        "one point per (sample, step), ids '<sample_id>@<step>'")
     p.add_argument("--run", dest="runs", action="append", metavar="RUN", help="only this run (repeatable)")
     p.add_argument("--feature", default="auto", choices=[*FEATURE_KINDS, "pca"],
                    help="auto (by layer size), mean (channel means), full (stored map), pca (full map, PCA 50)")
