@@ -310,12 +310,12 @@ def request_projection(path: str, settings, sample_ids: list[str] | None, refit:
 
 
 @st.cache_resource(show_spinner=False, max_entries=24)
-def _view(job_key: tuple, _job: Job, _path: str, model: str, layer: str, step: int) -> views.View:
+def _view(job_key: tuple, _job: Job, _path: str, model: str, layer: str, step: int | str) -> views.View:
     proj = _job.result
     samples = model_samples(_path, model)
     steps = model_steps(_path, model, layer)
-    row = steps[steps["step"] == step]
-    info = {"step": int(step)}
+    row = steps[steps["step"] == step] if step != views.ALL_STEPS else steps.iloc[:0]
+    info = {"step": step if step == views.ALL_STEPS else int(step)}
     if len(row):
         info["sigma"] = None if pd.isna(row["sigma"].iloc[0]) else float(row["sigma"].iloc[0])
         info["timestep"] = None if pd.isna(row["timestep"].iloc[0]) else float(row["timestep"].iloc[0])
@@ -323,7 +323,7 @@ def _view(job_key: tuple, _job: Job, _path: str, model: str, layer: str, step: i
                            model=model, layer=layer, step=step, sample_ids=proj.sample_ids, xy=proj.xy,
                            samples=samples, quality=dict(proj.quality or {}), source=str(proj.source),
                            step_info=info, extra_key=str(job_key), feature=_feature_label(proj),
-                           seconds=getattr(proj, "seconds", None))
+                           seconds=getattr(proj, "seconds", None), steps=steps)
     views.write_view_files(view)
     return view
 
@@ -415,6 +415,16 @@ class Neighbours:
     knn_distances: list[float]
     manual: list[str]
     manual_distances: list[float]
+
+
+def trajectory(view: views.View, point: str | None) -> dict | None:
+    """What the map draws for the selected point of an all-steps view: its sample's points in step order
+    (``ids``) and their step numbers (``labels``); None elsewhere."""
+    ids = view.trajectory(point)
+    if not ids:
+        return None
+    steps = view.frame["step"].to_numpy()
+    return {"ids": ids, "labels": [str(int(steps[view.position[p]])) for p in ids]}
 
 
 def neighbours_of(path: str, view: views.View, settings, selection) -> Neighbours:

@@ -7,6 +7,8 @@ and the export run in one fragment: a click on the map reruns just that fragment
 from __future__ import annotations
 
 import hashlib
+from collections import ChainMap
+from dataclasses import replace
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -35,7 +37,9 @@ def _init(key: str, value, valid=None) -> None:
 def _step_label(steps: pd.DataFrame):
     info = {int(r.step): r for r in steps.itertuples()}
 
-    def fmt(step: int) -> str:
+    def fmt(step: int | str) -> str:
+        if step == state.ALL_STEPS:
+            return "all steps"
         r = info.get(int(step))
         if r is None:
             return str(step)
@@ -73,14 +77,25 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     layer = sb.selectbox("Layer", layers, key="w_layer")
 
     steps = data.model_steps(path, model, layer)
-    step_values = [int(s) for s in steps["step"]] or [0]
-    default_step = view.step if view.step in step_values else step_values[-1]
+    step_values = sorted({int(s) for s in steps["step"]}) or [0]
+    if len(step_values) > 1:  # every step in one map: one point per (sample, step)
+        step_values.append(state.ALL_STEPS)
+    default_step = view.step if view.step in step_values else step_values[0 if len(step_values) == 1 else -2]
     _init("w_step", default_step, lambda v: v in step_values)
     if len(step_values) > 1:
-        step = sb.select_slider("Step", step_values, key="w_step", format_func=_step_label(steps))
+        step = sb.select_slider("Step", step_values, key="w_step", format_func=_step_label(steps),
+                                help="A denoising step, or all steps in one map (each sample once per step; "
+                                     "select a point to see its trajectory).")
     else:
         step = step_values[0]
         sb.caption(_step_label(steps)(step))
+    all_steps = step == state.ALL_STEPS
+    if view.model is not None and all_steps != (view.step == state.ALL_STEPS):
+        # into all steps: colour by step (what such a map is for); back: step colouring no longer applies
+        if all_steps:
+            st.session_state["w_color"] = "step"
+        elif st.session_state.get("w_color") == "step":
+            st.session_state["w_color"] = "label"
 
     with sb.form("projection", border=True):
         st.markdown("**Projection**")
@@ -102,7 +117,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     if recompute and (feature, nn, md, metric) == (view.feature, view.n_neighbors, view.min_dist, view.metric) \
             and (model, layer, step) == (view.model, view.layer, view.step):
         # a refit of exactly this projection (the counter is part of the job key: one refit per press)
-        target = _refit_target(model, tuple(runs), layer, int(step), feature, int(nn), float(md), metric)
+        target = _refit_target(model, tuple(runs), layer, step, feature, int(nn), float(md), metric)
         _, count = st.session_state.get(REFIT, (None, 0))
         st.session_state[REFIT] = (target, count + 1)
     if not recompute and view.model is not None:
@@ -111,7 +126,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
 
     sb.subheader("Colour and filter")
     samples = data.model_samples(path, model)
-    options = color_options(path, model, samples)
+    options = color_options(path, model, samples, all_steps=all_steps)
     _init("w_color", view.color_by if view.color_by in options else "label", lambda v: v in options)
     color_by = sb.selectbox("Colour by", list(options), key="w_color",
                             format_func=lambda k: views.COLORING_TITLES.get(k, k))
@@ -145,7 +160,8 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     _init("w_psize", view.point_size)
     point_size = sb.slider("Point size", 2.0, 12.0, step=0.5, key="w_psize")
 
-    new = ViewSettings(model=model, runs=tuple(runs), layer=layer, step=int(step), feature=feature,
+    new = ViewSettings(model=model, runs=tuple(runs), layer=layer, step=step if all_steps else int(step),
+                       feature=feature,
                        n_neighbors=int(nn), min_dist=float(md), metric=metric, color_by=color_by,
                        n_clusters=int(n_clusters), classes=tuple(classes), keyword=keyword.strip(),
                        filter_mode=filter_mode, k=int(k), space=space, point_size=float(point_size))
@@ -178,9 +194,12 @@ def _label_order(samples: pd.DataFrame) -> list[str]:
     return sorted(samples["label"].dropna().astype(str).unique().tolist())
 
 
-def color_options(path: str, model: str, samples: pd.DataFrame) -> dict[str, str]:
-    """Colourings offered for a model, judged on its metadata (the same for every layer and step)."""
+def color_options(path: str, model: str, samples: pd.DataFrame, all_steps: bool = False) -> dict[str, str]:
+    """Colourings offered for a model, judged on its metadata (the same for every layer and step); colour by
+    step only where the view holds several steps."""
     opts = {"label": "label"}
+    if all_steps:
+        opts["step"] = "step"
     if samples["category"].notna().any() and not samples["category"].equals(samples["label"]):
         opts["category"] = "category"
     if data.has_text_embeddings(path, model):
@@ -301,6 +320,11 @@ def main() -> None:
 @st.fragment
 def body(path: str, view: views.View, settings: ViewSettings) -> None:
     sel = state.get_selection()
+    if sel.selected and sel.selected not in view.position and view.locate(sel.selected):
+        # the same sample in a view of all steps (its last step) or of one step: keep it selected
+        state.put_selection(state.Selection(view.locate(sel.selected),
+                                            [m for m in map(view.locate, sel.manual) if m], []))
+        sel = state.get_selection()
     if sel.selected and sel.selected not in view.position:
         st.toast(f"{sel.selected} is not in this view: selection cleared.", icon=":material/info:")
         state.clear_selection()
@@ -315,9 +339,20 @@ def body(path: str, view: views.View, settings: ViewSettings) -> None:
         _map(view, settings, sel, neighbours, highlight)
         _caption(view, settings, highlight)
     with right:
-        _selection_panel(path, view, settings, sel, neighbours)
+        panel_view, panel_sel = _panel_args(view, sel)
+        _selection_panel(path, panel_view, settings, panel_sel, neighbours)
     _info(view)
     _share_and_export(path, view, settings, sel, neighbours)
+
+
+def _panel_args(view: views.View, sel: state.Selection) -> tuple[views.View, state.Selection]:
+    """The selection panel shows a *sample* (its image, its files in the store): in an all-steps view it gets
+    the selected point's plain sample id, which its view resolves to the selected point's row."""
+    if not view.all_steps or not sel.selected:
+        return view, sel
+    row = view.position[sel.selected]
+    sample = str(view.frame["sample_id"].iat[row])
+    return replace(view, position=ChainMap({sample: row}, view.position)), replace(sel, selected=sample)
 
 
 def _highlight(view: views.View) -> list[str] | None:
@@ -325,14 +360,16 @@ def _highlight(view: views.View) -> list[str] | None:
     filt = st.session_state.get("dmd.filter_highlight")
     if url_ids is not None and filt is not None:
         keep = set(filt)
-        return [s for s in url_ids if s in keep]
-    return url_ids if url_ids is not None else filt
+        url_ids = [s for s in url_ids if s in keep]
+    ids = url_ids if url_ids is not None else filt
+    # searches and filters name samples: in a view of all steps, each stands for all its points
+    return view.expand(ids) if ids is not None and view.all_steps else ids
 
 
 def _map(view, settings, sel, neighbours, highlight) -> None:
     resolved = data.resolve(state.store_path())
     color_file = data.color_file_for(state.store_path(), view, settings)
-    data.thumb_export(resolved).request_once(view.key, view.sample_ids.tolist())
+    data.thumb_export(resolved).request_once(view.key, view.samples())
     scatter_map(
         plotly_url=static_files.plotly_js_url(),
         points_url=static_files.view_url(view.store_key, view.points_file),
@@ -343,10 +380,11 @@ def _map(view, settings, sel, neighbours, highlight) -> None:
         selected=sel.selected,
         knn=neighbours.knn if neighbours else [],
         manual=sel.manual,
+        trajectory=data.trajectory(view, sel.selected),
         highlight=highlight,
         height=MAP_HEIGHT,
         point_size=settings.point_size,
-        filename=f"map-{view.model}-{view.layer}-step{view.step}",
+        filename=f"map-{view.model}-{view.layer}-{_step_name(view)}",
         png_nonce=st.session_state.get(PNG_NONCE, 0),
         key=MAP_KEY,
         on_click=_on_map_click,
@@ -354,8 +392,16 @@ def _map(view, settings, sel, neighbours, highlight) -> None:
     )
 
 
+def _step_name(view) -> str:
+    return "all-steps" if view.all_steps else f"step{view.step}"
+
+
 def _caption(view, settings, highlight) -> None:
-    bits = [f"{len(view):,} samples", f"step {view.step}"]
+    if view.all_steps:
+        n_samples, n_steps = len(view.samples()), view.frame["step"].nunique()
+        bits = [f"{len(view):,} points ({n_samples:,} samples × up to {n_steps} steps)", "all steps"]
+    else:
+        bits = [f"{len(view):,} samples", f"step {view.step}"]
     if view.step_info.get("sigma") is not None and pd.notna(view.step_info.get("sigma")):
         bits.append(f"σ {float(view.step_info['sigma']):.3g}")
     feature = settings.feature if not view.feature or view.feature == settings.feature \
@@ -367,11 +413,13 @@ def _caption(view, settings, highlight) -> None:
                  "transform": f"new samples placed{took}"}.get(view.source, view.source))
     if highlight is not None:
         bits.append(f"**{len(highlight):,} highlighted**")
-    st.caption(" · ".join(bits) + "  \nHover for a preview · click to select · while selected, click "
-               "others to add/remove neighbours · lasso/box (toolbar) selects a set · double-click resets zoom")
+    trajectory = " (its trajectory over the steps is drawn)" if view.all_steps else ""
+    st.caption(" · ".join(bits) + f"  \nHover for a preview · click to select{trajectory} · while selected, "
+               "click others to add/remove neighbours · lasso/box (toolbar) selects a set · double-click resets "
+               "zoom")
     if st.session_state.get(state.HIGHLIGHT) is not None:
         ids = st.session_state[state.HIGHLIGHT]
-        n, here = len(ids), sum(1 for s in ids if s in view.position)
+        n, here = len(ids), sum(1 for s in ids if view.locate(s) is not None)
         where = "" if here == n else f" ({here:,} of them in this view)"
         c1, c2 = st.columns([4, 1])
         c1.info(f"Highlighting {n:,} samples from a search link{where}." if n else
@@ -432,10 +480,14 @@ def _neighbour_list(path, view, settings, nb) -> None:
     if not rows:
         st.caption("No neighbours: press Find neighbours.")
         return
-    urls = data.thumb_urls(path, [s for s, _, _ in rows])
+    # thumbnails are per sample: a point of an all-steps view shows its sample's
+    urls = data.thumb_urls(path, [view.frame["sample_id"].iat[view.position[s]] if s in view.position else s
+                                  for s, _, _ in rows])
     for (sid, dist, kind), url in zip(rows, urls, strict=True):
         r = view.frame.iloc[view.position[sid]] if sid in view.position else None
         label = r["label"] if r is not None and pd.notna(r["label"]) else sid
+        if r is not None and view.all_steps:
+            label = f"{label} · step {int(r['step'])}"
         with st.container(key=f"nb_{kind}_{sid}", border=False):
             c_img, c_txt, c_btn = st.columns([1.1, 3, 1.3], vertical_alignment="center", gap="small")
             c_img.image(url, width=56)
@@ -474,7 +526,9 @@ def _info(view: views.View) -> None:
         m2.metric("kNN overlap", f"{ov:.0%}" if isinstance(ov, (int, float)) else "–",
                   help="Mean share of a sample's map-space neighbours that are also its activation-space "
                        "neighbours.")
-        st.caption(f"{len(view):,} samples · {view.frame['run_id'].nunique()} run(s) · "
+        points = f"{len(view):,} points of {len(view.samples()):,} samples" if view.all_steps \
+            else f"{len(view):,} samples"
+        st.caption(f"{points} · {view.frame['run_id'].nunique()} run(s) · "
                    f"{view.frame['label'].nunique():,} labels · projection `{view.projection_key[:16]}`")
         if q.get("sample") and q.get("k"):
             st.caption(f"Quality measured on {int(q['sample']):,} samples with k = {int(q['k'])}.")
@@ -487,6 +541,19 @@ def share_url() -> str:
     base = st.context.url or ""
     params = {k: st.query_params.get(k) for k in st.query_params}
     return base + ("?" + urlencode(params) if params else "")
+
+
+def _one_per_sample(view, ids: list[str]) -> list[str]:
+    """The first point of each sample among ``ids``: a sample's points at several steps share one image."""
+    if not view.all_steps:
+        return ids
+    seen, out = set(), []
+    for s in ids:
+        sample = view.frame["sample_id"].iat[view.position[s]]
+        if sample not in seen:
+            seen.add(sample)
+            out.append(s)
+    return out
 
 
 def _share_and_export(path, view, settings, sel, nb) -> None:
@@ -503,7 +570,8 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
     else:
         chosen, what = view.sample_ids.tolist(), f"the whole view ({len(view):,} samples)"
     st.caption(f"Export: {what}.")
-    name = f"{view.model}-{view.layer}-step{view.step}"
+    name = f"{view.model}-{view.layer}-{_step_name(view)}"
+    zip_ids = _one_per_sample(view, chosen)
     digest = hashlib.sha1("|".join(chosen).encode()).hexdigest()[:8]
     c = st.columns(5)
     c[0].download_button("CSV", data=lambda: exports.selection_csv(view, chosen), file_name=f"{name}.csv",
@@ -511,10 +579,10 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
     c[1].download_button("Parquet", data=lambda: exports.selection_parquet(view, chosen),
                          file_name=f"{name}.parquet", mime="application/octet-stream",
                          icon=":material/database:", key=f"dl_pq_{digest}", width="stretch")
-    c[2].download_button("Images (ZIP)", data=lambda: exports.images_zip(data.open_store(path), view, chosen),
+    c[2].download_button("Images (ZIP)", data=lambda: exports.images_zip(data.open_store(path), view, zip_ids),
                          file_name=f"{name}-images.zip", mime="application/zip", icon=":material/photo_library:",
                          key=f"dl_zip_{digest}", width="stretch",
-                         disabled=len(chosen) > exports.MAX_ZIP_IMAGES,
+                         disabled=len(zip_ids) > exports.MAX_ZIP_IMAGES,
                          help=f"At most {exports.MAX_ZIP_IMAGES:,} images; select fewer with the lasso.")
     c[3].download_button("Map (HTML)", data=lambda: exports.map_html(view, data.coloring_for(path, view, settings)),
                          file_name=f"{name}.html", mime="text/html", icon=":material/language:",

@@ -34,6 +34,7 @@ FILTER_MODES = ("highlight", "project")
 N_NEIGHBORS_RANGE = (5, 100)
 MIN_DIST_RANGE = (0.0, 1.0)
 K_RANGE = (1, 20)
+ALL_STEPS = "all"  # the step choice that maps every step at once (pipeline.features.ALL_STEPS)
 
 
 def default_store_path() -> str:
@@ -68,7 +69,7 @@ class ViewSettings:
     model: str | None = None
     runs: tuple[str, ...] = ()  # empty: all runs of the model
     layer: str | None = None
-    step: int | None = None
+    step: int | str | None = None  # a step number, or ALL_STEPS
     feature: str = "auto"
     n_neighbors: int = 15
     min_dist: float = 0.1
@@ -134,7 +135,7 @@ def view_from_params(params: dict[str, str]) -> ViewSettings:
             if isinstance(default, tuple):
                 values[f.name] = tuple(p for p in raw.split(_LIST_SEP) if p)
             elif f.name == "step":
-                values[f.name] = int(raw)
+                values[f.name] = ALL_STEPS if raw.strip().lower() == ALL_STEPS else int(raw)
             elif isinstance(default, bool):
                 values[f.name] = raw in ("1", "true")
             elif isinstance(default, int):

@@ -1,6 +1,9 @@
 """A projected view as the browser needs it: point, colour and per-point text files under app/static/views/.
 
 A ``View`` is one projection (model, layer, step, parameters, filter) joined to its samples' metadata.
+A view of every step (``step == "all"``) has one point per (sample, step): its ids are point ids
+``<sample_id>@<step>`` (``pipeline.features.point_id``), its frame's ``sample_id`` column holds the plain sample
+id and ``step``, ``sigma`` and ``timestep`` columns say which step each point is.
 Its files are written once per view key (atomically; a second session finds them in place):
 
 * ``<key>.points.json``: ``ids``, ``x``, ``y`` (what the figure needs, nothing else);
@@ -29,6 +32,22 @@ PALETTE = (
 )
 MISSING_COLOR = "#9aa0a6"
 MAX_CATEGORIES_NAMED = 2000  # beyond this many distinct values a column is not offered as a colouring
+ALL_STEPS = "all"
+STEP_CATEGORIES_MAX = 24  # up to this many steps, colour by step is categorical (a legend that hides steps)
+# viridis at 0, 1/4, ..., 1: an ordered scale for steps (dark = first/noisiest, yellow = last)
+_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+
+
+def sequential(n: int) -> list[str]:
+    """``n`` colours along viridis, first to last (ordered values such as steps)."""
+    out = []
+    for i in range(n):
+        t = (i / (n - 1) if n > 1 else 1.0) * (len(_VIRIDIS) - 1)
+        j = min(int(t), len(_VIRIDIS) - 2)
+        a, b = np.array(_VIRIDIS[j]), np.array(_VIRIDIS[j + 1])
+        r, g, bl = (a + (b - a) * (t - j)).round().astype(int)
+        out.append(f"#{r:02x}{g:02x}{bl:02x}")
+    return out
 
 
 def palette(n: int) -> list[str]:
@@ -53,6 +72,7 @@ class Coloring:
     kind: str
     values: pd.Series = field(repr=False)  # aligned with the view's rows
     order: tuple | None = None  # category order (default: by first appearance sorted)
+    colors: tuple | None = None  # one colour per entry of ``order`` (default: the palette)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +113,61 @@ class View:
     def rows(self, sample_ids) -> list[int]:
         return [self.position[s] for s in sample_ids if s in self.position]
 
+    @property
+    def all_steps(self) -> bool:
+        """One point per (sample, step) rather than one per sample."""
+        return self.step == ALL_STEPS
+
+    def samples(self) -> list[str]:
+        """The distinct sample ids of the view, in order (its point ids when one point is one sample)."""
+        if not self.all_steps:
+            return self.sample_ids.tolist()
+        return pd.unique(self.frame["sample_id"]).tolist()
+
+    def _points_of(self) -> dict:
+        """sample id -> its rows ordered by step (all-steps views), computed once."""
+        if "points_of" not in self._memo:
+            order = np.lexsort((self.frame["step"].to_numpy(), self.frame["sample_id"].to_numpy()))
+            ids = self.frame["sample_id"].to_numpy()[order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            self._memo["points_of"] = {ids[a]: order[a:b] for a, b in zip(starts, np.r_[starts[1:], len(ids)],
+                                                                           strict=True)}
+        return self._memo["points_of"]
+
+    def expand(self, ids) -> list[str]:
+        """Ids of this view for sample or point ids: a sample id stands for all its points in an all-steps
+        view; ids not in the view are dropped."""
+        if not self.all_steps:
+            return [s for s in ids if s in self.position]
+        points = self._points_of()
+        out = []
+        for s in ids:
+            if s in self.position:
+                out.append(s)
+            elif s in points:
+                out.extend(self.sample_ids[points[s]].tolist())
+        return out
+
+    def locate(self, some_id: str | None) -> str | None:
+        """The id in this view that stands for a sample or point id of another view (None if none): a sample
+        becomes its point at the last step; a point becomes its sample when this view has one step."""
+        if some_id is None or some_id in self.position:
+            return some_id
+        head, sep, tail = str(some_id).rpartition("@")
+        if self.all_steps:
+            rows = self._points_of().get(some_id)
+            return None if rows is None else str(self.sample_ids[rows[-1]])
+        if sep and tail.isdigit() and head in self.position:
+            return head
+        return None
+
+    def trajectory(self, point: str | None) -> list[str]:
+        """The points of ``point``'s sample at every step, in step order ([] outside all-steps views)."""
+        if not self.all_steps or point not in self.position:
+            return []
+        sample = self.frame["sample_id"].iat[self.position[point]]
+        return self.sample_ids[self._points_of()[sample]].tolist()
+
     def counts(self, column: str) -> pd.Series:
         """Samples per value of a metadata column (missing values as "(none)"), largest first; computed once."""
         key = ("counts", column)
@@ -106,17 +181,30 @@ def view_key(projection_key: str, extra: str = "") -> str:
     return hashlib.sha1(f"{projection_key}|{extra}".encode()).hexdigest()[:20]
 
 
-def make_view(*, store_key: str, projection_key: str, model: str, layer: str, step: int | None,
+def make_view(*, store_key: str, projection_key: str, model: str, layer: str, step: int | str | None,
               sample_ids, xy, samples: pd.DataFrame, quality: dict | None, source: str,
               step_info: dict | None = None, extra_key: str = "", feature: str = "",
-              seconds: float | None = None) -> View:
-    """Join a projection to its samples' metadata (rows missing from ``samples`` are dropped)."""
+              seconds: float | None = None, steps: pd.DataFrame | None = None) -> View:
+    """Join a projection to its samples' metadata (rows missing from ``samples`` are dropped). For a map of
+    every step (``step="all"``, point ids ``<sample_id>@<step>``), ``steps`` (step, sigma, timestep) gives
+    each point's sigma and timestep."""
     ids = np.asarray(sample_ids).astype(str)
     xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
     meta = samples.set_index("sample_id", drop=False)
-    keep = pd.Index(ids).isin(meta.index)  # hashed: np.isin on strings is quadratic
+    if step == ALL_STEPS:
+        split = pd.Series(ids).str.rsplit("@", n=1, expand=True)
+        bare, point_steps = split[0].to_numpy(), pd.to_numeric(split[1], errors="coerce")
+    else:
+        bare, point_steps = ids, None
+    keep = pd.Index(bare).isin(meta.index)  # hashed: np.isin on strings is quadratic
     ids, xy = ids[keep], xy[keep]
-    frame = meta.loc[ids].reset_index(drop=True)
+    frame = meta.loc[bare[keep]].reset_index(drop=True)
+    if point_steps is not None:
+        frame["step"] = point_steps[keep].to_numpy().astype("int64")
+        first = (steps if steps is not None else pd.DataFrame({"step": []})).drop_duplicates("step")
+        for col in ("sigma", "timestep"):
+            values = first.set_index("step")[col] if col in first else pd.Series(dtype="float64")
+            frame[col] = frame["step"].map(values).astype("float64")
     return View(
         key=view_key(projection_key, extra_key), store_key=store_key, projection_key=projection_key, model=model,
         layer=layer, step=step, sample_ids=ids, xy=xy, frame=frame, quality=dict(quality or {}), source=source,
@@ -155,7 +243,14 @@ def hover_fields(view: View) -> dict:
     out_fields.append({"name": "index", "values": [int(i) for i in f["index"]]})
     common = [["layer", view.layer]]
     info = view.step_info
-    if info.get("step") is not None:
+    if view.all_steps:  # the step of each point, first: it is what an all-steps map is about
+        step_fields = [{"name": "step", **_coded(f["step"].astype(str))}]
+        for col in ("sigma", "timestep"):
+            if f[col].notna().any():
+                text = f[col].map(lambda v: "" if pd.isna(v) else f"{float(v):.4g}")
+                step_fields.append({"name": col, **_coded(text)})
+        out_fields = step_fields + out_fields
+    elif info.get("step") is not None:
         common.append(["step", str(info["step"])])
     if info.get("sigma") is not None and not pd.isna(info["sigma"]):
         common.append(["sigma", f"{float(info['sigma']):.4g}"])
@@ -192,7 +287,7 @@ def color_payload(coloring: Coloring) -> dict:
     code_of = {v: i for i, v in enumerate(order)}
     codes = labels.map(code_of).to_numpy()
     counts = np.bincount(codes, minlength=len(order)).tolist()
-    colors = palette(len(order))
+    colors = list(coloring.colors) if coloring.colors and len(coloring.colors) == len(order) else palette(len(order))
     if "(none)" in code_of:
         colors[code_of["(none)"]] = MISSING_COLOR
     return {"kind": "category", "title": coloring.title, "codes": codes.tolist(), "names": order,
@@ -235,12 +330,25 @@ def colorings(view: View, clusters: tuple[pd.Series, str] | None = None) -> dict
         out["cluster"] = Coloring(f"cluster-{short}", "prompt cluster", "category", aligned, order)
     if f["run_id"].nunique() > 1:
         out["run"] = Coloring("run", "run", "category", f["run_id"])
-    if "step" in f.columns and f["step"].nunique() > 1:
-        out["step"] = Coloring("step", "step", "numeric", f["step"])
+    if view.all_steps and f["step"].nunique() > 1:
+        out["step"] = step_coloring(f)
     for col in ("seed", "index", "prompt_index", "num_steps", "width", "height"):
         if col in f.columns and f[col].notna().any() and f[col].nunique() > 1:
             out[col] = Coloring(col, col, "numeric", f[col])
     return out
+
+
+def step_coloring(frame: pd.DataFrame) -> Coloring:
+    """Colour by step: ordered categories "step k (σ …)" on a sequential scale, or numbers beyond
+    ``STEP_CATEGORIES_MAX`` steps."""
+    steps = sorted(int(s) for s in frame["step"].unique())
+    if len(steps) > STEP_CATEGORIES_MAX:
+        return Coloring("step", "step", "numeric", frame["step"])
+    sigma = frame.drop_duplicates("step").set_index("step")["sigma"] if "sigma" in frame else pd.Series()
+    names = {s: f"step {s}" + (f" (σ {float(sigma[s]):.3g})" if s in sigma and pd.notna(sigma[s]) else "")
+             for s in steps}
+    return Coloring("step", "step", "category", frame["step"].map(names), tuple(names[s] for s in steps),
+                    tuple(sequential(len(steps))))
 
 
 COLORING_TITLES = {

@@ -381,3 +381,100 @@ def test_a_corrupt_part_is_reported_on_the_map_page(app_env, app_store, tmp_path
     assert not at.exception
     assert any("corrupt part" in w.value for w in at.warning)
     assert len(app_env.calls) and _map_data(at)["points_url"]  # the map is still drawn, without that part
+
+
+# -- all steps in one map --------------------------------------------------------------------------------------
+
+class StepsProjector(fx.FakeProjector):
+    """The stand-in engine, also for maps of every step: the pipeline's own stacked (sample, step) features
+    (``pipeline.features.load_features(step="all")``), PCA to 2-D."""
+
+    def project(self, store, model, layer, step, params, run_ids=None, sample_ids=None, progress=None,
+                force=False):
+        if step != "all":
+            return super().project(store, model, layer, step, params, run_ids, sample_ids, progress, force)
+        import hashlib
+        from types import SimpleNamespace
+
+        import numpy as np
+
+        from pipeline.features import load_features
+
+        self.calls.append(dict(model=model, layer=layer, step=step, params=dict(params), run_ids=run_ids,
+                               sample_ids=None if sample_ids is None else list(sample_ids), force=force))
+        f = load_features(store, model, layer, "all", "full", run_ids, sample_ids, cache=False)
+        x = f.X.astype(np.float64) - f.X.mean(axis=0)
+        xy = x @ np.linalg.svd(x, full_matrices=False)[2][:2].T
+        key = hashlib.sha1(repr(("all", model, layer, sorted(params.items()), run_ids, sample_ids)).encode())
+        key = key.hexdigest()[:16]
+        self._features[key] = (f.sample_ids, f.X)
+        return SimpleNamespace(sample_ids=f.sample_ids, xy=xy.astype(np.float32), key=key,
+                               quality={"trustworthiness": 0.9, "knn_overlap": 0.4}, source="fit", step="all")
+
+
+@pytest.fixture
+def steps_env(app_env):
+    from app import data
+
+    engine = StepsProjector()
+    data.set_projector(engine)
+    return engine
+
+
+def _static_json(url: str) -> dict:
+    import json
+
+    from app import static_files
+
+    return json.loads((static_files.STATIC_DIR / url.split("/app/static/", 1)[1]).read_text())
+
+
+def test_all_steps_colours_by_step_and_draws_the_trajectory(steps_env):
+    at = app_test()
+    at.select_slider(key="w_step").set_value("all").run()
+    assert not at.exception
+    assert steps_env.calls[-1]["step"] == "all" and at.query_params["step"] == "all"
+    assert at.selectbox(key="w_color").value == "step"  # the default colouring of an all-steps map
+    data = _map_data(at)
+    points = _static_json(data["points_url"])
+    assert len(points["ids"]) == 3 * 180 and points["ids"][0] == "digits-a-00000000@0"
+    color = _static_json(data["color_url"])
+    assert color["kind"] == "category" and color["names"] == ["step 0 (σ 14.6)", "step 1 (σ 2.5)", "step 2 (σ 0.3)"]
+    assert color["counts"] == [180, 180, 180]
+    meta = _static_json(data["meta_url"])
+    fields = {f["name"]: f for f in meta["fields"]}
+    assert fields["step"]["values"][fields["step"]["codes"][180]] == "1"  # row 180: the first point of step 1
+    assert fields["sigma"]["values"][fields["sigma"]["codes"][180]] == "2.5"
+    assert "All steps" not in _md(at) and "540 points (180 samples × up to 3 steps)" in _md(at)
+
+    _click(at, "digits-a-00000004@1")  # a click selects a (sample, step) point
+    data = _map_data(at)
+    assert data["selected"] == "digits-a-00000004@1" and at.query_params["sel"] == "digits-a-00000004@1"
+    assert data["trajectory"] == {"ids": [f"digits-a-00000004@{k}" for k in range(3)], "labels": ["0", "1", "2"]}
+    knn = _neighbour_rows(at)["kNN"]
+    assert len(knn) == 5 and all("@" in s for s in knn) and data["knn"] == knn
+    assert "4: four · step " in _md(at)  # neighbour rows name their step
+
+    at.select_slider(key="w_step").set_value(1).run()  # back to one step: the same sample stays selected
+    assert not at.exception
+    data = _map_data(at)
+    assert data["selected"] == "digits-a-00000004" and data["trajectory"] is None
+    assert at.selectbox(key="w_color").value == "label" and "step" not in at.selectbox(key="w_color").options
+
+
+def test_all_steps_share_link_restores_selection_and_expands_search_highlights(steps_env):
+    sel = "digits-b-00000003@2"
+    at = app_test(query={"step": "all", "color": "step", "sel": sel, "hl": "digits-a-00000005~digits-b-00000001"})
+    assert not at.exception
+    assert at.select_slider(key="w_step").value == "all" and at.selectbox(key="w_color").value == "step"
+    data = _map_data(at)
+    assert data["selected"] == sel and len(data["trajectory"]["ids"]) == 3
+    # a search names samples: each is highlighted at every step
+    assert sorted(data["highlight"]) == sorted(f"{s}@{k}" for s in ("digits-a-00000005", "digits-b-00000001")
+                                               for k in range(3))
+    assert "Highlighting 2 samples from a search link" in _md(at)
+    assert at.query_params["step"] == "all" and at.query_params["sel"] == sel
+    # a numeric metadata colouring still works on points
+    at.selectbox(key="w_color").set_value("seed").run()
+    color = _static_json(_map_data(at)["color_url"])
+    assert color["kind"] == "numeric" and len(color["values"]) == 540

@@ -53,6 +53,7 @@ def scatter_map(
     selected: str | None = None,
     knn: list[str] | None = None,
     manual: list[str] | None = None,
+    trajectory: dict | None = None,
     highlight: list[str] | None = None,
     height: int = 620,
     point_size: float = 5.0,
@@ -65,6 +66,8 @@ def scatter_map(
     """Draw the map and return the click or lasso selection that triggered this run, if any.
 
     ``revision`` is plotly's uirevision: keep it fixed for one projection so zoom and pan survive reruns.
+    ``trajectory``: ``{"ids": [...], "labels": [...]}``, points joined by a line in this order with a small
+    label at each (the selected sample across the steps of an all-steps map), drawn in the SVG layer.
     ``png_nonce``: increase it to make the browser download the map as PNG (drawn client-side).
     ``on_click``/``on_select`` are callbacks run before the script, like any widget's ``on_change``.
     """
@@ -79,6 +82,8 @@ def scatter_map(
         "selected": selected,
         "knn": list(knn or []),
         "manual": list(manual or []),
+        "trajectory": {"ids": list(trajectory["ids"]), "labels": [str(v) for v in trajectory["labels"]]}
+        if trajectory else None,
         "highlight": list(highlight) if highlight is not None else None,
         "height": int(height),
         "point_size": float(point_size),

@@ -44,6 +44,12 @@ function fetchJSON(url) {
   return promise;
 }
 
+// A point of an all-steps map is "<sample id>@<step>"; its preview is its sample's thumbnail.
+function sampleOf(id) {
+  const at = id.lastIndexOf("@");
+  return at > 0 && /^\d+$/.test(id.slice(at + 1)) ? id.slice(0, at) : id;
+}
+
 // Thumbnail file names: the sample id itself when it is URL- and file-safe, else its base64url form
 // (app/static_files.py names the files the same way).
 const SAFE_ID = /^[A-Za-z0-9._-]+$/;
@@ -245,7 +251,14 @@ class MapView {
       }
       add(hl);
     }
-    if (withRings) {  // for the PNG: the rings as traces, so that the image shows them
+    if (withRings) {  // for the PNG: the trajectory and the rings as traces, so that the image shows them
+      const traj = this.trajectoryPoints();
+      if (traj.length > 1) {
+        traces.push({ type: "scattergl", mode: "lines+markers+text", x: traj.map((p) => p.x), y: traj.map((p) => p.y), text: traj.map((p) => p.label),
+          textposition: "top right", textfont: { color: th.text, size: 10 }, line: { color: BLUE, width: 2 }, marker: { size: 4, color: BLUE },
+          hoverinfo: "none", showlegend: false, name: "trajectory" });
+        ids.push(traj.map((p) => p.id));
+      }
       add(this.overlay(data.knn, { size: size + 9, symbol: "circle-open", color: RED, line: { width: 1.5, color: RED } }, "neighbours"));
       add(this.overlay(data.manual, { size: size + 11, symbol: "circle-open", color: RED, line: { width: 3.5, color: RED } }, "manual"));
       add(this.overlay(data.selected ? [data.selected] : [], { size: size + 7, color: BLUE, line: { width: 2, color: "#ffffff" } }, "selected"));
@@ -284,6 +297,18 @@ class MapView {
     };
   }
 
+  // The selected sample's points across the steps (all-steps maps), in step order: {id, x, y, label}.
+  trajectoryPoints() {
+    const t = this.data.trajectory;
+    const out = [];
+    if (!t || !Array.isArray(t.ids)) return out;
+    t.ids.forEach((id, k) => {
+      const i = this.index.get(id);
+      if (i !== undefined) out.push({ id, x: this.points.x[i], y: this.points.y[i], label: t.labels ? t.labels[k] : String(k) });
+    });
+    return out;
+  }
+
   // The selected point (blue), its k nearest neighbours (thin red rings) and manual neighbours (thick red
   // rings), drawn in an SVG layer over the WebGL canvas at the points' current screen positions.
   drawRings() {
@@ -304,6 +329,17 @@ class MapView {
     clip.setAttribute("height", ya._length);
     const r = (this.data.point_size || 5) / 2;
     const items = [];
+    // the trajectory first (under the rings): a line through the sample's steps, a small label at each
+    const traj = this.trajectoryPoints().map((p) => ({ ...p, cx: xa._offset + xa.l2p(p.x), cy: ya._offset + ya.l2p(p.y) }));
+    if (traj.length > 1) {
+      const pts = traj.map((p) => `${p.cx.toFixed(1)},${p.cy.toFixed(1)}`).join(" ");
+      items.push(`<polyline class="dmv-trajectory" points="${pts}" fill="none" stroke="${BLUE}" stroke-width="2" stroke-opacity="0.85" stroke-linejoin="round"/>`);
+      for (const p of traj) {
+        items.push(`<circle class="dmv-traj-point" cx="${p.cx.toFixed(1)}" cy="${p.cy.toFixed(1)}" r="2.5" fill="${BLUE}"/>`);
+        items.push(`<text class="dmv-traj-label" x="${(p.cx + 6).toFixed(1)}" y="${(p.cy - 6).toFixed(1)}">${escapeHTML(p.label)}</text>`);
+      }
+    }
+    this.wrap.dataset.trajectory = String(traj.length > 1 ? traj.length : 0);
     const ring = (id, cls, radius, extra) => {
       const i = this.index.get(id);
       if (i === undefined) return;
@@ -414,7 +450,7 @@ class MapView {
       img.classList.remove("dmv-missing");
       img.dataset.retries = "0";
       img.dataset.id = id;
-      img.src = `${this.data.thumb_base}${thumbName(id)}${this.data.thumb_ext || ".webp"}`;
+      img.src = `${this.data.thumb_base}${thumbName(sampleOf(id))}${this.data.thumb_ext || ".webp"}`;
     }
     tip.querySelector(".dmv-tip-text").innerHTML = this.tipText(i);
     tip.hidden = false;
