@@ -208,6 +208,15 @@ def color_file(path: str, view: views.View, s: CompareSettings, agreement: pd.Da
 
 # ------------------------------------------------------------------------------------------------ table
 
+def agreement_by_label(path: str, model: str, agreement: pd.DataFrame) -> pd.DataFrame:
+    """Mean neighbour agreement and sample count per label (class or prompt), least agreeing first."""
+    samples = data.model_samples(path, model).set_index("sample_id")
+    labels = samples["label"].reindex(agreement["sample_id"]).fillna("(none)").astype(str).to_numpy()
+    grouped = agreement.assign(label=labels).groupby("label", sort=False)["overlap"]
+    out = pd.DataFrame({"mean": grouped.mean(), "samples": grouped.size()}).reset_index()
+    return out.sort_values(["mean", "label"], kind="stable").reset_index(drop=True)
+
+
 def thumb_data_urls(path: str, sample_ids: list[str]) -> list[str | None]:
     """Thumbnails as data URLs (a handful, for a table: no static files involved)."""
     out = []
@@ -217,12 +226,16 @@ def thumb_data_urls(path: str, sample_ids: list[str]) -> list[str | None]:
 
 
 def disagreement_table(path: str, s: CompareSettings, agreement: pd.DataFrame, n: int = 12) -> pd.DataFrame:
-    """The ``n`` samples whose neighbourhoods differ most between the two layers (lowest overlap first, then
-    store order): thumbnail, label, overlap and links that open them in Explore on either layer."""
-    worst = agreement.sort_values("overlap", kind="stable").head(n)
+    """The ``n`` samples whose neighbourhoods differ most between the two layers: lowest overlap first; among
+    equal overlaps one sample per label in turn (many samples often tie at 0), then store order. Thumbnail,
+    label, overlap and links that open them in Explore on either layer."""
     samples = data.model_samples(path, s.model).set_index("sample_id")
+    frame = agreement.assign(label=samples["label"].reindex(agreement["sample_id"]).to_numpy(),
+                             order=np.arange(len(agreement)))
+    frame["turn"] = frame.groupby(["overlap", "label"], dropna=False).cumcount()
+    worst = frame.sort_values(["overlap", "turn", "order"], kind="stable").head(n)
     ids = worst["sample_id"].tolist()
-    labels = samples["label"].reindex(ids)
+    labels = worst["label"]
     return pd.DataFrame({
         "thumbnail": thumb_data_urls(path, ids),
         "label": [str(lab) if pd.notna(lab) else sid for sid, lab in zip(ids, labels, strict=True)],

@@ -144,6 +144,13 @@ def test_two_layer_comparison_maps_agreement_and_table(app_env, app_store):
     assert table["overlap"].is_monotonic_increasing
     assert table["overlap"].iloc[0] == pytest.approx(expected["overlap"].min())
     assert table["thumbnail"].str.startswith("data:image/webp;base64,").all()
+    ties = table[table["overlap"] == table["overlap"].iloc[0]]
+    assert ties["label"].is_unique or ties["label"].nunique() == 10  # equal overlaps: one per label in turn
+    by_label = at.dataframe[1].value
+    samples = Store(app_store).samples(model="digits").set_index("sample_id")["label"]
+    want = expected["overlap"].groupby(samples.reindex(expected.index)).mean()
+    assert by_label["mean"].is_monotonic_increasing and len(by_label) == 10
+    assert np.allclose(by_label.set_index("label")["mean"], want.reindex(by_label["label"]))
     first = table.iloc[0]
     link = first["on midblock"]
     assert link.startswith("explore?") and ("sel", first["sample_id"]) in parse_qsl(urlsplit(link).query)

@@ -121,6 +121,7 @@ def heatmap(cka: pd.DataFrame, pair: tuple[str, str] | None) -> go.Figure:
     z = cka.to_numpy(dtype=float)
     fig = go.Figure(go.Heatmap(
         z=z, x=names, y=names, zmin=0.0, zmax=1.0, colorscale="Viridis", texttemplate="%{z:.2f}",
+        textfont={"size": 15},
         hovertemplate="%{y} · %{x}<br>CKA %{z:.3f}<extra></extra>", xgap=2, ygap=2,
         colorbar={"title": {"text": "CKA"}, "thickness": 12, "len": 0.9},
     ))
@@ -234,7 +235,7 @@ def maps_section(path: str, s: cv.CompareSettings) -> None:
                 revision=view.key,
                 highlight=[selected] if selected else None,
                 height=MAP_HEIGHT,
-                point_size=4.0,
+                point_size=4.5,
                 filename=f"compare-{view.model}-{view.layer}-step{view.step}",
                 key=f"cmp_map_{side}",
                 on_click=lambda side=side: _on_click(side),
@@ -269,20 +270,33 @@ def _selected_panel(path: str, s: cv.CompareSettings, sid: str, agreement: pd.Da
 def _disagreement_table(path: str, s: cv.CompareSettings, agreement: pd.DataFrame) -> None:
     st.markdown("#### Where the layers disagree")
     st.caption(f"The {TABLE_ROWS} samples whose {s.k} nearest neighbours differ most between {s.layer_a} and "
-               f"{s.layer_b} (overlap = share of neighbours in common). The links open a sample on Explore's "
-               "map of either layer, in a new tab.")
+               f"{s.layer_b} (overlap = share of neighbours in common; among equal overlaps, one per label in "
+               "turn). The links open a sample on Explore's map of either layer, in a new tab.")
     table = cv.disagreement_table(path, s, agreement, TABLE_ROWS)
     a_col, b_col = f"on {s.layer_a}", f"on {s.layer_b}"
-    st.dataframe(
-        table, hide_index=True, width="stretch", row_height=52, key="cmp_table",
+    left, right = st.columns([5, 2], gap="medium")
+    by_label = cv.agreement_by_label(path, s.model, agreement)
+    right.dataframe(
+        by_label, hide_index=True, width="stretch", key="cmp_by_label",
+        height=min(38 + 35 * len(by_label), 38 + 52 * (TABLE_ROWS + 1) - 35),
+        column_config={"label": st.column_config.TextColumn("label"),
+                       "samples": st.column_config.NumberColumn("samples", width="small"),
+                       "mean": st.column_config.ProgressColumn("agreement", format="percent", min_value=0.0,
+                                                               max_value=1.0,
+                                                               help="Mean neighbour agreement of the label")},
+    )
+    left.dataframe(
+        table, hide_index=True, width="stretch", row_height=52, key="cmp_table", height=38 + 52 * len(table),
         column_order=["thumbnail", "label", "overlap", a_col, b_col, "sample_id"],
         column_config={
             "thumbnail": st.column_config.ImageColumn("", width="small"),
             "label": st.column_config.TextColumn("label", width="medium"),
             "overlap": st.column_config.ProgressColumn("overlap", format="percent", min_value=0.0, max_value=1.0,
                                                        width="small"),
-            a_col: st.column_config.LinkColumn(f"Explore: {s.layer_a}", display_text="open ↗", width="small"),
-            b_col: st.column_config.LinkColumn(f"Explore: {s.layer_b}", display_text="open ↗", width="small"),
+            a_col: st.column_config.LinkColumn(f"on {s.layer_a}", display_text="open in Explore ↗",
+                                               help=f"Open the sample on Explore's map of {s.layer_a}"),
+            b_col: st.column_config.LinkColumn(f"on {s.layer_b}", display_text="open in Explore ↗",
+                                               help=f"Open the sample on Explore's map of {s.layer_b}"),
             "sample_id": st.column_config.TextColumn("sample", width="medium"),
         },
     )
