@@ -7,8 +7,6 @@ and the export run in one fragment: a click on the map reruns just that fragment
 from __future__ import annotations
 
 import hashlib
-from collections import ChainMap
-from dataclasses import replace
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -339,20 +337,9 @@ def body(path: str, view: views.View, settings: ViewSettings) -> None:
         _map(view, settings, sel, neighbours, highlight)
         _caption(view, settings, highlight)
     with right:
-        panel_view, panel_sel = _panel_args(view, sel)
-        _selection_panel(path, panel_view, settings, panel_sel, neighbours)
+        _selection_panel(path, view, settings, sel, neighbours)
     _info(view)
     _share_and_export(path, view, settings, sel, neighbours)
-
-
-def _panel_args(view: views.View, sel: state.Selection) -> tuple[views.View, state.Selection]:
-    """The selection panel shows a *sample* (its image, its files in the store): in an all-steps view it gets
-    the selected point's plain sample id, which its view resolves to the selected point's row."""
-    if not view.all_steps or not sel.selected:
-        return view, sel
-    row = view.position[sel.selected]
-    sample = str(view.frame["sample_id"].iat[row])
-    return replace(view, position=ChainMap({sample: row}, view.position)), replace(sel, selected=sample)
 
 
 def _highlight(view: views.View) -> list[str] | None:
@@ -441,12 +428,13 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
                 st.markdown(f"**{len(lasso):,} samples** in the lasso/box selection (see Export below).")
             return
         row = view.frame.iloc[view.position[sel.selected]]
+        sample = str(row["sample_id"])  # in a view of all steps the selected point is '<sample_id>@<step>'
         head, close = st.columns([6, 1], vertical_alignment="center")
         head.markdown(f"#### {row['label'] if pd.notna(row['label']) else sel.selected}")
         close.button("", key="clear_selection", on_click=state.clear_selection, icon=":material/close:",
                      help="Clear the selection (✕)", type="tertiary")
         try:
-            image = data.open_store(path).image_path(sel.selected)
+            image = data.open_store(path).image_path(sample)
             if image.exists():
                 w = int(row["width"]) if pd.notna(row["width"]) else 256
                 st.image(str(image), width="stretch" if w >= 320 else max(w, 224))
@@ -456,8 +444,8 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
             st.caption("(image file missing from the store)")
         from app.previews import preview_strip
 
-        preview_strip(path, view.model, view.layer, row.get("sample_id", sel.selected), row.get("preview_steps"),
-                      view.step)
+        preview_strip(path, view.model, view.layer, sample, row.get("preview_steps"),
+                      row.get("step", view.step))
         with st.expander("Metadata", expanded=False):
             meta = {k: ("" if pd.isna(v) else v) for k, v in row.items() if k not in ("thumb", "preview_steps")}
             meta.update({f"map {a}": f"{view.xy[view.position[sel.selected], i]:.4f}"
