@@ -25,9 +25,13 @@ def selection_frame(view: views.View, sample_ids: list[str]) -> pd.DataFrame:
     frame = view.frame.iloc[rows]
     out = frame[[c for c in _EXPORT_COLUMNS if c in frame.columns]].reset_index(drop=True)
     out.insert(1, "layer", view.layer)
-    out.insert(2, "step", view.step)
-    for k in ("sigma", "timestep"):
-        if view.step_info.get(k) is not None:
+    # a view of all steps carries each point's step, sigma and timestep; a one-step view has them once
+    for i, k in enumerate(("step", "sigma", "timestep")):
+        if k in frame.columns:
+            out.insert(2 + i, k, frame[k].to_numpy())
+        elif k == "step":
+            out.insert(2, k, view.step)
+        elif view.step_info.get(k) is not None:
             out[k] = view.step_info[k]
     out["x"] = view.xy[rows, 0]
     out["y"] = view.xy[rows, 1]

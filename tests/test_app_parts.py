@@ -227,3 +227,20 @@ def test_selection_exports(app_store):
     assert len(html) > 3_000_000  # plotly.js is inlined: the file opens offline
     with pytest.raises(ValueError, match="at most"):
         exports.images_zip(store, v, ["x"] * (exports.MAX_ZIP_IMAGES + 1))
+
+
+def test_selection_exports_of_an_all_steps_view_carry_each_points_step(app_store):
+    from store import Store
+
+    store = Store(app_store)
+    frame = store.samples(model="digits")
+    ids = frame["sample_id"].tolist()[:4]
+    points = [f"{s}@{k}" for s in ids for k in (0, 1, 2)]
+    steps = pd.DataFrame({"step": [0, 1, 2], "sigma": [14.6, 2.5, 0.3], "timestep": [None] * 3})
+    v = views.make_view(store_key="s", projection_key="p", model="digits", layer="midblock", step="all",
+                        sample_ids=points, xy=np.zeros((len(points), 2)), samples=frame, quality={},
+                        source="fit", steps=steps)
+    out = exports.selection_frame(v, [points[4], points[0]])  # sample 1 at step 1, sample 0 at step 0
+    assert out["sample_id"].tolist() == [ids[1], ids[0]]
+    assert out["step"].tolist() == [1, 0] and out["sigma"].tolist() == [2.5, 14.6]
+    assert list(out.columns[:5]) == ["sample_id", "layer", "step", "sigma", "timestep"]
