@@ -55,8 +55,8 @@ def bare(adapter, n, batch_size, seed=0):
     return n / (time.perf_counter() - start)
 
 
-def recorded(adapter, n, batch_size, layers, seed=0):
-    with tempfile.TemporaryDirectory() as tmp:
+def recorded(adapter, n, batch_size, layers, seed=0, where=None):
+    with tempfile.TemporaryDirectory(dir=where, prefix=".bench-store-") as tmp:
         start = time.perf_counter()
         generate(adapter, tmp, n, layers, seed=seed, batch_size=batch_size, progress=False)
         sync(adapter.device)
@@ -70,17 +70,19 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dir", default=".", help="where the temporary store goes (default: here; file creation "
+                   "costs differ a lot between folders, e.g. /tmp on a busy machine)")
     args = p.parse_args()
     device = pick_device(args.device)
     adapter, layers = build(args.full_size, device)
     n = args.num_samples or (256 if args.full_size else 1000)
     bs = args.batch_size or (64 if args.full_size else 100)
     bare(adapter, bs, bs)  # warm-up: kernels, allocator, thread pools, layer shapes
-    recorded(adapter, bs, bs, layers)
+    recorded(adapter, bs, bs, layers, where=args.dir)
     rates_bare, rates_rec = [], []
     for _ in range(args.repeats):  # interleaved so drift hits both sides alike
         rates_bare.append(bare(adapter, n, bs))
-        rates_rec.append(recorded(adapter, n, bs, layers))
+        rates_rec.append(recorded(adapter, n, bs, layers, where=args.dir))
     b, r = float(np.median(rates_bare)), float(np.median(rates_rec))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"model={'imagenet-64 full size, random weights' if args.full_size else 'demo'} device={name} "

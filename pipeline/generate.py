@@ -116,6 +116,7 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
     reductions = {name: resolve_reduce(wanted.get(name, "auto"), shapes[name]) for name in paths}
     run_id = run_id or default_run_id(adapter, seed, paths, reductions)
     ident = adapter.identity()
+    device = next(adapter.root.parameters()).device
     manifest = {
         "run_id": run_id, "model": adapter.name, "family": adapter.family,
         "checkpoint": ident.get("checkpoint"), "checkpoint_sha256": ident.get("checkpoint_sha256"),
@@ -124,7 +125,7 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         "settings": {**ident.get("settings", {}), **(settings or {}), "layer_paths": paths,
                      "layer_shapes": {k: list(shapes[k]) for k in paths}},
         "seed": seed, "num_samples": num_samples, "code_version": code_version(),
-        "device": str(next(adapter.root.parameters()).device),
+        "device": str(device),
     }
     writer = RunWriter(store_root, manifest, rank=rank, world_size=world, durable=fsync)
     if world > 1:
@@ -143,7 +144,10 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
     start = time.perf_counter()
     status = "interrupted"
     try:
-        with Recorder(adapter.root, paths, reductions) as recorder, BackgroundWriter(writer) as background, \
+        # on an accelerator the device computes the next batch while this one is written; on a CPU a
+        # writer thread would only compete with generation for the same cores
+        with Recorder(adapter.root, paths, reductions) as recorder, \
+                BackgroundWriter(writer, threaded=device.type != "cpu") as background, \
                 tqdm(total=total, unit="sample", disable=not progress, desc=f"{run_id} [rank {rank}]"
                      if world > 1 else run_id, dynamic_ncols=True) as bar:
 
@@ -182,13 +186,14 @@ class BackgroundWriter:
     (PNG, WebP, Parquet) and written. At most `depth` batches wait; a write error stops generation.
     A killed process loses only queued batches, which a resume regenerates."""
 
-    def __init__(self, writer: RunWriter, depth: int = 2):
+    def __init__(self, writer: RunWriter, depth: int = 2, threaded: bool = True):
         self.writer = writer
         self.committed = 0
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -201,6 +206,10 @@ class BackgroundWriter:
 
     def write_batch(self, *args) -> None:
         self._raise()
+        if not self._thread.is_alive():  # synchronous
+            self.writer.write_batch(*args)
+            self.committed += len(args[0])
+            return
         self._queue.put(args)
 
     def close(self) -> None:
