@@ -1,11 +1,13 @@
 """Generation: determinism per sample seed, resume without duplicates, steps and sigmas in the store."""
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.adapters import UnknownLayer
-from pipeline.generate import _batches, generate
+from pipeline.generate import BackgroundWriter, _batches, generate
 from store import Store
 from tests.edm_fixtures import tiny_edm_adapter
 
@@ -95,3 +97,33 @@ def test_batches_split_only_consecutive_indices():
     todo = np.array([0, 1, 2, 3, 4, 7, 8, 11])
     assert [b.tolist() for b in _batches(todo, 2)] == [[0, 1], [2, 3], [4], [7, 8], [11]]
     assert _batches(np.array([], dtype=np.int64), 4) == []
+
+
+class _SlowWriter:
+    def __init__(self, fail_at=None):
+        self.batches, self.fail_at = [], fail_at
+
+    def write_batch(self, indices, *rest):
+        time.sleep(0.01)
+        if self.fail_at is not None and indices[0] == self.fail_at:
+            raise OSError("disk full")
+        self.batches.append(list(indices))
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_background_writer_keeps_order_and_counts(threaded):
+    sink = _SlowWriter()
+    with BackgroundWriter(sink, threaded=threaded) as bg:
+        for start in range(0, 12, 3):
+            bg.write_batch(list(range(start, start + 3)), [], [], {})
+        bg.close()
+    assert sink.batches == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]] and bg.committed == 12
+
+
+def test_background_writer_hands_a_write_error_to_the_generating_thread():
+    sink = _SlowWriter(fail_at=3)
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter(sink, threaded=True) as bg:
+        for start in range(0, 30, 3):
+            bg.write_batch(list(range(start, start + 3)), [], [], {})
+        bg.close()
+    assert sink.batches == [[0, 1, 2]]  # nothing after the failed batch is written
