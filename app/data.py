@@ -25,7 +25,7 @@ from store import Store
 log = logging.getLogger(__name__)
 
 BUILD_COMMANDS = """\
-# the demo store (the shipped digits model, CPU, a few minutes):
+# the demo store (the shipped digits model, CPU, under a minute):
 python -m pipeline demo --store {path}
 
 # or generate from a checkpoint (see README, "Generating a store"):

@@ -1,4 +1,4 @@
-"""Build the demo store from the shipped digits model (about a minute on a CPU; resumable)."""
+"""Build the demo store from the shipped digits model (under a minute on a CPU; resumable)."""
 
 from __future__ import annotations
 
