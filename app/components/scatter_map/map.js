@@ -66,6 +66,15 @@ function cssVar(element, name, fallback) {
   return value || fallback;
 }
 
+const DARK_VIRIDIS = [[0, "#7b6fd0"], [0.25, "#3e8fc9"], [0.5, "#21a685"], [0.75, "#7ad151"], [1, "#fde725"]];
+
+function isDark(color) {
+  const hex = /^#([0-9a-f]{6})$/i.exec(color);
+  const rgb = hex ? [0, 2, 4].map((i) => parseInt(hex[1].slice(i, i + 2), 16)) : (color.match(/\d+(\.\d+)?/g) || []).slice(0, 3).map(Number);
+  if (rgb.length < 3) return false;
+  return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2] < 96;
+}
+
 function fieldValue(field, i) {
   if (!field) return null;
   const value = field.codes ? field.values[field.codes[i]] : field.values[i];
@@ -156,9 +165,12 @@ class MapView {
   }
 
   theme() {
+    const bg = cssVar(this.wrap, "--st-background-color", "#ffffff");
     return {
       text: cssVar(this.wrap, "--st-text-color", "#31333f"),
-      bg: cssVar(this.wrap, "--st-background-color", "#ffffff"),
+      bg,
+      // Viridis starts at a near-black purple that vanishes on a dark background: lift its low end there
+      scale: isDark(bg) ? DARK_VIRIDIS : "Viridis",
       secondary: cssVar(this.wrap, "--st-secondary-background-color", "#f0f2f6"),
       border: cssVar(this.wrap, "--st-border-color", "rgba(49,51,63,0.2)"),
       font: cssVar(this.wrap, "--st-font", "sans-serif"),
@@ -226,7 +238,7 @@ class MapView {
     if (color && color.kind === "numeric") {
       Object.assign(baseMarker, {
         color: color.values,
-        colorscale: "Viridis",
+        colorscale: th.scale,
         cmin: color.min,
         cmax: color.max,
         showscale: true,
@@ -247,7 +259,7 @@ class MapView {
       hl.trace.marker.color = hl.ids.map((id) => (colors ? colors[this.index.get(id)] : th.text));
       if (color && color.kind === "numeric") {
         hl.trace.marker.color = hl.ids.map((id) => color.values[this.index.get(id)]);
-        Object.assign(hl.trace.marker, { colorscale: "Viridis", cmin: color.min, cmax: color.max });
+        Object.assign(hl.trace.marker, { colorscale: th.scale, cmin: color.min, cmax: color.max });
       }
       add(hl);
     }
