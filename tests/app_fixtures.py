@@ -11,6 +11,7 @@ clusters per class, so a projection shows clusters and a hover preview shows a r
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -195,23 +196,32 @@ def app_store(tmp_path_factory) -> Path:
     return build_app_store(tmp_path_factory.mktemp("appstore") / "store")
 
 
-@pytest.fixture
-def app_env(app_store, monkeypatch, tmp_path):
-    """The app pointed at the synthetic store, static files in a temporary folder, the fake projector."""
+@contextlib.contextmanager
+def app_pointed_at(store, monkeypatch, tmp_path):
+    """The app on `store`, static files in a temporary folder, the fake projector (yielded); caches cleared."""
     import streamlit as st
 
     from app import data, static_files
 
-    monkeypatch.setenv("DMD2VIZ_STORE", str(app_store))
+    monkeypatch.setenv("DMD2VIZ_STORE", str(store))
     monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path / "static")
     st.cache_data.clear()
     st.cache_resource.clear()
     fake = FakeProjector()
     data.set_projector(fake)
-    yield fake
-    data.set_projector(None)
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    try:
+        yield fake
+    finally:
+        data.set_projector(None)
+        st.cache_data.clear()
+        st.cache_resource.clear()
+
+
+@pytest.fixture
+def app_env(app_store, monkeypatch, tmp_path):
+    """The app pointed at the synthetic store, static files in a temporary folder, the fake projector."""
+    with app_pointed_at(app_store, monkeypatch, tmp_path) as fake:
+        yield fake
 
 
 def app_test(page: str | None = None, query: dict | None = None, timeout: float = 60):

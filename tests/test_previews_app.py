@@ -47,19 +47,8 @@ def preview_store(tmp_path_factory):
 
 @pytest.fixture
 def preview_env(preview_store, monkeypatch, tmp_path):
-    import streamlit as st
-
-    from app import data, static_files
-
-    monkeypatch.setenv("DMD2VIZ_STORE", str(preview_store))
-    monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path / "static")
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    data.set_projector(fx.FakeProjector())
-    yield preview_store
-    data.set_projector(None)
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    with fx.app_pointed_at(preview_store, monkeypatch, tmp_path):
+        yield preview_store
 
 
 def _strips(at):
