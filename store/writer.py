@@ -116,7 +116,7 @@ def make_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
     thumb = image.copy()
     thumb.thumbnail((size, size))
     buf = io.BytesIO()
-    thumb.save(buf, format="WEBP", quality=80)
+    thumb.save(buf, format="WEBP", quality=80, method=0)  # fastest encoder: 2-3x quicker, a few % larger
     return buf.getvalue()
 
 
