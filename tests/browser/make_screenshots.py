@@ -1,4 +1,4 @@
-"""Write docs/screenshots/{explore,overview}-{light,dark}.png from a running app on a store.
+"""Write docs/screenshots/{explore,overview,compare}-{light,dark}.png from a running app on a store.
 
     python tests/browser/make_screenshots.py --store data [--stand-in-projector] [--out docs/screenshots]
 
@@ -59,6 +59,16 @@ def overview(page, url: str, out: Path) -> None:
     page.screenshot(path=str(out))
 
 
+def compare(page, url: str, out: Path, color: str = "label") -> None:
+    """Compare layers at the last step of the demo store (both maps drawn, the disagreement table loaded)."""
+    page.goto(url.rstrip("/") + f"/compare-layers?model=demo&step=3&color={color}")
+    page.wait_for_function("() => document.querySelectorAll(\".dmv-wrap[data-ready='1']\").length === 2",
+                           timeout=900_000)
+    page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
+    time.sleep(2.5)
+    page.screenshot(path=str(out), full_page=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True)
@@ -78,6 +88,10 @@ def main() -> int:
             context.close()
             context = browser.new_context(viewport={"width": 1600, "height": 1400}, color_scheme=scheme)
             overview(context.new_page(), server.url, args.out / f"overview-{scheme}.png")
+            context.close()
+            context = browser.new_context(viewport={"width": 1600, "height": 2150}, color_scheme=scheme)
+            compare(context.new_page(), server.url, args.out / f"compare-{scheme}.png",
+                    color="label" if scheme == "light" else "agreement")
             context.close()
             print(f"wrote {scheme} screenshots to {args.out}", flush=True)
         browser.close()
