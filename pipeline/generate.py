@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import queue
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -36,19 +35,6 @@ def pick_device(name: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def code_version() -> str:
-    """The git commit of this checkout (with '+dirty' when modified), or the package version."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def default_run_id(adapter: Adapter, seed: int, layers: dict[str, str], reduce: dict[str, str]) -> str:
@@ -124,7 +110,7 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         # settings decide what a sample is; the batch size does not, so a resume may change it
         "settings": {**ident.get("settings", {}), **(settings or {}), "layer_paths": paths,
                      "layer_shapes": {k: list(shapes[k]) for k in paths}},
-        "seed": seed, "num_samples": num_samples, "code_version": code_version(),
+        "seed": seed, "num_samples": num_samples,  # the writer records the code version
         "device": str(device),
     }
     writer = RunWriter(store_root, manifest, rank=rank, world_size=world, durable=fsync)
