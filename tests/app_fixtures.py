@@ -205,6 +205,9 @@ def app_pointed_at(store, monkeypatch, tmp_path):
 
     monkeypatch.setenv("DMD2VIZ_STORE", str(store))
     monkeypatch.setattr(static_files, "STATIC_DIR", tmp_path / "static")
+    # wait for a projection job inside the run (the page's 0.4 s would show progress instead of the map
+    # whenever a loaded machine makes a stand-in fit slower than that); tests of the progress path lower it
+    monkeypatch.setattr(data, "JOB_WAIT_S", 60)
     st.cache_data.clear()
     st.cache_resource.clear()
     fake = FakeProjector()
