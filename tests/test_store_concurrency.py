@@ -60,7 +60,7 @@ def _check_consistent(st: Store, root: Path, batch_size: int) -> int:
 
 def test_reader_loops_while_another_process_appends(tmp_path):
     batches, batch_size = 25, 3
-    proc = _spawn("append", tmp_path, batches, batch_size, 0.02)
+    proc = _spawn("append", tmp_path, batches, batch_size, 0.05)  # pauses so reads interleave even under load
     st = Store(tmp_path)
     seen, errors, loops = set(), [], 0
     deadline = time.monotonic() + 120
