@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 DEMO_LAYERS = ("encoder_bottleneck", "midblock", "dec.16x16_block0")
-DEMO_SAMPLES_PER_CLASS = 100
+DEMO_SAMPLES_PER_CLASS = 150
 
 
 def demo_layers(adapter) -> list[str]:

@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="data", help="store folder (default: ./data)")
-    p.add_argument("--samples-per-class", type=int, default=None, help="default: 100 (1,000 samples per run)")
+    p.add_argument("--samples-per-class", type=int, default=None, help="default: 150 (1,500 samples per run, 3,000 in all)")
 
 
 def run(args: argparse.Namespace) -> int:
