@@ -169,8 +169,9 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
 
 class BackgroundWriter:
     """Writes batches on one thread, in order, so the device computes batch k+1 while batch k is encoded
-    (PNG, WebP, Parquet) and written. At most `depth` batches wait; a write error stops generation.
-    A killed process loses only queued batches, which a resume regenerates."""
+    (PNG, WebP, Parquet) and written; with `threaded=False`, in the caller's thread. At most `depth`
+    batches wait; a write error stops generation. A killed process loses only queued batches, which a
+    resume regenerates."""
 
     def __init__(self, writer: RunWriter, depth: int = 2, threaded: bool = True):
         self.writer = writer
@@ -181,27 +182,33 @@ class BackgroundWriter:
         if threaded:
             self._thread.start()
 
+    def _commit(self, args) -> None:
+        self.writer.write_batch(*args)
+        self.committed += len(args[0])
+
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self.writer.write_batch(*item)
-                    self.committed += len(item[0])
+                    self._commit(item)
                 except BaseException as exc:  # noqa: BLE001 - handed to the generating thread
                     self._error = exc
 
     def write_batch(self, *args) -> None:
         self._raise()
-        if not self._thread.is_alive():  # synchronous
-            self.writer.write_batch(*args)
-            self.committed += len(args[0])
-            return
-        self._queue.put(args)
+        if self._thread.is_alive():
+            self._queue.put(args)
+        else:  # synchronous
+            self._commit(args)
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+    def close(self) -> None:
+        """Wait for every queued batch, then raise the first write error, if any."""
+        self._stop()
         self._raise()
 
     def _raise(self) -> None:
@@ -212,9 +219,7 @@ class BackgroundWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        self._stop()
 
 
 def _sample_row(seed: int, cond, adapter: Adapter) -> dict:
