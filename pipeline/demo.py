@@ -26,12 +26,11 @@ def build_demo_store(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES_
     from pipeline.adapters.edm import load_demo
     from pipeline.generate import generate
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run_ids = []
     for steps, name in ((None, "demo-multistep"), (1, "demo-1step")):
         adapter = load_demo(torch.device("cpu"), steps=steps, samples_per_class=samples_per_class,
                             x0_previews=steps is None)
-        result = generate(adapter, root, samples_per_class * 10, demo_layers(adapter), seed=0,
+        result = generate(adapter, root, samples_per_class * len(adapter.class_ids), demo_layers(adapter), seed=0,
                           batch_size=batch_size, run_id=name, progress=progress, on_batch=on_batch)
         run_ids.append(result.run_id)
     return run_ids
