@@ -347,6 +347,16 @@ def view_for(path: str, settings, job: Job) -> views.View:
     return _view(job.key, job, path, settings.model, settings.layer, settings.step)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _image(resolved: str, sample_id: str, version: str) -> bytes | None:
+    return open_store(resolved).image(sample_id)
+
+
+def image(path: str, model: str, sample_id: str) -> bytes | None:
+    """The sample's full-size PNG (None when missing), read once per store version: a click reruns the page."""
+    return _image(resolve(path), sample_id, version(path, model))
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def _has_text_embeddings(resolved: str, model: str, version: str) -> bool:
     frame, matrix = open_store(resolved).text_embeddings(model)

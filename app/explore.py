@@ -433,15 +433,12 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
         head.markdown(f"#### {row['label'] if pd.notna(row['label']) else sel.selected}")
         close.button("", key="clear_selection", on_click=state.clear_selection, icon=":material/close:",
                      help="Clear the selection (✕)", type="tertiary")
-        try:
-            image = data.open_store(path).image_path(sample)
-            if image.exists():
-                w = int(row["width"]) if pd.notna(row["width"]) else 256
-                st.image(str(image), width="stretch" if w >= 320 else max(w, 224))
-            else:
-                st.caption("(image file missing from the store)")
-        except KeyError:
-            st.caption("(image file missing from the store)")
+        image = data.image(path, settings.model, sample)
+        if image is not None:
+            w = int(row["width"]) if pd.notna(row["width"]) else 256
+            st.image(image, width="stretch" if w >= 320 else max(w, 224))
+        else:
+            st.caption("(image missing from the store)")
         from app.previews import preview_strip
 
         preview_strip(path, view.model, view.layer, sample, row.get("preview_steps"),

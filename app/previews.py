@@ -1,15 +1,13 @@
 """The selected sample's x0 preview per sampling step, as a compact strip (Explore's selection panel).
 
 Which steps have a preview comes from the sample's `preview_steps` column (already in the view's frame), so
-a store without previews costs nothing here; the file paths come from `Store.previews`. Previews are shown
+a store without previews costs nothing here; the images come from `Store.previews`. Previews are shown
 downscaled: an SDXL preview is a 1024-px PNG, and the strip needs a few dozen pixels of it.
 """
 
 from __future__ import annotations
 
 import io
-import os
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,44 +40,33 @@ def step_caption(step: int, steps: pd.DataFrame, current: int | None = None) -> 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _preview_paths(resolved: str, sample_id: str, version: str) -> dict[int, str]:
-    return {k: str(p) for k, p in data.open_store(resolved).previews(sample_id).items()}
+def strip_images(path: str, model: str, sample_id: str, version: str) -> list[tuple[int, bytes]]:
+    """(step, downscaled PNG) of each preview the store holds for the sample, in step order. Cached per
+    data `version`, so a store that changes (a resumed run) is read again."""
+    return [(step, downscale(png, THUMB_SIDE)) for step, png in data.open_store(path).previews(sample_id).items()]
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def _thumbnail(path: str, mtime_ns: int, side: int) -> bytes:
+def downscale(png: bytes, side: int) -> bytes:
+    """The PNG with its longest side at most `side` pixels (smaller images stay as they are)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(png)) as im:
+        if max(im.size) <= side:
+            return png
         im = im.convert("RGB")
-        if max(im.size) > side:
-            im.thumbnail((side, side))
+        im.thumbnail((side, side))
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def strip_images(path: str, model: str, sample_id: str, listed: Sequence[int]) -> list[tuple[int, bytes]]:
-    """(step, PNG bytes) of each listed preview whose file is readable, in step order."""
-    if not listed:
-        return []
-    paths = _preview_paths(data.resolve(path), sample_id, data.version(path, model))
-    out = []
-    for step, file in sorted(paths.items()):
-        try:
-            out.append((step, _thumbnail(file, os.stat(file).st_mtime_ns, THUMB_SIDE)))
-        except OSError:  # missing or unreadable: `python -m store verify` reports it
-            continue
-    return out
-
-
 def preview_strip(path: str, model: str, layer: str, sample_id: str, preview_steps, current_step=None) -> None:
     """Draw the strip under the selected image; nothing when the sample has no previews."""
-    listed = listed_steps(preview_steps)
-    images = strip_images(path, model, sample_id, listed)
+    if not listed_steps(preview_steps):
+        return
+    images = strip_images(data.resolve(path), model, sample_id, data.version(path, model))
     if not images:
-        if listed:
-            st.caption("(x0 preview files missing from the store)")
+        st.caption("(x0 previews missing from the store)")
         return
     steps = data.model_steps(path, model, layer)
     st.caption("x0 (denoised) preview at each sampling step")

@@ -133,12 +133,18 @@ def images_dir(root: Path, model: str, run_id: str) -> Path:
     return Path(root) / IMAGES / hive("model", model) / hive("run_id", run_id)
 
 
+def image_part_relpath(model: str, run_id: str, part: str) -> str:
+    """The images part of a batch (format 2): same name as its samples part, e.g. `part-00000000-00000099.parquet`."""
+    return f"{IMAGES}/{hive('model', model)}/{hive('run_id', run_id)}/{part}"
+
+
 def image_relpath(model: str, run_id: str, index: int) -> str:
+    """Format 1 stores: one PNG file per sample, `images/model=<m>/run_id=<r>/<index:08d>.png`."""
     return f"{IMAGES}/{hive('model', model)}/{hive('run_id', run_id)}/{image_name(index)}"
 
 
 def preview_relpath(model: str, run_id: str, index: int, step: int) -> str:
-    """Previews live beside the final image: `images/model=<m>/run_id=<r>/<index:08d>.step<k>.png`."""
+    """Format 1 stores: previews beside the final image, `images/model=<m>/run_id=<r>/<index:08d>.step<k>.png`."""
     return f"{IMAGES}/{hive('model', model)}/{hive('run_id', run_id)}/{preview_name(index, step)}"
 
 

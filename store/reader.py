@@ -131,7 +131,6 @@ class Store:
         self._skip_lock = threading.Lock()
         self.skipped: list[str] = []
         self._ids_cache: dict[tuple, pa.Table] = {}
-        self._model_of_run: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -362,44 +361,69 @@ class Store:
         found = dict(zip(df["sample_id"], df["thumb"], strict=True))
         return [None if found.get(s) is None else bytes(found[s]) for s in ids]
 
-    def _model_of(self, run_id: str, sample_id: str) -> str:
-        model = self._model_of_run.get(run_id)
-        if model is None:
-            m = self.manifest(run_id)
-            if m is not None:
-                model = m["model"]
-            else:
-                found = [mm for mm, run, _ in layout.sample_partitions(self.root) if run == run_id]
-                if not found:
-                    raise KeyError(f"unknown run {run_id!r} in sample_id {sample_id!r}")
-                model = found[0]
-            self._model_of_run[run_id] = model
-        return model
+    def image(self, sample_id: str, step: int | None = None) -> bytes | None:
+        """PNG bytes of the sample's final image, or of its x0 preview at sampling `step`; None when the
+        sample is not committed or has no such image."""
+        return self.images([sample_id], step)[0]
 
-    def image_path(self, sample_id: str) -> Path:
-        """Path of the full-size PNG of `sample_id` (KeyError when its run is unknown)."""
-        run_id, index = layout.split_sample_id(sample_id)
-        return self.root / layout.image_relpath(self._model_of(run_id, sample_id), run_id, index)
+    def images(self, sample_ids: Sequence[str], step: int | None = None) -> list[bytes | None]:
+        """Like `image` for many samples (one read per images part), in the order of `sample_ids`."""
+        ids = [str(s) for s in sample_ids]
+        found = self._pngs(ids, lambda listed: [None] if step is None else [int(step)] if int(step) in listed
+                           else [])
+        return [found.get(s, {}).get(None if step is None else int(step)) for s in ids]
 
-    def previews(self, sample_id: str) -> dict[int, Path]:
-        """step -> path of the x0 preview PNG of each step that the committed sample lists in `preview_steps`,
-        in step order; {} when it has none, is not committed, or its part predates previews."""
+    def previews(self, sample_id: str) -> dict[int, bytes]:
+        """step -> PNG bytes of each x0 preview that the committed sample lists in `preview_steps`, in step
+        order; {} when it has none, is not committed, or its part predates previews."""
+        found = self._pngs([str(sample_id)], sorted).get(str(sample_id), {})
+        return {k: found[k] for k in sorted(k for k in found if k is not None)}
+
+    def _pngs(self, ids: list[str], wanted) -> dict[str, dict[int | None, bytes]]:
+        """sample_id -> {step: PNG} for the steps `wanted(listed preview steps)` names (None: final image)."""
+        if not ids:
+            return {}
+        df = self.samples(sample_ids=ids, columns=["sample_id", "model", "run_id", "index", "image_path",
+                                                   "preview_steps"])
+        out: dict[str, dict[int | None, bytes]] = {}
+        parts: dict[str, dict[int, tuple[str, list]]] = {}  # images part -> index -> (sample_id, steps)
+        for sid, model, run, index, ref, listed in df.itertuples(index=False, name=None):
+            steps = wanted({int(k) for k in listed} if isinstance(listed, (list, tuple, np.ndarray)) else set())
+            if not steps or not isinstance(ref, str):
+                continue
+            part = Path(ref).name
+            if layout.parse_part_name(part) and ref == layout.image_part_relpath(model, run, part):
+                parts.setdefault(ref, {})[int(index)] = (sid, steps)
+            elif ref == layout.image_relpath(model, run, int(index)):  # format 1: a PNG file per image
+                files = {k: ref if k is None else layout.preview_relpath(model, run, int(index), k) for k in steps}
+                out[sid] = {k: data for k, rel in files.items() if (data := _read_bytes(self.root / rel))}
+        for ref, rows in parts.items():
+            for index, pngs in self._read_image_part(self.root / ref, rows).items():
+                out[rows[index][0]] = pngs
+        return out
+
+    def _read_image_part(self, path: Path, rows: dict[int, tuple[str, list]]) -> dict[int, dict[int | None, bytes]]:
+        """index -> {step: PNG} of the wanted rows of one images part, reading only their row groups."""
+        md = self._good(path, "images")
+        if md is None:
+            return {}
+        col = md.schema.to_arrow_schema().get_field_index("index")
+        groups = []
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(col).statistics
+            if st is None or not st.has_min_max or any(st.min <= i <= st.max for i in rows):
+                groups.append(g)
         try:
-            run_id, index = layout.split_sample_id(sample_id)
-        except ValueError:
+            t = pq.ParquetFile(path).read_row_groups(groups, columns=["index", "step", "png"])
+        except Exception as exc:  # noqa: BLE001 - a damaged part loses its images, not the page
+            self._footers.mark_bad(path, f"{type(exc).__name__}: {exc}")
+            self._skip(path, f"{type(exc).__name__}: {exc}")
             return {}
-        df = self.samples(sample_ids=[sample_id], columns=["model", "preview_steps"])
-        if not len(df):
-            return {}
-        steps = df["preview_steps"].iloc[0]
-        if not isinstance(steps, (list, tuple, np.ndarray)) or len(steps) == 0:  # null: no previews
-            return {}
-        model = df["model"].iloc[0]
-        return {int(k): self.root / layout.preview_relpath(model, run_id, index, int(k)) for k in sorted(steps)}
-
-    def preview_path(self, sample_id: str, step: int) -> Path | None:
-        """Path of `sample_id`'s x0 preview at sampling `step`, or None when the sample lists no such preview."""
-        return self.previews(sample_id).get(int(step))
+        out: dict[int, dict[int | None, bytes]] = {}
+        for index, step, png in zip(*(t[c].to_pylist() for c in ("index", "step", "png")), strict=True):
+            if index in rows and step in rows[index][1]:
+                out.setdefault(index, {})[step] = png
+        return out
 
     # -- activations ------------------------------------------------------------------------------------
 
@@ -745,6 +769,13 @@ def _null_of(column: str) -> str:
 def _read_parquet(files: Sequence[Path], hive: bool = True) -> str:
     lst = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
     return f"read_parquet({lst}, {_HIVE})" if hive else f"read_parquet({lst}, union_by_name=true)"
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:  # missing or unreadable: `python -m store verify` reports it
+        return None
 
 
 def _full_check(path: Path) -> str:

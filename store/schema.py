@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: images in one Parquet part per batch (1: one PNG file per image)
 
 SAMPLES = pa.schema(
     [
@@ -36,6 +36,18 @@ SAMPLE_OPTIONAL = ("preview_steps",)
 
 # Fields a caller may give per sample in `RunWriter.write_batch`; the rest is filled in by the writer.
 SAMPLE_INPUT_FIELDS = ("seed", "class_id", "class_name", "prompt", "prompt_index", "category", "label", "num_steps")
+
+# One row per PNG of a batch: the final image (step null) and the x0 preview of each step, ordered by
+# (index, step) with the final image first; row groups of whole samples, about 1 MiB each, so that a reader
+# fetches one image without reading a batch of large images.
+IMAGES = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("index", pa.int64()),
+        ("step", pa.int16()),
+        ("png", pa.binary()),
+    ]
+)
 
 ACTIVATION_META = pa.schema(
     [
@@ -114,6 +126,7 @@ PROJECTION = pa.schema([("sample_id", pa.string()), ("x", pa.float32()), ("y", p
 # Columns a file must have for a reader to use it (a file without them is skipped as corrupt).
 REQUIRED = {
     "samples": ("sample_id", "index"),
+    "images": ("sample_id", "index", "step", "png"),
     "activations": ("sample_id", "step", "dtype", "vector"),
     "runs": ("run_id", "model", "status"),
     "text_embeddings": ("prompt_index", "embedding"),

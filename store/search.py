@@ -73,7 +73,7 @@ SEARCH_COLUMNS: dict[str, tuple[str, str]] = {
     "category": ("VARCHAR", "semantic category of the prompt, or the class"),
     "label": ("VARCHAR", "what the UI shows: '207: golden retriever' or the prompt"),
     "num_steps": ("SMALLINT", "number of sampling steps"),
-    "image_path": ("VARCHAR", "image file, relative to the store"),
+    "image_path": ("VARCHAR", "the images part holding the PNG (older stores: the PNG file), relative to the store"),
     "width": ("INTEGER", "image width in pixels"),
     "height": ("INTEGER", "image height in pixels"),
     "step": ("SMALLINT", "a sampling step of the sample, 0 .. num_steps-1 (one row per step)"),

@@ -8,6 +8,7 @@ batches, which are invisible to readers and removed by the next writer of their 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,18 @@ class Report:
         return out
 
 
+def _png_problem(source) -> str | None:
+    """Why `source` (a path or file object) is not a readable PNG, or None."""
+    try:
+        from PIL import Image
+
+        with Image.open(source, formats=["PNG"]) as im:
+            im.verify()
+        return None
+    except Exception as e:
+        return f"unreadable PNG: {type(e).__name__}: {e}"
+
+
 def _valid_name(name: str) -> bool:
     try:
         layout.check_name("run_id", name)
@@ -78,9 +91,11 @@ class _Verifier:
         self.quick = quick
         self.r = Report(root)
         self.committed: dict[tuple[str, str], dict[str, set[str]]] = {}  # (model, run) -> part -> ids
-        self.image_refs: list[tuple[str, str]] = []
+        # (relpath, sample_id) of a format 1 PNG file, or (images part, sample_id, None) of a final image
+        self.image_refs: list[tuple] = []
         self.preview_steps: dict[str, set[int]] = {}  # sample_id -> steps its row lists
         self.preview_refs: list[tuple[str, str, int]] = []  # (relpath, sample_id, step)
+        self.part_pngs: dict[str, set[tuple[str, int | None]]] = {}  # images part -> its (sample_id, step) rows
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -158,17 +173,20 @@ class _Verifier:
             if len(idx) and (idx.min() != rng[0] or idx.max() != rng[1]):
                 self.r.corrupt.append((self.rel(p), f"indices {idx.min()}..{idx.max()} do not match the name"))
                 return
-            if "image_path" in t.column_names:
-                self.image_refs.extend((ip, sid) for ip, sid in zip(t["image_path"].to_pylist(), ids, strict=True)
-                                       if ip is not None)
-            if "preview_steps" in t.column_names:  # absent from parts written before previews existed
-                for sid, i, steps in zip(ids, idx.tolist(), t["preview_steps"].to_pylist(), strict=True):
-                    if any(k is None or k < 0 for k in steps or ()):
-                        self.r.corrupt.append((self.rel(p), f"preview_steps of {sid} is not a list of steps: {steps}"))
-                        continue
-                    for k in sorted(set(steps or ())):
-                        self.preview_steps.setdefault(sid, set()).add(k)
-                        self.preview_refs.append((layout.preview_relpath(parts["model"], run, i, k), sid, k))
+            refs = t["image_path"].to_pylist() if "image_path" in t.column_names else [None] * len(ids)
+            # preview_steps is absent from parts written before previews existed
+            listed = t["preview_steps"].to_pylist() if "preview_steps" in t.column_names else [None] * len(ids)
+            for sid, i, ref, steps in zip(ids, idx.tolist(), refs, listed, strict=True):
+                if any(k is None or k < 0 for k in steps or ()):
+                    self.r.corrupt.append((self.rel(p), f"preview_steps of {sid} is not a list of steps: {steps}"))
+                    continue
+                in_part = ref is not None and ref.endswith(".parquet")  # format 2; format 1: a file per PNG
+                if ref is not None:
+                    self.image_refs.append((ref, sid, None) if in_part else (ref, sid))
+                for k in sorted(set(steps or ())):
+                    self.preview_steps.setdefault(sid, set()).add(k)
+                    self.preview_refs.append((ref if in_part else layout.preview_relpath(parts["model"], run, i, k),
+                                              sid, k))
         else:
             ids = []
         self.committed.setdefault((parts["model"], parts["run_id"]), {})[p.name] = set(ids)
@@ -187,6 +205,9 @@ class _Verifier:
             self.r.corrupt.append((self.rel(p), "rows for samples that its samples part does not hold"))
 
     def images(self, parts: dict, p: Path) -> None:
+        if layout.parse_part_name(p.name) is not None:
+            self.image_part(parts, p)
+            return
         index = layout.parse_image_name(p.name)
         preview = layout.parse_preview_name(p.name) if index is None else None
         if index is None and preview is None:
@@ -203,6 +224,27 @@ class _Verifier:
         if not self.quick:
             self._check_png(p)
 
+    def image_part(self, parts: dict, p: Path) -> None:
+        """A batch's images part: an orphan without its samples part; every PNG in it must decode."""
+        t = self.read(p, "images", ["sample_id", "step"])
+        if t is None:
+            return
+        committed = self.committed.get((parts["model"], parts["run_id"]), {})
+        if p.name not in committed:
+            self.r.orphans.append(self.rel(p))
+            return
+        if self.quick:
+            return
+        ids, steps = t["sample_id"].to_pylist(), t["step"].to_pylist()
+        if not set(ids) <= committed[p.name]:
+            self.r.corrupt.append((self.rel(p), "rows for samples that its samples part does not hold"))
+            return
+        self.part_pngs[self.rel(p)] = set(zip(ids, steps, strict=True))
+        for sid, step, png in zip(ids, steps, t["png"].to_pylist(), strict=True):
+            if (why := _png_problem(io.BytesIO(png))) is not None:
+                what = "image" if step is None else f"x0 preview of step {step}"
+                self.r.corrupt.append((self.rel(p), f"{what} of {sid}: {why}"))
+
     def preview(self, parts: dict, p: Path, index: int, step: int) -> None:
         """A preview is an orphan unless its committed sample lists its step in `preview_steps`."""
         self.r.checked += 1
@@ -213,13 +255,14 @@ class _Verifier:
         self._check_png(p)
 
     def _check_png(self, p: Path) -> None:
-        try:
-            from PIL import Image
+        if (why := _png_problem(p)) is not None:
+            self.r.corrupt.append((self.rel(p), why))
 
-            with Image.open(p) as im:
-                im.verify()
-        except Exception as e:
-            self.r.corrupt.append((self.rel(p), f"unreadable PNG: {type(e).__name__}: {e}"))
+    def has_png(self, rel: str, sid: str, step: int | None = None) -> bool:
+        """Whether the PNG that a samples row refers to exists: a row of an images part, or a file."""
+        if rel.endswith(".parquet"):
+            return (sid, step) in self.part_pngs.get(rel, ())
+        return (self.root / rel).is_file()
 
     def missing_activation_parts(self) -> None:
         """Every committed batch has one activation part per layer of its run's manifest."""
@@ -270,10 +313,8 @@ def verify(root: str | os.PathLike, quick: bool = False) -> Report:
     v.walk(layout.TEXT_EMBEDDINGS, ("model", "run_id"), v.text_embeddings)
     for top in layout.ARTIFACT_TOPS:
         v.derived(root / top)
-    for rel, sid in v.image_refs:
-        if not (root / rel).is_file():
-            v.r.missing_images.append((rel, sid))
-    # every step a committed sample lists in `preview_steps` has its preview file
-    v.r.missing_previews.extend(ref for ref in v.preview_refs if not (root / ref[0]).is_file())
+    if not quick:  # every image a committed sample refers to, and every preview step it lists, exists
+        v.r.missing_images.extend(ref[:2] for ref in v.image_refs if not v.has_png(*ref))
+        v.r.missing_previews.extend(ref for ref in v.preview_refs if not v.has_png(*ref))
     v.missing_activation_parts()
     return v.r

@@ -1,13 +1,15 @@
 """`RunWriter`: appends whole batches to a run, atomically, and resumes after a crash.
 
-A batch (indices first..last) is written in this order: its PNG images (and per-step x0 previews), one
-activation part per layer, then its samples part. The samples part is the commit record: until it exists nothing of the batch is
-visible to readers, and a writer that reopens the run deletes the leftovers (`cleanup`).
+A batch (indices first..last) is written in this order: its images part (the PNGs of its images and x0
+previews), one activation part per layer, then its samples part. The samples part is the commit record:
+until it exists nothing of the batch is visible to readers, and a writer that reopens the run deletes the
+leftovers (`cleanup`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -25,11 +27,11 @@ import pyarrow.parquet as pq
 
 from . import layout, schema
 from .atomic import StagedFiles, atomic_write_parquet, json_bytes
+from .png import as_image, encode_png
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 96
-PNG_COMPRESS_LEVEL = 3
 
 MANIFEST_REQUIRED = ("run_id", "model", "layers", "seed")
 MANIFEST_OPTIONAL = (
@@ -54,6 +56,9 @@ _ACT_WRITE = dict(
     write_statistics=["step"],
 )
 _SAMPLES_WRITE = dict(compression="zstd")
+# PNGs are compressed already; statistics on `index` let a reader go straight to a sample's row group.
+_IMAGES_WRITE = dict(compression={"sample_id": "zstd", "index": "zstd", "step": "zstd", "png": "none"},
+                     use_dictionary=False, write_statistics=["index"])
 
 
 class ManifestMismatch(ValueError):
@@ -70,8 +75,10 @@ class ManifestMismatch(ValueError):
         )
 
 
+@functools.cache
 def default_code_version() -> str:
-    """Short git commit of this checkout (with `-dirty`), or 'unknown' outside git."""
+    """Short git commit of this checkout (with `-dirty`), or 'unknown' outside git. Asked once per process:
+    the process runs the code it imported, whatever happens to the checkout afterwards."""
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
@@ -113,26 +120,20 @@ def _canon(field: str, value: Any) -> Any:
 
 def make_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
     """WebP thumbnail, longest side `size` px, of a PIL image."""
-    thumb = image.copy()
-    thumb.thumbnail((size, size))
+    thumb = image
+    if max(image.size) > size:
+        thumb = image.copy()
+        thumb.thumbnail((size, size))
     buf = io.BytesIO()
     thumb.save(buf, format="WEBP", quality=80, method=0)  # fastest encoder: 2-3x quicker, a few % larger
     return buf.getvalue()
 
 
-def _to_pil(array: np.ndarray):
+def _pil(a: np.ndarray):
+    """A PIL image viewing a uint8 (H, W, C) array from `as_image`."""
     from PIL import Image
 
-    a = np.asarray(array)
-    if a.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 arrays (H, W, C), got dtype {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 2:
-        return Image.fromarray(a, mode="L")
-    if a.ndim == 3 and a.shape[2] in (3, 4):
-        return Image.fromarray(np.ascontiguousarray(a), mode="RGB" if a.shape[2] == 3 else "RGBA")
-    raise ValueError(f"images must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
+    return Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
 
 
 class RunWriter:
@@ -269,9 +270,22 @@ class RunWriter:
             for p in layout.list_parts(d):
                 if p.name not in committed:
                     removed["orphan_activations"] += _unlink(p)
+        for p in layout.list_parts(idir):
+            if p.name not in committed:
+                removed["orphan_images"] += _unlink(p)
+        self._cleanup_png_files(idir, removed)
+        if any(removed.values()):
+            log.info("run %s: removed %s", self.run_id, removed)
+        return removed
+
+    def _cleanup_png_files(self, idir: Path, removed: dict[str, int]) -> None:
+        """Format 1 stores kept one PNG file per image and preview: delete those of uncommitted batches."""
+        names = [n for n in _names(idir) if n.endswith(".png")]
+        if not names:
+            return
         done = set(self.done_indices().tolist())
         previews: dict[int, set[int]] | None = None  # read only when the folder holds preview files
-        for name in _names(idir):
+        for name in names:
             idx = layout.parse_image_name(name)
             if idx is not None and idx not in done:
                 removed["orphan_images"] += _unlink(idir / name)
@@ -281,9 +295,6 @@ class RunWriter:
                     previews = self.committed_previews()
                 if pv[1] not in previews.get(pv[0], ()):  # uncommitted batch, or a step its sample does not list
                     removed["orphan_previews"] += _unlink(idir / name)
-        if any(removed.values()):
-            log.info("run %s: removed %s", self.run_id, removed)
-        return removed
 
     def committed_previews(self) -> dict[int, set[int]]:
         """index -> the preview steps its committed samples row lists (indices without previews left out)."""
@@ -312,13 +323,13 @@ class RunWriter:
         activations: Mapping[str, Sequence[Mapping[str, Any]]],
         previews: Mapping[int, Sequence[np.ndarray]] | None = None,
     ) -> str:
-        """Write one batch; returns its part name. `images` may be None (no image files, no thumbs).
+        """Write one batch; returns its part name. `images` may be None (no images, no thumbs).
 
         `activations[layer]` is a list of dicts, one per step: step, timestep (None for EDM), sigma,
         reduce ('mean' | 'pool4' | 'full'), layer_shape (C, H, W), array (B, ...) with rows in `indices` order.
         `previews` maps a sampling step to the batch's x0 preview images of that step (B uint8 arrays, or one
-        (B, H, W, C) array), rows in `indices` order; each becomes `<index:08d>.step<k>.png` beside the
-        image and the samples' `preview_steps` lists the steps. None or {}: no previews.
+        (B, H, W, C) array), rows in `indices` order; each becomes a row (its step) of the images part beside
+        the final image, and the samples' `preview_steps` lists the steps. None or {}: no previews.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         b = len(idx)
@@ -342,27 +353,25 @@ class RunWriter:
         # Encode and validate everything first, so that bad input leaves no file behind.
         thumbs: list[bytes | None] = [None] * b
         sizes: list[tuple[int | None, int | None]] = [(None, None)] * b
-        paths: list[str | None] = [None] * b
-        pngs: list[bytes] = []
+        finals: list[bytes] | None = None
         if images is not None:
-            for j, (i, arr) in enumerate(zip(idx.tolist(), images, strict=True)):
-                im = _to_pil(arr)
-                buf = io.BytesIO()
-                im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-                pngs.append(buf.getvalue())
-                thumbs[j], sizes[j] = make_thumbnail(im), im.size
-                paths[j] = layout.image_relpath(self.model, self.run_id, i)
-        preview_files = self._preview_pngs(idx, previews)
-        steps = sorted({k for k, _ in preview_files}) or None
+            finals = []
+            for j, arr in enumerate(images):
+                a = as_image(arr)
+                finals.append(encode_png(a))
+                thumbs[j], sizes[j] = make_thumbnail(_pil(a)), (a.shape[1], a.shape[0])
+        preview_pngs = _preview_pngs(b, previews)
+        steps = [k for k, _ in preview_pngs] or None
+        images_table = _images_table(idx, sids, finals, preview_pngs)
+        image_part = layout.image_part_relpath(self.model, self.run_id, name)
+        paths = [image_part if images_table is not None else None] * b
         tables = {layer: _activation_table(layer, sids, activations[layer]) for layer in self.layers}
         samples_table = self._samples_table(idx, sids, samples, thumbs, sizes, paths, steps)
 
         with StagedFiles(self.durable) as staged:
-            for rel, png in zip(paths, pngs, strict=False):  # 1. images and previews
-                staged.write_bytes(self.root / rel, png)
-            for _, files in preview_files:
-                for rel, png in files:
-                    staged.write_bytes(self.root / rel, png)
+            if images_table is not None:  # 1. the batch's PNGs
+                staged.write_parquet(self.root / image_part, images_table,
+                                     row_group_size=_image_rows_per_group(images_table, b), **_IMAGES_WRITE)
             for layer, table in tables.items():  # 2. one activation part per layer
                 staged.write_parquet(layout.activations_dir(self.root, self.model, layer, self.run_id) / name,
                                      table, row_group_size=b, **_ACT_WRITE)
@@ -372,28 +381,6 @@ class RunWriter:
                              durable=self.durable, **_SAMPLES_WRITE)
         self._done.update(idx.tolist())
         return name
-
-    def _preview_pngs(self, idx: np.ndarray, previews) -> list[tuple[int, list[tuple[str, bytes]]]]:
-        """[(step, [(relpath, png bytes) per sample])] of the batch's previews, validated and encoded."""
-        if not previews:
-            return []
-        if not isinstance(previews, Mapping):
-            raise TypeError(f"previews must be a dict step -> images, got {type(previews).__name__}")
-        out = []
-        for step, images in sorted(previews.items(), key=lambda kv: int(kv[0])):
-            if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-                raise ValueError(f"preview steps must be integers, got {step!r}")
-            if images is None or len(images) != len(idx):
-                raise ValueError(f"previews of step {step}: need {len(idx)} images (one per index), "
-                                 f"got {'none' if images is None else len(images)}")
-            files = []
-            for i, arr in zip(idx.tolist(), images, strict=True):
-                rel = layout.preview_relpath(self.model, self.run_id, i, int(step))  # checks the step range
-                buf = io.BytesIO()
-                _to_pil(arr).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-                files.append((rel, buf.getvalue()))
-            out.append((int(step), files))
-        return out
 
     def _samples_table(self, idx, sids, samples, thumbs, sizes, paths, preview_steps=None) -> pa.Table:
         allowed = set(schema.SAMPLE_INPUT_FIELDS) | {"width", "height"}
@@ -451,6 +438,51 @@ class RunWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._finished:
             self.finish("interrupted" if exc_type is not None else "complete")
+
+
+def _preview_pngs(b: int, previews) -> list[tuple[int, list[bytes]]]:
+    """[(step, PNG per sample)] of a batch's x0 previews in step order, validated and encoded."""
+    if not previews:
+        return []
+    if not isinstance(previews, Mapping):
+        raise TypeError(f"previews must be a dict step -> images, got {type(previews).__name__}")
+    out = []
+    for step, images in sorted(previews.items(), key=lambda kv: int(kv[0])):
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) \
+                or not 0 <= int(step) <= layout.MAX_PREVIEW_STEP:
+            raise ValueError(f"preview steps must be integers in 0..{layout.MAX_PREVIEW_STEP}, got {step!r}")
+        if images is None or len(images) != b:
+            raise ValueError(f"previews of step {step}: need {b} images (one per index), "
+                             f"got {'none' if images is None else len(images)}")
+        out.append((int(step), [encode_png(arr) for arr in images]))
+    return out
+
+
+IMAGE_ROW_GROUP_BYTES = 1 << 20
+
+
+def _image_rows_per_group(table: pa.Table, b: int) -> int:
+    """Whole samples per row group, about 1 MiB of PNG each: a reader fetching one image reads that much,
+    and small images (the demo's 16 px digits) are not split into hundreds of tiny groups."""
+    per_sample = table.num_rows // b
+    sample_bytes = max(1, table["png"].nbytes // b)
+    return per_sample * max(1, IMAGE_ROW_GROUP_BYTES // sample_bytes)
+
+
+def _images_table(idx: np.ndarray, sids: list[str], finals: list[bytes] | None,
+                  previews: list[tuple[int, list[bytes]]]) -> pa.Table | None:
+    """The batch's images part: per sample its final image (step null) then its previews; None without PNGs."""
+    steps: list[int | None] = ([None] if finals is not None else []) + [k for k, _ in previews]
+    if not steps:
+        return None
+    columns = ([finals] if finals is not None else []) + [pngs for _, pngs in previews]
+    per = len(steps)
+    return pa.Table.from_arrays(
+        [pa.array(np.repeat(np.asarray(sids, dtype=object), per), pa.string()),
+         pa.array(np.repeat(idx, per), pa.int64()),
+         pa.array(steps * len(idx), pa.int16()),
+         pa.array([png for row in zip(*columns, strict=True) for png in row], pa.binary())],
+        schema=schema.IMAGES)
 
 
 def _activation_table(layer: str, sids: list[str], entries: Sequence[Mapping[str, Any]]) -> pa.Table:

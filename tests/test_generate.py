@@ -1,5 +1,6 @@
 """Generation: determinism per sample seed, resume without duplicates, steps and sigmas in the store."""
 
+import io
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ def _by_sample(store, layer, step):
 
 
 def _images(store, ids):
-    return [np.asarray(Image.open(Store(store).image_path(sid))) for sid in ids]
+    return [np.asarray(Image.open(io.BytesIO(Store(store).image(sid)))) for sid in ids]
 
 
 def test_sample_is_identical_in_one_run_and_after_resumes(tmp_path):

@@ -72,24 +72,23 @@ def test_no_strip_for_a_sample_without_previews(preview_env):
     assert len(at.image) >= 1  # the selected image itself is still there
 
 
-def test_strip_images_are_the_previews_downscaled_and_skip_missing_files(preview_store, tmp_path):
+def test_strip_images_are_the_previews_downscaled(preview_store):
     from app import previews
-    from store import Store
 
     path = str(preview_store)
-    got = previews.strip_images(path, "pv", "pv-a-00000002", [0, 1, 2])
+    got = previews.strip_images(path, "pv", "pv-a-00000002", "v1")
     assert [k for k, _ in got] == [0, 1, 2]
     for k, png in got:
         pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
         assert pixels.shape == (16, 16, 3) and tuple(pixels[0, 0]) == COLORS[k]
-    assert previews.strip_images(path, "pv", "pv-b-00000002", []) == []
+    assert previews.strip_images(path, "pv", "pv-b-00000002", "v1") == []
 
-    big = tmp_path / "big.png"
-    Image.new("RGB", (1024, 512), (1, 2, 3)).save(big)
-    thumb = Image.open(io.BytesIO(previews._thumbnail(str(big), 0, previews.THUMB_SIDE)))
+    buf = io.BytesIO()
+    Image.new("RGB", (1024, 512), (1, 2, 3)).save(buf, format="PNG")
+    thumb = Image.open(io.BytesIO(previews.downscale(buf.getvalue(), previews.THUMB_SIDE)))
     assert thumb.size == (previews.THUMB_SIDE, previews.THUMB_SIDE // 2)
-
-    assert Store(path).preview_path("pv-a-00000003", 1).is_file()
+    small = got[0][1]
+    assert previews.downscale(small, previews.THUMB_SIDE) is small  # already small: passed through
     assert previews.listed_steps(np.array([2, 0], np.int16)) == [0, 2]
     assert previews.listed_steps(None) == [] and previews.listed_steps(float("nan")) == []
     steps = pd.DataFrame({"step": [0, 1], "timestep": [999.0, 499.0], "sigma": [14.61, 1.61]})

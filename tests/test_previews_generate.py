@@ -3,6 +3,8 @@ writer path (background thread), the CLI flag for every model, and the demo stor
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -18,8 +20,8 @@ from tests.edm_fixtures import TINY_EDM, tiny_edm_adapter
 LAYERS = ["midblock"]
 
 
-def _png(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+def _png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def test_edm_sample_hands_every_steps_denoised_batch_to_the_callback():
@@ -67,7 +69,7 @@ def test_generate_stores_edm_previews_and_the_last_equals_the_image(tmp_path):
     for sid in samples.sample_id:
         previews = st.previews(sid)
         assert list(previews) == [0, 1, 2]
-        np.testing.assert_array_equal(_png(previews[2]), _png(st.image_path(sid)))
+        np.testing.assert_array_equal(_png(previews[2]), _png(st.image(sid)))
         assert not np.array_equal(_png(previews[0]), _png(previews[2]))
     report = verify(tmp_path)
     assert report.ok and not report.orphans, report.lines()
@@ -107,7 +109,7 @@ def test_generate_stores_t2i_previews(t2i_files, tmp_path):
     for sid in samples.sample_id:
         previews = st.previews(sid)
         assert _png(previews[0]).shape == (16, 16, 3)
-        np.testing.assert_array_equal(_png(previews[3]), _png(st.image_path(sid)))
+        np.testing.assert_array_equal(_png(previews[3]), _png(st.image(sid)))
     assert verify(tmp_path).ok
 
 
@@ -120,7 +122,7 @@ def test_cli_flag_works_for_the_demo_model(tmp_path, capsys):
     st = Store(tmp_path)
     sid = st.samples(model="demo").sample_id[0]
     previews = st.previews(sid)
-    assert list(previews) == [0, 1, 2, 3] and all(p.is_file() for p in previews.values())
+    assert list(previews) == [0, 1, 2, 3] and all(png[:4] == b"\x89PNG" for png in previews.values())
 
 
 def test_demo_store_has_previews_for_its_multistep_run_only(tmp_path):

@@ -82,15 +82,19 @@ def test_samples_runs_and_metadata(store_root):
     row = df.iloc[3]
     assert (row["index"], row["seed"], row["class_id"], row["num_steps"]) == (3, 1003, 0, 2)
     assert (row["width"], row["height"]) == (8, 8)
-    assert row["image_path"] == "images/model=demo/run_id=r1/00000003.png"
+    assert row["image_path"] == "images/model=demo/run_id=r1/part-00000000-00000003.parquet"  # its batch's part
     sub = st.samples(sample_ids=["r2-00000004", "r1-00000000"], columns=["sample_id", "label", "thumb"])
     assert sub["sample_id"].tolist() == ["r1-00000000", "r2-00000004"]
     assert sub["thumb"].map(lambda b: bytes(b)[:4] == b"RIFF").all()
     with pytest.raises(ValueError, match="unknown sample columns.*valid"):
         st.samples(columns=["nope"])
 
-    img = np.asarray(Image.open(st.image_path("r1-00000003")))
+    img = np.asarray(Image.open(io.BytesIO(st.image("r1-00000003"))))
     np.testing.assert_array_equal(img, batch("r1", [3])[1][0])
+    pngs = st.images(["r2-00000004", "zz-00000001", "r1-00000003", "r1-00000009"])
+    assert pngs[1] is None and pngs[2] == st.image("r1-00000003")
+    for png, (run, i) in zip([pngs[0], pngs[3]], [("r2", 4), ("r1", 9)], strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), batch(run, [i])[1][0])
     thumbs = st.thumbs(["r1-00000003", "zz-00000001"])
     assert thumbs[1] is None and max(Image.open(io.BytesIO(thumbs[0])).size) <= 96
 

@@ -122,11 +122,13 @@ def test_verify_finds_flipped_bits_in_vectors(root):
     assert not report.ok and [p for p, _ in report.corrupt] == [part.relative_to(root).as_posix()]
 
 
-def test_verify_reports_missing_image_exit_1(root):
-    (root / "images/model=demo/run_id=r1/00000005.png").unlink()
+def test_verify_reports_missing_images_exit_1(root):
+    (root / "images/model=demo/run_id=r1/part-00000004-00000007.parquet").unlink()
     res = _cli("verify", root)
     assert res.returncode == 1
-    assert "MISSING  images/model=demo/run_id=r1/00000005.png (image of r1-00000005)" in res.stdout
+    for i in range(4, 8):
+        assert f"MISSING  images/model=demo/run_id=r1/part-00000004-00000007.parquet (image of r1-{i:08d})" \
+            in res.stdout
 
 
 def test_verify_reports_missing_activation_part_exit_1(root):

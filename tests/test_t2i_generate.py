@@ -52,7 +52,7 @@ def test_four_step_run_lands_in_the_store_with_every_step(files, tmp_path):
 def _images_and_acts(root, model, layer, steps):
     st = Store(root)
     samples = st.samples(model=model)
-    images = {sid: st.image_path(sid).read_bytes() for sid in samples.sample_id}
+    images = dict(zip(samples.sample_id, st.images(samples.sample_id.tolist()), strict=True))
     acts = {}
     for step in range(steps):
         a = st.activations(model, layer, step=step)
