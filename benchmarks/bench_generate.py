@@ -11,6 +11,7 @@ Parquet parts written atomically). Prints both rates and `ratio=<recorded / bare
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -89,6 +90,9 @@ def main() -> None:
           f"samples={n} batch={bs} layers={','.join(layers)} steps={adapter.num_steps}")
     print(f"bare generation:            {b:8.1f} samples/s")
     print(f"with hooks + store writes:  {r:8.1f} samples/s")
+    pairs = ", ".join(f"{x / y:.3f}" for x, y in zip(rates_rec, rates_bare, strict=True))
+    print(f"per repeat: {pairs}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared "
+          f"machine's load moves both rates)")
     print(f"ratio={r / b:.3f}")
 
 

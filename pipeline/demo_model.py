@@ -9,7 +9,9 @@ the 1-step case being DMD2's recipe (one call at sigma = 80).
 ``python -m pipeline train-demo`` (or ``python -m pipeline.demo_model``) trains it deterministically: 2,000
 Adam steps, about 4 minutes on 2 idle Xeon cores (0.13 s a step). The shipped ``data/demo_edm.safetensors``
 was trained with the same recipe on a GPU (``train_demo(device="cuda")``, noted in the file's metadata): the
-same model up to floating-point differences, not the same bits.
+same model up to floating-point differences, not the same bits. A full CPU run on a 2-core machine that was
+also running the test suite took 416 s, and its samples were recognised as well (100% at 4 steps, 90.0% at
+1 step, against 100% and 90.5% for the shipped weights).
 """
 
 from __future__ import annotations
