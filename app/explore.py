@@ -569,9 +569,11 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
                          key=f"dl_zip_{digest}", width="stretch",
                          disabled=len(zip_ids) > exports.MAX_ZIP_IMAGES,
                          help=f"At most {exports.MAX_ZIP_IMAGES:,} images; select fewer with the lasso.")
-    c[3].download_button("Map (HTML)", data=lambda: exports.map_html(view, data.coloring_for(path, view, settings)),
+    c[3].download_button("Map (HTML)", data=lambda: exports.map_html(view, data.coloring_for(path, view, settings),
+                                                                  data.open_store(path)),
                          file_name=f"{name}.html", mime="text/html", icon=":material/language:",
                          key=f"dl_html_{view.key}", width="stretch",
-                         help="A standalone interactive map (plotly.js included; works offline).")
+                         help="A standalone interactive map (plotly.js included; works offline), with hover "
+                              f"thumbnails for maps of up to {exports.MAX_HTML_THUMBS:,} points.")
     c[4].button("Map (PNG)", on_click=_png, icon=":material/image:", key="dl_png", width="stretch",
                 help="Drawn by your browser from the map as you see it (zoom included).")

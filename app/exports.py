@@ -6,15 +6,19 @@ The PNG of the map is drawn by the browser (plotly.js ``downloadImage``), not he
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import zipfile
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from app import views
 
 MAX_ZIP_IMAGES = 5000
+MAX_HTML_THUMBS = 5000  # hover thumbnails are inlined in the HTML: ~0.2-3 kB each
 _EXPORT_COLUMNS = ("sample_id", "model", "run_id", "index", "seed", "class_id", "class_name", "prompt",
                    "prompt_index", "category", "label", "num_steps", "width", "height", "image_path")
 
@@ -66,7 +70,7 @@ def images_zip(store, view: views.View, sample_ids: list[str]) -> bytes:
 
 
 def map_figure(view: views.View, coloring: views.Coloring) -> go.Figure:
-    """The map as a plotly figure with hover text (for the standalone HTML: no server, no thumbnails)."""
+    """The map as a plotly figure with hover text; each point's `customdata` is its row in the view."""
     f = view.frame
     hover = (f["label"].astype(str) + "<br>seed " + f["seed"].astype(str) + " · " + f["run_id"].astype(str)
              + " #" + f["index"].astype(str)).to_numpy()
@@ -75,6 +79,7 @@ def map_figure(view: views.View, coloring: views.Coloring) -> go.Figure:
     payload = views.color_payload(coloring)
     if payload["kind"] == "numeric":
         fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", text=hover, hoverinfo="text", name=coloring.title,
+                                   customdata=np.arange(len(f)),
                                    marker=dict(size=5, color=payload["values"], colorscale="Viridis",
                                                showscale=True, colorbar=dict(title=coloring.title))))
     else:
@@ -84,7 +89,7 @@ def map_figure(view: views.View, coloring: views.Coloring) -> go.Figure:
             if len(rows) == 0:
                 continue
             fig.add_trace(go.Scattergl(x=x[rows], y=y[rows], mode="markers", text=hover[rows], hoverinfo="text",
-                                       name=name, marker=dict(size=5, color=color)))
+                                       customdata=rows, name=name, marker=dict(size=5, color=color)))
     step = f"step {view.step}"
     if view.step_info.get("sigma") is not None:
         step += f" · σ {float(view.step_info['sigma']):.3g}"
@@ -96,7 +101,40 @@ def map_figure(view: views.View, coloring: views.Coloring) -> go.Figure:
     return fig
 
 
-def map_html(view: views.View, coloring: views.Coloring) -> bytes:
-    """A standalone interactive HTML file (plotly.js inlined, so it opens offline)."""
-    return map_figure(view, coloring).to_html(include_plotlyjs=True, full_html=True,
-                                              config={"scrollZoom": True, "displaylogo": False}).encode()
+def map_html(view: views.View, coloring: views.Coloring, store=None) -> bytes:
+    """A standalone interactive HTML file (plotly.js inlined, so it opens offline). With `store`, and at most
+    `MAX_HTML_THUMBS` points, hovering a point also shows its thumbnail, inlined as WebP."""
+    fig = map_figure(view, coloring)
+    script = None
+    if store is not None and len(view) <= MAX_HTML_THUMBS:
+        thumbs = store.thumbs(view.frame["sample_id"].astype(str).tolist())
+        script = _HOVER_THUMBS.replace(
+            "THUMBS_JSON", json.dumps([base64.b64encode(t).decode() if t else None for t in thumbs]))
+    elif store is not None:
+        fig.update_layout(title=fig.layout.title.text + f"<br><sup>hover thumbnails are kept for maps of up to "
+                          f"{MAX_HTML_THUMBS:,} points</sup>")
+    return fig.to_html(include_plotlyjs=True, full_html=True, post_script=script,
+                       config={"scrollZoom": True, "displaylogo": False}).encode()
+
+
+# Runs after plotly draws the figure ({plot_id} is plotly's placeholder): a thumbnail beside the hovered point.
+_HOVER_THUMBS = """
+const thumbs = THUMBS_JSON;
+const plot = document.getElementById('{plot_id}');
+const box = document.createElement('img');
+box.id = 'hover-thumb';
+box.style.cssText = 'position:fixed;display:none;width:96px;height:96px;object-fit:contain;' +
+  'image-rendering:pixelated;background:#fff;border:1px solid #ccc;border-radius:4px;pointer-events:none;z-index:10';
+document.body.appendChild(box);
+plot.on('plotly_hover', (ev) => {
+  const p = ev.points[0], t = thumbs[p.customdata];
+  if (!t) { box.style.display = 'none'; return; }
+  box.src = 'data:image/webp;base64,' + t;
+  const e = ev.event || {}, x = e.clientX || 0, y = e.clientY || 0;
+  // left of the point: plotly puts its hover label on the right
+  box.style.left = (x > 130 ? x - 112 : x + 16) + 'px';
+  box.style.top = Math.max(4, y - 48) + 'px';
+  box.style.display = 'block';
+});
+plot.on('plotly_unhover', () => { box.style.display = 'none'; });
+"""

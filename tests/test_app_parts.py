@@ -225,8 +225,40 @@ def test_selection_exports(app_store):
     html = exports.map_html(v, views.colorings(v)["label"]).decode()
     assert html.count("<html") == 1 and "Plotly.newPlot" in html and "0: zero" in html
     assert len(html) > 3_000_000  # plotly.js is inlined: the file opens offline
+    assert "hover-thumb" not in html  # no store given: no thumbnails
     with pytest.raises(ValueError, match="at most"):
         exports.images_zip(store, v, ["x"] * (exports.MAX_ZIP_IMAGES + 1))
+
+
+def test_map_html_inlines_each_points_thumbnail_up_to_a_limit(app_store, monkeypatch):
+    import base64
+    import json
+    import re
+
+    from store import Store
+
+    store = Store(app_store)
+    frame = store.samples(model="digits")
+    ids = frame["sample_id"].tolist()
+    v = views.make_view(store_key="s", projection_key="p", model="digits", layer="midblock", step=2,
+                        sample_ids=ids, xy=np.random.default_rng(0).normal(size=(len(ids), 2)), samples=frame,
+                        quality={}, source="fit", step_info={"step": 2, "sigma": 0.3, "timestep": None})
+    coloring = views.colorings(v)["label"]
+    fig = exports.map_figure(v, coloring)
+    rows = np.concatenate([np.asarray(t.customdata) for t in fig.data])
+    assert sorted(rows.tolist()) == list(range(len(ids)))  # every point knows its row in the view
+    first = fig.data[0]
+    assert [v.frame["label"].iloc[int(r)] for r in first.customdata[:3]] == [first.name] * 3
+
+    html = exports.map_html(v, coloring, store).decode()
+    thumbs = json.loads(re.search(r"const thumbs = (\[.*?\]);", html).group(1))
+    assert len(thumbs) == len(ids) and "hover-thumb" in html
+    assert base64.b64decode(thumbs[7]) == store.thumbs([ids[7]])[0]
+    assert base64.b64decode(thumbs[7])[:4] == b"RIFF"  # WebP
+
+    monkeypatch.setattr(exports, "MAX_HTML_THUMBS", len(ids) - 1)
+    html = exports.map_html(v, coloring, store).decode()
+    assert "hover-thumb" not in html and f"maps of up to {len(ids) - 1:,} points" in html
 
 
 def test_selection_exports_of_an_all_steps_view_carry_each_points_step(app_store):
