@@ -13,6 +13,7 @@ COMMANDS = {
     "project": "project",
     "demo": "demo",
     "train-demo": "train_demo",
+    "prune-cache": "prune_cache",
 }
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.caches import provenance
 from pipeline.features import FeatureError, FeatureSpec, load_features
 from pipeline.neighbors import METRICS, exact_knn
 
@@ -244,11 +245,11 @@ def _read_cached(store, model, what, key) -> pd.DataFrame | None:
     return frame
 
 
-def _write_cached(store, model, what, key, frame: pd.DataFrame) -> None:
+def _write_cached(store, model, what, key, frame: pd.DataFrame, provenance: dict) -> None:
     table = frame.reset_index() if frame.index.name is not None else frame
     try:
         store.write_artifact(_relpath(model, what, key), pa.Table.from_pandas(table, preserve_index=False),
-                             {"key": key, "attrs": frame.attrs})
+                             {"key": key, "attrs": frame.attrs, "provenance": provenance})
     except (OSError, ValueError) as exc:  # a read-only store still works: it recomputes
         log.warning("could not cache %s %s: %s", what, key, exc)
 
@@ -260,7 +261,7 @@ def _cached(store, model, what, payload, compute) -> pd.DataFrame:
         frame = _read_cached(store, model, what, key)
     if frame is None:
         frame = compute()
-        _write_cached(store, model, what, key, frame)
+        _write_cached(store, model, what, key, frame, provenance(payload["versions"], payload["filter"]["runs"]))
     _MEMO.put(key, frame)
     return frame
 

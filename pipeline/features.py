@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.caches import provenance
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -327,13 +329,14 @@ def _read_pca(store, model, layer, key, sample_ids) -> np.ndarray | None:
     return np.asarray(flat.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
 
 
-def _write_pca(store, model, layer, key, sample_ids, X, spec) -> None:
+def _write_pca(store, model, layer, key, sample_ids, X, spec, provenance: dict) -> None:
     table = pa.table({
         "sample_id": pa.array([str(s) for s in sample_ids], pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel(), pa.float32()), X.shape[1]),
     })
     try:
-        store.write_artifact(_pca_relpath(model, layer, key), table, {"feature": spec.to_dict(), "key": key})
+        store.write_artifact(_pca_relpath(model, layer, key), table,
+                             {"feature": spec.to_dict(), "key": key, "provenance": provenance})
     except OSError as e:  # a read-only store still works, it just recomputes
         log.warning("could not cache PCA features %s: %s", key, e)
 
@@ -386,7 +389,7 @@ def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | 
     if X is None:
         X = to_features(matrix, shape, resolved)
         if resolved.pca is not None:
-            _write_pca(store, model, layer, key, ids, X, resolved)
+            _write_pca(store, model, layer, key, ids, X, resolved, provenance({layer: version}, run_ids))
     f = Features(sample_ids=ids, X=X, spec=resolved, stored_shape=tuple(shape), reduce=reduce, step=step,
                  key=key)
     if cache:

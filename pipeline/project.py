@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.caches import provenance
 from pipeline.features import (
     ALL_STEPS,
     FeatureError,
@@ -632,13 +633,13 @@ class Projector:
         if xy is None and not refit and params.backend == "umap":
             sibling = self._warm_sibling(store, model, layer, family, key, feats)
             if sibling is not None:
-                knn = self._get_knn(store, model, layer, step, feats, params, version, fid, report)
+                knn = self._get_knn(store, model, layer, step, feats, params, version, run_ids, fid, report)
                 epochs = warm_epochs(n)
                 report(0.45, f"warm start from {sibling.key} ({epochs} epochs)")
                 xy = umap_layout(feats.X, knn[0], knn[1], params, init=sibling.xy, n_epochs=epochs)
                 source, meta = "warm", {"warm_from": sibling.key, "n_epochs": epochs}
         if xy is None:
-            knn = self._get_knn(store, model, layer, step, feats, params, version, fid, report)
+            knn = self._get_knn(store, model, layer, step, feats, params, version, run_ids, fid, report)
             report(0.45, f"UMAP layout of {n:,} points")
             xy = umap_layout(feats.X, knn[0], knn[1], params)
         report(0.9, "measuring map quality")
@@ -718,7 +719,7 @@ class Projector:
             return None
         return sib
 
-    def _get_knn(self, store, model, layer, step, feats, params, version, fid, report):
+    def _get_knn(self, store, model, layer, step, feats, params, version, run_ids, fid, report):
         """(idx, dist) with at least n_neighbors columns: memory, then store, then computed (and saved)."""
         kkey = _knn_key(version, model, layer, step, feats.spec, params.metric, params.seed, fid)
         need = params.n_neighbors
@@ -741,7 +742,7 @@ class Projector:
             got = (feats.sample_ids, idx, dist)
             with self._lock:
                 self._knn.put(kkey, got)
-            _write_knn(store, model, layer, kkey, got, params.metric)
+            _write_knn(store, model, layer, kkey, got, params.metric, provenance({layer: version}, run_ids))
             return idx, dist
 
 
@@ -782,7 +783,7 @@ def _read_pointer(store, model, layer, kind, name) -> str | None:
     return str(got[0].column("key")[0].as_py())
 
 
-def _write_knn(store, model, layer, kkey, got, metric) -> None:
+def _write_knn(store, model, layer, kkey, got, metric, provenance: dict) -> None:
     ids, idx, dist = got
     k = idx.shape[1]
     table = pa.table({
@@ -791,7 +792,8 @@ def _write_knn(store, model, layer, kkey, got, metric) -> None:
         "distances": pa.FixedSizeListArray.from_arrays(pa.array(dist.ravel(), pa.float32()), k),
     })
     try:
-        store.write_artifact(_relpath(model, layer, "knn", kkey), table, {"k": k, "metric": metric})
+        store.write_artifact(_relpath(model, layer, "knn", kkey), table,
+                             {"k": k, "metric": metric, "provenance": provenance})
     except OSError as e:
         log.warning("could not cache the kNN graph %s: %s", kkey, e)
 
