@@ -347,6 +347,29 @@ def view_for(path: str, settings, job: Job) -> views.View:
     return _view(job.key, job, path, settings.model, settings.layer, settings.step)
 
 
+@st.cache_data(show_spinner=False, ttl=10, max_entries=8)
+def _stale_caches(resolved: str, version: str) -> tuple[int, int]:
+    from pipeline.caches import scan
+
+    stale = [f for f in scan(open_store(resolved)) if f.stale]
+    return len(stale), sum(f.bytes for f in stale)
+
+
+def stale_caches(path: str) -> tuple[int, int]:
+    """(files, bytes) of the caches that data changed since has made stale (see `pipeline.caches`)."""
+    return _stale_caches(resolve(path), store_version(path))
+
+
+def prune_caches(path: str) -> int:
+    """Remove the stale caches; returns how many files went."""
+    from pipeline.caches import prune
+
+    removed = prune(open_store(path))
+    _stale_caches.clear()
+    storage_frame.clear()
+    return len(removed)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _image(resolved: str, sample_id: str, version: str) -> bytes | None:
     return open_store(resolved).image(sample_id)

@@ -137,3 +137,31 @@ def test_no_login_without_auth_settings(app_env):
     at = app_test()
     assert not at.exception and not any("sign in" in i.value for i in at.info)
     assert at.get("bidi_component")
+
+
+def test_overview_removes_stale_caches(tmp_path, monkeypatch):
+    from pipeline.caches import scan
+    from pipeline.project import ProjectionParams, Projector
+    from store import Store
+    from tests.test_features import write_clustered_run
+
+    params = ProjectionParams(feature="full+pca5", n_neighbors=10, min_dist=0.1)
+    write_clustered_run(tmp_path, range(120))
+    Projector().project(Store(tmp_path), "demo", "mid", 0, params)
+    write_clustered_run(tmp_path, range(120, 180))
+    Projector().project(Store(tmp_path), "demo", "mid", 0, params, refit=True)
+    stale = [f for f in scan(Store(tmp_path)) if f.stale]
+    assert len(stale) == 4
+    with fx.app_pointed_at(tmp_path, monkeypatch, tmp_path / "app"):
+        at = app_test(OVERVIEW)
+        assert not at.exception
+        assert "4 cache files" in _texts(at) and "changed since" in _texts(at)
+        at.button(key="prune_caches").click().run()
+        assert not at.exception
+        assert not any(f.path.exists() for f in stale) and not [f for f in scan(Store(tmp_path)) if f.stale]
+        assert any("Removed 4 stale cache files" in s.value for s in at.success)
+        assert "changed since" not in _texts(at)
+        kinds = next(d.value for d in at.dataframe if "kind" in d.value.columns)
+        assert int(kinds.set_index("kind").loc["projections", "files"]) == 9 - 4  # the table is current
+        # this store was written without images: the grid says so instead of showing broken images
+        assert "stored without images" in _texts(at) and not at.image

@@ -1,5 +1,5 @@
 """Overview: the store in use, its runs and manifests, models, layers, steps, sample counts, a grid of
-samples per class or category, and the storage footprint per layer."""
+samples per class or category, and the storage footprint per layer (with a button that removes stale caches)."""
 
 from __future__ import annotations
 
@@ -95,13 +95,17 @@ shown = groups[(page - 1) * GRID_CATEGORIES_PER_PAGE: page * GRID_CATEGORIES_PER
 # one sample per seed: runs of the same model share seeds, and their images would repeat
 picked = (order[order[group_col].isin(shown)].drop_duplicates([group_col, "seed"])
           .groupby(group_col, sort=False).head(GRID_PER_CATEGORY))
+picked = picked[picked["image_path"].notna()]  # samples written without images have no thumbnail
 urls = dict(zip(picked["sample_id"], data.thumb_urls(path, picked["sample_id"].tolist()), strict=True))
 for group in shown:
     members = picked[picked[group_col] == group]
     count = int((frame[group_col] == group).sum())
     with st.container(border=True, key=f"grid_{grid_model}_{group}"):
         st.markdown(f"**{group}** · {count:,} samples")
-        st.image([urls[s] for s in members["sample_id"]], width=72)
+        if len(members):
+            st.image([urls[s] for s in members["sample_id"]], width=72)
+        else:
+            st.caption("stored without images")
 
 # ------------------------------------------------------------------------------------------- storage
 st.subheader("Storage")
@@ -115,6 +119,15 @@ with s1:
 with s2:
     kinds = by_kind.assign(size=[data.human_bytes(float(b)) for b in by_kind["bytes"]])
     st.dataframe(kinds[["kind", "files", "size"]], hide_index=True, width="stretch")
+    pruned = st.session_state.pop("pruned_caches", None)
+    if pruned is not None:
+        st.success(f"Removed {pruned} stale cache files.", icon=":material/delete_sweep:")
+    stale_files, stale_bytes = data.stale_caches(path)
+    if stale_files:
+        st.caption(f"{stale_files} cache files ({data.human_bytes(float(stale_bytes))}) were computed from data "
+                   "that has changed since; no map or comparison uses them any more.")
+        st.button("Remove stale caches", icon=":material/delete_sweep:", key="prune_caches",
+                  on_click=lambda: st.session_state.update(pruned_caches=data.prune_caches(path)))
 
 bad = data.skipped(path)
 if bad:
