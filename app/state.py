@@ -18,6 +18,7 @@ import streamlit as st
 
 # Session keys (app-owned).
 STORE_PATH = "dmd.store_path"
+REFUSED_STORE = "dmd.refused_store"
 VIEW = "dmd.view"
 SELECTED = "dmd.selected"  # sample_id or None
 MANUAL = "dmd.manual"  # manual neighbours, in click order
@@ -42,14 +43,39 @@ def default_store_path() -> str:
     return os.environ.get("DMD2VIZ_STORE") or "data"
 
 
+def store_roots() -> list[Path] | None:
+    """The folders a server lets users open stores under (``DMD2VIZ_STORE_ROOTS``, separated by ``os.pathsep``);
+    None when unset: any folder the process can read."""
+    raw = os.environ.get("DMD2VIZ_STORE_ROOTS", "")
+    roots = [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    return roots or None
+
+
+def store_allowed(path: str) -> bool:
+    """Whether users may open `path`: the default store always, others only under `store_roots()` when set
+    (compared after resolving links, so a link cannot lead outside)."""
+    roots = store_roots()
+    if roots is None or is_default_store(path):
+        return True
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
 def store_path() -> str:
     return st.session_state.get(STORE_PATH) or default_store_path()
 
 
+def refused_store() -> str | None:
+    """The last store path refused by `store_allowed` (shown in the sidebar), or None."""
+    return st.session_state.get(REFUSED_STORE)
+
+
 def set_store_path(path: str) -> None:
-    """Switch stores: the view and the selection belong to the old store and are reset."""
+    """Switch stores: the view and the selection belong to the old store and are reset. A path outside
+    the allowed folders is refused (remembered for the sidebar's message) and the store stays as it was."""
     path = (path or "").strip() or default_store_path()
-    if path == st.session_state.get(STORE_PATH):
+    st.session_state[REFUSED_STORE] = None if store_allowed(path) else path
+    if path == st.session_state.get(STORE_PATH) or not store_allowed(path):
         return
     st.session_state[STORE_PATH] = path
     st.session_state[VIEW] = ViewSettings()
@@ -310,7 +336,10 @@ def load_from_url_once() -> None:
     st.session_state[URL_LOADED] = True
     params = {k: st.query_params.get(k) for k in st.query_params}
     if params.get("store"):
-        st.session_state[STORE_PATH] = params["store"]
+        if store_allowed(params["store"]):
+            st.session_state[STORE_PATH] = params["store"]
+        else:
+            st.session_state[REFUSED_STORE] = params["store"]
     st.session_state[VIEW] = view_from_params(params)
     select(params.get("sel") or None)
     if params.get("man"):

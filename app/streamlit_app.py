@@ -23,6 +23,9 @@ with st.sidebar:
     st.text_input("Store", value=state.store_path(), key="dmd_store_input",
                   help="Folder of a store (default: the DMD2VIZ_STORE environment variable, else ./data).",
                   on_change=lambda: state.set_store_path(st.session_state["dmd_store_input"]))
+    if refused := state.refused_store():
+        roots = ", ".join(f"`{r}`" for r in state.store_roots() or [])
+        st.caption(f":red[Not opened: `{refused}` is outside the folders this server opens stores from] ({roots})")
     status = data.store_status(state.store_path())
     if status.ok:
         st.caption(f"{len(status.models)} model(s): {', '.join(status.models)}")

@@ -165,3 +165,31 @@ def test_overview_removes_stale_caches(tmp_path, monkeypatch):
         assert int(kinds.set_index("kind").loc["projections", "files"]) == 9 - 4  # the table is current
         # this store was written without images: the grid says so instead of showing broken images
         assert "stored without images" in _texts(at) and not at.image
+
+
+def test_store_roots_limit_which_folders_users_open(app_env, app_store, tmp_path, monkeypatch):
+    """`DMD2VIZ_STORE_ROOTS`: the sidebar and `?store=` open stores under those folders only (links resolved)."""
+    import shutil
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    shutil.copytree(app_store, allowed / "copy")
+    shutil.copytree(app_store, outside / "copy")
+    (allowed / "escape").symlink_to(outside / "copy")
+    monkeypatch.setenv("DMD2VIZ_STORE_ROOTS", str(allowed))
+
+    at = app_test(OVERVIEW)
+    at.text_input(key="dmd_store_input").set_value(str(allowed / "copy")).run()
+    assert not at.exception and str(allowed / "copy") in _texts(at)
+    for refused in (outside / "copy", allowed / "escape"):
+        at.text_input(key="dmd_store_input").set_value(str(refused)).run()
+        assert not at.exception
+        assert any("outside the folders this server opens stores from" in c.value for c in at.sidebar.caption)
+        assert f"Store `{allowed / 'copy'}`" in _texts(at)  # still the allowed store
+
+    at = app_test(OVERVIEW, query={"store": str(outside / "copy")})
+    assert not at.exception
+    assert any("Not opened" in c.value for c in at.sidebar.caption)
+    assert str(outside) not in "\n".join(c.value for c in at.caption if "Store `" in c.value)
+    at = app_test(OVERVIEW, query={"store": str(allowed / "copy")})
+    assert f"Store `{(allowed / 'copy').resolve()}`" in _texts(at) and not any(
+        "Not opened" in c.value for c in at.sidebar.caption)
