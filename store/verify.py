@@ -91,8 +91,7 @@ class _Verifier:
         self.quick = quick
         self.r = Report(root)
         self.committed: dict[tuple[str, str], dict[str, set[str]]] = {}  # (model, run) -> part -> ids
-        # (relpath, sample_id) of a format 1 PNG file, or (images part, sample_id, None) of a final image
-        self.image_refs: list[tuple] = []
+        self.image_refs: list[tuple[str, str]] = []  # (images part or format 1 PNG file, sample_id)
         self.preview_steps: dict[str, set[int]] = {}  # sample_id -> steps its row lists
         self.preview_refs: list[tuple[str, str, int]] = []  # (relpath, sample_id, step)
         self.part_pngs: dict[str, set[tuple[str, int | None]]] = {}  # images part -> its (sample_id, step) rows
@@ -182,7 +181,7 @@ class _Verifier:
                     continue
                 in_part = ref is not None and ref.endswith(".parquet")  # format 2; format 1: a file per PNG
                 if ref is not None:
-                    self.image_refs.append((ref, sid, None) if in_part else (ref, sid))
+                    self.image_refs.append((ref, sid))
                 for k in sorted(set(steps or ())):
                     self.preview_steps.setdefault(sid, set()).add(k)
                     self.preview_refs.append((ref if in_part else layout.preview_relpath(parts["model"], run, i, k),
@@ -196,13 +195,20 @@ class _Verifier:
             self.foreign_or_staging(p)
             return
         t = self.read(p, "activations", ["sample_id"])
-        if t is None:
-            return
+        if t is not None:
+            self.of_committed_batch(parts, p, t)
+
+    def of_committed_batch(self, parts: dict, p: Path, t) -> bool:
+        """Whether a batch's activation or images part `p` (read as `t`) belongs to a committed batch and
+        holds only its samples; records an orphan or a corrupt part otherwise."""
         committed = self.committed.get((parts["model"], parts["run_id"]), {})
         if p.name not in committed:
             self.r.orphans.append(self.rel(p))
-        elif not self.quick and not set(t["sample_id"].to_pylist()) <= committed[p.name]:
+            return False
+        if not self.quick and not set(t["sample_id"].to_pylist()) <= committed[p.name]:
             self.r.corrupt.append((self.rel(p), "rows for samples that its samples part does not hold"))
+            return False
+        return True
 
     def images(self, parts: dict, p: Path) -> None:
         if layout.parse_part_name(p.name) is not None:
@@ -227,18 +233,9 @@ class _Verifier:
     def image_part(self, parts: dict, p: Path) -> None:
         """A batch's images part: an orphan without its samples part; every PNG in it must decode."""
         t = self.read(p, "images", ["sample_id", "step"])
-        if t is None:
-            return
-        committed = self.committed.get((parts["model"], parts["run_id"]), {})
-        if p.name not in committed:
-            self.r.orphans.append(self.rel(p))
-            return
-        if self.quick:
+        if t is None or not self.of_committed_batch(parts, p, t) or self.quick:
             return
         ids, steps = t["sample_id"].to_pylist(), t["step"].to_pylist()
-        if not set(ids) <= committed[p.name]:
-            self.r.corrupt.append((self.rel(p), "rows for samples that its samples part does not hold"))
-            return
         self.part_pngs[self.rel(p)] = set(zip(ids, steps, strict=True))
         for sid, step, png in zip(ids, steps, t["png"].to_pylist(), strict=True):
             if (why := _png_problem(io.BytesIO(png))) is not None:
@@ -314,7 +311,7 @@ def verify(root: str | os.PathLike, quick: bool = False) -> Report:
     for top in layout.ARTIFACT_TOPS:
         v.derived(root / top)
     if not quick:  # every image a committed sample refers to, and every preview step it lists, exists
-        v.r.missing_images.extend(ref[:2] for ref in v.image_refs if not v.has_png(*ref))
+        v.r.missing_images.extend(ref for ref in v.image_refs if not v.has_png(*ref))
         v.r.missing_previews.extend(ref for ref in v.preview_refs if not v.has_png(*ref))
     v.missing_activation_parts()
     return v.r
