@@ -414,7 +414,7 @@ class Store:
             if st is None or not st.has_min_max or any(st.min <= i <= st.max for i in rows):
                 groups.append(g)
         try:
-            t = pq.ParquetFile(path).read_row_groups(groups, columns=["index", "step", "png"])
+            t = pq.ParquetFile(path, metadata=md).read_row_groups(groups, columns=["index", "step", "png"])
         except Exception as exc:  # noqa: BLE001 - a damaged part loses its images, not the page
             self._footers.mark_bad(path, f"{type(exc).__name__}: {exc}")
             self._skip(path, f"{type(exc).__name__}: {exc}")
