@@ -40,7 +40,7 @@ def step_caption(step: int, steps: pd.DataFrame, current: int | None = None) -> 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def strip_images(path: str, model: str, sample_id: str, version: str) -> list[tuple[int, bytes]]:
+def strip_images(path: str, sample_id: str, version: str) -> list[tuple[int, bytes]]:
     """(step, downscaled PNG) of each preview the store holds for the sample, in step order. Cached per
     data `version`, so a store that changes (a resumed run) is read again."""
     return [(step, downscale(png, THUMB_SIDE)) for step, png in data.open_store(path).previews(sample_id).items()]
@@ -64,7 +64,7 @@ def preview_strip(path: str, model: str, layer: str, sample_id: str, preview_ste
     """Draw the strip under the selected image; nothing when the sample has no previews."""
     if not listed_steps(preview_steps):
         return
-    images = strip_images(data.resolve(path), model, sample_id, data.version(path, model))
+    images = strip_images(data.resolve(path), sample_id, data.version(path, model))
     if not images:
         st.caption("(x0 previews missing from the store)")
         return

@@ -74,8 +74,9 @@ def set_store_path(path: str) -> None:
     """Switch stores: the view and the selection belong to the old store and are reset. A path outside
     the allowed folders is refused (remembered for the sidebar's message) and the store stays as it was."""
     path = (path or "").strip() or default_store_path()
-    st.session_state[REFUSED_STORE] = None if store_allowed(path) else path
-    if path == st.session_state.get(STORE_PATH) or not store_allowed(path):
+    allowed = store_allowed(path)
+    st.session_state[REFUSED_STORE] = None if allowed else path
+    if path == st.session_state.get(STORE_PATH) or not allowed:
         return
     st.session_state[STORE_PATH] = path
     st.session_state[VIEW] = ViewSettings()

@@ -76,12 +76,12 @@ def test_strip_images_are_the_previews_downscaled(preview_store):
     from app import previews
 
     path = str(preview_store)
-    got = previews.strip_images(path, "pv", "pv-a-00000002", "v1")
+    got = previews.strip_images(path, "pv-a-00000002", "v1")
     assert [k for k, _ in got] == [0, 1, 2]
     for k, png in got:
         pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
         assert pixels.shape == (16, 16, 3) and tuple(pixels[0, 0]) == COLORS[k]
-    assert previews.strip_images(path, "pv", "pv-b-00000002", "v1") == []
+    assert previews.strip_images(path, "pv-b-00000002", "v1") == []
 
     buf = io.BytesIO()
     Image.new("RGB", (1024, 512), (1, 2, 3)).save(buf, format="PNG")
