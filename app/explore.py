@@ -71,7 +71,8 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     if not layers:
         st.warning(f"Model **{model}** has no stored activations.")
         st.stop()
-    _init("w_layer", view.layer if view.layer in layers else default_layer(layers), lambda v: v in layers)
+    _init("w_layer", view.layer if view.layer in layers else default_layer(layers, model),
+          lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="w_layer")
 
     steps = data.model_steps(path, model, layer)
@@ -178,9 +179,12 @@ def _refit_target(*values) -> tuple:
     return tuple(values)
 
 
-def default_layer(layers: list[str]) -> str:
-    """The middle of the network (its bottleneck) when the store has it, else the middle of the list."""
-    for name in ("midblock", "mid_block", "encoder_bottleneck"):
+def default_layer(layers: list[str], model: str | None = None) -> str:
+    """The model family's first view layer that the store has (pipeline/families.py: the network's middle,
+    its bottleneck), else the middle of the list."""
+    from pipeline.families import view_layers
+
+    for name in view_layers(model):
         if name in layers:
             return name
     return layers[len(layers) // 2]

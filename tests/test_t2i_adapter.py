@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline import lora
-from pipeline.adapters.t2i import T2IAdapter, build_t2i_adapter, layer_info, shipped_unet_config
+from pipeline.adapters.t2i import T2IAdapter, block_layers, build_t2i_adapter, layer_info, shipped_unet_config
 from pipeline.checkpoints import CheckpointMismatch
 from pipeline.hooks import Recorder
 from pipeline.prompts import PromptSet
@@ -183,7 +183,7 @@ def test_layers_have_aliases_and_paths(adapters):
     assert layers["up0.res1"] == "up_blocks.0.resnets.1" and layers["up0.upsample"] == "up_blocks.0.upsamplers.0"
     for path in set(layers.values()):
         a.root.get_submodule(path)  # every path resolves
-    assert a.default_layers() == ["down0", "down1", "mid", "up0", "up1"]
+    assert block_layers(layers) == ["down0", "down1", "mid", "up0", "up1"]
     shapes = a.layer_shapes()
     assert shapes["down0"] == (32, 4, 4) and shapes["mid"] == (64, 4, 4) and shapes["up1"] == (32, 8, 8)
     assert shapes["conv_out"] == (4, LATENT, LATENT) and set(shapes) == set(layers)

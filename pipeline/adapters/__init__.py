@@ -1,14 +1,13 @@
-"""Model adapters, one per family, and the factory that builds one from command-line choices."""
+"""Model adapters, one per family, and the factory that builds one from command-line choices.
+
+Which models exist, and how each is built, is the registry's business (pipeline/families.py)."""
 
 from __future__ import annotations
 
 import torch
 
 from pipeline.adapters.base import Adapter, Condition, UnknownLayer
-
-EDM_MODELS = ("demo", "imagenet")
-T2I_MODELS = ("sd15", "sdxl", "sdxl-4step", "sdxl-4step-lora")
-MODELS = EDM_MODELS + T2I_MODELS
+from pipeline.families import MODELS, get_family
 
 __all__ = ["MODELS", "Adapter", "Condition", "UnknownLayer", "build_adapter"]
 
@@ -18,24 +17,13 @@ def build_adapter(model: str, *, checkpoint: str | None = None, device: torch.de
                   samples_per_class: int | None = None, x0_previews: bool = False, **t2i) -> Adapter:
     """Build the adapter for `model` (see MODELS); text-to-image options go through **t2i.
 
+    `steps` and `dtype` default to the family's recipe (a fixed-step family keeps its own timesteps).
     `x0_previews`: the adapter keeps each step's x0 (denoised) image in `last_previews` after `sample`."""
-    device = device or torch.device("cpu")
-    if model == "demo":
-        from pipeline.adapters.edm import load_demo
-
-        return load_demo(device, checkpoint=checkpoint, steps=steps, class_ids=class_ids,
-                         samples_per_class=samples_per_class, x0_previews=x0_previews)
-    if model == "imagenet":
-        from pipeline.adapters.edm import load_imagenet
-
-        if not checkpoint:
-            raise ValueError("--model imagenet needs --checkpoint (a local file or folder, or "
-                             "hf://tianweiy/DMD2/model/imagenet/<run folder>)")
-        return load_imagenet(checkpoint, device, steps=steps or 1, dtype=dtype or torch.float32,
-                             class_ids=class_ids, samples_per_class=samples_per_class, x0_previews=x0_previews)
-    if model in T2I_MODELS:
-        from pipeline.adapters.t2i import build_t2i_adapter
-
-        return build_t2i_adapter(model, checkpoint=checkpoint, device=device, dtype=dtype, x0_previews=x0_previews,
-                                 **t2i)
-    raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    family = get_family(model)
+    recipe = family.recipe
+    if steps is None and not recipe.fixed_steps:
+        steps = recipe.steps
+    if dtype is None and recipe.dtype is not None:
+        dtype = getattr(torch, recipe.dtype)
+    return family.load(checkpoint=checkpoint, device=device or torch.device("cpu"), steps=steps, dtype=dtype,
+                       class_ids=class_ids, samples_per_class=samples_per_class, x0_previews=x0_previews, **t2i)

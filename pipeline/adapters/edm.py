@@ -146,6 +146,33 @@ def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int
                       samples_per_class=samples_per_class, x0_previews=x0_previews)
 
 
+# -- the registry's entry points (pipeline/families.py) ------------------------------------------------
+def demo_loader(model: str = "demo", *, checkpoint: str | None = None, device: torch.device | None = None,
+                steps: int | None = None, class_ids=None, samples_per_class=None, x0_previews: bool = False,
+                **_other) -> EDMAdapter:
+    """Loader of `demo`: the shipped weights unless `checkpoint`; runs in float32 whatever `dtype` says."""
+    return load_demo(device or torch.device("cpu"), checkpoint=checkpoint, steps=steps, class_ids=class_ids,
+                     samples_per_class=samples_per_class, x0_previews=x0_previews)
+
+
+def imagenet_loader(model: str = "imagenet", *, checkpoint: str | None = None,
+                    device: torch.device | None = None, steps: int = 1, dtype: torch.dtype = torch.float32,
+                    class_ids=None, samples_per_class=None, x0_previews: bool = False, **_other) -> EDMAdapter:
+    """Loader of `imagenet`: DMD2 ships no default run, so a checkpoint is required."""
+    if not checkpoint:
+        raise ValueError("--model imagenet needs --checkpoint (a local file or folder, or "
+                         "hf://tianweiy/DMD2/model/imagenet/<run folder>)")
+    return load_imagenet(checkpoint, device or torch.device("cpu"), steps=steps, dtype=dtype,
+                         class_ids=class_ids, samples_per_class=samples_per_class, x0_previews=x0_previews)
+
+
+def layer_info(model: str, resolution: int | None = None) -> tuple[dict[str, str], dict[str, tuple]]:
+    """Layer registry of the EDM families: layers and their (C, H, W) on the meta device. The networks have
+    one image size, so `resolution` is ignored."""
+    adapter = skeleton(model)
+    return adapter.layers(), adapter.layer_shapes()
+
+
 def skeleton(model: str) -> EDMAdapter:
     """An adapter on the meta device (no weights, no memory), for listing layers and shapes."""
     from pipeline.models.edm import imagenet_config

@@ -39,12 +39,15 @@ DECODE_BATCH = 4  # latents per VAE call: the fp32 SDXL decoder is memory hungry
 
 SD15_PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 SDXL_PARTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "unet", "scheduler")
+BASES = {"sd15": SD15_PARTS, "sdxl": SDXL_PARTS}
+"""The base architectures this adapter runs (a spec's `family`), with the subfolders each needs."""
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @cache
 def model_specs() -> dict[str, dict]:
-    """The released generators and their sampling recipe (pipeline/data/t2i_models.json)."""
+    """The released generators' weights, base model and timesteps (pipeline/data/t2i_models.json); which
+    models exist, and their recipe, is the registry's (pipeline/families.py)."""
     specs = json.loads((DATA / "t2i_models.json").read_text())
     return {k: v for k, v in specs.items() if not k.startswith("_")}
 
@@ -143,7 +146,8 @@ def check_resolution(resolution: int, vae_scale: int, config: dict) -> int:
 
 
 def layer_info(model: str, resolution: int | None = None) -> tuple[dict[str, str], dict[str, tuple]]:
-    """Layers and their (C, H, W) at `resolution` px from the shipped UNet config: no download."""
+    """Layers and their (C, H, W) at `resolution` px from the shipped UNet config: no download. The layer
+    registry of the text-to-image families (pipeline/families.py)."""
     config = shipped_unet_config(model)
     latent = check_resolution(resolution or spec(model)["resolution"], 8, config)
     layers = unet_layers(_meta_unet(config))
@@ -185,7 +189,7 @@ class BaseSource:
 
 
 def base_source(base_model: str, family: str) -> BaseSource:
-    parts = SDXL_PARTS if family == "sdxl" else SD15_PARTS
+    parts = BASES[family]
     expected = f"expected subfolders {', '.join(p + '/' for p in parts)}"
     path = Path(base_model).expanduser()
     if path.exists():
@@ -221,8 +225,8 @@ class T2IAdapter(Adapter):
                  alphas_cumprod: torch.Tensor, timesteps: list[int], prompts: PromptSet,
                  seeds_per_prompt: int, device: torch.device, dtype: torch.dtype, resolution: int | None,
                  checkpoint: str, checkpoint_sha256: str | None, base_model: str, x0_previews: bool = False):
-        if family not in ("sd15", "sdxl"):
-            raise ValueError(f"unknown family {family!r}")
+        if family not in BASES:
+            raise ValueError(f"unknown family {family!r}; this adapter runs {', '.join(BASES)}")
         if seeds_per_prompt < 1:
             raise ValueError(f"--seeds-per-prompt must be at least 1, got {seeds_per_prompt}")
         self.name, self.family = name, family
@@ -253,9 +257,6 @@ class T2IAdapter(Adapter):
     # -- layers -------------------------------------------------------------------------------------
     def layers(self) -> dict[str, str]:
         return unet_layers(self.unet)
-
-    def default_layers(self) -> list[str]:
-        return block_layers(self.layers())
 
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         if self._shapes is None:
@@ -478,6 +479,14 @@ def build_t2i_adapter(model: str, checkpoint: str | None = None, base_model: str
         seeds_per_prompt=seeds_per_prompt, device=device, dtype=dtype, resolution=resolution,
         checkpoint=str(checkpoint), checkpoint_sha256=checkpoints.sha256_of(weights), base_model=base_model,
         x0_previews=x0_previews)
+
+
+def loader(model: str, *, steps: int | None = None, class_ids=None, samples_per_class=None,
+           **options) -> T2IAdapter:
+    """Loader of the text-to-image families (pipeline/families.py): `build_t2i_adapter(model, **options)`.
+    DMD2's generators have fixed timesteps and prompts in place of classes, so `steps`, `class_ids` and
+    `samples_per_class` do not apply (`generate` refuses --steps for them)."""
+    return build_t2i_adapter(model, **options)
 
 
 def _fuse_lora(family, unet, vae, tokenizers, encoders, scheduler, path, lora) -> str:

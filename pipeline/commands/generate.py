@@ -12,7 +12,8 @@ import sys
 
 import torch
 
-from pipeline.adapters import MODELS, T2I_MODELS, build_adapter
+from pipeline import families
+from pipeline.adapters import MODELS, build_adapter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -24,13 +25,39 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def default_layers_help() -> str:
+    """The families' default --layers, for the help text: one list if they all share it."""
+    groups: dict[str, list[str]] = {}
+    for f in families.FAMILIES.values():
+        groups.setdefault(",".join(f.default_layers) or "none, --layers is required", []).append(f.name)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{', '.join(names)}: {layers}" for layers, names in groups.items())
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def fixed_steps_error(model: str) -> str:
+    """Why --steps is refused for `model`, with what every fixed-step family runs."""
+    runs: dict[int, list[str]] = {}
+    for f in families.FAMILIES.values():
+        if f.recipe.fixed_steps:
+            runs.setdefault(f.recipe.steps, []).append(f.name)
+    each = ", ".join(f"{_and(names)} run{'s' if len(names) == 1 else ''} {steps}"
+                     for steps, names in sorted(runs.items()))
+    return f"--steps does not apply to {model}: its timesteps are fixed ({each})"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--model", required=True, choices=MODELS, help=families.model_help())
     p.add_argument("--checkpoint", help="local file or folder, or hf://owner/repo/path (demo: shipped weights)")
     p.add_argument("--store", default="data", help="store folder (default: ./data)")
     p.add_argument("--num-samples", type=int, help="total samples in the run (default: samples-per-class x classes)")
-    p.add_argument("--layers", default="midblock,encoder_bottleneck",
-                   help="comma-separated layer names (python -m pipeline layers --model M lists them)")
+    p.add_argument("--layers",
+                   help="comma-separated layer names (python -m pipeline layers --model M lists them; "
+                        f"default: {default_layers_help()})")
     p.add_argument("--reduce", default="auto", choices=("auto", "mean", "pool4", "full"),
                    help="what to store per layer: channel means, a 4x4 pooled map, the full map, or auto "
                         "(full up to 65,536 values, else pool4)")
@@ -61,13 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         device = pick_device(args.device)
+        family = families.get_family(args.model)
+        if args.steps is not None and family.recipe.fixed_steps:
+            raise ValueError(fixed_steps_error(args.model))
         t2i = {}
-        if args.model in T2I_MODELS:
+        if family.conditioning == "prompt":
             from pipeline.prompts import PromptSet
-
-            if args.steps is not None:
-                raise ValueError(f"--steps does not apply to {args.model}: DMD2's text-to-image generators "
-                                 "have fixed timesteps (sdxl-4step and sdxl-4step-lora run 4, the others 1)")
 
             t2i = dict(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
                        seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution)
@@ -79,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
             if not args.samples_per_class:
                 raise ValueError("give --num-samples, or --samples-per-class")
             num = args.samples_per_class * len(getattr(adapter, "class_ids", []) or [0])
-        layers = [x for x in args.layers.replace(" ", "").split(",") if x]
+        if args.layers is None and not family.default_layers:
+            raise ValueError(f"give --layers: {args.model} has no default layers "
+                             f"(python -m pipeline layers --model {args.model} lists them)")
+        chosen = ",".join(family.default_layers) if args.layers is None else args.layers
+        layers = [x for x in chosen.replace(" ", "").split(",") if x]
         result = generate(adapter, args.store, num, layers, seed=args.seed, batch_size=args.batch_size,
                           reduce=args.reduce, run_id=args.run_name, progress=not args.quiet, fsync=args.fsync)
     except (ValueError, FileNotFoundError, CheckpointMismatch, ManifestMismatch) as exc:

@@ -7,26 +7,19 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.adapters import MODELS
+from pipeline.families import MODELS, get_family, model_help
 from pipeline.hooks import bytes_per_sample, resolve_reduce
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--model", required=True, choices=MODELS, help=model_help())
     p.add_argument("--resolution", type=int, help="image size for text-to-image models")
 
 
 def layer_table(model: str, resolution: int | None = None) -> list[dict]:
-    """One row per hookable module: its first name and aliases, module path, output shape, default reduction and bytes per sample."""
-    from pipeline.adapters.edm import skeleton
-
-    if model in ("demo", "imagenet"):
-        adapter = skeleton(model)
-        layers, shapes = adapter.layers(), adapter.layer_shapes()
-    else:
-        from pipeline.adapters.t2i import layer_info
-
-        layers, shapes = layer_info(model, resolution)
+    """One row per hookable module: its first name and aliases, module path, output shape, default reduction
+    and bytes per sample, from the family's layer registry (pipeline/families.py)."""
+    layers, shapes = get_family(model).layers(resolution)
     names_of: dict[str, list[str]] = {}
     for name, path in layers.items():
         names_of.setdefault(path, []).append(name)

@@ -1,0 +1,218 @@
+"""The model-family registry: what the project knows about each model, one entry per model.
+
+A family is what `--model` names and what the store keys its data on (demo, imagenet, sd15, sdxl, sdxl-4step,
+sdxl-4step-lora). Its entry declares
+
+* `loader`: builds the adapter, `loader(name, checkpoint=, device=, steps=, dtype=, class_ids=,
+  samples_per_class=, x0_previews=, **extra) -> Adapter`; a loader ignores the options that do not apply to
+  its family (prompt options for class models, classes and steps for fixed-step prompt models);
+* `layer_registry`: `fn(name, resolution) -> (layers, shapes)`: friendly name or alias -> module path, and
+  name -> (C, H, W), computed on the meta device without a checkpoint (`resolution` in pixels, None: the
+  model's own; families of one fixed size ignore it);
+* `default_layers`: what `generate` records when `--layers` is omitted; `view_layers`: the names the app
+  opens a model on, first stored one wins (default: `default_layers`; list a default layer's aliases here
+  when a store may hold it under another name);
+* `conditioning`: "class" (class labels) or "prompt" (text prompts: `generate` loads a prompt set for it);
+* `recipe`: default sampling steps, whether `--steps` may change them, default dtype, and a one-line
+  description for `--help` and the docs.
+
+`loader` and `layer_registry` are "module:function" strings, imported on first use, so importing this module
+costs no torch; a callable works too (tests register tiny families that way). `generate`, `layers`,
+`pipeline.adapters.build_adapter` and the app's layer defaults all read this registry: adding a family is one
+adapter file (loader and layer registry) plus one `register(Family(...))` below.
+
+Not to be confused with `Adapter.family`, the network architecture a run's manifest records (edm, sd15, sdxl).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+CONDITIONINGS = ("class", "prompt")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a family samples by default."""
+
+    steps: int
+    """Sampling steps when `--steps` is not given (the count of a fixed schedule when `fixed_steps`)."""
+    fixed_steps: bool
+    """True: the model was distilled for its timesteps only, and `--steps` is refused."""
+    dtype: str | None
+    """Network precision when `--dtype` is not given: one of DTYPES, or None for float16 on CUDA/MPS and
+    float32 on the CPU (the adapter picks by device)."""
+    description: str
+    """One line for `--help` and the docs."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model: see the module docstring for what each field means."""
+
+    name: str
+    loader: str | Callable
+    layer_registry: str | Callable
+    conditioning: str
+    recipe: Recipe
+    default_layers: tuple[str, ...] = ()
+    view_layers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or "=" in self.name:
+            raise ValueError(f"family name {self.name!r} must be non-empty, without '/' or '=' (it names "
+                             "store folders)")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"family {self.name!r}: conditioning {self.conditioning!r} must be one of "
+                             f"{', '.join(CONDITIONINGS)}")
+        if self.recipe.steps < 1:
+            raise ValueError(f"family {self.name!r}: recipe steps must be at least 1, got {self.recipe.steps}")
+        if self.recipe.dtype is not None and self.recipe.dtype not in DTYPES:
+            raise ValueError(f"family {self.name!r}: dtype {self.recipe.dtype!r} must be one of "
+                             f"{', '.join(DTYPES)} or None")
+        for ref in (self.loader, self.layer_registry):
+            if not callable(ref) and (not isinstance(ref, str) or ref.count(":") != 1):
+                raise ValueError(f"family {self.name!r}: {ref!r} must be a callable or 'module:function'")
+        object.__setattr__(self, "default_layers", tuple(self.default_layers))
+        view = self.default_layers if self.view_layers is None else tuple(self.view_layers)
+        object.__setattr__(self, "view_layers", view)
+
+    def load(self, **options):
+        """Build this family's adapter: `loader(name, **options)`."""
+        return _resolve(self.loader)(self.name, **options)
+
+    def layers(self, resolution: int | None = None) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+        """(name or alias -> module path, name -> output shape) on the meta device, without a checkpoint."""
+        return _resolve(self.layer_registry)(self.name, resolution)
+
+
+def _resolve(ref: str | Callable) -> Callable:
+    if callable(ref):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+FAMILIES: dict[str, Family] = {}
+"""Name -> family, in registration order (the order `--model` lists them)."""
+
+
+class _Names(Sequence):
+    """The registered names, read live: a family registered later is a valid `--model` choice too."""
+
+    def __len__(self) -> int:
+        return len(FAMILIES)
+
+    def __getitem__(self, i):
+        return tuple(FAMILIES)[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(FAMILIES))
+
+    def __contains__(self, name) -> bool:
+        return name in FAMILIES
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # changes with the registry
+
+    def __add__(self, other):
+        return tuple(self) + tuple(other)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+MODELS: Sequence[str] = _Names()
+"""Every registered family's name (`pipeline.adapters.MODELS` is this object)."""
+
+
+def register(family: Family, *, replace: bool = False) -> Family:
+    """Add a family (a new model, or a test's tiny one); a taken name fails unless `replace`."""
+    if not isinstance(family, Family):
+        raise TypeError(f"register() takes a Family, got {type(family).__name__}")
+    if family.name in FAMILIES and not replace:
+        raise ValueError(f"model family {family.name!r} is already registered")
+    FAMILIES[family.name] = family
+    return family
+
+
+def unregister(name: str) -> Family:
+    """Remove a family (tests clean up their tiny ones this way)."""
+    return FAMILIES.pop(get_family(name).name)
+
+
+def get_family(name: str) -> Family:
+    """The family called `name`; a ValueError lists the valid names."""
+    try:
+        return FAMILIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(FAMILIES)}") from None
+
+
+def view_layers(model: str | None) -> tuple[str, ...]:
+    """The layer names the app opens `model` on, best first. A model the registry does not know (a store
+    written by a custom adapter) gets every family's names, merged so that each family's own order holds
+    (a name new to the list goes right after the name it follows in its family)."""
+    if model in FAMILIES:
+        return FAMILIES[model].view_layers
+    names: list[str] = []
+    for family in FAMILIES.values():
+        at = -1
+        for name in family.view_layers:
+            if name in names:
+                at = names.index(name)
+            else:
+                at += 1
+                names.insert(at, name)
+    return tuple(names)
+
+
+def model_help() -> str:
+    """`--model` help: each family's name and description (argparse-ready: '%' is doubled)."""
+    return "; ".join(f"{f.name}: {f.recipe.description}" for f in FAMILIES.values()).replace("%", "%%")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped families
+# ---------------------------------------------------------------------------------------------------
+_EDM = "pipeline.adapters.edm"
+_T2I = "pipeline.adapters.t2i"
+BOTTLENECK = ("midblock", "encoder_bottleneck")
+"""The layers recorded by default: the network's middle, and the last encoder block that feeds it."""
+UNET_BOTTLENECK_VIEW = ("midblock", "mid_block", "encoder_bottleneck")
+"""The app's first choice on a diffusers UNet, whose mid block may be stored under its module path too."""
+
+register(Family(
+    "demo", loader=f"{_EDM}:demo_loader", layer_registry=f"{_EDM}:layer_info", conditioning="class",
+    default_layers=BOTTLENECK,
+    recipe=Recipe(steps=4, fixed_steps=False, dtype="float32",
+                  description="the shipped 16 px digits EDM model (4-step Karras schedule; any --steps)")))
+register(Family(
+    "imagenet", loader=f"{_EDM}:imagenet_loader", layer_registry=f"{_EDM}:layer_info", conditioning="class",
+    default_layers=BOTTLENECK,
+    recipe=Recipe(steps=1, fixed_steps=False, dtype="float32",
+                  description="DMD2's ImageNet 64x64 class-conditional generator (1 step; needs --checkpoint)")))
+register(Family(
+    "sd15", loader=f"{_T2I}:loader", layer_registry=f"{_T2I}:layer_info", conditioning="prompt",
+    default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    recipe=Recipe(steps=1, fixed_steps=True, dtype=None,
+                  description="SD v1.5 1-step generator (FID 8.35 run)")))
+register(Family(
+    "sdxl", loader=f"{_T2I}:loader", layer_registry=f"{_T2I}:layer_info", conditioning="prompt",
+    default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    recipe=Recipe(steps=1, fixed_steps=True, dtype=None,
+                  description="SDXL 1-step generator (conditioning timestep 399, pure-noise input)")))
+register(Family(
+    "sdxl-4step", loader=f"{_T2I}:loader", layer_registry=f"{_T2I}:layer_info", conditioning="prompt",
+    default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    recipe=Recipe(steps=4, fixed_steps=True, dtype=None, description="SDXL 4-step generator (full UNet)")))
+register(Family(
+    "sdxl-4step-lora", loader=f"{_T2I}:loader", layer_registry=f"{_T2I}:layer_info", conditioning="prompt",
+    default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    recipe=Recipe(steps=4, fixed_steps=True, dtype=None,
+                  description="SDXL 4-step generator as a LoRA fused into the SDXL base UNet")))
