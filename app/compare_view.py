@@ -1,5 +1,6 @@
 """What the Compare layers page reads and remembers: its URL state, the background jobs of its two analyses
-(`pipeline.compare`), the projections of its two maps and their colourings, and the disagreement table.
+(`pipeline.compare`), the projections of its two maps and their colourings, and the disagreement table:
+`pipeline.compare` ranks and groups the results, this module adds the app's labels, thumbnails and links.
 
 The analyses run in the app's job registry (`app.data.jobs`) like the projections, so a slow first
 computation shows progress while the page stays usable; `pipeline.compare` caches results in the store under
@@ -13,7 +14,6 @@ import hashlib
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -178,16 +178,6 @@ def map_job(path: str, s: CompareSettings, layer: str) -> data.Job:
     return data.request_projection(path, map_settings(s, layer), None, 0)
 
 
-def least_similar_pair(cka: pd.DataFrame) -> tuple[str, str]:
-    """The pair of different layers with the lowest CKA (the most interesting to look at first)."""
-    m = cka.to_numpy(dtype=float).copy()
-    m[np.tril_indices_from(m)] = np.inf
-    m[~np.isfinite(m)] = np.inf
-    i, j = np.unravel_index(int(np.argmin(m)), m.shape)
-    names = list(cka.index)
-    return names[i], names[j]
-
-
 # ------------------------------------------------------------------------------------------- colouring
 
 def agreement_values(view: views.View, agreement: pd.DataFrame) -> pd.Series:
@@ -208,13 +198,17 @@ def color_file(path: str, view: views.View, s: CompareSettings, agreement: pd.Da
 
 # ------------------------------------------------------------------------------------------------ table
 
+def sample_labels(path: str, model: str) -> pd.Series:
+    """Each sample's label (class or prompt), indexed by sample_id."""
+    return data.model_samples(path, model).set_index("sample_id")["label"]
+
+
 def agreement_by_label(path: str, model: str, agreement: pd.DataFrame) -> pd.DataFrame:
-    """Mean neighbour agreement and sample count per label (class or prompt), least agreeing first."""
-    samples = data.model_samples(path, model).set_index("sample_id")
-    labels = samples["label"].reindex(agreement["sample_id"]).fillna("(none)").astype(str).to_numpy()
-    grouped = agreement.assign(label=labels).groupby("label", sort=False)["overlap"]
-    out = pd.DataFrame({"mean": grouped.mean(), "samples": grouped.size()}).reset_index()
-    return out.sort_values(["mean", "label"], kind="stable").reset_index(drop=True)
+    """Mean neighbour agreement and sample count per label, least agreeing first
+    (`pipeline.compare.agreement_by_label` with the model's labels)."""
+    from pipeline import compare
+
+    return compare.agreement_by_label(agreement, sample_labels(path, model))
 
 
 def thumb_data_urls(path: str, sample_ids: list[str]) -> list[str | None]:
@@ -226,14 +220,13 @@ def thumb_data_urls(path: str, sample_ids: list[str]) -> list[str | None]:
 
 
 def disagreement_table(path: str, s: CompareSettings, agreement: pd.DataFrame, n: int = 12) -> pd.DataFrame:
-    """The ``n`` samples whose neighbourhoods differ most between the two layers: lowest overlap first; among
-    equal overlaps one sample per label in turn (many samples often tie at 0), then store order. Thumbnail,
-    label, overlap and links that open them in Explore on either layer."""
-    samples = data.model_samples(path, s.model).set_index("sample_id")
-    frame = agreement.assign(label=samples["label"].reindex(agreement["sample_id"]).to_numpy(),
-                             order=np.arange(len(agreement)))
-    frame["turn"] = frame.groupby(["overlap", "label"], dropna=False).cumcount()
-    worst = frame.sort_values(["overlap", "turn", "order"], kind="stable").head(n)
+    """The ``n`` samples whose neighbourhoods differ most between the two layers
+    (`pipeline.compare.most_disagreeing`: lowest overlap first, one label in turn among ties, then store
+    order) with their thumbnail, label (the sample id where there is none), overlap and links that open them
+    in Explore on either layer."""
+    from pipeline import compare
+
+    worst = compare.most_disagreeing(agreement, sample_labels(path, s.model), n)
     ids = worst["sample_id"].tolist()
     labels = worst["label"]
     return pd.DataFrame({

@@ -37,7 +37,8 @@ from pipeline.neighbors import METRICS, exact_knn
 log = logging.getLogger(__name__)
 
 __all__ = ["CompareError", "linear_cka", "cka_matrix", "knn_overlap", "layer_similarity",
-           "neighbour_agreement", "clear_cache"]
+           "neighbour_agreement", "clear_cache", "least_similar_pair", "agreement_by_label",
+           "most_disagreeing"]
 
 MIN_SAMPLES = 3
 MAX_K = 100
@@ -353,3 +354,50 @@ def neighbour_agreement(store, model: str, layer_a: str, layer_b: str, step: int
     frame = _cached(store, model, "knn-agreement", payload, compute)
     report(1.0, "done")
     return frame
+
+
+# -- reading the results (pure pandas: no store, no app) -----------------------------------------------------
+
+def least_similar_pair(cka: pd.DataFrame) -> tuple[str, str]:
+    """The pair of different layers with the lowest CKA in a `layer_similarity` matrix (the most interesting
+    to look at first), as (row layer, column layer) with the row first in the matrix's order. NaN entries are
+    skipped; among equal values the first in row order wins."""
+    m = cka.to_numpy(dtype=float).copy()
+    m[np.tril_indices_from(m)] = np.inf
+    m[~np.isfinite(m)] = np.inf
+    i, j = np.unravel_index(int(np.argmin(m)), m.shape)
+    names = list(cka.index)
+    return names[i], names[j]
+
+
+def _labels_of(agreement: pd.DataFrame, labels: pd.Series) -> np.ndarray:
+    """The label of every row of ``agreement`` (NaN where ``labels``, indexed by sample_id, has none)."""
+    return labels.reindex(agreement["sample_id"]).to_numpy()
+
+
+def agreement_by_label(agreement: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """Mean neighbour agreement and sample count per label, least agreeing first (ties: by label).
+
+    ``agreement``: a `neighbour_agreement` frame (sample_id, overlap); ``labels``: each sample's label (class
+    or prompt), indexed by sample_id. Samples without a label count under ``"(none)"``. Returns (label, mean,
+    samples), labels as strings."""
+    named = pd.Series(_labels_of(agreement, labels)).fillna("(none)").astype(str).to_numpy()
+    grouped = agreement.assign(label=named).groupby("label", sort=False)["overlap"]
+    out = pd.DataFrame({"mean": grouped.mean(), "samples": grouped.size()}).reset_index()
+    return out.sort_values(["mean", "label"], kind="stable").reset_index(drop=True)
+
+
+def most_disagreeing(agreement: pd.DataFrame, labels: pd.Series, n: int) -> pd.DataFrame:
+    """The ``n`` samples whose neighbourhoods differ most between the two layers of a `neighbour_agreement`
+    frame: lowest overlap first; among equal overlaps one sample per label in turn (many samples often tie at
+    0, and a run of one class would hide the others), then the frame's (store) order.
+
+    ``labels``: each sample's label, indexed by sample_id (a sample without one forms its own group of
+    unlabelled samples). Returns (sample_id, label, overlap); label is NaN where there is none."""
+    frame = pd.DataFrame({"sample_id": agreement["sample_id"].to_numpy(),
+                          "label": _labels_of(agreement, labels),
+                          "overlap": agreement["overlap"].to_numpy(),
+                          "order": np.arange(len(agreement))})
+    frame["turn"] = frame.groupby(["overlap", "label"], dropna=False).cumcount()
+    worst = frame.sort_values(["overlap", "turn", "order"], kind="stable").head(max(int(n), 0))
+    return worst[["sample_id", "label", "overlap"]].reset_index(drop=True)

@@ -230,3 +230,56 @@ def test_mismatched_sample_sets(tmp_path):
         compare.layer_similarity(st, "demo", ["enc", "mid"], step=0, run_ids=["r2"])
     with pytest.raises(CompareError, match="share only 2 samples"):
         compare.layer_similarity(st, "demo", ["enc", "mid"], step=0, sample_ids=["r1-00000000", "r1-00000001"])
+
+
+# -- reading the results (pure, on constructed frames) -------------------------------------------------------
+
+def _cka(names, values):
+    return pd.DataFrame(np.array(values, dtype=float), index=names, columns=names)
+
+
+def test_least_similar_pair_is_the_lowest_off_diagonal_entry():
+    cka = _cka(["a", "b", "c"], [[1.0, 0.9, 0.4],
+                                 [0.9, 1.0, 0.7],
+                                 [0.4, 0.7, 1.0]])
+    assert compare.least_similar_pair(cka) == ("a", "c")
+    # the diagonal never counts (a layer with itself), even where it is the lowest; NaN entries are skipped
+    cka = _cka(["x", "y", "z"], [[np.nan, np.nan, 0.8],
+                                 [np.nan, 0.1, 0.6],
+                                 [0.8, 0.6, 0.1]])
+    assert compare.least_similar_pair(cka) == ("y", "z")
+    # equal values: the first pair in row order
+    flat = _cka(["p", "q", "r"], [[1, .5, .5], [.5, 1, .5], [.5, .5, 1]])
+    assert compare.least_similar_pair(flat) == ("p", "q")
+
+
+def test_agreement_by_label_means_counts_and_order():
+    agreement = pd.DataFrame({"sample_id": ["s0", "s1", "s2", "s3", "s4", "s5", "s6"],
+                              "overlap": [0.5, 0.25, 0.75, 1.0, 0.5, 0.5, 0.875]})
+    labels = pd.Series({"s0": "owl", "s1": "cat", "s2": "cat", "s3": "dog", "s4": "dog", "s5": "owl",
+                        "s6": None, "other": "cat"})  # a sample outside the frame does not count
+    out = compare.agreement_by_label(agreement, labels)
+    assert list(out.columns) == ["label", "mean", "samples"]
+    # least agreeing first; cat and owl tie at 0.5 and go by label; s6 (no label) counts under "(none)"
+    assert out["label"].tolist() == ["cat", "owl", "dog", "(none)"]
+    assert out["mean"].tolist() == [0.5, 0.5, 0.75, 0.875]
+    assert out["samples"].tolist() == [2, 2, 2, 1]
+    # a sample missing from the labels altogether also counts under "(none)"
+    out = compare.agreement_by_label(agreement, labels.drop("s1"))
+    assert out.set_index("label").loc["(none)", "samples"] == 2
+
+
+def test_most_disagreeing_takes_one_label_in_turn_among_ties_then_store_order():
+    ids = [f"s{i}" for i in range(8)]
+    agreement = pd.DataFrame({"sample_id": ids, "overlap": [0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.1, 0.0]})
+    labels = pd.Series(["a", "a", "a", "a", "b", "b", "b", None], index=ids)
+    out = compare.most_disagreeing(agreement, labels, 6)
+    assert list(out.columns) == ["sample_id", "label", "overlap"]
+    # overlap 0: s0 (a), s4 (b), s7 (no label) take the first turn in store order, then s1 (a), s5 (b), s2 (a)
+    assert out["sample_id"].tolist() == ["s0", "s4", "s7", "s1", "s5", "s2"]
+    assert out["overlap"].tolist() == [0.0] * 6
+    assert out["label"].tolist()[:2] == ["a", "b"] and pd.isna(out["label"].iloc[2])
+    # then the higher overlaps, lowest first
+    assert compare.most_disagreeing(agreement, labels, 8)["sample_id"].tolist()[-2:] == ["s6", "s3"]
+    assert len(compare.most_disagreeing(agreement, labels, 100)) == 8
+    assert compare.most_disagreeing(agreement, labels, 0).empty

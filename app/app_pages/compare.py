@@ -10,6 +10,7 @@ import streamlit as st
 from app import compare_view as cv
 from app import data, navigation, state, static_files, ui
 from app.components.scatter_map import scatter_map
+from pipeline import compare
 
 MAP_HEIGHT = 460
 TABLE_ROWS = 12
@@ -144,7 +145,7 @@ def similarity_section(path: str, s: cv.CompareSettings, url: dict) -> cv.Compar
         return None
     cka: pd.DataFrame = job.result
     layers = list(s.layers)
-    default_a, default_b = cv.least_similar_pair(cka)
+    default_a, default_b = compare.least_similar_pair(cka)
     ua, ub = url.get("a"), url.get("b")
     if ua in layers and ub in layers and ua != ub:
         default_a, default_b = ua, ub
