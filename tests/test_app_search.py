@@ -164,3 +164,73 @@ def test_empty_store_shows_how_to_build_one(tmp_path):
     assert not at.exception
     assert "holds no samples yet" in _texts(at)
     assert "python -m pipeline demo" in _texts(at)
+
+
+def test_the_page_searches_through_the_app_data_layer(monkeypatch):
+    """The page reaches store.search only through app.data: replacing app.data's functions changes what it shows."""
+    from pathlib import Path
+
+    from app import data
+    from app.data import SearchError
+
+    source = (Path(data.__file__).parent / SEARCH).read_text()
+    assert "from store" not in source and "import store" not in source
+
+    calls, real_search, real_ids = [], data.search, data.search_ids
+
+    def recording(path, mode, text, model=None, runs=(), limit=None, timeout_s=data.SEARCH_TIMEOUT_S):
+        calls.append((mode, text, model, tuple(runs), limit))
+        if text == "canned":
+            raise SearchError("a canned refusal", 3, text, kind="refused")
+        return real_search(path, mode, text, model, runs, limit=limit, timeout_s=timeout_s)
+
+    id_calls = []
+
+    def recording_ids(path, mode, text, model=None, runs=(), timeout_s=data.SEARCH_TIMEOUT_S):
+        id_calls.append((mode, text, model, tuple(runs)))
+        return real_ids(path, mode, text, model, runs, timeout_s=timeout_s)[:5]
+
+    monkeypatch.setattr(data, "search", recording)
+    monkeypatch.setattr(data, "search_ids", recording_ids)
+    at = app_test(SEARCH)
+    at.selectbox(key="search.model").set_value("words").run()
+    _search(at, "canned")
+    assert calls == [("keywords", "canned", "words", (), 10_000)]
+    assert any("Not allowed" in e.value and "a canned refusal" in e.value for e in at.error)
+    assert any(c.value == "canned\n   ^" for c in at.code)
+    _search(at, "vehicles")
+    assert calls[-1] == ("keywords", "vehicles", "words", (), 10_000)
+    assert "**18 matching samples** in words" in _texts(at)
+    next(b for b in at.button if b.label == "Show on map").click().run()
+    assert not at.exception, at.exception
+    from app import state
+
+    assert id_calls == [("keywords", "vehicles", "words", ())]
+    assert len(at.session_state[state.HIGHLIGHT]) == 5  # what app.data.search_ids gave
+
+
+def test_data_search_turns_every_failure_into_a_search_error(monkeypatch):
+    import os
+
+    from app import data
+    from app.data import SearchError
+    from store import search as store_search
+
+    store_path = os.environ["DMD2VIZ_STORE"]  # app_env points the app at the synthetic store
+
+    with pytest.raises(SearchError) as bad_mode:
+        data.search(store_path, "nope", "cat")
+    assert bad_mode.value.kind == "error" and "unknown search mode" in bad_mode.value.message
+    result = data.search(store_path, "sql", "class_name = 'three'", model="digits", limit=100)
+    assert result.total == 18 and len(result.frame) == 18
+    assert data.search_ids(store_path, "sql", "class_name = 'three'", model="digits") == result.sample_ids
+    assert list(data.search_modes()) == list(store_search.MODES)
+    assert data.search_columns() == dict(store_search.SEARCH_COLUMNS)
+
+    def broken(store):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store_search, "for_store", broken)
+    with pytest.raises(SearchError) as failed:
+        data.search(store_path, "keywords", "cat")
+    assert failed.value.kind == "error" and "RuntimeError: disk on fire" in failed.value.message

@@ -2,14 +2,14 @@
 
 Results show as a grid of thumbnails (label or prompt, category, seed) with counts per category; "Show on map"
 opens Explore with the result set highlighted (through the URL's ``hl`` parameter); the result set exports as
-CSV or Parquet. Every query runs in ``store.search``'s sandbox: errors come back inline, with a caret under the
-problem, and never crash the page. The URL keeps the query (``sq``, ``sm``, ``smodel``) so a link reruns it.
+CSV or Parquet. Every query goes through the app's data layer (`app.data.search`) and runs in
+``store.search``'s sandbox: errors come back inline, with a caret under the problem, and never crash the page.
+The URL keeps the query (``sq``, ``sm``, ``smodel``) so a link reruns it.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import replace
 
 import pandas as pd
@@ -18,15 +18,12 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from app import data, navigation, state, ui
-from store import search as store_search
-from store.keywords import SearchError
-
-log = logging.getLogger(__name__)
+from app.data import SearchError
 
 PAGE_SIZE = 24
 GRID_COLUMNS = 6
 LIMITS = (100, 1_000, 10_000, 100_000)
-TIMEOUT_S = 3.0
+TIMEOUT_S = data.SEARCH_TIMEOUT_S
 ALL_MODELS = "(all models)"
 CAPTION_CHARS = 90
 
@@ -75,7 +72,7 @@ def _load_url_once(models: list[str]) -> None:
     if not text:
         return
     mode = st.query_params.get(URL_MODE, "keywords")
-    mode = mode if mode in store_search.MODES else "keywords"
+    mode = mode if mode in data.search_modes() else "keywords"
     model = st.query_params.get(URL_MODEL)
     st.session_state[K_MODE] = mode
     st.session_state[K_TEXT[mode]] = text
@@ -84,18 +81,14 @@ def _load_url_once(models: list[str]) -> None:
     st.session_state["dmd.search.pending"] = True
 
 
-def _run(path: str, query: tuple) -> store_search.SearchResult | SearchError:
+def _run(path: str, query: tuple):
+    """The query's ``SearchResult``, or its ``SearchError`` (every failure is one: the page never shows a
+    traceback, `app.data.search` logs it)."""
     mode, text, model, runs, limit = query
     try:
-        searcher = store_search.for_store(data.open_store(path))
-        return searcher.run(mode, text, model, list(runs) or None, limit=limit, timeout_s=TIMEOUT_S)
+        return data.search(path, mode, text, model, runs, limit=limit, timeout_s=TIMEOUT_S)
     except SearchError as exc:
         return exc
-    except ValueError as exc:
-        return SearchError(str(exc), None, text, kind="error")
-    except Exception as exc:  # the page never shows a traceback; the log keeps it
-        log.exception("search failed: %r", query)
-        return SearchError(f"the search failed: {type(exc).__name__}: {exc}", None, text, kind="error")
 
 
 def _show_error(err: SearchError) -> None:
@@ -125,7 +118,7 @@ def _grid(path: str, frame: pd.DataFrame) -> None:
             st.caption(f"{_short(text)}  \n:gray[{category} · seed {row.seed}]")
 
 
-def _counts(result: store_search.SearchResult) -> None:
+def _counts(result) -> None:
     counts = result.counts("category")
     st.markdown("**Per category**" + (" (shown rows)" if result.truncated else ""))
     st.dataframe(counts, hide_index=True, width="stretch", height=min(36 * (len(counts) + 1), 420))
@@ -135,7 +128,7 @@ def _counts(result: store_search.SearchResult) -> None:
                      hide_index=True, width="stretch")
 
 
-def _show_on_map(path: str, result: store_search.SearchResult, query: tuple) -> None:
+def _show_on_map(path: str, result, query: tuple) -> None:
     mode, text, model, runs, _limit = query
     models = list(result.model_counts)  # every model with a match, also beyond the row limit
     if model is None and len(models) > 1:
@@ -148,8 +141,7 @@ def _show_on_map(path: str, result: store_search.SearchResult, query: tuple) -> 
                           "row limit)."):
         return
     try:  # every match of the chosen model, not only the rows shown here
-        ids = store_search.run_saved(data.open_store(path), mode, text, model=target, run_ids=list(runs) or None,
-                                     timeout_s=TIMEOUT_S)
+        ids = data.search_ids(path, mode, text, model=target, runs=runs, timeout_s=TIMEOUT_S)
     except (SearchError, ValueError) as exc:
         st.error(f"Could not collect the matches: {exc}")
         return
@@ -163,7 +155,7 @@ def _show_on_map(path: str, result: store_search.SearchResult, query: tuple) -> 
     st.switch_page(navigation.PAGES_DIR / "explore.py", query_params={"model": target, "hl": param})
 
 
-def _export(result: store_search.SearchResult) -> None:
+def _export(result) -> None:
     frame = result.frame
     stem = f"search-{result.mode}-{len(frame)}"
     c1, c2 = st.columns(2)
@@ -180,7 +172,7 @@ def _results(path: str, query: tuple, outcome) -> None:
     if isinstance(outcome, SearchError):
         _show_error(outcome)
         return
-    result: store_search.SearchResult = outcome
+    result = outcome
     scope = model or "all models"
     if runs:
         scope += f", runs {', '.join(runs)}"
@@ -211,10 +203,10 @@ models = list(status.models)
 _load_url_once(models)
 st.caption(f"Store `{data.resolve(path)}` · keywords, a regular expression or a SQL condition over the samples")
 
-if st.session_state.get(K_MODE) not in store_search.MODES:
+modes = data.search_modes()
+if st.session_state.get(K_MODE) not in modes:
     st.session_state[K_MODE] = "keywords"
-mode = st.radio("Search with", store_search.MODES, key=K_MODE, horizontal=True,
-                format_func=store_search.MODE_LABELS.get)
+mode = st.radio("Search with", list(modes), key=K_MODE, horizontal=True, format_func=modes.get)
 c_model, c_runs, c_limit = st.columns([2, 3, 1])
 if st.session_state.get(K_MODEL) not in [ALL_MODELS, *models]:
     st.session_state[K_MODEL] = ALL_MODELS
@@ -240,7 +232,7 @@ with st.expander("How to write a search", expanded=False):
     st.markdown(HELP[mode])
     if mode == "sql":
         st.dataframe(pd.DataFrame([{"column": k, "type": t, "meaning": m}
-                                   for k, (t, m) in store_search.SEARCH_COLUMNS.items()]),
+                                   for k, (t, m) in data.search_columns().items()]),
                      hide_index=True, width="stretch")
 
 if st.session_state.pop("dmd.search.pending", False):
@@ -264,6 +256,6 @@ if submitted:
 if RESULT in st.session_state:
     query, outcome = st.session_state[RESULT]
     if query[0] != mode or query[1] != (text or ""):
-        st.caption(f"Results of the last search ({store_search.MODE_LABELS[query[0]]}: `{_short(query[1], 60)}`). "
+        st.caption(f"Results of the last search ({modes[query[0]]}: `{_short(query[1], 60)}`). "
                    "Press Search to run the new one.")
     _results(path, query, outcome)
