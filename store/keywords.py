@@ -27,6 +27,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from . import schema
+
 __all__ = [
     "SearchError",
     "Term",
@@ -44,7 +46,7 @@ __all__ = [
     "MAX_REGEX_CHARS",
 ]
 
-DEFAULT_COLUMNS = ("prompt", "label", "class_name", "category")
+DEFAULT_COLUMNS = schema.SAMPLE_VOCAB.text  # the samples columns keyword searches look in
 MAX_QUERY_CHARS = 2000
 MAX_REGEX_CHARS = 500
 MAX_DEPTH = 50  # nesting of parentheses / NOT chains; keeps recursion far from Python's limit

@@ -44,7 +44,7 @@ _DUCK_TYPES = {
     pa.float32(): "FLOAT", pa.binary(): "BLOB", pa.list_(pa.int32()): "INTEGER[]",
     pa.list_(pa.string()): "VARCHAR[]", pa.list_(pa.int16()): "SMALLINT[]", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }
-SAMPLE_COLUMNS = ("sample_id", "model", "run_id", *[f.name for f in schema.SAMPLES if f.name != "sample_id"])
+SAMPLE_COLUMNS = schema.SAMPLE_COLUMNS  # file columns and partition values, declared in store/schema.py
 
 
 @dataclass(frozen=True)

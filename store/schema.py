@@ -5,37 +5,168 @@ Partition values (model, layer, run_id) are never columns in the files: they com
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 FORMAT_VERSION = 2  # 2: images in one Parquet part per batch (1: one PNG file per image)
 
-SAMPLES = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("index", pa.int64()),
-        ("seed", pa.int64()),
-        ("class_id", pa.int32()),
-        ("class_name", pa.string()),
-        ("prompt", pa.string()),
-        ("prompt_index", pa.int32()),
-        ("category", pa.string()),
-        ("label", pa.string()),
-        ("num_steps", pa.int16()),
-        ("image_path", pa.string()),
-        ("thumb", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        # Sampling steps with an x0 preview image beside the final one (null: none). Added after the first
-        # stores were written: a samples part without this column has no previews.
-        ("preview_steps", pa.list_(pa.int16())),
-    ]
-)
+# -- the samples table: every column declared once, with its role -------------------------------------------
+
+# What a column's values are. The consumers of the samples table take columns by role: the search relation,
+# the exports and the app's tables take every plain value (`TABLE_ROLES`), keyword and regex searches look in
+# the `TEXT_ROLES` columns, the map colours by the columns that declare a `color`.
+SAMPLE_ROLES: dict[str, str] = {
+    "id": "the sample's key",
+    "group": "what the sample belongs to (model, run): partition values, from the folder names",
+    "label": "a name people read (class name, category, display label): searched by keywords",
+    "text": "free text (the prompt): searched by keywords",
+    "numeric": "a number",
+    "path": "a file inside the store",
+    "binary": "bytes (the thumbnail): never searched, exported or shown in a table",
+    "list": "a list of values: never searched, exported or shown in a table",
+}
+TABLE_ROLES = ("id", "group", "label", "text", "numeric", "path")
+TEXT_ROLES = ("label", "text")
+COLOR_KINDS = ("category", "numeric")
+
+
+@dataclass(frozen=True)
+class SampleColumn:
+    """One column of the samples table."""
+
+    name: str
+    type: pa.DataType
+    role: str  # a key of SAMPLE_ROLES
+    doc: str  # what it means (the Search page lists it)
+    stored: bool = True  # False: a partition value (model=, run_id= folders), not a column of the files
+    optional: bool = False  # added after the first stores: a part without it reads it as null
+    given: bool = False  # a caller may give it per sample in `RunWriter.write_batch`
+    color: str | None = None  # "category" or "numeric": the map can be coloured by it
+    title: str = ""  # how the app names it (default: the name)
+
+    def __post_init__(self):
+        if self.role not in SAMPLE_ROLES:
+            raise ValueError(f"samples column {self.name!r}: unknown role {self.role!r}; one of {list(SAMPLE_ROLES)}")
+        if self.color is not None and self.color not in COLOR_KINDS:
+            raise ValueError(f"samples column {self.name!r}: color must be one of {COLOR_KINDS}, got {self.color!r}")
+        if self.color == "numeric" and self.role != "numeric" or self.color == "category" \
+                and self.role not in ("group", "label"):
+            raise ValueError(f"samples column {self.name!r}: a {self.role} column cannot colour as {self.color}")
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
+
+
+@dataclass(frozen=True)
+class SampleVocabulary:
+    """The samples columns in file order (partition values after the id), and what each consumer takes."""
+
+    columns: tuple[SampleColumn, ...]
+
+    def __post_init__(self):
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"samples columns declared twice: {sorted({n for n in names if names.count(n) > 1})}")
+        if [c.name for c in self.columns if c.role == "id"] != names[:1]:
+            raise ValueError("the samples table has one id column, declared first")
+
+    def __getitem__(self, name: str) -> SampleColumn:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every column a reader can ask for: the file columns and the partition values."""
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def arrow(self) -> pa.Schema:
+        """The Arrow schema of a samples part (partition values are folder names, not columns)."""
+        return pa.schema([(c.name, c.type) for c in self.columns if c.stored])
+
+    @property
+    def partitions(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if not c.stored)
+
+    @property
+    def table(self) -> tuple[str, ...]:
+        """The plain values: what search holds, exports write and the app's tables show."""
+        return tuple(c.name for c in self.columns if c.role in TABLE_ROLES)
+
+    @property
+    def text(self) -> tuple[str, ...]:
+        """What keyword and regex searches look in."""
+        return tuple(c.name for c in self.columns if c.role in TEXT_ROLES)
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.role == "numeric")
+
+    @property
+    def colors(self) -> dict[str, str]:
+        """Columns the map can be coloured by: name -> "category" or "numeric"."""
+        return {c.name: c.color for c in self.columns if c.color is not None}
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.optional)
+
+    @property
+    def given(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.given)
+
+    def with_column(self, column: SampleColumn) -> SampleVocabulary:
+        """This vocabulary with one more column at the end (tests: what a new column reaches)."""
+        return SampleVocabulary((*self.columns, column))
+
+
+SAMPLE_VOCAB = SampleVocabulary((
+    SampleColumn("sample_id", pa.string(), "id", "the key, '<run_id>-<index:08d>'"),
+    SampleColumn("model", pa.string(), "group", "model key, e.g. demo, imagenet, sd15, sdxl-4step", stored=False),
+    SampleColumn("run_id", pa.string(), "group", "the run", stored=False, color="category", title="run"),
+    SampleColumn("index", pa.int64(), "numeric", "position in the run, 0-based", color="numeric",
+                 title="index in run"),
+    SampleColumn("seed", pa.int64(), "numeric", "per-sample noise seed", given=True, color="numeric"),
+    SampleColumn("class_id", pa.int32(), "numeric", "class index (class models; NULL for prompts)", given=True),
+    SampleColumn("class_name", pa.string(), "label", "class name, e.g. 'golden retriever' (NULL for prompts)",
+                 given=True),
+    SampleColumn("prompt", pa.string(), "text", "text prompt (NULL for class models)", given=True),
+    SampleColumn("prompt_index", pa.int32(), "numeric", "row of the prompt in the run's text embeddings",
+                 given=True, color="numeric", title="prompt index"),
+    SampleColumn("category", pa.string(), "label", "semantic category of the prompt, or the class", given=True,
+                 color="category"),
+    SampleColumn("label", pa.string(), "label", "what the UI shows: '207: golden retriever' or the prompt",
+                 given=True, color="category"),
+    SampleColumn("num_steps", pa.int16(), "numeric", "number of sampling steps", given=True, color="numeric",
+                 title="sampling steps"),
+    SampleColumn("image_path", pa.string(), "path",
+                 "the images part holding the PNG (older stores: the PNG file), relative to the store"),
+    SampleColumn("thumb", pa.binary(), "binary", "WebP thumbnail"),
+    SampleColumn("width", pa.int32(), "numeric", "image width in pixels", color="numeric"),
+    SampleColumn("height", pa.int32(), "numeric", "image height in pixels", color="numeric"),
+    # Sampling steps with an x0 preview image beside the final one (null: none). Added after the first
+    # stores were written: a samples part without this column has no previews.
+    SampleColumn("preview_steps", pa.list_(pa.int16()), "list",
+                 "sampling steps with an x0 preview image beside the final one (NULL: none)", optional=True),
+))
+
+SAMPLES = SAMPLE_VOCAB.arrow
+# Every column a reader can ask for, partition values (model, run_id) included.
+SAMPLE_COLUMNS = SAMPLE_VOCAB.names
 
 # Sample columns that older parts may lack; readers give them as null.
-SAMPLE_OPTIONAL = ("preview_steps",)
+SAMPLE_OPTIONAL = SAMPLE_VOCAB.optional
 
 # Fields a caller may give per sample in `RunWriter.write_batch`; the rest is filled in by the writer.
-SAMPLE_INPUT_FIELDS = ("seed", "class_id", "class_name", "prompt", "prompt_index", "category", "label", "num_steps")
+SAMPLE_INPUT_FIELDS = SAMPLE_VOCAB.given
+
+# DuckDB's names of the Arrow types above (the search sandbox lists its columns with them).
+DUCKDB_TYPES = {
+    pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.int16(): "SMALLINT",
+    pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.binary(): "BLOB", pa.list_(pa.int16()): "SMALLINT[]",
+}
 
 # One row per PNG of a batch: the final image (step null) and the x0 preview of each step, ordered by
 # (index, step) with the final image first; row groups of whole samples, about 1 MiB each, so that a reader

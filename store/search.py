@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import keywords, layout
+from . import keywords, layout, schema
 from .keywords import SearchError
 
 __all__ = [
@@ -59,48 +59,30 @@ __all__ = [
 MODES = ("keywords", "sql", "regex")
 MODE_LABELS = {"keywords": "Keywords", "sql": "SQL WHERE", "regex": "Regex"}
 
-# Columns of the searchable `samples` relation: name -> (DuckDB type, meaning).
-SEARCH_COLUMNS: dict[str, tuple[str, str]] = {
-    "sample_id": ("VARCHAR", "the key, '<run_id>-<index:08d>'"),
-    "model": ("VARCHAR", "model key, e.g. demo, imagenet, sd15, sdxl-4step"),
-    "run_id": ("VARCHAR", "the run"),
-    "index": ("BIGINT", "position in the run, 0-based"),
-    "seed": ("BIGINT", "per-sample noise seed"),
-    "class_id": ("INTEGER", "class index (class models; NULL for prompts)"),
-    "class_name": ("VARCHAR", "class name, e.g. 'golden retriever' (NULL for prompts)"),
-    "prompt": ("VARCHAR", "text prompt (NULL for class models)"),
-    "prompt_index": ("INTEGER", "row of the prompt in the run's text embeddings"),
-    "category": ("VARCHAR", "semantic category of the prompt, or the class"),
-    "label": ("VARCHAR", "what the UI shows: '207: golden retriever' or the prompt"),
-    "num_steps": ("SMALLINT", "number of sampling steps"),
-    "image_path": ("VARCHAR", "the images part holding the PNG (older stores: the PNG file), relative to the store"),
-    "width": ("INTEGER", "image width in pixels"),
-    "height": ("INTEGER", "image height in pixels"),
+# Per (sample, step) columns the `samples` relation adds to the samples metadata.
+_STEP_COLUMNS: dict[str, tuple[str, str]] = {
     "step": ("SMALLINT", "a sampling step of the sample, 0 .. num_steps-1 (one row per step)"),
     "timestep": ("FLOAT", "DDPM timestep of that step (NULL for EDM models or when unknown)"),
     "sigma": ("FLOAT", "noise level sigma of that step (NULL when unknown)"),
 }
 
-# Columns loaded from the store (everything in `samples` except the thumbnail) plus the model partition.
-_SAMPLE_TYPES: dict[str, pa.DataType] = {
-    "sample_id": pa.string(),
-    "model": pa.string(),
-    "run_id": pa.string(),
-    "index": pa.int64(),
-    "seed": pa.int64(),
-    "class_id": pa.int32(),
-    "class_name": pa.string(),
-    "prompt": pa.string(),
-    "prompt_index": pa.int32(),
-    "category": pa.string(),
-    "label": pa.string(),
-    "num_steps": pa.int16(),
-    "image_path": pa.string(),
-    "width": pa.int32(),
-    "height": pa.int32(),
-}
-SAMPLE_COLUMNS = tuple(_SAMPLE_TYPES)
-KEYWORD_COLUMNS = keywords.DEFAULT_COLUMNS
+
+def _sample_types() -> dict[str, pa.DataType]:
+    """The samples columns the sandbox holds (store/schema.py's plain values: no thumbnail, no lists)."""
+    vocab = schema.SAMPLE_VOCAB
+    return {name: vocab[name].type for name in vocab.table}
+
+
+def search_columns() -> dict[str, tuple[str, str]]:
+    """Columns of the searchable `samples` relation: name -> (DuckDB type, meaning)."""
+    vocab = schema.SAMPLE_VOCAB
+    return {name: (schema.DUCKDB_TYPES[vocab[name].type], vocab[name].doc) for name in vocab.table} | _STEP_COLUMNS
+
+
+SEARCH_COLUMNS = search_columns()
+# Columns loaded from the store (every plain value of `samples`, with the model and run partitions).
+SAMPLE_COLUMNS = tuple(_sample_types())
+KEYWORD_COLUMNS = schema.SAMPLE_VOCAB.text
 
 # Integer columns stay integers in pandas even with NULLs (class_id is NULL for prompt models).
 _NULLABLE_INTS = {pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
@@ -181,13 +163,13 @@ class SearchResult:
 
 
 def _empty_samples() -> pa.Table:
-    return pa.table({c: pa.array([], t) for c, t in _SAMPLE_TYPES.items()})
+    return pa.table({c: pa.array([], t) for c, t in _sample_types().items()})
 
 
 def _conform(table: pa.Table) -> pa.Table:
     """The samples columns we search, in order and with the documented types; missing ones become NULL."""
     cols = {}
-    for name, typ in _SAMPLE_TYPES.items():
+    for name, typ in _sample_types().items():
         if name in table.column_names:
             col = table.column(name)
             if pa.types.is_dictionary(col.type):
@@ -229,6 +211,15 @@ def _samples_version(root: Path) -> tuple:
 # ---------------------------------------------------------------------------------------------------- sandbox
 
 
+# When a keyword-searched column is worth adding to `_text` (SQL over the other columns): a column whose text
+# already lies inside another one is left out. Other text columns are added whole.
+_TEXT_REDUNDANT = {
+    "label": "label IS DISTINCT FROM prompt",
+    "class_name": "NOT coalesce(contains(label, class_name), false)",
+    "category": "NOT (coalesce(contains(prompt, category), false) OR coalesce(contains(label, category), false))",
+}
+
+
 def _open_sandbox(samples: pa.Table, steps: pa.Table | None, memory_limit: str, threads: int | None):
     config = {"temp_directory": "", "max_temp_directory_size": "0B", "memory_limit": memory_limit}
     if threads:
@@ -240,13 +231,10 @@ def _open_sandbox(samples: pa.Table, steps: pa.Table | None, memory_limit: str, 
         # no keyword term can contain) so that a phrase never matches across two columns. A column whose text
         # already lies inside another one is left out (the label of a prompt sample is its prompt; the label
         # "207: golden retriever" holds the class name): the same matches, half the bytes to scan.
-        con.execute(
-            "CREATE TABLE sample_rows AS SELECT *, lower(nfc_normalize(concat_ws(chr(10), prompt, "
-            "CASE WHEN label IS DISTINCT FROM prompt THEN label END, "
-            "CASE WHEN NOT coalesce(contains(label, class_name), false) THEN class_name END, "
-            "CASE WHEN NOT (coalesce(contains(prompt, category), false) OR coalesce(contains(label, category), "
-            "false)) THEN category END))) AS _text FROM _samples_in"
-        )
+        text = ", ".join(f'CASE WHEN {_TEXT_REDUNDANT[c]} THEN "{c}" END' if c in _TEXT_REDUNDANT else f'"{c}"'
+                         for c in schema.SAMPLE_VOCAB.text)
+        con.execute(f"CREATE TABLE sample_rows AS SELECT *, lower(nfc_normalize(concat_ws(chr(10), {text}))) AS _text "
+                    "FROM _samples_in")
         con.unregister("_samples_in")
         con.execute("CREATE TABLE step_info (model VARCHAR, step SMALLINT, timestep FLOAT, sigma FLOAT)")
         if steps is not None and steps.num_rows:
@@ -256,7 +244,7 @@ def _open_sandbox(samples: pa.Table, steps: pa.Table | None, memory_limit: str, 
                 "FROM _steps_in ORDER BY model, step"
             )
             con.unregister("_steps_in")
-        cols = ", ".join(f's."{c}"' for c in SAMPLE_COLUMNS)  # not _text nor _ord
+        cols = ", ".join(f's."{c}"' for c in _sample_types())  # not _text nor _ord
         con.execute(
             f"CREATE VIEW samples AS SELECT {cols}, u.step::SMALLINT AS step, i.timestep, i.sigma "
             "FROM sample_rows s CROSS JOIN LATERAL "
@@ -459,7 +447,7 @@ class SafeSearch:
         t0 = time.perf_counter()
         node = keywords.parse(text, regex=regex)
         if regex:
-            predicate, params = keywords.to_sql(node, KEYWORD_COLUMNS)
+            predicate, params = keywords.to_sql(node, schema.SAMPLE_VOCAB.text)
         else:
             predicate, params = keywords.to_sql(node, ("_text",), lowered=True)
         cur = self._cursor()
