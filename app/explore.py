@@ -15,6 +15,7 @@ import streamlit as st
 from app import data, exports, state, static_files, ui, views
 from app.components.scatter_map import scatter_map
 from app.state import ViewSettings
+from store import schema
 
 MAP_KEY = "explore_map"
 KNN_CURRENT = "dmd.knn_current"
@@ -128,7 +129,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     options = color_options(path, model, samples, all_steps=all_steps)
     _init("w_color", view.color_by if view.color_by in options else "label", lambda v: v in options)
     color_by = sb.selectbox("Colour by", list(options), key="w_color",
-                            format_func=lambda k: views.COLORING_TITLES.get(k, k))
+                            format_func=views.coloring_title)
     n_clusters = view.n_clusters
     if color_by == "cluster":
         n_prompts = int(samples["prompt"].nunique())
@@ -199,19 +200,8 @@ def _label_order(samples: pd.DataFrame) -> list[str]:
 def color_options(path: str, model: str, samples: pd.DataFrame, all_steps: bool = False) -> dict[str, str]:
     """Colourings offered for a model, judged on its metadata (the same for every layer and step); colour by
     step only where the view holds several steps."""
-    opts = {"label": "label"}
-    if all_steps:
-        opts["step"] = "step"
-    if samples["category"].notna().any() and not samples["category"].equals(samples["label"]):
-        opts["category"] = "category"
-    if data.has_text_embeddings(path, model):
-        opts["cluster"] = "cluster"
-    if samples["run_id"].nunique() > 1:
-        opts["run"] = "run"
-    for col in ("seed", "index", "prompt_index"):
-        if samples[col].notna().any() and samples[col].nunique() > 1:
-            opts[col] = col
-    return opts
+    keys = views.coloring_keys(samples, all_steps=all_steps, clusters=data.has_text_embeddings(path, model))
+    return {k: k for k in keys}
 
 
 # ------------------------------------------------------------------------------------- the view
@@ -448,7 +438,8 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
         preview_strip(path, view.model, view.layer, sample, row.get("preview_steps"),
                       row.get("step", view.step))
         with st.expander("Metadata", expanded=False):
-            meta = {k: ("" if pd.isna(v) else v) for k, v in row.items() if k not in ("thumb", "preview_steps")}
+            hidden = set(schema.SAMPLE_VOCAB.names) - set(schema.SAMPLE_VOCAB.table)  # thumbnail, lists
+            meta = {k: ("" if pd.isna(v) else v) for k, v in row.items() if k not in hidden}
             meta.update({f"map {a}": f"{view.xy[view.position[sel.selected], i]:.4f}"
                          for i, a in enumerate("xy")})
             for k, v in view.step_info.items():

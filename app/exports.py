@@ -16,18 +16,19 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app import views
+from store import schema
 
 MAX_ZIP_IMAGES = 5000
 MAX_HTML_THUMBS = 5000  # hover thumbnails are inlined in the HTML: ~0.2-3 kB each
-_EXPORT_COLUMNS = ("sample_id", "model", "run_id", "index", "seed", "class_id", "class_name", "prompt",
-                   "prompt_index", "category", "label", "num_steps", "width", "height", "image_path")
 
 
 def selection_frame(view: views.View, sample_ids: list[str]) -> pd.DataFrame:
-    """The metadata of ``sample_ids`` (in that order) with their map coordinates and the view's step."""
+    """The metadata of ``sample_ids`` (in that order) with their map coordinates and the view's step.
+
+    The metadata columns are the samples table's plain values (``store.schema.SAMPLE_VOCAB.table``)."""
     rows = view.rows(sample_ids)
     frame = view.frame.iloc[rows]
-    out = frame[[c for c in _EXPORT_COLUMNS if c in frame.columns]].reset_index(drop=True)
+    out = frame[[c for c in schema.SAMPLE_VOCAB.table if c in frame.columns]].reset_index(drop=True)
     out.insert(1, "layer", view.layer)
     # a view of all steps carries each point's step, sigma and timestep; a one-step view has them once
     for i, k in enumerate(("step", "sigma", "timestep")):

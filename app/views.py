@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from app import static_files
+from pipeline.features import ALL_STEPS, split_point_id
+from store import schema
 
 # Tableau-like palette: distinguishable in light and dark themes.
 PALETTE = (
@@ -32,7 +34,6 @@ PALETTE = (
 )
 MISSING_COLOR = "#9aa0a6"
 MAX_CATEGORIES_NAMED = 2000  # beyond this many distinct values a column is not offered as a colouring
-ALL_STEPS = "all"
 STEP_CATEGORIES_MAX = 24  # up to this many steps, colour by step is categorical (a legend that hides steps)
 # viridis at 0, 1/4, ..., 1: an ordered scale for steps (dark = first/noisiest, yellow = last)
 _VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
@@ -153,13 +154,11 @@ class View:
         becomes its point at the last step; a point becomes its sample when this view has one step."""
         if some_id is None or some_id in self.position:
             return some_id
-        head, sep, tail = str(some_id).rpartition("@")
         if self.all_steps:
             rows = self._points_of().get(some_id)
             return None if rows is None else str(self.sample_ids[rows[-1]])
-        if sep and tail.isdigit() and head in self.position:
-            return head
-        return None
+        sample, step = split_point_id(some_id)
+        return sample if step is not None and sample in self.position else None
 
     def trajectory(self, point: str | None) -> list[str]:
         """The points of ``point``'s sample at every step, in step order ([] outside all-steps views)."""
@@ -192,8 +191,9 @@ def make_view(*, store_key: str, projection_key: str, model: str, layer: str, st
     xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
     meta = samples.set_index("sample_id", drop=False)
     if step == ALL_STEPS:
-        split = pd.Series(ids).str.rsplit("@", n=1, expand=True)
-        bare, point_steps = split[0].to_numpy(), pd.to_numeric(split[1], errors="coerce")
+        parts = [split_point_id(s) for s in ids.tolist()]
+        bare = np.array([sample for sample, _ in parts], dtype=object)
+        point_steps = pd.Series([step for _, step in parts], dtype="float64")
     else:
         bare, point_steps = ids, None
     keep = pd.Index(bare).isin(meta.index)  # hashed: np.isin on strings is quadratic
@@ -307,34 +307,66 @@ def _natural(text: str):
     return (0, int(head), text) if head.isdigit() else (1, 0, text)
 
 
+# URL key of the colouring by a samples column: its name, but "run" for run_id (links keep working).
+_COLUMN_KEYS = {"run_id": "run"}
+
+
+def _column_colorings() -> dict[str, tuple[str, str]]:
+    """key -> (samples column, "category" | "numeric") of every column store/schema.py says can colour the map."""
+    return {_COLUMN_KEYS.get(name, name): (name, kind) for name, kind in schema.SAMPLE_VOCAB.colors.items()}
+
+
+def coloring_keys(frame: pd.DataFrame, all_steps: bool = False, clusters: bool = False) -> list[str]:
+    """The colourings offered for the samples of ``frame``, in menu order.
+
+    The label always; the step on a map of every step (when ``frame`` has several, or has no step column);
+    prompt clusters where ``clusters``; and each samples column that store/schema.py marks as a colour whose
+    values vary, where a category has at most ``MAX_CATEGORIES_NAMED`` values and does not repeat the label.
+    """
+    keys = ["label"]
+    if all_steps and ("step" not in frame.columns or frame["step"].nunique() > 1):
+        keys.append("step")
+    names, groups, numbers = [], [], []
+    for key, (name, kind) in _column_colorings().items():
+        if key == "label" or name not in frame.columns:
+            continue
+        col = frame[name]
+        distinct = col.nunique()
+        if distinct < 2 or kind == "category" and (distinct > MAX_CATEGORIES_NAMED or col.equals(frame["label"])):
+            continue
+        if kind == "numeric":
+            numbers.append(key)
+        else:
+            (names if schema.SAMPLE_VOCAB[name].role == "label" else groups).append(key)
+    return keys + names + (["cluster"] if clusters else []) + groups + numbers
+
+
 def colorings(view: View, clusters: tuple[pd.Series, str] | None = None) -> dict[str, Coloring]:
-    """The colourings this view offers, by key: class label, category, prompt cluster, run, numbers.
+    """The colourings this view offers (``coloring_keys``), by key: class label, step, category, prompt
+    cluster, run, numbers.
 
     ``clusters``: (cluster label per sample_id, clustering key) from ``pipeline.clusters``.
     """
     f = view.frame
     out: dict[str, Coloring] = {}
-    label_order = None
-    if f["class_id"].notna().any():
-        label_order = tuple(f.drop_duplicates("label").sort_values("class_id")["label"].astype(str))
-    out["label"] = Coloring("label", "class" if f["class_id"].notna().any() else "prompt", "category",
-                            f["label"], label_order)
-    if f["category"].notna().any() and f["category"].nunique() <= MAX_CATEGORIES_NAMED \
-            and not f["category"].equals(f["label"]):
-        out["category"] = Coloring("category", "category", "category", f["category"])
-    if clusters is not None:
-        labels, key = clusters
-        aligned = labels.reindex(view.sample_ids).reset_index(drop=True)
-        order = tuple(sorted(pd.unique(aligned.dropna()), key=_natural))
-        short = hashlib.sha1(key.encode()).hexdigest()[:12]
-        out["cluster"] = Coloring(f"cluster-{short}", "prompt cluster", "category", aligned, order)
-    if f["run_id"].nunique() > 1:
-        out["run"] = Coloring("run", "run", "category", f["run_id"])
-    if view.all_steps and f["step"].nunique() > 1:
-        out["step"] = step_coloring(f)
-    for col in ("seed", "index", "prompt_index", "num_steps", "width", "height"):
-        if col in f.columns and f[col].notna().any() and f[col].nunique() > 1:
-            out[col] = Coloring(col, col, "numeric", f[col])
+    columns = _column_colorings()
+    for key in coloring_keys(f, all_steps=view.all_steps, clusters=clusters is not None):
+        if key == "label":
+            has_classes = f["class_id"].notna().any()
+            order = tuple(f.drop_duplicates("label").sort_values("class_id")["label"].astype(str)) \
+                if has_classes else None
+            out[key] = Coloring("label", "class" if has_classes else "prompt", "category", f["label"], order)
+        elif key == "step":
+            out[key] = step_coloring(f)
+        elif key == "cluster":
+            labels, clustering = clusters
+            aligned = labels.reindex(view.sample_ids).reset_index(drop=True)
+            order = tuple(sorted(pd.unique(aligned.dropna()), key=_natural))
+            short = hashlib.sha1(clustering.encode()).hexdigest()[:12]
+            out[key] = Coloring(f"cluster-{short}", "prompt cluster", "category", aligned, order)
+        else:
+            name, kind = columns[key]
+            out[key] = Coloring(key, key, kind, f[name])
     return out
 
 
@@ -351,8 +383,15 @@ def step_coloring(frame: pd.DataFrame) -> Coloring:
                     tuple(sequential(len(steps))))
 
 
-COLORING_TITLES = {
-    "label": "class label / prompt", "category": "category", "cluster": "prompt meaning (clusters)",
-    "run": "run", "step": "step", "seed": "seed", "index": "index in run", "prompt_index": "prompt index",
-    "num_steps": "sampling steps", "width": "width", "height": "height",
-}
+_SPECIAL_TITLES = {"label": "class label / prompt", "step": "step", "cluster": "prompt meaning (clusters)"}
+
+
+def coloring_title(key: str) -> str:
+    """How the colour menu names a colouring: the samples column's title from store/schema.py."""
+    if key in _SPECIAL_TITLES:
+        return _SPECIAL_TITLES[key]
+    column = _column_colorings().get(key)
+    return schema.SAMPLE_VOCAB[column[0]].title if column else key
+
+
+COLORING_TITLES = {key: coloring_title(key) for key in (*_SPECIAL_TITLES, *_column_colorings())}

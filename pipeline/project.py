@@ -101,7 +101,7 @@ __all__ = [
 DEFAULT_NUMBA_CACHE = Path(__file__).resolve().parents[1] / ".numba_cache"
 os.environ.setdefault("NUMBA_CACHE_DIR", str(DEFAULT_NUMBA_CACHE))
 
-METRICS = ("euclidean", "cosine", "correlation", "manhattan")
+from pipeline.neighbors import METRICS  # noqa: E402, I001  (pipeline.neighbors owns the list of distances)
 BACKENDS = ("umap", "cuml")
 N_NEIGHBORS_RANGE = (2, 200)  # the app offers 5-100
 EXACT_BELOW = 4096  # umap-learn's own switch from exact kNN to NNDescent
