@@ -117,7 +117,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     if recompute and (feature, nn, md, metric) == (view.feature, view.n_neighbors, view.min_dist, view.metric) \
             and (model, layer, step) == (view.model, view.layer, view.step):
         # a refit of exactly this projection (the counter is part of the job key: one refit per press)
-        target = _refit_target(model, tuple(runs), layer, step, feature, int(nn), float(md), metric)
+        target = (model, tuple(runs), layer, step, feature, int(nn), float(md), metric)
         _, count = st.session_state.get(REFIT, (None, 0))
         st.session_state[REFIT] = (target, count + 1)
     if not recompute and view.model is not None:
@@ -171,13 +171,8 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         st.session_state[state.LASSO] = []
     new = new.validated()
     target, count = st.session_state.get(REFIT, (None, 0))
-    here = _refit_target(new.model, new.runs, new.layer, new.step, new.feature, new.n_neighbors, new.min_dist,
-                         new.metric)
+    here = (new.model, new.runs, new.layer, new.step, new.feature, new.n_neighbors, new.min_dist, new.metric)
     return new, count if target == here else 0
-
-
-def _refit_target(*values) -> tuple:
-    return tuple(values)
 
 
 def default_layer(layers: list[str], model: str | None = None) -> str:

@@ -29,7 +29,6 @@ PAGES = (
     PageSpec("compare.py", "Compare layers", ":material/compare:", "compare-layers"),
     PageSpec("overview.py", "Overview", ":material/dashboard:", "overview"),
     PageSpec("search.py", "Search", ":material/search:", "search"),
-    PageSpec("trajectories.py", "Trajectories", ":material/timeline:", "trajectories"),
 )
 
 

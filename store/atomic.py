@@ -83,12 +83,6 @@ def _rename(tmp: Path, final: Path, durable: bool) -> Path:
     return final
 
 
-def atomic_write(final: Path, write: Callable[[Any], None], durable: bool = True) -> Path:
-    """Call `write(fileobj)` on a staging file, flush (and fsync), then rename it to `final`."""
-    final = Path(final)
-    return _rename(_write_staging(final, write, durable), final, durable)
-
-
 def _parquet_writer(table: pa.Table, metadata: Mapping[bytes, bytes] | None, options: dict):
     """A `write_path(tmp)` for a Parquet file. pyarrow writes to the path natively: through a Python
     file object it makes many small calls and is several times slower."""
@@ -99,10 +93,6 @@ def _parquet_writer(table: pa.Table, metadata: Mapping[bytes, bytes] | None, opt
     # Page checksums let `verify` tell a flipped bit from good data.
     options.setdefault("write_page_checksum", True)
     return lambda tmp: pq.write_table(table, str(tmp), **options)
-
-
-def atomic_write_bytes(final: Path, data: bytes, durable: bool = True) -> Path:
-    return atomic_write(final, lambda f: f.write(data), durable)
 
 
 def atomic_write_parquet(final: Path, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None,

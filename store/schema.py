@@ -252,8 +252,6 @@ def text_embeddings_schema(dim: int) -> pa.Schema:
     return TEXT_EMBEDDINGS_META.append(pa.field("embedding", pa.list_(pa.field("item", pa.float16()), dim)))
 
 
-PROJECTION = pa.schema([("sample_id", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
-
 # Columns a file must have for a reader to use it (a file without them is skipped as corrupt).
 REQUIRED = {
     "samples": ("sample_id", "index"),

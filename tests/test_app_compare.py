@@ -91,6 +91,12 @@ def test_page_is_listed_after_explore():
     assert titles[:2] == ["Explore", "Compare layers"]
 
 
+def test_every_listed_page_has_its_script():
+    from app import navigation
+
+    assert navigation.available() == list(navigation.PAGES)  # no menu entry for a page that does not exist
+
+
 def test_heatmap_of_all_layers_and_the_default_pair(app_env, app_store):
     from pipeline import compare
     from store import Store
