@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from tests import app_fixtures as fx
@@ -172,17 +173,40 @@ def test_panel_buttons_select_remove_and_clear(app_env):
     assert "Click a point on the map" in _md(at)
 
 
-def test_k_and_space_change_the_neighbour_list(app_env):
-    at = app_test(query={"sel": "digits-a-00000010"})
+def _nearest(ids: list[str], points: np.ndarray, sample_id: str, k: int) -> list[str]:
+    """The k nearest of ``sample_id`` among ``ids`` (rows of ``points``), by Euclidean distance."""
+    i = ids.index(sample_id)
+    d = np.linalg.norm(points - points[i], axis=1)
+    d[i] = np.inf
+    return [ids[j] for j in np.argsort(d, kind="stable")[:k]]
+
+
+def test_k_and_space_change_the_neighbour_list(app_env, app_store):
+    import json
+
+    from app import static_files
+    from store import Store
+
+    sid = "digits-a-00000010"
+    at = app_test(query={"sel": sid})
+    default_nb = _neighbour_rows(at)["kNN"]
     at.slider(key="w_k").set_value(2).run()
-    assert len(_neighbour_rows(at)["kNN"]) == 2
     map_nb = _neighbour_rows(at)["kNN"]
+    # k: the first two of the longer list; map space: the nearest points of the map as drawn
+    assert len(default_nb) > 2 and map_nb == default_nb[:2]
+    points = json.loads((static_files.STATIC_DIR / _map_data(at)["points_url"].split("/app/static/", 1)[1])
+                        .read_text())
+    assert map_nb == _nearest(points["ids"], np.column_stack([points["x"], points["y"]]), sid, 2)
     at.radio(key="w_space").set_value("activation").run()
     assert not at.exception
-    assert len(_neighbour_rows(at)["kNN"]) == 2
+    act_nb = _neighbour_rows(at)["kNN"]
+    # activation space: the nearest stored vectors of the layer and step, another list than the map's
+    acts = Store(app_store).activations("digits", "midblock", 2)
+    assert act_nb == _nearest(np.asarray(acts.sample_ids).astype(str).tolist(), acts.matrix.astype(np.float64),
+                              sid, 2)
+    assert act_nb != map_nb
     assert "distance in activation" in _md(at)
     assert at.query_params["space"] == "activation"
-    assert isinstance(map_nb, list)
 
 
 def test_recompute_applies_parameters_and_refits(app_env):

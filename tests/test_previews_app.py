@@ -69,7 +69,10 @@ def test_no_strip_for_a_sample_without_previews(preview_env):
     assert not at.exception, at.exception
     assert _strips(at) == []
     assert not any("x0" in str(c.value) for c in at.caption)
-    assert len(at.image) >= 1  # the selected image itself is still there
+    # the selected image itself is still there: one full image (the others are the neighbours' thumbnails)
+    full = [im for im in at.image if not any(url.startswith("/app/static/thumbs/") for url in im.value)]
+    assert len(full) == 1 and len(full[0].value) == 1
+    assert not any("image missing" in str(c.value) for c in at.caption)
 
 
 def test_strip_images_are_the_previews_downscaled(preview_store):

@@ -148,11 +148,15 @@ def test_cursor_views(store_root):
 
 
 def test_empty_or_missing_store_never_raises(tmp_path):
+    versions = []
     for st in (Store(tmp_path), Store(tmp_path / "missing")):
         assert st.runs().empty and st.samples().empty and st.models() == [] and st.layers("x") == []
         assert st.steps("x").empty and st.activations("x", "y").empty and st.storage().empty
         assert st.samples_arrow().num_rows == 0 and st.read_projection("k") is None
-        assert isinstance(st.data_version("x"), str)
+        versions.append(st.data_version("x"))
+        assert versions[-1] == st.data_version("x")  # a version of nothing: stable, not an error
+    write_run(tmp_path, "r1", model="x", n=2, batch_size=2)
+    assert Store(tmp_path).data_version("x") != versions[0]  # data makes another one
 
 
 def test_data_version_changes_on_append(tmp_path):

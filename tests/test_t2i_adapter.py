@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline import lora
-from pipeline.adapters.t2i import T2IAdapter, block_layers, build_t2i_adapter, layer_info, shipped_unet_config
+from pipeline.adapters.t2i import block_layers, build_t2i_adapter, layer_info, shipped_unet_config
 from pipeline.checkpoints import CheckpointMismatch
 from pipeline.hooks import Recorder
 from pipeline.prompts import PromptSet
@@ -283,5 +283,9 @@ def test_adapter_from_prompt_file(files, tmp_path):
     a = build(files, "sd15", prompts=PromptSet.load(path))
     assert [c.prompt for c in a.conditions(np.arange(3), 0)] == ["a lighthouse in a storm", "a field of tulips",
                                                                   "a lighthouse in a storm"]
-    assert a.identity()["settings"]["prompt_set"] == str(path)
-    assert isinstance(a, T2IAdapter)
+    assert [c.prompt_index for c in a.conditions(np.arange(3), 0)] == [0, 1, 0]
+    settings = a.identity()["settings"]
+    assert settings["prompt_set"] == str(path) and settings["num_prompts"] == 2
+    assert settings["prompt_set_sha256"] == PromptSet.load(path).sha256 != PromptSet.load(None).sha256
+    # the stored text embeddings are those of the file's prompts, one row each
+    assert a.text_embeddings().column("prompt").to_pylist() == ["a lighthouse in a storm", "a field of tulips"]
