@@ -143,7 +143,7 @@ def test_overview_removes_stale_caches(tmp_path, monkeypatch):
     from pipeline.caches import scan
     from pipeline.project import ProjectionParams, Projector
     from store import Store
-    from tests.test_features import write_clustered_run
+    from tests.feature_fixtures import write_clustered_run
 
     params = ProjectionParams(feature="full+pca5", n_neighbors=10, min_dist=0.1)
     write_clustered_run(tmp_path, range(120))

@@ -15,7 +15,7 @@ from pipeline.caches import prune, scan
 from pipeline.compare import layer_similarity
 from pipeline.project import ProjectionParams, Projector
 from store import Store
-from tests.test_features import write_clustered_run
+from tests.feature_fixtures import write_clustered_run
 
 PARAMS = ProjectionParams(feature="full+pca5", n_neighbors=10, min_dist=0.1)
 

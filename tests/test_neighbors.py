@@ -11,7 +11,7 @@ from pipeline import project as P
 from pipeline.neighbors import NeighborError, NeighborIndex
 from pipeline.project import Projection, ProjectionParams, Projector
 from store import Store
-from tests.test_features import write_clustered_run
+from tests.feature_fixtures import write_clustered_run
 
 
 def brute(data: np.ndarray, i: int, metric: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from pipeline import project as P
 from pipeline.features import FeatureSpec
 from pipeline.project import ProjectionError, ProjectionParams, Projector, projection_key
 from store import Store
-from tests.test_features import class_of, write_clustered_run
+from tests.feature_fixtures import class_of, write_clustered_run
 
 N = 240
 SPLIT = (np.flatnonzero(np.arange(N) % 3 != 0), np.flatnonzero(np.arange(N) % 3 == 0))  # every class in both
