@@ -169,9 +169,9 @@ def map_settings(s: CompareSettings, layer: str) -> ViewSettings:
     """The Explore view of one layer's map: this page's model, runs and step with Explore's current projection
     parameters, so both pages share one cached projection."""
     base = state.get_view()
+    projection = {name: getattr(base, name) for name in state.PROJECTION_FIELDS}
     return replace(ViewSettings(), model=s.model, runs=tuple(s.runs), layer=layer, step=int(s.step),
-                   feature=base.feature, n_neighbors=base.n_neighbors, min_dist=base.min_dist,
-                   metric=base.metric).validated()
+                   **projection).validated()
 
 
 def map_job(path: str, s: CompareSettings, layer: str) -> data.Job:

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import streamlit as st
 
 from app import static_files, views
 from store import Store
+from store.lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,14 @@ VERSION_TTL_S = 2.0  # a batch committed by a running generation shows up within
 
 
 @st.cache_data(show_spinner=False, ttl=VERSION_TTL_S, max_entries=256)
-def _version(resolved: str, model: str, layer: str | None, runs: tuple | None) -> str:
-    return _open_store(resolved).data_version(model, layer, list(runs) if runs is not None else None)
+def _version(resolved: str, model: str | None, layer: str | None, runs: tuple | None, scope: str | None) -> str:
+    return _open_store(resolved).data_version(model, layer, list(runs) if runs is not None else None, scope=scope)
 
 
 def version(path: str, model: str, layer: str | None = None, runs=None) -> str:
-    """``Store.data_version``, remembered for two seconds: a page run asks it several times, and each call
-    lists and stats every part of the model."""
-    return _version(resolve(path), model, layer, tuple(sorted(runs)) if runs else None)
+    """``Store.data_version`` of a model (or a layer), remembered for two seconds: a page run asks it several
+    times, and each call lists and stats every part of the model."""
+    return _version(resolve(path), model, layer, tuple(sorted(runs)) if runs else None, None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -89,12 +89,7 @@ def store_status(path: str) -> StoreStatus:
 
 def store_version(path: str) -> str:
     """Changes whenever a batch is committed or a manifest rewritten anywhere in the store."""
-    store = open_store(path)
-    parts = [version(path, m) for m in store.models()]
-    runs_dir = Path(resolve(path)) / "runs"
-    if runs_dir.is_dir():
-        parts.extend(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(runs_dir.glob("*.parquet")))
-    return "|".join(parts)
+    return _version(resolve(path), None, None, None, "store")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -242,21 +237,14 @@ class _Jobs:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.jobs: OrderedDict[tuple, Job] = OrderedDict()
+        self.jobs: LRU[tuple, Job] = LRU(self.KEEP, keep=lambda job: job.running)  # running jobs stay
 
     def get_or_start(self, key: tuple, work) -> Job:
         with self.lock:
             job = self.jobs.get(key)
             if job is not None and job.error is None:
-                self.jobs.move_to_end(key)
                 return job
-            job = Job(key=key, started=time.time())
-            self.jobs[key] = job
-            while len(self.jobs) > self.KEEP:
-                oldest = next(iter(self.jobs))
-                if self.jobs[oldest].running:
-                    break
-                self.jobs.popitem(last=False)
+            job = self.jobs.put(key, Job(key=key, started=time.time()))
 
         def run():
             try:
@@ -272,8 +260,7 @@ class _Jobs:
         return job
 
     def find(self, key: tuple) -> Job | None:
-        with self.lock:
-            return self.jobs.get(key)
+        return self.jobs.get(key)
 
 
 @st.cache_resource(show_spinner=False)
@@ -282,9 +269,11 @@ def jobs() -> _Jobs:
 
 
 def projection_params(settings) -> dict:
-    """The projection parameters of a view, as the projection engine takes them."""
-    return {"feature": settings.feature, "n_neighbors": settings.n_neighbors, "min_dist": settings.min_dist,
-            "metric": settings.metric}
+    """The projection parameters of a view, as the projection engine takes them: its method's own only."""
+    from pipeline.methods import get_method
+
+    own = {name: getattr(settings, name) for name in get_method(settings.method).PARAMS}
+    return {"feature": settings.feature, "method": settings.method, **own, "metric": settings.metric}
 
 
 def request_projection(path: str, settings, sample_ids: list[str] | None, refit: int) -> Job:
@@ -323,7 +312,8 @@ def _view(job_key: tuple, _job: Job, _path: str, model: str, layer: str, step: i
                            model=model, layer=layer, step=step, sample_ids=proj.sample_ids, xy=proj.xy,
                            samples=samples, quality=dict(proj.quality or {}), source=str(proj.source),
                            step_info=info, extra_key=str(job_key), feature=_feature_label(proj),
-                           seconds=getattr(proj, "seconds", None), steps=steps)
+                           seconds=getattr(proj, "seconds", None), steps=steps,
+                           features=getattr(proj, "features", None))
     views.write_view_files(view)
     return view
 
@@ -349,22 +339,18 @@ def view_for(path: str, settings, job: Job) -> views.View:
 
 @st.cache_data(show_spinner=False, ttl=10, max_entries=8)
 def _stale_caches(resolved: str, version: str) -> tuple[int, int]:
-    from pipeline.caches import scan
-
-    stale = [f for f in scan(open_store(resolved)) if f.stale]
-    return len(stale), sum(f.bytes for f in stale)
+    stale = [e for e in open_store(resolved).derived.scan() if e.stale]
+    return len(stale), sum(e.bytes for e in stale)
 
 
 def stale_caches(path: str) -> tuple[int, int]:
-    """(files, bytes) of the caches that data changed since has made stale (see `pipeline.caches`)."""
+    """(files, bytes) of the caches that data changed since has made stale (see `store.derived`)."""
     return _stale_caches(resolve(path), store_version(path))
 
 
 def prune_caches(path: str) -> int:
     """Remove the stale caches; returns how many files went."""
-    from pipeline.caches import prune
-
-    removed = prune(open_store(path))
+    removed = open_store(path).derived.prune()
     _stale_caches.clear()
     storage_frame.clear()
     return len(removed)
@@ -402,6 +388,59 @@ def _keyword_search(resolved: str, model: str, text: str, runs: tuple, data_vers
     result = search.for_store(open_store(resolved)).keyword(text, model, list(runs) or None,
                                                            limit=search.MAX_LIMIT)
     return result.sample_ids
+
+
+# -- the Search page's queries (store.search runs them in its sandbox; the page goes through these) -----------
+
+from store.keywords import SearchError  # noqa: E402  (the Search page's error type; light: no DuckDB import)
+
+SEARCH_TIMEOUT_S = 3.0  # the Search page stops a query after this long
+
+
+def search_modes() -> dict[str, str]:
+    """The search modes (``store.search.MODES``, in their order) with their labels."""
+    from store import search as store_search
+
+    return {mode: store_search.MODE_LABELS[mode] for mode in store_search.MODES}
+
+
+def search_columns() -> dict[str, tuple[str, str]]:
+    """The columns a SQL condition can use: name -> (type, meaning)."""
+    from store import search as store_search
+
+    return dict(store_search.SEARCH_COLUMNS)
+
+
+def search(path: str, mode: str, text: str, model: str | None = None, runs=(), limit: int | None = None,
+           timeout_s: float = SEARCH_TIMEOUT_S):
+    """A search of the store's samples (``store.search``; ``limit`` rows at most, by default its
+    ``DEFAULT_LIMIT``): its ``SearchResult``. Every failure comes back as a
+    ``SearchError``: the query's own (syntax, refused, timeout, with a position for a caret), a bad parameter,
+    or an unexpected failure (logged with its traceback; the page never shows one)."""
+    from store import search as store_search
+
+    try:
+        limit = store_search.DEFAULT_LIMIT if limit is None else limit
+        searcher = store_search.for_store(open_store(path))
+        return searcher.run(mode, text, model, list(runs) or None, limit=limit, timeout_s=timeout_s)
+    except SearchError:
+        raise
+    except ValueError as exc:
+        raise SearchError(str(exc), None, text, kind="error") from exc
+    except Exception as exc:
+        log.exception("search failed: %r", (mode, text, model, runs, limit))
+        message = f"the search failed: {type(exc).__name__}: {exc}"
+        raise SearchError(message, None, text, kind="error") from exc
+
+
+def search_ids(path: str, mode: str, text: str, model: str | None = None, runs=(),
+               timeout_s: float = SEARCH_TIMEOUT_S) -> list[str]:
+    """Every sample id that a search matches, beyond any row limit, in store order
+    (``store.search.run_saved``); raises ``SearchError`` (a ValueError) for a bad query."""
+    from store import search as store_search
+
+    return store_search.run_saved(open_store(path), mode, text, model=model, run_ids=list(runs) or None,
+                                  timeout_s=timeout_s)
 
 
 def prompt_cluster_labels(path: str, model: str, k: int, runs=()) -> tuple[pd.Series, str] | None:
@@ -472,32 +511,16 @@ def neighbours_of(path: str, view: views.View, settings, selection) -> Neighbour
 
 
 def nearest(path: str, view: views.View, settings, sample_id: str, k: int) -> tuple[list[str], list[float]]:
-    """The k nearest samples of ``sample_id`` in the view (map space or activation space) with distances."""
-    engine = projector()
-    if hasattr(engine, "neighbors"):  # a stand-in engine answers itself
-        return engine.neighbors(view.projection_key, view.sample_ids, view.xy, sample_id, k, settings.space,
-                                settings.metric)
-    return _pipeline_nearest(path, view, settings, sample_id, k)
+    """The k nearest samples of ``sample_id`` in the view (activation space or map space) with distances."""
+    from pipeline import neighbors
+
+    return neighbors.nearest(open_store(path), view.features, view.projection_key, view.sample_ids, view.xy,
+                             sample_id, k, space=settings.space, metric=settings.metric)
 
 
 def distances(path: str, view: views.View, settings, sample_id: str, others: list[str]) -> list[float]:
     """Distances from ``sample_id`` to ``others`` in the same space as ``nearest``."""
-    engine = projector()
-    if hasattr(engine, "neighbors"):
-        return engine.neighbors(view.projection_key, view.sample_ids, view.xy, sample_id, 0, settings.space,
-                                settings.metric, others=others)
-    return _pipeline_distances(path, view, settings, sample_id, others)
-
-
-def _pipeline_nearest(path, view, settings, sample_id, k):
     from pipeline import neighbors
 
-    return neighbors.neighbors(open_store(path), view.projection_key, sample_id, k, space=settings.space,
-                               metric=settings.metric)
-
-
-def _pipeline_distances(path, view, settings, sample_id, others):
-    from pipeline import neighbors
-
-    return neighbors.distances(open_store(path), view.projection_key, sample_id, others, space=settings.space,
-                               metric=settings.metric)
+    return neighbors.distances(open_store(path), view.features, view.projection_key, view.sample_ids, view.xy,
+                               sample_id, others, space=settings.space, metric=settings.metric)

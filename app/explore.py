@@ -15,6 +15,7 @@ import streamlit as st
 from app import data, exports, state, static_files, ui, views
 from app.components.scatter_map import scatter_map
 from app.state import ViewSettings
+from pipeline.methods import METHODS
 from store import schema
 
 MAP_KEY = "explore_map"
@@ -97,32 +98,39 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         elif st.session_state.get("w_color") == "step":
             st.session_state["w_color"] = "label"
 
+    _init("w_method", view.method, lambda v: v in state.METHODS)
+    method = sb.radio("Projection method", state.METHODS, key="w_method", horizontal=True,
+                      format_func=lambda m: METHODS[m].title,
+                      help="UMAP: local and global structure, fast · t-SNE: local neighbourhoods, clusters "
+                           "pulled apart · PCA: the linear baseline (the two directions of largest variance), "
+                           "which shows what the non-linear maps add")
     with sb.form("projection", border=True):
-        st.markdown("**Projection**")
+        st.markdown(f"**Projection** · {METHODS[method].title}")
         _init("w_feature", view.feature)
         feature = st.radio("Feature", state.FEATURES, key="w_feature", horizontal=True,
                            help="auto: the layer's default (the stored map when small, else channel means; "
                                 "PCA to 50 dimensions above 256) · mean: channel means over space · full: the "
                                 "stored map flattened · pca: the stored map reduced to 50 dimensions by PCA")
-        _init("w_nn", view.n_neighbors)
-        nn = st.slider("n_neighbors", *state.N_NEIGHBORS_RANGE, key="w_nn")
-        _init("w_md", view.min_dist)
-        md = st.slider("min_dist", *state.MIN_DIST_RANGE, step=0.01, key="w_md")
+        own = {}
+        for name, p in METHODS[method].PARAMS.items():  # the chosen method's own parameters
+            _init(f"w_{p.tag}", getattr(view, name))
+            own[name] = st.slider(name, *p.ui_range, step=p.ui_step, key=f"w_{p.tag}", help=p.help)
         _init("w_metric", view.metric, lambda v: v in state.METRICS)
         metric = st.selectbox("Metric", state.METRICS, key="w_metric")
         recompute = st.form_submit_button("Recompute", icon=":material/refresh:", width="stretch",
                                           help="Apply these parameters. With unchanged parameters: refit "
                                                "from scratch (new samples are otherwise placed into the "
                                                "existing map).")
-    if recompute and (feature, nn, md, metric) == (view.feature, view.n_neighbors, view.min_dist, view.metric) \
-            and (model, layer, step) == (view.model, view.layer, view.step):
+    applied = {name: getattr(view, name) for name in METHODS[method].PARAMS}
+    if recompute and (feature, own, metric) == (view.feature, applied, view.metric) \
+            and (model, layer, step, method) == (view.model, view.layer, view.step, view.method):
         # a refit of exactly this projection (the counter is part of the job key: one refit per press)
-        target = (model, tuple(runs), layer, step, feature, int(nn), float(md), metric)
+        target = (model, tuple(runs), layer, step, feature, method, tuple(own.items()), metric)
         _, count = st.session_state.get(REFIT, (None, 0))
         st.session_state[REFIT] = (target, count + 1)
     if not recompute and view.model is not None:
         # Form widgets only count once submitted: keep the applied parameters.
-        feature, nn, md, metric = view.feature, view.n_neighbors, view.min_dist, view.metric
+        feature, own, metric = view.feature, applied, view.metric
 
     sb.subheader("Colour and filter")
     samples = data.model_samples(path, model)
@@ -161,8 +169,9 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     point_size = sb.slider("Point size", 2.0, 12.0, step=0.5, key="w_psize")
 
     new = ViewSettings(model=model, runs=tuple(runs), layer=layer, step=step if all_steps else int(step),
-                       feature=feature,
-                       n_neighbors=int(nn), min_dist=float(md), metric=metric, color_by=color_by,
+                       feature=feature, method=method,
+                       **({n: getattr(view, n) for m in METHODS.values() for n in m.PARAMS} | own),
+                       metric=metric, color_by=color_by,
                        n_clusters=int(n_clusters), classes=tuple(classes), keyword=keyword.strip(),
                        filter_mode=filter_mode, k=int(k), space=space, point_size=float(point_size))
     if (new.model, new.layer, new.step, new.runs) != (view.model, view.layer, view.step, view.runs) \
@@ -171,7 +180,8 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         st.session_state[state.LASSO] = []
     new = new.validated()
     target, count = st.session_state.get(REFIT, (None, 0))
-    here = (new.model, new.runs, new.layer, new.step, new.feature, new.n_neighbors, new.min_dist, new.metric)
+    here = (new.model, new.runs, new.layer, new.step, new.feature, new.method,
+            tuple((n, getattr(new, n)) for n in METHODS[new.method].PARAMS), new.metric)
     return new, count if target == here else 0
 
 
@@ -382,8 +392,9 @@ def _caption(view, settings, highlight) -> None:
         bits.append(f"σ {float(view.step_info['sigma']):.3g}")
     feature = settings.feature if not view.feature or view.feature == settings.feature \
         else f"{settings.feature} → {view.feature}"
-    bits.append(f"feature {feature} · n_neighbors {settings.n_neighbors} · min_dist {settings.min_dist:g} · "
-                f"{settings.metric}")
+    own = " · ".join(f"{n} {getattr(settings, n):g}" for n in METHODS[settings.method].PARAMS)
+    bits.append(" · ".join([f"feature {feature}", METHODS[settings.method].title, *([own] if own else []),
+                            settings.metric]))
     took = f" in {view.seconds:.1f} s" if view.seconds else ""
     bits.append({"cache": "from the cache", "fit": f"fitted{took}", "warm": f"warm-started{took}",
                  "transform": f"new samples placed{took}"}.get(view.source, view.source))

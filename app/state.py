@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import streamlit as st
+
+from pipeline.features import ALL_STEPS  # the step choice that maps every step at once
+from pipeline.methods import METHODS as PROJECTION_METHODS
+from pipeline.neighbors import METRICS as NEIGHBOR_METRICS
+from store.lru import LRU
 
 # Session keys (app-owned).
 STORE_PATH = "dmd.store_path"
@@ -29,13 +32,13 @@ PNG_NONCE = "dmd.png_nonce"
 URL_LOADED = "dmd.url_loaded"  # the URL has been read into the session once
 
 FEATURES = ("auto", "mean", "full", "pca")  # pipeline.features names; auto: the per-layer default
-METRICS = ("euclidean", "cosine", "manhattan", "correlation")
+METRICS = NEIGHBOR_METRICS  # pipeline.neighbors owns the distances
 SPACES = ("map", "activation")
 FILTER_MODES = ("highlight", "project")
-N_NEIGHBORS_RANGE = (5, 100)
-MIN_DIST_RANGE = (0.0, 1.0)
+METHODS = tuple(PROJECTION_METHODS)  # umap, tsne, pca: each with its own parameters (pipeline.methods)
+N_NEIGHBORS_RANGE = tuple(int(v) for v in PROJECTION_METHODS["umap"].PARAMS["n_neighbors"].ui_range)
+MIN_DIST_RANGE = PROJECTION_METHODS["umap"].PARAMS["min_dist"].ui_range
 K_RANGE = (1, 20)
-ALL_STEPS = "all"  # the step choice that maps every step at once (pipeline.features.ALL_STEPS)
 
 
 def default_store_path() -> str:
@@ -98,8 +101,10 @@ class ViewSettings:
     layer: str | None = None
     step: int | str | None = None  # a step number, or ALL_STEPS
     feature: str = "auto"
-    n_neighbors: int = 15
+    method: str = "umap"
+    n_neighbors: int = 15  # UMAP's parameters
     min_dist: float = 0.1
+    perplexity: float = 30.0  # t-SNE's
     metric: str = "euclidean"
     color_by: str = "label"
     classes: tuple[str, ...] = ()  # class/category filter (labels)
@@ -115,16 +120,31 @@ class ViewSettings:
         d = ViewSettings()
         return replace(
             self,
+            method=self.method if self.method in METHODS else d.method,
+            **_method_params_in_range(self),
             feature=self.feature if self.feature in FEATURES else d.feature,
             metric=self.metric if self.metric in METRICS else d.metric,
             space=self.space if self.space in SPACES else d.space,
             filter_mode=self.filter_mode if self.filter_mode in FILTER_MODES else d.filter_mode,
-            n_neighbors=min(max(int(self.n_neighbors), N_NEIGHBORS_RANGE[0]), N_NEIGHBORS_RANGE[1]),
-            min_dist=round(min(max(float(self.min_dist), MIN_DIST_RANGE[0]), MIN_DIST_RANGE[1]), 3),
             k=min(max(int(self.k), K_RANGE[0]), K_RANGE[1]),
             n_clusters=min(max(int(self.n_clusters), 2), 100),
             point_size=min(max(float(self.point_size), 1.0), 20.0),
         )
+
+
+# The fields that decide a projection (besides model, runs, layer and step): what another page shares with Explore.
+PROJECTION_FIELDS = ("feature", "method", "metric", *(n for m in PROJECTION_METHODS.values() for n in m.PARAMS))
+
+
+def _method_params_in_range(view: ViewSettings) -> dict:
+    """Every projection method's parameters of `view`, clamped into the range the app offers."""
+    out = {}
+    for cls in PROJECTION_METHODS.values():
+        for name, p in cls.PARAMS.items():
+            lo, hi = p.ui_range or (p.low, p.high)
+            v = min(max(float(getattr(view, name)), lo), hi)
+            out[name] = int(round(v)) if isinstance(p.default, int) else round(v, 3)
+    return out
 
 
 # URL parameter name for each field (short, stable: links are shared).
@@ -134,8 +154,10 @@ _URL_NAMES = {
     "layer": "layer",
     "step": "step",
     "feature": "feat",
+    "method": "method",
     "n_neighbors": "nn",
     "min_dist": "md",
+    "perplexity": "perp",
     "metric": "metric",
     "color_by": "color",
     "classes": "cls",
@@ -282,8 +304,8 @@ _HIGHLIGHT_LIMIT = 64  # result sets kept in memory by the server
 
 
 @st.cache_resource
-def _highlight_registry() -> tuple[threading.Lock, OrderedDict]:
-    return threading.Lock(), OrderedDict()
+def _highlight_registry() -> LRU[str, tuple[str, ...]]:
+    return LRU(_HIGHLIGHT_LIMIT)
 
 
 def register_highlight(sample_ids) -> str:
@@ -292,12 +314,8 @@ def register_highlight(sample_ids) -> str:
     Tokens live in memory for the life of the server process (the last 64 sets); a link to a forgotten
     token opens the map without a highlight and says so.
     """
-    lock, registry = _highlight_registry()
     token = secrets.token_urlsafe(8)
-    with lock:
-        registry[token] = tuple(str(s) for s in sample_ids)
-        while len(registry) > _HIGHLIGHT_LIMIT:
-            registry.popitem(last=False)
+    _highlight_registry().put(token, tuple(str(s) for s in sample_ids))
     return f"s:{token}"
 
 
@@ -320,9 +338,7 @@ def highlight_ids_from_query(value: str | None = None) -> list[str] | None:
     if not value:
         return None
     if value.startswith("s:"):
-        lock, registry = _highlight_registry()
-        with lock:
-            ids = registry.get(value[2:])
+        ids = _highlight_registry().get(value[2:])
         return list(ids) if ids is not None else []
     return [p for p in value.split(_LIST_SEP) if p]
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from app import static_files
 from pipeline.features import ALL_STEPS, split_point_id
+from pipeline.neighbors import FeatureRef
 from store import schema
 
 # Tableau-like palette: distinguishable in light and dark themes.
@@ -95,6 +96,7 @@ class View:
     position: dict = field(repr=False)  # sample_id -> row
     feature: str = ""  # the feature the projection used, resolved (e.g. "full+pca50" for "auto")
     seconds: float | None = None  # how long the projection took
+    features: FeatureRef | None = None  # where its points live in activation space (for neighbours)
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -183,7 +185,8 @@ def view_key(projection_key: str, extra: str = "") -> str:
 def make_view(*, store_key: str, projection_key: str, model: str, layer: str, step: int | str | None,
               sample_ids, xy, samples: pd.DataFrame, quality: dict | None, source: str,
               step_info: dict | None = None, extra_key: str = "", feature: str = "",
-              seconds: float | None = None, steps: pd.DataFrame | None = None) -> View:
+              seconds: float | None = None, steps: pd.DataFrame | None = None,
+              features: FeatureRef | None = None) -> View:
     """Join a projection to its samples' metadata (rows missing from ``samples`` are dropped). For a map of
     every step (``step="all"``, point ids ``<sample_id>@<step>``), ``steps`` (step, sigma, timestep) gives
     each point's sigma and timestep."""
@@ -209,7 +212,7 @@ def make_view(*, store_key: str, projection_key: str, model: str, layer: str, st
         key=view_key(projection_key, extra_key), store_key=store_key, projection_key=projection_key, model=model,
         layer=layer, step=step, sample_ids=ids, xy=xy, frame=frame, quality=dict(quality or {}), source=source,
         step_info=dict(step_info or {}), position={s: i for i, s in enumerate(ids.tolist())}, feature=feature,
-        seconds=seconds,
+        seconds=seconds, features=features,
     )
 
 

@@ -11,9 +11,10 @@ min_dist 0.1, euclidean, seed 0. For 10,000 and 50,000 points it prints:
   transform           1,000 samples appended to the store, placed into the existing map
   neighbours          click -> k=10 nearest, map and activation space (first click builds the index)
 
-then neighbour latency at 100,000 points, and the ratios. The numba warm-up runs first and is timed on its
+then neighbour latency at 100,000 points, and the ratios. At the smallest size (10,000 by default) the same
+matrix is also mapped by t-SNE and PCA (fresh fits through the same projector). The numba warm-up runs first and is timed on its
 own, so no row pays compilation. The last line is ``min_dist_speedup=<fresh fit s / min_dist-only s>``,
-the smaller of the two sizes'.
+the smaller of the two sizes', followed by ``tsne_fit_s=`` and ``pca_fit_s=`` (seconds, smallest size).
 
 ``--first-fit`` instead measures, in fresh processes, the first fit of 5,000 points with and without the
 warm-up before it (numba compilation cost; run it twice to see the persistent cache's effect).
@@ -75,7 +76,7 @@ def timed(fn, repeat: int = 1):
     return out, statistics.median(times)
 
 
-def bench_size(n: int) -> dict:
+def bench_size(n: int, other_methods: bool) -> dict:
     from pipeline import features as F
     from pipeline import neighbors as NB
     from pipeline.project import ProjectionParams, Projector
@@ -103,6 +104,12 @@ def bench_size(n: int) -> dict:
         nn, rows["n_neighbors change"] = timed(lambda: projector.project(
             store, "synth", "mid", 0, ProjectionParams.coerce(params, n_neighbors=10)))
         assert nn.source == "fit"
+        if other_methods:  # the same matrix, the other methods (t-SNE reuses the cached kNN graph if it can)
+            for method in ("tsne", "pca"):
+                other, rows[f"{method} fresh fit"] = timed(lambda method=method: projector.project(
+                    store, "synth", "mid", 0, ProjectionParams(feature="mean", method=method)))
+                assert other.source == "fit", other.source
+                rows[f"{method} quality"] = other.quality
         write_samples(root, n, APPEND, n + APPEND)
         placed, rows[f"transform of {APPEND:,} new"] = timed(lambda: projector.project(store, "synth", "mid", 0,
                                                                                         params))
@@ -111,17 +118,22 @@ def bench_size(n: int) -> dict:
         for space in ("map", "activation"):
             sid = placed.sample_ids[0]
             _, rows[f"neighbours {space} (first click)"] = timed(
-                lambda space=space, sid=sid: NB.neighbors(store, placed.key, sid, 10, space=space))
+                lambda space=space, sid=sid: NB.nearest(store, placed.features, placed.key, placed.sample_ids,
+                                                        placed.xy, sid, 10, space=space))
             picks = iter(rng.choice(placed.sample_ids, 60))
             _, rows[f"neighbours {space}"] = timed(
-                lambda space=space, picks=picks: NB.neighbors(store, placed.key, next(picks), 10, space=space), 50)
+                lambda space=space, picks=picks: NB.nearest(store, placed.features, placed.key, placed.sample_ids,
+                                                            placed.xy, next(picks), 10, space=space), 50)
     print(f"\n== {n:,} points ({DIM}-D, {CLUSTERS} clusters) ==")
+    qualities = {k: rows.pop(k) for k in [k for k in rows if k.endswith(" quality")]}
     for name, s in rows.items():
         print(f"  {name:34s} {s * 1000:10.1f} ms" if s < 1 else f"  {name:34s} {s:10.2f} s")
     print("  fresh fit stages: " + "; ".join(f"{t:.1f}s {m}" for t, m in stages))
     q = fit.quality
     print(f"  quality: trustworthiness {q['trustworthiness']}, knn_overlap {q['knn_overlap']} (fresh fit); "
           f"{warm.quality['trustworthiness']}, {warm.quality['knn_overlap']} (warm start)")
+    for name, q in qualities.items():
+        print(f"  {name}: trustworthiness {q['trustworthiness']}, knn_overlap {q['knn_overlap']}")
     fresh = rows["fresh fit"]
     ratios = {
         "fresh / min_dist only": fresh / rows["min_dist only"],
@@ -184,10 +196,11 @@ def main() -> None:
         return
     from pipeline.project import warmup
 
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores")
     t = time.perf_counter()
     timings = warmup()
     print(f"warm-up {time.perf_counter() - t:.1f} s: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    results = [bench_size(n) for n in args.sizes]
+    results = [bench_size(n, other_methods=n == min(args.sizes)) for n in args.sizes]
     bench_neighbours_100k()
     print("\n== summary ==")
     for r in results:
@@ -197,6 +210,9 @@ def main() -> None:
               f"neighbours {rows['neighbours map'] * 1000:.1f} / {rows['neighbours activation'] * 1000:.1f} ms "
               f"(map / activation)")
     print(f"min_dist_speedup={min(r['speedup'] for r in results):.2f}")
+    first = next(r for r in results if r["n"] == min(args.sizes))
+    print(f"tsne_fit_s={first['rows']['tsne fresh fit']:.2f}")  # on the same {first['n']:,}-point matrix
+    print(f"pca_fit_s={first['rows']['pca fresh fit']:.2f}")
 
 
 if __name__ == "__main__":

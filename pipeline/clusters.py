@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import unicodedata
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from store.lru import LRU
 
 __all__ = [
     "NoTextEmbeddings",
@@ -157,30 +158,15 @@ def _check_k(k, n_prompts: int) -> int:
 
 
 def cluster_key(store, model: str, k: int, run_ids=None, n_words: int = 3, seed: int = 0) -> str:
-    """Explicit cache key: store, model, runs, k, legend size, seed and the data version of the samples and
-    text embeddings they come from (a new batch or a rewritten prompts file changes it)."""
-    from store import layout
-
+    """Explicit cache key: store, model, runs, k, legend size, seed and the data version of the model's
+    samples and text embeddings (a new batch or a rewritten prompts file changes it)."""
     runs = None if run_ids is None else sorted(str(r) for r in run_ids)
-    root = Path(store.root).resolve()
-    emb_files = []
-    for _m, run, _folder in layout.sample_partitions(root, model):
-        if runs is not None and run not in runs:
-            continue
-        p = layout.text_embeddings_path(root, model, run)
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            continue
-        emb_files.append((run, st.st_size, st.st_mtime_ns))
-    parts = repr((str(root), model, runs, int(k), int(n_words), int(seed), store.data_version(model, run_ids=runs),
-                  emb_files))
+    parts = repr((str(Path(store.root).resolve()), model, runs, int(k), int(n_words), int(seed),
+                  store.data_version(model, run_ids=runs, scope="model")))
     return f"clusters-{model}-k{int(k)}-{hashlib.sha1(parts.encode()).hexdigest()[:16]}"
 
 
-_CACHE: OrderedDict[str, PromptClusters] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 16
+_CACHE: LRU[str, PromptClusters] = LRU(16)
 
 
 def prompt_clusters(store, model: str, k: int, run_ids=None, n_words: int = 3, seed: int = 0) -> PromptClusters:
@@ -189,17 +175,7 @@ def prompt_clusters(store, model: str, k: int, run_ids=None, n_words: int = 3, s
     Raises ``NoTextEmbeddings`` when the store holds none for these runs, ``ValueError`` for a bad ``k``.
     """
     key = cluster_key(store, model, k, run_ids, n_words, seed)
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            return hit
-    result = _compute(store, model, k, run_ids, n_words, seed, key)
-    with _CACHE_LOCK:
-        _CACHE[key] = result
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return result
+    return _CACHE.get_or_build(key, lambda: _compute(store, model, k, run_ids, n_words, seed, key))
 
 
 def _compute(store, model, k, run_ids, n_words, seed, key) -> PromptClusters:

@@ -12,7 +12,7 @@ wide), for the same samples in the same order:
   default) that the two layers have in common: 1 where both layers see the same neighbourhood, about
   k / (N - 1) by chance.
 
-Results are cached in memory and in the store (``derived/compare/...``) under explicit keys built from the
+Results are cached in memory and in the store (`store.derived`, kind ``compare``) under explicit keys built from the
 store's data version of each layer, the model, the layers, the step and the parameters; arrays are never
 hashed.
 """
@@ -22,17 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.caches import provenance
 from pipeline.features import FeatureError, FeatureSpec, load_features
 from pipeline.neighbors import METRICS, exact_knn
+from store.lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -124,33 +122,7 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class _Memo:
-    """Recent results of this process (small frames)."""
-
-    def __init__(self, max_items: int = 64):
-        self.max_items = max_items
-        self._items: OrderedDict[str, pd.DataFrame] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> pd.DataFrame | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-            return None if hit is None else hit.copy()
-
-    def put(self, key: str, frame: pd.DataFrame) -> None:
-        with self._lock:
-            self._items[key] = frame.copy()
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-_MEMO = _Memo()
+_MEMO: LRU[str, pd.DataFrame] = LRU(64)  # recent results of this process (small frames)
 
 
 def clear_cache() -> None:
@@ -228,15 +200,11 @@ def _no_progress(fraction: float, message: str) -> None:
     pass
 
 
-def _relpath(model: str, what: str, key: str) -> str:
-    return f"derived/compare/model={model}/{what}-{key}.parquet"
-
-
-def _read_cached(store, model, what, key) -> pd.DataFrame | None:
+def _read_cached(store, model, key) -> pd.DataFrame | None:
     try:
-        got = store.read_artifact(_relpath(model, what, key))
+        got = store.derived.read("compare", model, None, key)
     except (OSError, ValueError) as exc:
-        log.warning("cannot read cached %s %s: %s", what, key, exc)
+        log.warning("cannot read cached comparison %s: %s", key, exc)
         return None
     if got is None:
         return None
@@ -246,25 +214,25 @@ def _read_cached(store, model, what, key) -> pd.DataFrame | None:
     return frame
 
 
-def _write_cached(store, model, what, key, frame: pd.DataFrame, provenance: dict) -> None:
+def _write_cached(store, model, key, frame: pd.DataFrame, versions: dict, run_ids) -> None:
     table = frame.reset_index() if frame.index.name is not None else frame
     try:
-        store.write_artifact(_relpath(model, what, key), pa.Table.from_pandas(table, preserve_index=False),
-                             {"key": key, "attrs": frame.attrs, "provenance": provenance})
+        store.derived.write("compare", model, None, key, pa.Table.from_pandas(table, preserve_index=False),
+                            sources=versions, run_ids=run_ids, meta={"attrs": frame.attrs})
     except (OSError, ValueError) as exc:  # a read-only store still works: it recomputes
-        log.warning("could not cache %s %s: %s", what, key, exc)
+        log.warning("could not cache comparison %s: %s", key, exc)
 
 
 def _cached(store, model, what, payload, compute) -> pd.DataFrame:
-    key = _sha(payload)[:24]
+    key = f"{what}-{_sha(payload)[:24]}"
     frame = _MEMO.get(key)
     if frame is None:
-        frame = _read_cached(store, model, what, key)
+        frame = _read_cached(store, model, key)
     if frame is None:
         frame = compute()
-        _write_cached(store, model, what, key, frame, provenance(payload["versions"], payload["filter"]["runs"]))
+        _write_cached(store, model, key, frame, payload["versions"], payload["filter"]["runs"])
     _MEMO.put(key, frame)
-    return frame
+    return frame.copy()
 
 
 def _filter(run_ids, sample_ids) -> tuple[list[str] | None, list[str] | None, dict]:

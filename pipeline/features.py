@@ -30,15 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.caches import provenance
+from store.lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -282,43 +280,16 @@ class Features:
     key: str
 
 
-class _FeatureCache:
-    """Recent feature matrices of this process, bounded by count and bytes (they can be large)."""
-
-    def __init__(self, max_items: int = 6, max_bytes: int = 2 << 30):
-        self.max_items, self.max_bytes = max_items, max_bytes
-        self._items: OrderedDict[str, Features] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Features | None:
-        with self._lock:
-            f = self._items.get(key)
-            if f is not None:
-                self._items.move_to_end(key)
-            return f
-
-    def put(self, f: Features) -> None:
-        with self._lock:
-            self._items[f.key] = f
-            self._items.move_to_end(f.key)
-            while len(self._items) > 1 and (len(self._items) > self.max_items or
-                                            sum(x.X.nbytes for x in self._items.values()) > self.max_bytes):
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+def _feature_bytes(f: Features) -> int:
+    return f.X.nbytes
 
 
-FEATURE_CACHE = _FeatureCache()
-
-
-def _pca_relpath(model: str, layer: str, key: str) -> str:
-    return f"projections/model={model}/layer={layer}/features/{key}.parquet"
+# recent feature matrices of this process, bounded by count and bytes (they can be large)
+FEATURE_CACHE: LRU[str, Features] = LRU(6, weigh=_feature_bytes, max_weight=2 << 30)
 
 
 def _read_pca(store, model, layer, key, sample_ids) -> np.ndarray | None:
-    got = store.read_artifact(_pca_relpath(model, layer, key))
+    got = store.derived.read("features", model, layer, key)
     if got is None:
         return None
     table, _meta = got
@@ -329,14 +300,14 @@ def _read_pca(store, model, layer, key, sample_ids) -> np.ndarray | None:
     return np.asarray(flat.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
 
 
-def _write_pca(store, model, layer, key, sample_ids, X, spec, provenance: dict) -> None:
+def _write_pca(store, model, layer, key, sample_ids, X, spec, version: str, run_ids) -> None:
     table = pa.table({
         "sample_id": pa.array([str(s) for s in sample_ids], pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel(), pa.float32()), X.shape[1]),
     })
     try:
-        store.write_artifact(_pca_relpath(model, layer, key), table,
-                             {"feature": spec.to_dict(), "key": key, "provenance": provenance})
+        store.derived.write("features", model, layer, key, table, sources={layer: version}, run_ids=run_ids,
+                            meta={"feature": spec.to_dict()})
     except OSError as e:  # a read-only store still works, it just recomputes
         log.warning("could not cache PCA features %s: %s", key, e)
 
@@ -389,11 +360,11 @@ def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | 
     if X is None:
         X = to_features(matrix, shape, resolved)
         if resolved.pca is not None:
-            _write_pca(store, model, layer, key, ids, X, resolved, provenance({layer: version}, run_ids))
+            _write_pca(store, model, layer, key, ids, X, resolved, version, run_ids)
     f = Features(sample_ids=ids, X=X, spec=resolved, stored_shape=tuple(shape), reduce=reduce, step=step,
                  key=key)
     if cache:
-        FEATURE_CACHE.put(f)
+        FEATURE_CACHE.put(f.key, f)
     return f
 
 

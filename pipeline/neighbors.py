@@ -19,19 +19,21 @@ each point's k nearest neighbours in activation space that are also among its k 
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from store.lru import LRU
 
 __all__ = [
     "SPACES",
     "NeighborIndex",
     "NeighborError",
     "knn_table",
-    "neighbors",
+    "FeatureRef",
+    "nearest",
     "distances",
     "map_quality",
     "metric_rows",
@@ -190,126 +192,121 @@ def knn_table(projection_or_xy, X: np.ndarray | None, sample_index: int | str, k
         if not len(hits):
             raise NeighborError(f"sample {sample_index!r} is not in this projection")
         sample_index = int(hits[0])
-    index = _index_for(("object", key, space, metric), lambda: NeighborIndex(data, space, metric)) \
+    index = _INDICES.get_or_build(("object", key, space, metric), lambda: NeighborIndex(data, space, metric)) \
         if key is not None else NeighborIndex(data, space, metric)
     idx, dist = index.query(sample_index, k)
     return pd.DataFrame({"sample_id": ids[idx], "index": idx, "distance": dist.astype(float),
                          "rank": np.arange(1, len(idx) + 1)})
 
 
-# -- store-level API (what the app calls) --------------------------------------------------------------------
+# -- over a map's rows (what the app calls) -------------------------------------------------------------------
 
-class _Context:
-    def __init__(self, index: NeighborIndex, sample_ids: np.ndarray):
-        self.index = index
-        self.sample_ids = sample_ids
-        self.pos = {s: i for i, s in enumerate(sample_ids)}
+@dataclass(frozen=True)
+class FeatureRef:
+    """Where a map's rows live in activation space: what `pipeline.features.load_features` rebuilds them from.
+    ``key`` is the feature matrix's cache key (data version, model, layer, step, feature, filter); ``run_ids``
+    the map's run filter; ``filtered`` whether it was also restricted to given samples (its own rows)."""
 
-    def row(self, sample_id: str) -> int:
-        i = self.pos.get(str(sample_id))
-        if i is None:
-            raise NeighborError(f"sample {sample_id!r} is not in this projection")
-        return i
+    model: str
+    layer: str
+    step: int | str
+    feature: dict  # the resolved FeatureSpec, as a dict
+    key: str
+    metric: str = "euclidean"
+    run_ids: tuple[str, ...] | None = None
+    filtered: bool = False
 
-
-_cache: OrderedDict = OrderedDict()
-_cache_lock = threading.Lock()
-_build_locks: dict = {}
-_MAX_CONTEXTS = 8
-
-
-def _index_for(key: tuple, build):
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-            return hit
-        lock = _build_locks.setdefault(key, threading.Lock())
-    with lock:  # one build per key, others wait for it
-        with _cache_lock:
-            hit = _cache.get(key)
-        if hit is not None:
-            return hit
-        value = build()
-        with _cache_lock:
-            _cache[key] = value
-            _cache.move_to_end(key)
-            while len(_cache) > _MAX_CONTEXTS:
-                _cache.popitem(last=False)
-            _build_locks.pop(key, None)
-        return value
+    @classmethod
+    def of(cls, meta: dict) -> FeatureRef:
+        """From a projection's stored metadata (`pipeline.project.Projection.meta`)."""
+        filt = meta.get("filter") or {}
+        runs = filt.get("run_ids")
+        return cls(model=str(meta["model"]), layer=str(meta["layer"]), step=meta["step"],
+                   feature=dict(meta["feature_resolved"]), key=str(meta["features_key"]),
+                   metric=str((meta.get("params") or {}).get("metric", "euclidean")),
+                   run_ids=None if runs is None else tuple(runs), filtered=filt.get("sample_ids") is not None)
 
 
-def forget(projection_key: str) -> None:
-    """Drop cached indices of a projection (its file was rewritten, e.g. by a refit)."""
-    with _cache_lock:
-        for k in [k for k in _cache if projection_key in k]:
-            del _cache[k]
+_INDICES: LRU[tuple, NeighborIndex] = LRU(8)
 
 
-def _context(store, projection_key: str, space: str, metric: str | None) -> _Context:
+def _rows_of(ids: np.ndarray) -> dict[str, int]:
+    return {s: i for i, s in enumerate(ids.tolist())}
+
+
+def _map_index(map_key: str, xy: np.ndarray) -> NeighborIndex:
+    return _INDICES.get_or_build(("map", map_key), lambda: NeighborIndex(xy, "map"))
+
+
+def _activation_index(store, ref: FeatureRef, map_key: str, ids: np.ndarray, metric: str) -> NeighborIndex:
+    """The index over the feature rows of a map's points, in the map's order: from this process's feature
+    cache when the map was just computed, else rebuilt from the store (one activation read)."""
+    from pipeline.features import ALL_STEPS, FEATURE_CACHE, FeatureSpec, load_features, split_point_id
+
+    def build() -> NeighborIndex:
+        feats = FEATURE_CACHE.get(ref.key)
+        if feats is None:
+            samples = None
+            if ref.filtered:  # the map's rows are its filter; an all-steps map names (sample, step) points
+                samples = list(dict.fromkeys(split_point_id(s)[0] for s in ids)) if ref.step == ALL_STEPS \
+                    else list(ids)
+            feats = load_features(store, ref.model, ref.layer, ref.step, FeatureSpec(**ref.feature),
+                                  run_ids=ref.run_ids, sample_ids=samples)
+        pos = _rows_of(np.asarray(feats.sample_ids))
+        rows = [pos.get(s, -1) for s in ids.tolist()]
+        if min(rows, default=0) < 0:
+            gone = next(s for s, r in zip(ids, rows, strict=True) if r < 0)
+            raise NeighborError(f"{rows.count(-1)} samples of the map are gone from the store (e.g. {gone!r}); "
+                                "recompute the map")
+        return NeighborIndex(feats.X[rows], "activation", metric)
+
+    return _INDICES.get_or_build(("activation", str(getattr(store, "root", id(store))), ref.key, map_key, metric),
+                                 build)
+
+
+def _index(store, ref: FeatureRef | None, map_key: str, ids, xy, space: str, metric: str | None) -> NeighborIndex:
     if space not in SPACES:
         raise NeighborError(f"unknown neighbour space {space!r}; valid: {list(SPACES)}")
     if metric is not None and metric not in METRICS:
         raise NeighborError(f"unknown metric {metric!r}; valid: {list(METRICS)}")
-
-    def build() -> _Context:
-        got = store.read_projection(projection_key)
-        if got is None:
-            raise NeighborError(f"no projection is stored under key {projection_key!r}")
-        frame, meta = got
-        ids = frame["sample_id"].to_numpy().astype(str)
-        if space == "map":
-            return _Context(NeighborIndex(frame[["x", "y"]].to_numpy(np.float32), "map"), ids)
-        used = metric or meta.get("params", {}).get("metric", "euclidean")
-        return _Context(NeighborIndex(_features_of(store, ids, meta), "activation", used), ids)
-
-    root = str(getattr(store, "root", id(store)))
-    return _index_for(("store", root, projection_key, space, metric or "default"), build)
+    if space == "map":
+        return _map_index(map_key, np.asarray(xy, dtype=np.float32))
+    if ref is None:
+        raise NeighborError("activation-space neighbours need to know the map's features; this map has none")
+    return _activation_index(store, ref, map_key, np.asarray(ids).astype(str), metric or ref.metric)
 
 
-def _features_of(store, ids: np.ndarray, meta: dict) -> np.ndarray:
-    """The feature rows a projection was computed from, in the projection's order (joined by sample id)."""
-    from pipeline.features import ALL_STEPS, FEATURE_CACHE, FeatureSpec, load_features, split_point_id
-
-    feats = FEATURE_CACHE.get(meta.get("features_key", ""))
-    if feats is not None:
-        pos = {s: i for i, s in enumerate(feats.sample_ids)}
-        rows = [pos.get(s, -1) for s in ids]
-        if min(rows, default=0) >= 0:
-            return feats.X[rows]
-    step = meta["step"] if meta["step"] == ALL_STEPS else int(meta["step"])
-    # an all-steps map names (sample, step) points: its filter is their samples
-    samples = list(dict.fromkeys(split_point_id(s)[0] for s in ids)) if step == ALL_STEPS else list(ids)
-    feats = load_features(store, meta["model"], meta["layer"], step, FeatureSpec(**meta["feature_resolved"]),
-                          sample_ids=samples)
-    pos = {s: i for i, s in enumerate(feats.sample_ids)}
-    missing = [s for s in ids if s not in pos]
-    if missing:
-        raise NeighborError(f"{len(missing)} samples of the projection are gone from the store "
-                            f"(e.g. {missing[0]!r}); recompute the projection")
-    return feats.X[[pos[s] for s in ids]]
+def nearest(store, ref: FeatureRef | None, map_key: str, ids, xy, sample_id: str, k: int,
+            space: str = "activation", metric: str | None = None) -> tuple[list[str], list[float]]:
+    """The k nearest points of `sample_id` among a map's points (`ids`, coordinates `xy`, cache key
+    `map_key`), nearest first: (ids, distances). ``space="map"`` measures on the coordinates given;
+    ``"activation"`` in the feature space `ref` names, under `metric` (default: the map's own)."""
+    ids = np.asarray(ids).astype(str)
+    index = _index(store, ref, map_key, ids, xy, space, metric)
+    row = _rows_of(ids).get(str(sample_id))
+    if row is None:
+        raise NeighborError(f"sample {sample_id!r} is not in this map")
+    idx, dist = index.query(row, k)
+    return [str(s) for s in ids[idx]], [float(d) for d in dist]
 
 
-def neighbors(store, projection_key: str, sample_id: str, k: int, space: str = "map",
-              metric: str | None = None) -> tuple[list[str], list[float]]:
-    """The k nearest samples of `sample_id` in the projection stored under `projection_key`, nearest first:
-    (sample ids, distances). `metric` (activation space) defaults to the projection's own."""
-    ctx = _context(store, projection_key, space, metric)
-    idx, dist = ctx.index.query(ctx.row(sample_id), k)
-    return [str(s) for s in ctx.sample_ids[idx]], [float(d) for d in dist]
-
-
-def distances(store, projection_key: str, sample_id: str, others: Sequence[str], space: str = "map",
-              metric: str | None = None) -> list[float]:
-    """Distances from `sample_id` to each of `others` (NaN for ids not in the projection), in the same space
-    and metric as `neighbors`."""
-    ctx = _context(store, projection_key, space, metric)
-    i = ctx.row(sample_id)
-    rows = [ctx.pos.get(str(s), -1) for s in others]
-    known = [r for r in rows if r >= 0]
-    d = iter(ctx.index.distances(i, known))
+def distances(store, ref: FeatureRef | None, map_key: str, ids, xy, sample_id: str, others: Sequence[str],
+              space: str = "activation", metric: str | None = None) -> list[float]:
+    """Distances from `sample_id` to each of `others` (NaN for ids not in the map), in the same space and
+    metric as `nearest`."""
+    ids = np.asarray(ids).astype(str)
+    index = _index(store, ref, map_key, ids, xy, space, metric)
+    pos = _rows_of(ids)
+    if str(sample_id) not in pos:
+        raise NeighborError(f"sample {sample_id!r} is not in this map")
+    rows = [pos.get(str(s), -1) for s in others]
+    d = iter(index.distances(pos[str(sample_id)], [r for r in rows if r >= 0]))
     return [float(next(d)) if r >= 0 else float("nan") for r in rows]
+
+
+def forget(map_key: str) -> None:
+    """Drop the indices of a map (its file was rewritten, e.g. by a refit)."""
+    _INDICES.discard_where(lambda k: map_key in k)
 
 
 # -- map quality ---------------------------------------------------------------------------------------------

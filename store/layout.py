@@ -16,12 +16,13 @@ SAMPLES = "samples"
 ACTIVATIONS = "activations"
 IMAGES = "images"
 TEXT_EMBEDDINGS = "text_embeddings"
+CACHES = "caches"  # derived results: see store/derived.py
+# Derived results of the layout before `caches/`: never read, pruned as stale.
 PROJECTIONS = "projections"
 DERIVED = "derived"
+LEGACY_CACHE_TOPS = (PROJECTIONS, DERIVED)
 
-TOP_LEVEL = (RUNS, SAMPLES, ACTIVATIONS, IMAGES, TEXT_EMBEDDINGS, PROJECTIONS, DERIVED)
-# Folders where `Store.write_artifact` may put derived tables.
-ARTIFACT_TOPS = (PROJECTIONS, DERIVED)
+TOP_LEVEL = (RUNS, SAMPLES, ACTIVATIONS, IMAGES, TEXT_EMBEDDINGS, CACHES, *LEGACY_CACHE_TOPS)
 
 PROMPTS_FILE = "prompts.parquet"
 STAGING_MARK = ".tmp-"
@@ -46,7 +47,7 @@ def check_name(kind: str, value: str) -> str:
 
 
 def check_key(key: str) -> str:
-    """Validate a projection/artifact cache key (a file stem)."""
+    """Validate the key of a derived result (a file stem)."""
     if not isinstance(key, str) or not _KEY_RE.match(key) or len(key) > 200 or STAGING_MARK in key:
         raise ValueError(f"invalid key {key!r}: use letters, digits and . _ + - (at most 200 characters)")
     return key
@@ -150,10 +151,6 @@ def preview_relpath(model: str, run_id: str, index: int, step: int) -> str:
 
 def text_embeddings_path(root: Path, model: str, run_id: str) -> Path:
     return Path(root) / TEXT_EMBEDDINGS / hive("model", model) / hive("run_id", run_id) / PROMPTS_FILE
-
-
-def projection_path(root: Path, model: str, layer: str, key: str) -> Path:
-    return Path(root) / PROJECTIONS / hive("model", model) / hive("layer", layer) / f"{check_key(key)}.parquet"
 
 
 # -- listing (no globbing library: plain scandir, sorted, staging files never match) --------------------

@@ -9,18 +9,15 @@ committed sample ids. Every query uses its own DuckDB cursor, so one `Store` ser
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import os
-import re
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -29,8 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import layout, schema
-from .atomic import atomic_write_parquet, json_bytes
+from . import layout, schema, versions
+from .derived import Derived
+from .footers import FooterCache, full_check
+from .vectors import Activations, assemble, empty_activations, vector_values_udf
 
 log = logging.getLogger(__name__)
 
@@ -47,79 +46,6 @@ _DUCK_TYPES = {
 SAMPLE_COLUMNS = schema.SAMPLE_COLUMNS  # file columns and partition values, declared in store/schema.py
 
 
-@dataclass(frozen=True)
-class Activations:
-    """One (model, layer, step) activation matrix, rows ordered by (run_id, index) like `sample_ids`."""
-
-    sample_ids: np.ndarray  # str, (N,)
-    matrix: np.ndarray  # float32, (N, D)
-    shape: tuple  # stored vector shape before flattening, e.g. (768,) or (768, 4, 4)
-    reduce: str  # 'mean' | 'pool4' | 'full'
-    layer_shape: tuple  # the layer's (C, H, W)
-    timestep: float | None  # of the first row (one run shares it); None for EDM models
-    sigma: float | None
-    model: str = ""
-    layer: str = ""
-    step: int = 0
-    run_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
-    timesteps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # per row, NaN = null
-    sigmas: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
-
-    @property
-    def empty(self) -> bool:
-        return len(self.sample_ids) == 0
-
-
-def _empty_activations(model: str, layer: str, step: int) -> Activations:
-    return Activations(np.zeros(0, dtype=object), np.zeros((0, 0), dtype=np.float32), (), "", (), None, None,
-                       model, layer, step)
-
-
-class _FooterCache:
-    """Parquet footers by (path, size, mtime_ns): each file is parsed once while it does not change."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[str, tuple[int, int, pq.FileMetaData | None, str]] = {}
-
-    def get(self, path: Path, required: Sequence[str]) -> tuple[pq.FileMetaData | None, str]:
-        """(metadata, '') for a good file, (None, reason) for a bad one, (None, '') for a vanished one."""
-        key = str(path)
-        try:
-            st = os.stat(key)
-        except FileNotFoundError:
-            return None, ""
-        with self._lock:
-            hit = self._items.get(key)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            return hit[2], hit[3]
-        try:
-            md = pq.read_metadata(key)
-            names = set(md.schema.to_arrow_schema().names)
-            missing = [c for c in required if c not in names]
-            err = f"missing columns {missing}" if missing else ""
-            if missing:
-                md = None
-        except FileNotFoundError:
-            return None, ""
-        except Exception as e:  # any unreadable footer: truncated, not Parquet, garbage
-            md, err = None, f"{type(e).__name__}: {e}"
-        with self._lock:
-            self._items[key] = (st.st_size, st.st_mtime_ns, md, err)
-        return md, err
-
-    def mark_bad(self, path: Path, reason: str) -> None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return
-        with self._lock:
-            self._items[str(path)] = (st.st_size, st.st_mtime_ns, None, reason)
-
-
 class Store:
     """Read access to a store folder. Cheap to create; safe to share between threads."""
 
@@ -127,7 +53,7 @@ class Store:
         self.root = Path(root)
         self._con: duckdb.DuckDBPyConnection | None = None  # opened on first use (costs ~30 ms)
         self._con_lock = threading.Lock()
-        self._footers = _FooterCache()
+        self._footers = FooterCache()
         self._skip_lock = threading.Lock()
         self.skipped: list[str] = []
         self._ids_cache: dict[tuple, pa.Table] = {}
@@ -183,7 +109,7 @@ class Store:
         with self._con_lock:
             if self._con is None:
                 con = duckdb.connect()
-                con.create_function("vector_values", _vector_values_udf, ["BLOB", "VARCHAR"], "FLOAT[]",
+                con.create_function("vector_values", vector_values_udf, ["BLOB", "VARCHAR"], "FLOAT[]",
                                     type="arrow")
                 self._con = con
             return self._con.cursor()
@@ -204,7 +130,7 @@ class Store:
                     raise
                 good = []
                 for p in files:
-                    err = _full_check(p)
+                    err = full_check(p)
                     if err:
                         self._footers.mark_bad(p, err)
                         self._skip(p, err)
@@ -474,7 +400,7 @@ class Store:
         if layer not in layout.layers_in(self.root, model):
             known = self._manifest_layers(model)
             if layer in known or not (known or layout.layers_in(self.root, model)):
-                return _empty_activations(model, layer, step)  # nothing written yet
+                return empty_activations(model, layer, step)  # nothing written yet
             valid = known + [x for x in layout.layers_in(self.root, model) if x not in known]
             raise ValueError(f"unknown layer {layer!r} for model {model!r}; valid: {valid}")
         committed = self._committed_ids(model, None if run_ids is None else [str(r) for r in run_ids])
@@ -485,7 +411,7 @@ class Store:
         names = {r: set(t["part"].to_pylist()) for r, t in committed.items()}
         parts = self._activation_parts(model, layer, committed.keys(), names)
         if not parts:
-            return _empty_activations(model, layer, step)
+            return empty_activations(model, layer, step)
 
         available = self._steps_in(parts)
         if step < 0:
@@ -506,8 +432,8 @@ class Store:
         results = _pool().map(read, parts) if len(parts) > 8 else map(read, parts)
         chunks = [(run, t) for run, t in results if t is not None and t.num_rows]
         if not chunks:
-            return _empty_activations(model, layer, step)
-        return _assemble(chunks, order_ids, model, layer, step, self._shape_info(parts[0][1]))
+            return empty_activations(model, layer, step)
+        return assemble(chunks, order_ids, model, layer, step, self._shape_info(parts[0][1]))
 
     def _shape_info(self, path: Path) -> dict:
         """reduce, shape and layer_shape of a part (one value for all its rows), from its first row."""
@@ -591,24 +517,22 @@ class Store:
 
     # -- versions and storage -------------------------------------------------------------------------------
 
-    def data_version(self, model: str, layer: str | None = None, run_ids: Iterable[str] | None = None) -> str:
-        """Short hash of the committed parts behind (model, layer, runs): changes when a batch is appended."""
-        runs = None if run_ids is None else set(run_ids)
-        items = []
-        committed: dict[str, set[str]] = {}
-        for _m, run, folder in layout.sample_partitions(self.root, model):
-            if runs is None or run in runs:
-                parts = layout.list_parts(folder)
-                committed[run] = {p.name for p in parts}
-                items.extend(_stat_item(self.root, p) for p in parts)
-        if layer is not None:  # orphans (batches in progress or killed) do not count
-            for run, folder in layout.activation_partitions(self.root, model, layer):
-                names = committed.get(run, set())
-                items.extend(_stat_item(self.root, p) for p in layout.list_parts(folder) if p.name in names)
-        h = hashlib.sha1()
-        for item in sorted(i for i in items if i is not None):
-            h.update(repr(item).encode())
-        return h.hexdigest()[:16]
+    DATA_SCOPES = versions.SCOPES
+
+    def data_version(self, model: str | None = None, layer: str | None = None,
+                     run_ids: Iterable[str] | None = None, *, scope: str | None = None) -> str:
+        """Short hash of the committed files behind a scope: it changes when a batch is committed (or a
+        manifest or prompts file rewritten) inside it, and only then. From names, sizes and mtimes: never
+        from the data. The one "has the data changed" fingerprint of the project. Scopes:
+
+        ``layer``   (model and layer given) the samples parts of `model` and the layer's committed parts;
+        ``model``   (model given) the samples parts and text embeddings of `model`;
+        ``samples`` the samples parts (of `model`, or of every model): the samples metadata;
+        ``store``   everything committed: every model's samples, activation and text-embedding files, and
+                    the run manifests.
+        `run_ids` restricts every scope but ``store`` to those runs. The default scope follows the arguments.
+        """
+        return versions.data_version(self.root, model, layer, run_ids, scope)
 
     def storage(self, by: str = "layer") -> pd.DataFrame:
         """Bytes on disk. by='layer': model, layer, runs, files, rows, bytes of activation parts;
@@ -648,69 +572,12 @@ class Store:
                 rows.append(dict(kind=top, files=len(files), bytes=sum(_size(p) for p in files)))
         return pd.DataFrame(rows, columns=["kind", "files", "bytes"])
 
-    # -- projections and other derived tables -------------------------------------------------------------
+    # -- derived results --------------------------------------------------------------------------------------
 
-    def write_projection(self, key: str, frame: pd.DataFrame | pa.Table, params: dict[str, Any]) -> Path:
-        """Cache 2-D coordinates (columns sample_id, x, y, extra columns allowed) under `key`; `params`
-        (must hold model and layer) are stored as JSON in the file metadata under b'projection'."""
-        for k in ("model", "layer"):
-            if k not in params:
-                raise ValueError(f"projection params need {k!r}; got keys {sorted(params)}")
-        table = _as_table(frame)
-        missing = [c for c in ("sample_id", "x", "y") if c not in table.column_names]
-        if missing:
-            raise ValueError(f"projection frame needs columns sample_id, x, y; missing {missing}")
-        path = layout.projection_path(self.root, layout.check_name("model", str(params["model"])),
-                                      layout.check_name("layer", str(params["layer"])), key)
-        return atomic_write_parquet(path, table, {b"projection": json_bytes(params)}, compression="zstd")
-
-    def read_projection(self, key: str) -> tuple[pd.DataFrame, dict] | None:
-        """(frame, params) cached under `key`, or None (also for a corrupt file, with a warning)."""
-        layout.check_key(key)
-        base = self.root / layout.PROJECTIONS
-        for mdir in _dirs(base):
-            for ldir in _dirs(mdir):
-                p = ldir / f"{key}.parquet"
-                if p.is_file():
-                    got = self._read_with_meta(p, b"projection")
-                    if got is not None:
-                        return got[0].to_pandas(), got[1]
-        return None
-
-    def write_artifact(self, relpath: str, table: pd.DataFrame | pa.Table, metadata: dict | None = None) -> Path:
-        """Cache any derived table at `relpath` (under projections/ or derived/, ending in .parquet);
-        `metadata` is stored as JSON under b'artifact'."""
-        path = self._artifact_path(relpath)
-        return atomic_write_parquet(path, _as_table(table), {b"artifact": json_bytes(metadata or {})},
-                                    compression="zstd")
-
-    def read_artifact(self, relpath: str) -> tuple[pa.Table, dict] | None:
-        path = self._artifact_path(relpath)
-        if not path.is_file():
-            return None
-        return self._read_with_meta(path, b"artifact")
-
-    def _artifact_path(self, relpath: str) -> Path:
-        parts = Path(relpath).parts
-        ok = (
-            len(parts) >= 2 and not Path(relpath).is_absolute() and parts[0] in layout.ARTIFACT_TOPS
-            and parts[-1].endswith(".parquet") and all(_ARTIFACT_PART.match(x) for x in parts)
-            and not any(layout.is_staging(x) for x in parts)
-        )
-        if not ok:
-            raise ValueError(f"invalid artifact path {relpath!r}: must be relative, under one of "
-                             f"{layout.ARTIFACT_TOPS}, end in .parquet, and use plain names (no '..')")
-        return self.root.joinpath(*parts)
-
-    def _read_with_meta(self, path: Path, meta_key: bytes) -> tuple[pa.Table, dict] | None:
-        try:
-            t = pq.read_table(path)
-            raw = (t.schema.metadata or {}).get(meta_key)
-            params = json.loads(raw) if raw else {}
-        except Exception as e:
-            self._skip(path, f"{type(e).__name__}: {e}")
-            return None
-        return t.replace_schema_metadata(None), params
+    @functools.cached_property
+    def derived(self) -> Derived:
+        """Maps, kNN graphs, PCA features and other results computed from this store (`store.derived`)."""
+        return Derived(self)
 
     # -- power users --------------------------------------------------------------------------------------
 
@@ -753,9 +620,6 @@ class Store:
 
 # -- helpers ------------------------------------------------------------------------------------------------
 
-_ARTIFACT_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
-
-
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -778,17 +642,6 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _full_check(path: Path) -> str:
-    """'' when the whole file decodes (with page checksums), else the reason."""
-    try:
-        pq.ParquetFile(path, page_checksum_verification=True).read()
-        return ""
-    except FileNotFoundError:
-        return ""
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-
-
 def _empty_frame(sch: pa.Schema) -> pd.DataFrame:
     return sch.empty_table().to_pandas()
 
@@ -796,107 +649,6 @@ def _empty_frame(sch: pa.Schema) -> pd.DataFrame:
 def _empty_samples(cols: Sequence[str]) -> pd.DataFrame:
     types = {f.name: f.type for f in schema.SAMPLES} | {"model": pa.string(), "run_id": pa.string()}
     return pa.schema([(c, types[c]) for c in cols]).empty_table().to_pandas()
-
-
-def _assemble(chunks: list[tuple[str, pa.Table]], order_ids: pa.Array, model: str, layer: str,
-              step: int, info: dict) -> Activations:
-    """Stack the vectors of `chunks` into one float32 matrix ordered like `order_ids` (no per-row Python)."""
-    dims: dict[int, set[str]] = {}
-    for run, t in chunks:
-        dims.setdefault(_vector_dim(t), set()).add(run)
-    if len(dims) > 1:
-        detail = "; ".join(f"{d} values: runs {sorted(r)}" for d, r in sorted(dims.items()))
-        raise ValueError(f"{model}/{layer} has vectors of different sizes across runs ({detail}); "
-                         "pass run_ids to read one kind at a time")
-    dim = next(iter(dims))
-    n = sum(t.num_rows for _, t in chunks)
-    matrix = np.empty((n, dim), dtype=np.float32)
-    row = 0
-    for _, t in chunks:
-        dtype = _vector_dtype(t)
-        for chunk in t["vector"].chunks:
-            k = len(chunk)
-            matrix[row:row + k] = vectors_to_numpy(chunk, dtype).reshape(k, dim)  # casts while copying
-            row += k
-    ids = _concat(chunks, "sample_id").combine_chunks()
-    if isinstance(ids, pa.DictionaryArray):
-        ids = ids.dictionary_decode()
-    pos = pc.index_in(ids, value_set=order_ids).to_numpy(zero_copy_only=False)
-    sel = None
-    if n > 1 and not np.all(np.diff(pos) > 0):
-        perm = np.argsort(pos, kind="stable")
-        first = np.ones(n, dtype=bool)
-        first[1:] = np.diff(pos[perm]) != 0  # a sample written twice keeps one row
-        sel = perm[first]
-    first_t = chunks[0][1]
-
-    def col(name, conv):
-        return conv(_concat(chunks, name).to_numpy())
-
-    timesteps = col("timestep", lambda v: v.astype(np.float32))
-    sigmas = col("sigma", lambda v: v.astype(np.float32))
-    sample_ids = ids.to_numpy(zero_copy_only=False).astype(object)
-    run_ids = np.concatenate([np.full(t.num_rows, run, dtype=object) for run, t in chunks])
-    if sel is not None:
-        matrix, sample_ids, run_ids = matrix[sel], sample_ids[sel], run_ids[sel]
-        timesteps, sigmas = timesteps[sel], sigmas[sel]
-    ts0 = first_t["timestep"][0].as_py()
-    sg0 = first_t["sigma"][0].as_py()
-    return Activations(sample_ids, matrix, tuple(info.get("shape") or ()), info.get("reduce") or "",
-                       tuple(info.get("layer_shape") or ()), ts0, sg0, model, layer, step, run_ids, timesteps, sigmas)
-
-
-def _vector_dtype(t: pa.Table) -> str:
-    if "dtype" not in t.column_names or t.num_rows == 0:
-        return "float16"
-    dtype = t["dtype"][0].as_py() or "float16"
-    if dtype not in schema.VECTOR_DTYPES:
-        raise ValueError(f"unknown vector dtype {dtype!r}; valid: {list(schema.VECTOR_DTYPES)}")
-    return dtype
-
-
-def _vector_dim(t: pa.Table) -> int:
-    return t.schema.field("vector").type.byte_width // schema.VECTOR_DTYPES[_vector_dtype(t)]
-
-
-def vectors_to_numpy(arr: pa.Array, dtype: str = "float16") -> np.ndarray:
-    """The values of a binary vector column chunk as a flat numpy array (zero-copy for fixed-size binary)."""
-    np_dtype = np.dtype("<f2" if dtype == "float16" else "<f4")
-    n = len(arr)
-    if pa.types.is_fixed_size_binary(arr.type):
-        width = arr.type.byte_width
-        return np.frombuffer(arr.buffers()[1], dtype=np_dtype, count=n * width // np_dtype.itemsize,
-                             offset=arr.offset * width)
-    # variable binary (what DuckDB hands a UDF): one contiguous data buffer between the first and last offset
-    off_type = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    offsets = np.frombuffer(arr.buffers()[1], dtype=off_type, count=n + 1, offset=arr.offset * off_type().itemsize)
-    data = arr.buffers()[2]
-    if data is None:
-        return np.zeros(0, dtype=np_dtype)
-    return np.frombuffer(data, dtype=np_dtype, count=int(offsets[-1] - offsets[0]) // np_dtype.itemsize,
-                         offset=int(offsets[0]))
-
-
-def _vector_values_udf(vector, dtype) -> pa.Array:
-    """DuckDB function vector_values(vector BLOB, dtype VARCHAR) -> FLOAT[] (the decoded values)."""
-    if isinstance(vector, pa.ChunkedArray):
-        vector = vector.combine_chunks()
-    if isinstance(dtype, pa.ChunkedArray):
-        dtype = dtype.combine_chunks()
-    kinds = {d for d in dtype.unique().to_pylist() if d is not None} or {"float16"}
-    if len(kinds) == 1 and not pa.types.is_fixed_size_binary(vector.type) and vector.null_count == 0:
-        kind = kinds.pop()
-        size = schema.VECTOR_DTYPES[kind]
-        values = vectors_to_numpy(vector, kind).astype(np.float32)
-        off_type = np.int64 if pa.types.is_large_binary(vector.type) else np.int32
-        off = np.frombuffer(vector.buffers()[1], dtype=off_type, count=len(vector) + 1,
-                            offset=vector.offset * np.dtype(off_type).itemsize)
-        return pa.ListArray.from_arrays(pa.array(((off - off[0]) // size).astype(np.int32)), pa.array(values))
-    out = []  # mixed dtypes or nulls in one chunk: rare, decode row by row
-    for blob, kind in zip(vector.to_pylist(), dtype.to_pylist(), strict=True):
-        np_dtype = "<f4" if kind == "float32" else "<f2"
-        out.append(None if blob is None else np.frombuffer(blob, dtype=np_dtype).astype(np.float32).tolist())
-    return pa.array(out, pa.list_(pa.float32()))
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -918,38 +670,11 @@ def _leaf_index(md: pq.FileMetaData, name: str) -> int:
     raise KeyError(name)
 
 
-def _concat(chunks: list[tuple[str, pa.Table]], name: str) -> pa.ChunkedArray:
-    return pa.chunked_array([c for _, t in chunks for c in t[name].chunks], type=chunks[0][1].schema.field(name).type)
-
-
-def _as_table(frame) -> pa.Table:
-    if isinstance(frame, pa.Table):
-        return frame
-    if isinstance(frame, pd.DataFrame):
-        return pa.Table.from_pandas(frame, preserve_index=False)
-    raise TypeError(f"expected a pandas DataFrame or pyarrow Table, got {type(frame).__name__}")
-
-
-def _stat_item(root: Path, path: Path):
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns)
-
-
 def _size(path: Path) -> int:
     try:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
-
-
-def _dirs(path: Path) -> list[Path]:
-    try:
-        return sorted(Path(e.path) for e in os.scandir(path) if e.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _walk_files(path: Path):

@@ -32,7 +32,6 @@ import re
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +41,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import keywords, layout, schema
+from . import keywords, schema
 from .keywords import SearchError
+from .lru import LRU
 
 __all__ = [
     "SafeSearch",
@@ -193,19 +193,6 @@ def _load_store(store) -> tuple[pa.Table, pa.Table | None]:
                                        "sigma": frame["sigma"].astype("float32")}))
     step_table = pa.Table.from_pandas(pd.concat(steps, ignore_index=True), preserve_index=False) if steps else None
     return table, step_table
-
-
-def _samples_version(root: Path) -> tuple:
-    """Identity of the committed samples parts (names, sizes, mtimes): a new batch or run changes it."""
-    entries = []
-    for model, run_id, folder in layout.sample_partitions(root):
-        for part in layout.list_parts(folder):
-            try:
-                st = part.stat()
-            except FileNotFoundError:
-                continue
-            entries.append((model, run_id, part.name, st.st_size, st.st_mtime_ns))
-    return tuple(entries)
 
 
 # ---------------------------------------------------------------------------------------------------- sandbox
@@ -630,29 +617,15 @@ def _timeout_error(text: str, timeout_s: float, timer: _deadline) -> SearchError
 
 # ---------------------------------------------------------------------------------------------------- caching
 
-_CACHE: OrderedDict[tuple, SafeSearch] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_BUILD_LOCK = threading.Lock()
-_CACHE_SIZE = 4
+# not closed on eviction: a caller may still hold it; its finalizer closes it once unreferenced
+_CACHE: LRU[tuple, SafeSearch] = LRU(4)
 
 
 def for_store(store) -> SafeSearch:
-    """A SafeSearch for the store's current samples, cached by (store root, samples data version)."""
-    root = Path(store.root).resolve()
-    key = (str(root), _samples_version(root))
-    with _BUILD_LOCK:  # one build at a time: two sessions asking at once share one sandbox
-        with _CACHE_LOCK:
-            found = _CACHE.get(key)
-            if found is not None:
-                _CACHE.move_to_end(key)
-                return found
-        search = SafeSearch(store)
-        with _CACHE_LOCK:
-            _CACHE[key] = search
-            while len(_CACHE) > _CACHE_SIZE:
-                # not closed here: a caller may still hold it; its finalizer closes it once unreferenced
-                _CACHE.popitem(last=False)
-    return search
+    """A SafeSearch for the store's current samples, cached by (store root, samples data version): two
+    sessions asking at once share one sandbox."""
+    key = (str(Path(store.root).resolve()), store.data_version(scope="samples"))
+    return _CACHE.get_or_build(key, lambda: SafeSearch(store))
 
 
 def validate_where(clause: str) -> str:

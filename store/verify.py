@@ -308,7 +308,7 @@ def verify(root: str | os.PathLike, quick: bool = False) -> Report:
     v.walk(layout.ACTIVATIONS, ("model", "layer", "run_id"), v.activations)
     v.walk(layout.IMAGES, ("model", "run_id"), v.images)
     v.walk(layout.TEXT_EMBEDDINGS, ("model", "run_id"), v.text_embeddings)
-    for top in layout.ARTIFACT_TOPS:
+    for top in (layout.CACHES, *layout.LEGACY_CACHE_TOPS):
         v.derived(root / top)
     if not quick:  # every image a committed sample refers to, and every preview step it lists, exists
         v.r.missing_images.extend(ref for ref in v.image_refs if not v.has_png(*ref))

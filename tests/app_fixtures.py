@@ -127,22 +127,26 @@ def build_points_store(root: str | Path, n: int, image_size: int = 24) -> Path:
 class FakeProjector:
     """A deterministic, instant stand-in for ``pipeline.project.Projector`` in the AppTest tests.
 
-    The 2-D map is the first two principal components of the stored vectors (numpy SVD); neighbours are
-    exact Euclidean ones. It follows the projector's calling convention, so the app code under test is the
-    same; the real engine is exercised by the pipeline's own tests and the browser tests.
+    The 2-D map is the first two principal components of the layer's features (``pipeline.features``, kind
+    ``full``; numpy SVD). It follows the projector's calling convention and returns what a real projection
+    carries (ids, coordinates, key, quality, source, ``features``), so the app code under test is the same,
+    neighbours included (they come from ``pipeline.neighbors``); the real engine is exercised by the
+    pipeline's own tests and the browser tests.
     """
 
     def __init__(self, delay_s: float = 0.0, fail: str | None = None):
         self.calls: list[dict] = []
         self.delay_s = delay_s
         self.fail = fail
-        self._features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def project(self, store, model, layer, step, params, run_ids=None, sample_ids=None, progress=None,
                 force=False):
         import hashlib
         import time
         from types import SimpleNamespace
+
+        from pipeline.features import load_features
+        from pipeline.neighbors import FeatureRef
 
         self.calls.append(dict(model=model, layer=layer, step=step, params=dict(params), run_ids=run_ids,
                                sample_ids=None if sample_ids is None else list(sample_ids), force=force))
@@ -152,35 +156,19 @@ class FakeProjector:
             time.sleep(self.delay_s)
         if self.fail:
             raise ValueError(self.fail)
-        acts = store.activations(model, layer, step, run_ids=run_ids, sample_ids=sample_ids)
-        x = acts.matrix.astype(np.float64)
-        x = x - x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        xy = x @ vt[:2].T
+        f = load_features(store, model, layer, step, "full", run_ids, sample_ids)
+        x = f.X.astype(np.float64) - f.X.mean(axis=0)
+        xy = x @ np.linalg.svd(x, full_matrices=False)[2][:2].T
         key = hashlib.sha1(repr((model, layer, step, sorted(params.items()), run_ids,
                                  None if sample_ids is None else sorted(sample_ids))).encode()).hexdigest()[:16]
-        self._features[key] = (np.asarray(acts.sample_ids).astype(str), acts.matrix)
+        ref = FeatureRef(model=model, layer=layer, step=f.step, feature=f.spec.to_dict(), key=f.key,
+                         run_ids=None if run_ids is None else tuple(sorted(run_ids)),
+                         filtered=sample_ids is not None)
         if progress:
             progress(1.0, "done")
-        return SimpleNamespace(sample_ids=np.asarray(acts.sample_ids), xy=xy.astype(np.float32), key=key,
-                               quality={"trustworthiness": 0.93, "knn_overlap": 0.41}, source="fit")
-
-    def neighbors(self, projection_key, sample_ids, xy, sample_id, k, space, metric, others=None):
-        ids = np.asarray(sample_ids).astype(str)
-        if space == "map":
-            mat = np.asarray(xy, dtype=np.float64)
-        else:
-            fids, feats = self._features[projection_key]
-            order = {s: i for i, s in enumerate(fids.tolist())}
-            mat = feats[[order[s] for s in ids.tolist()]].astype(np.float64)
-        i = int(np.flatnonzero(ids == sample_id)[0])
-        d = np.linalg.norm(mat - mat[i], axis=1)
-        if others is not None:
-            pos = {s: j for j, s in enumerate(ids.tolist())}
-            return [float(d[pos[o]]) for o in others]
-        d[i] = np.inf
-        top = np.argsort(d, kind="stable")[:k]
-        return ids[top].tolist(), d[top].tolist()
+        return SimpleNamespace(sample_ids=np.asarray(f.sample_ids), xy=xy.astype(np.float32), key=key,
+                               quality={"trustworthiness": 0.93, "knn_overlap": 0.41}, source="fit",
+                               step=f.step, features=ref)
 
 
 # ------------------------------------------------------------------------------ pytest fixtures

@@ -59,7 +59,8 @@ def test_default_view_draws_the_map_and_writes_the_url(app_env):
     assert metrics == {"Trustworthiness": "0.930", "kNN overlap": "41%"}
     call = app_env.calls[-1]
     assert (call["model"], call["layer"], call["step"]) == ("digits", "midblock", 2)
-    assert call["params"] == {"feature": "auto", "n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"}
+    assert call["params"] == {"feature": "auto", "method": "umap", "n_neighbors": 15, "min_dist": 0.1,
+                              "metric": "euclidean"}
 
 
 def test_view_files_are_written_under_static(app_env, app_store):
@@ -95,7 +96,8 @@ def test_shared_url_restores_view_and_selection(app_env):
     assert at.slider(key="w_nn").value == 30 and at.slider(key="w_md").value == 0.25
     assert at.selectbox(key="w_metric").value == "cosine" and at.slider(key="w_k").value == 3
     call = app_env.calls[-1]
-    assert call["params"] == {"feature": "auto", "n_neighbors": 30, "min_dist": 0.25, "metric": "cosine"}
+    assert call["params"] == {"feature": "auto", "method": "umap", "n_neighbors": 30, "min_dist": 0.25,
+                              "metric": "cosine"}
     data = _map_data(at)
     assert data["selected"] == sid and len(data["knn"]) == 3
     assert "#### a cat sleeping on a windowsill" in _md(at)  # the selected sample's prompt heads the panel
@@ -207,6 +209,26 @@ def test_k_and_space_change_the_neighbour_list(app_env, app_store):
     assert act_nb != map_nb
     assert "distance in activation" in _md(at)
     assert at.query_params["space"] == "activation"
+
+
+def test_the_method_switch_shows_each_methods_own_controls(app_env):
+    at = app_test()
+    assert at.slider(key="w_nn") and at.slider(key="w_md")
+    at.radio(key="w_method").set_value("tsne").run()  # a new map at once, with t-SNE's own parameter
+    assert not at.exception
+    assert [s.key for s in at.slider if s.key in ("w_nn", "w_md", "w_p")] == ["w_p"]
+    assert app_env.calls[-1]["params"] == {"feature": "auto", "method": "tsne", "perplexity": 30.0,
+                                           "metric": "euclidean"}
+    assert at.query_params["method"] == "tsne" and "t-SNE" in " ".join(c.value for c in at.caption)
+    at.slider(key="w_p").set_value(12.0)
+    at.button[[b.label for b in at.button].index("Recompute")].click().run()
+    assert app_env.calls[-1]["params"]["perplexity"] == 12.0 and at.query_params["perp"] == "12.0"
+    at.radio(key="w_method").set_value("pca").run()  # PCA has no parameters of its own
+    assert not [s for s in at.slider if s.key in ("w_nn", "w_md", "w_p")]
+    assert app_env.calls[-1]["params"] == {"feature": "auto", "method": "pca", "metric": "euclidean"}
+    at.radio(key="w_method").set_value("umap").run()  # back: UMAP's parameters as they were
+    assert at.slider(key="w_nn").value == 15 and "method" not in at.query_params  # the default is left out
+    assert "UMAP · n_neighbors 15 · min_dist 0.1" in " ".join(c.value for c in at.caption)
 
 
 def test_recompute_applies_parameters_and_refits(app_env):
@@ -410,30 +432,8 @@ def test_a_corrupt_part_is_reported_on_the_map_page(app_env, app_store, tmp_path
 # -- all steps in one map --------------------------------------------------------------------------------------
 
 class StepsProjector(fx.FakeProjector):
-    """The stand-in engine, also for maps of every step: the pipeline's own stacked (sample, step) features
-    (``pipeline.features.load_features(step="all")``), PCA to 2-D."""
-
-    def project(self, store, model, layer, step, params, run_ids=None, sample_ids=None, progress=None,
-                force=False):
-        if step != "all":
-            return super().project(store, model, layer, step, params, run_ids, sample_ids, progress, force)
-        import hashlib
-        from types import SimpleNamespace
-
-        import numpy as np
-
-        from pipeline.features import load_features
-
-        self.calls.append(dict(model=model, layer=layer, step=step, params=dict(params), run_ids=run_ids,
-                               sample_ids=None if sample_ids is None else list(sample_ids), force=force))
-        f = load_features(store, model, layer, "all", "full", run_ids, sample_ids, cache=False)
-        x = f.X.astype(np.float64) - f.X.mean(axis=0)
-        xy = x @ np.linalg.svd(x, full_matrices=False)[2][:2].T
-        key = hashlib.sha1(repr(("all", model, layer, sorted(params.items()), run_ids, sample_ids)).encode())
-        key = key.hexdigest()[:16]
-        self._features[key] = (f.sample_ids, f.X)
-        return SimpleNamespace(sample_ids=f.sample_ids, xy=xy.astype(np.float32), key=key,
-                               quality={"trustworthiness": 0.9, "knn_overlap": 0.4}, source="fit", step="all")
+    """The stand-in engine, which maps every step as it maps one: the pipeline's own stacked (sample, step)
+    features (``pipeline.features.load_features(step="all")``), PCA to 2-D."""
 
 
 @pytest.fixture

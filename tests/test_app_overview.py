@@ -140,7 +140,6 @@ def test_no_login_without_auth_settings(app_env):
 
 
 def test_overview_removes_stale_caches(tmp_path, monkeypatch):
-    from pipeline.caches import scan
     from pipeline.project import ProjectionParams, Projector
     from store import Store
     from tests.feature_fixtures import write_clustered_run
@@ -150,7 +149,7 @@ def test_overview_removes_stale_caches(tmp_path, monkeypatch):
     Projector().project(Store(tmp_path), "demo", "mid", 0, params)
     write_clustered_run(tmp_path, range(120, 180))
     Projector().project(Store(tmp_path), "demo", "mid", 0, params, refit=True)
-    stale = [f for f in scan(Store(tmp_path)) if f.stale]
+    stale = [f for f in Store(tmp_path).derived.scan() if f.stale]
     assert len(stale) == 4
     with fx.app_pointed_at(tmp_path, monkeypatch, tmp_path / "app"):
         at = app_test(OVERVIEW)
@@ -158,11 +157,11 @@ def test_overview_removes_stale_caches(tmp_path, monkeypatch):
         assert "4 cache files" in _texts(at) and "changed since" in _texts(at)
         at.button(key="prune_caches").click().run()
         assert not at.exception
-        assert not any(f.path.exists() for f in stale) and not [f for f in scan(Store(tmp_path)) if f.stale]
+        assert not any(f.path.exists() for f in stale) and not [f for f in Store(tmp_path).derived.scan() if f.stale]
         assert any("Removed 4 stale cache files" in s.value for s in at.success)
         assert "changed since" not in _texts(at)
         kinds = next(d.value for d in at.dataframe if "kind" in d.value.columns)
-        assert int(kinds.set_index("kind").loc["projections", "files"]) == 9 - 4  # the table is current
+        assert int(kinds.set_index("kind").loc["caches", "files"]) == 9 - 4  # the table is current
         # this store was written without images: the grid says so instead of showing broken images
         assert "stored without images" in _texts(at) and not at.image
 

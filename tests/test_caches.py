@@ -1,23 +1,29 @@
-"""Stale caches: what `pipeline.caches.scan` calls stale after data changes, what `prune` removes, what it
-keeps (current caches, the latest map of a lineage, caches of other runs, caches without provenance), and
-the `prune-cache` command."""
+"""Stale caches: what `store.derived` calls stale after data changes, what `prune` removes, what it keeps
+(current caches, the latest map of a lineage, caches of other runs), caches of the old layout, and the
+`prune-cache` command."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import pyarrow as pa
 import pytest
 
 from pipeline import features as F
-from pipeline import project as P
-from pipeline.caches import prune, scan
 from pipeline.compare import layer_similarity
+from pipeline.methods import umap as U
 from pipeline.project import ProjectionParams, Projector
 from store import Store
 from tests.feature_fixtures import write_clustered_run
 
 PARAMS = ProjectionParams(feature="full+pca5", n_neighbors=10, min_dist=0.1)
+
+
+def scan(st):
+    return st.derived.scan()
+
+
+def prune(st):
+    return st.derived.prune()
 
 
 def stale_kinds(st) -> Counter:
@@ -55,7 +61,7 @@ def test_appending_makes_old_caches_stale_and_prune_removes_only_them(tmp_path, 
     assert sum(f.bytes for f in scan(st)) == before - sum(f.bytes for f in removed)
     assert not [f for f in scan(st) if f.stale]
 
-    monkeypatch.setattr(P, "umap_layout", lambda *a, **k: pytest.fail("the current map was pruned"))
+    monkeypatch.setattr(U, "umap_layout", lambda *a, **k: pytest.fail("the current map was pruned"))
     again = Projector().project(st, "demo", "mid", 0, PARAMS)  # a fresh process: still a cache hit
     assert again.source == "cache" and again.key == placed.key
 
@@ -69,18 +75,30 @@ def test_maps_of_other_runs_stay_current_when_a_run_is_added(tmp_path):
     assert prune(st) == []
 
 
-def test_caches_without_provenance_are_kept_and_unreadable_ones_removed(tmp_path):
+def test_old_layout_caches_are_pruned_never_read_and_unreadable_ones_removed(tmp_path, monkeypatch):
     write_clustered_run(tmp_path, range(60))
     st = Store(tmp_path)
-    old = st.write_artifact("projections/model=demo/layer=mid/knn/written-by-an-older-version.parquet",
-                            pa.table({"sample_id": ["a"]}), {"k": 3, "metric": "euclidean"})
-    broken = tmp_path / "derived/compare/model=demo/cka-0123.parquet"
-    broken.parent.mkdir(parents=True)
+    proj = Projector().project(st, "demo", "mid", 0, PARAMS)
+    # the same map under the layout before caches/, as a store written before this version holds it
+    old = tmp_path / f"projections/model=demo/layer=mid/{proj.key}.parquet"
+    old.parent.mkdir(parents=True)
+    (tmp_path / f"caches/projection/model=demo/layer=mid/{proj.key}.parquet").rename(old)
+    pointer = tmp_path / "derived/compare/model=demo/cka-0123.parquet"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_bytes(b"whatever an older version wrote")
+    broken = tmp_path / "caches/knn/model=demo/layer=mid/s0-broken.parquet"
     broken.write_bytes(b"not parquet")
     files = {f.path: f for f in scan(st)}
-    assert not files[old].stale and "no provenance" in files[old].why
-    assert files[broken].stale and files[broken].why.startswith("unreadable")
-    assert [f.path for f in prune(st)] == [broken] and old.exists()
+    assert files[old].stale and files[old].why == "written by an older cache layout"
+    assert files[pointer].stale and files[broken].stale and files[broken].why.startswith("unreadable")
+    # never misread: a fresh process recomputes the map rather than reading the old file
+    fits = []
+    real = U.umap_layout
+    monkeypatch.setattr(U, "umap_layout", lambda *a, **k: fits.append(1) or real(*a, **k))
+    again = Projector().project(st, "demo", "mid", 0, PARAMS)
+    assert again.key == proj.key and again.source in ("fit", "warm") and fits
+    assert {old, pointer, broken} <= {f.path for f in prune(st)}
+    assert not old.exists() and not pointer.exists() and not broken.exists()
 
 
 def test_cli_lists_then_removes(tmp_path, capsys):

@@ -146,7 +146,7 @@ def test_layer_similarity_subsamples_deterministically(store):
 def test_results_are_cached_in_the_store_under_explicit_keys(store, monkeypatch):
     first = compare.layer_similarity(store, "demo", ["base", "rand"], step=0)
     agree = compare.neighbour_agreement(store, "demo", "base", "rand", step=0, k=5)
-    files = sorted(p.name for p in (store.root / "derived" / "compare" / "model=demo").glob("*.parquet"))
+    files = sorted(p.name for p in (store.root / "caches" / "compare" / "model=demo").glob("*.parquet"))
     assert len(files) == 2 and files[0].startswith("cka-") and files[1].startswith("knn-agreement-")
     compare.clear_cache()
 

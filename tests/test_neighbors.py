@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import features as F
 from pipeline import neighbors as NB
-from pipeline import project as P
+from pipeline.methods import umap as U
 from pipeline.neighbors import NeighborError, NeighborIndex
 from pipeline.project import Projection, ProjectionParams, Projector
 from store import Store
@@ -114,47 +114,66 @@ def projected(tmp_path_factory):
     write_clustered_run(root, range(150))
     st = Store(root)
     mp = pytest.MonkeyPatch()
-    mp.setattr(P, "umap_layout", fake_layout)
+    mp.setattr(U, "umap_layout", fake_layout)
     proj = Projector().project(st, "demo", "mid", 0, ProjectionParams(feature="full", n_neighbors=8,
                                                                        metric="correlation"))
     yield st, proj, mp
     mp.undo()
 
 
-def test_store_neighbors_in_both_spaces(projected):
+def near(st, proj, sid, k, **kw):
+    return NB.nearest(st, proj.features, proj.key, proj.sample_ids, proj.xy, sid, k, **kw)
+
+
+def test_store_neighbors_in_both_spaces(projected, monkeypatch):
     st, proj, _ = projected
     sid = proj.sample_ids[10]
-    ids, dists = NB.neighbors(st, proj.key, sid, 6, space="map")
+    ids, dists = near(st, proj, sid, 6, space="map")
     ref_idx, ref_d = reference(proj.xy, 10, 6, "euclidean")
     assert ids == list(proj.sample_ids[ref_idx]) and sid not in ids
     np.testing.assert_allclose(dists, ref_d, rtol=1e-5)
     F.FEATURE_CACHE.clear()  # as in a fresh process: the features are rebuilt from the store
     _, X = F.build_features(st, "demo", "mid", 0, "full")
-    ids, dists = NB.neighbors(st, proj.key, sid, 6, space="activation")  # the projection's metric
+    F.FEATURE_CACHE.clear()
+    # no bounce: the projection is never read back, the features come from the activations in one call
+    monkeypatch.setattr(type(st.derived), "read", lambda *a, **k: pytest.fail("re-read a cached result"))
+    ids, dists = near(st, proj, sid, 6, space="activation")  # the projection's metric
     ref_idx, ref_d = reference(X, 10, 6, "correlation")
     assert ids == list(proj.sample_ids[ref_idx])
     np.testing.assert_allclose(dists, ref_d, rtol=1e-3, atol=1e-5)
-    ids_e, _ = NB.neighbors(st, proj.key, sid, 6, space="activation", metric="euclidean")
+    ids_e, _ = near(st, proj, sid, 6, space="activation", metric="euclidean")
     assert ids_e == list(proj.sample_ids[reference(X, 10, 6, "euclidean")[0]])
-    d = NB.distances(st, proj.key, sid, [proj.sample_ids[3], "zz-00000000", proj.sample_ids[7]], space="map")
+    d = NB.distances(st, proj.features, proj.key, proj.sample_ids, proj.xy, sid,
+                     [proj.sample_ids[3], "zz-00000000", proj.sample_ids[7]], space="map")
     np.testing.assert_allclose([d[0], d[2]], brute(proj.xy, 10, "euclidean")[[3, 7]], rtol=1e-5)
     assert np.isnan(d[1])
-    with pytest.raises(NeighborError, match="not in this projection"):
-        NB.neighbors(st, proj.key, "zz-00000000", 3)
-    with pytest.raises(NeighborError, match="no projection is stored"):
-        NB.neighbors(st, "s0-nothing-0123456789abcdef", sid, 3)
+    with pytest.raises(NeighborError, match="not in this map"):
+        near(st, proj, "zz-00000000", 3)
+    with pytest.raises(NeighborError, match="need to know the map's features"):
+        NB.nearest(st, None, proj.key, proj.sample_ids, proj.xy, sid, 3, space="activation")
+    with pytest.raises(NeighborError, match="unknown neighbour space"):
+        near(st, proj, sid, 3, space="screen")
+
+
+def test_activation_neighbours_of_a_filtered_map_stay_in_its_rows(projected):
+    st, proj, _ = projected
+    subset = list(proj.sample_ids[::3])
+    small = Projector().project(st, "demo", "mid", 0, proj.params, sample_ids=subset)
+    F.FEATURE_CACHE.clear()
+    ids, _ = near(st, small, subset[0], 10, space="activation")
+    assert set(ids) <= set(subset) and len(ids) == 10
 
 
 def test_a_refit_refreshes_the_cached_index(projected):
     st, proj, mp = projected
     sid = proj.sample_ids[0]
-    _, before = NB.neighbors(st, proj.key, sid, 3, space="map")
-    mp.setattr(P, "umap_layout", lambda *a, **k: fake_layout(*a, **k) * 3)
+    _, before = near(st, proj, sid, 3, space="map")
+    mp.setattr(U, "umap_layout", lambda *a, **k: fake_layout(*a, **k) * 3)
     again = Projector().project(st, "demo", "mid", 0, proj.params, refit=True)
     assert again.key == proj.key
-    _, after = NB.neighbors(st, proj.key, sid, 3, space="map")
+    _, after = near(st, again, sid, 3, space="map")
     np.testing.assert_allclose(after, np.array(before) * 3, rtol=1e-4)
-    mp.setattr(P, "umap_layout", fake_layout)
+    mp.setattr(U, "umap_layout", fake_layout)
 
 
 # -- map quality ---------------------------------------------------------------------------------------------

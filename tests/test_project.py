@@ -15,6 +15,7 @@ import pytest
 from pipeline import features as F
 from pipeline import project as P
 from pipeline.features import FeatureSpec
+from pipeline.methods import umap as U
 from pipeline.project import ProjectionError, ProjectionParams, Projector, projection_key
 from store import Store
 from tests.feature_fixtures import class_of, write_clustered_run
@@ -131,7 +132,8 @@ def test_fit_result_and_stored_params(fitted, store):
     labels = class_of(proj.sample_ids)
     assert map_accuracy(proj.xy, labels, *SPLIT) > 0.95
     assert 0.8 < proj.quality["trustworthiness"] <= 1 and 0 < proj.quality["knn_overlap"] <= 1
-    frame, meta = store.read_projection(proj.key)
+    table, meta = store.derived.read("projection", "demo", "mid", proj.key)
+    frame = table.to_pandas()
     assert list(frame.columns[:3]) == ["sample_id", "x", "y"] and len(frame) == N
     assert meta["params"] == PARAMS.to_dict() and meta["data_version"] == store.data_version("demo", "mid")
     assert meta["source"] == "fit" and meta["step"] == 1 and meta["feature_resolved"]["kind"] == "full"
@@ -139,8 +141,8 @@ def test_fit_result_and_stored_params(fitted, store):
 
 def test_cache_hit_never_recomputes(fitted, store, monkeypatch):
     projector, proj = fitted
-    for name in ("compute_knn", "umap_layout", "load_features", "place_points"):
-        monkeypatch.setattr(P, name, Spy(None, fail=f"{name} called on a cache hit"))
+    for module, name in ((P, "compute_knn"), (P, "load_features"), (U, "umap_layout"), (U, "place_points")):
+        monkeypatch.setattr(module, name, Spy(None, fail=f"{name} called on a cache hit"))
     again = projector.project(store, "demo", "mid", 1, PARAMS.to_dict())
     assert again.source == "cache" and again.key == proj.key
     np.testing.assert_array_equal(again.xy, proj.xy)
@@ -153,8 +155,8 @@ def test_cache_hit_never_recomputes(fitted, store, monkeypatch):
 def test_min_dist_change_warm_starts_from_the_current_map(fitted, store, monkeypatch):
     projector, proj = fitted
     monkeypatch.setattr(P, "compute_knn", Spy(None, fail="kNN recomputed for a min_dist change"))
-    layout = Spy(P.umap_layout)
-    monkeypatch.setattr(P, "umap_layout", layout)
+    layout = Spy(U.umap_layout)
+    monkeypatch.setattr(U, "umap_layout", layout)
     warm = projector.project(store, "demo", "mid", 1, ProjectionParams.coerce(PARAMS, min_dist=0.6))
     assert warm.source == "warm" and warm.meta["warm_from"] == proj.key
     (call,) = layout.calls
@@ -186,7 +188,7 @@ def test_n_neighbors_at_or_below_cached_k_reuses_the_knn(fitted, store, monkeypa
     compute = Spy(P.compute_knn)
     monkeypatch.setattr(P, "compute_knn", compute)
     fake_layout = Spy(lambda X, idx, dist, params, init=None, n_epochs=None: X[:, :2].copy())
-    monkeypatch.setattr(P, "umap_layout", fake_layout)
+    monkeypatch.setattr(U, "umap_layout", fake_layout)
     p20 = Projector().project(store, "demo", "mid", 1, ProjectionParams.coerce(PARAMS, n_neighbors=20))
     assert p20.source == "fit" and len(compute.calls) == 1
     Projector().project(store, "demo", "mid", 1, ProjectionParams.coerce(PARAMS, n_neighbors=18))
@@ -196,7 +198,7 @@ def test_n_neighbors_at_or_below_cached_k_reuses_the_knn(fitted, store, monkeypa
 def test_refit_recomputes(fitted, store, monkeypatch):
     projector, proj = fitted
     layout = Spy(lambda X, idx, dist, params, init=None, n_epochs=None: X[:, :2].copy())
-    monkeypatch.setattr(P, "umap_layout", layout)
+    monkeypatch.setattr(U, "umap_layout", layout)
     again = projector.project(store, "demo", "mid", 1, PARAMS, force=True)  # the app's spelling
     assert again.source == "fit" and len(layout.calls) == 1 and layout.calls[0].get("init") is None
     assert again.key == proj.key
@@ -214,7 +216,7 @@ def test_concurrent_requests_for_one_key_compute_once(store, monkeypatch):
         return X[:, :2].copy()
 
     layout = Spy(slow_layout)
-    monkeypatch.setattr(P, "umap_layout", layout)
+    monkeypatch.setattr(U, "umap_layout", layout)
     projector = Projector()
     params = ProjectionParams.coerce(PARAMS, seed=7)
     results = []
@@ -237,7 +239,7 @@ def test_appended_samples_are_placed_not_refit(tmp_path, monkeypatch):
     first = Projector().project(st, "demo", "mid", 0, PARAMS)
     write_clustered_run(tmp_path, range(200, 260))  # 60 new samples in the same run
     layout = Spy(None, fail="refit although the new samples could be placed")
-    monkeypatch.setattr(P, "umap_layout", layout)
+    monkeypatch.setattr(U, "umap_layout", layout)
     placed = Projector().project(st, "demo", "mid", 0, PARAMS)  # a fresh process finds the old map
     assert placed.source == "transform" and placed.key != first.key
     assert placed.meta["placed"] == 60 and placed.meta["base_key"] == first.key
@@ -247,7 +249,7 @@ def test_appended_samples_are_placed_not_refit(tmp_path, monkeypatch):
     new = np.setdiff1d(np.arange(len(placed)), old)
     assert len(new) == 60 and np.isfinite(placed.xy).all()
     assert map_accuracy(placed.xy, class_of(placed.sample_ids), old, new) > 0.9
-    assert st.read_projection(placed.key)[1]["source"] == "transform"
+    assert st.derived.read("projection", "demo", "mid", placed.key)[1]["source"] == "transform"
     monkeypatch.undo()
     refit = Projector().project(st, "demo", "mid", 0, PARAMS, refit=True)
     assert refit.source == "fit" and refit.key == placed.key
@@ -378,16 +380,19 @@ def test_all_steps_map_points_are_samples_at_steps(store, fitted):
     labels = class_of(samples)
     every = np.arange(2 * N)
     assert map_accuracy(proj.xy, labels, every[every % 3 != 0], every[every % 3 == 0]) > 0.9
-    frame, meta = store.read_projection(proj.key)
+    table, meta = store.derived.read("projection", "demo", "mid", proj.key)
+    frame = table.to_pandas()
     assert meta["step"] == "all" and len(frame) == 2 * N and frame["sample_id"].iloc[0] == "r1-00000000@0"
     fresh = Projector().project(store, "demo", "mid", "ALL", PARAMS)  # another process: the store's cache
     assert fresh.source == "cache" and fresh.key == proj.key and fresh.step == "all"
     # neighbours of a point are (sample, step) points, in either space
     for space in ("map", "activation"):
-        ids, dist = neighbors.neighbors(store, proj.key, "r1-00000004@1", 6, space=space)
+        ids, dist = neighbors.nearest(store, proj.features, proj.key, proj.sample_ids, proj.xy, "r1-00000004@1", 6,
+                                      space=space)
         assert len(ids) == 6 and all("@" in s for s in ids) and "r1-00000004@1" not in ids
         assert dist == sorted(dist)
-    ids, _ = neighbors.neighbors(store, proj.key, "r1-00000004@1", 6, space="activation")
+    ids, _ = neighbors.nearest(store, proj.features, proj.key, proj.sample_ids, proj.xy, "r1-00000004@1", 6,
+                               space="activation")
     assert all(class_of([s.rsplit("@", 1)[0]])[0] == 0 for s in ids)  # class 0 like sample 4
     with pytest.raises(ProjectionError, match="'all'"):
         projector.project(store, "demo", "mid", "every", PARAMS)
@@ -403,7 +408,7 @@ def test_all_steps_reuse_knn_warm_start_and_place_appended(tmp_path, monkeypatch
     assert warm.source == "warm" and warm.meta["warm_from"] == first.key
     monkeypatch.undo()
     write_clustered_run(tmp_path, range(120, 150))  # 30 new samples: 60 new points
-    monkeypatch.setattr(P, "umap_layout", Spy(None, fail="refit although the new points could be placed"))
+    monkeypatch.setattr(U, "umap_layout", Spy(None, fail="refit although the new points could be placed"))
     placed = Projector().project(st, "demo", "enc", "all", PARAMS)
     assert placed.source == "transform" and placed.meta["placed"] == 60 and len(placed) == 300
     pos = {s: i for i, s in enumerate(placed.sample_ids)}

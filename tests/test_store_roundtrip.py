@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import duckdb
@@ -152,7 +153,7 @@ def test_empty_or_missing_store_never_raises(tmp_path):
     for st in (Store(tmp_path), Store(tmp_path / "missing")):
         assert st.runs().empty and st.samples().empty and st.models() == [] and st.layers("x") == []
         assert st.steps("x").empty and st.activations("x", "y").empty and st.storage().empty
-        assert st.samples_arrow().num_rows == 0 and st.read_projection("k") is None
+        assert st.samples_arrow().num_rows == 0 and st.derived.read("projection", "m", "l", "k") is None
         versions.append(st.data_version("x"))
         assert versions[-1] == st.data_version("x")  # a version of nothing: stable, not an error
     write_run(tmp_path, "r1", model="x", n=2, batch_size=2)
@@ -255,27 +256,62 @@ def test_images_optional_and_text_embeddings(tmp_path):
     np.testing.assert_array_equal(emb, np.eye(2, 6))
 
 
-def test_projections_and_artifacts(store_root):
+def test_derived_results_live_where_the_store_says(store_root):
     st = Store(store_root)
     frame = pd.DataFrame({"sample_id": ["r1-00000000", "r1-00000001"], "x": [0.5, 1.0], "y": [2.0, -1.0]})
-    params = {"model": "demo", "layer": "enc", "step": 0, "n_neighbors": 15}
-    path = st.write_projection("umap-abc123", frame, params)
-    assert path == store_root / "projections/model=demo/layer=enc/umap-abc123.parquet"
-    got, got_params = st.read_projection("umap-abc123")
-    pd.testing.assert_frame_equal(got, frame)
-    assert got_params == params and st.read_projection("missing") is None
-    with pytest.raises(ValueError, match="params need 'layer'"):
-        st.write_projection("k", frame, {"model": "demo"})
-    with pytest.raises(ValueError, match="invalid key"):
-        st.write_projection("../evil", frame, params)
+    meta = {"step": 0, "n_neighbors": 15}
+    version = st.data_version("demo", "enc")
+    path = st.derived.write("projection", "demo", "enc", "umap-abc123", frame, sources={"enc": version},
+                            meta=meta)
+    assert path == store_root / "caches/projection/model=demo/layer=enc/umap-abc123.parquet"
+    table, got_meta = st.derived.read("projection", "demo", "enc", "umap-abc123")
+    pd.testing.assert_frame_equal(table.to_pandas(), frame)
+    assert got_meta == meta and st.derived.read("projection", "demo", "enc", "missing") is None
+    assert st.derived.read("projection", "demo", "other", "umap-abc123") is None  # keyed by layer too
+    # a result of several layers has no layer folder; pointers name a key
+    assert st.derived.write("compare", "demo", None, "cka-1", pa.table({"i": [1]})) == \
+        store_root / "caches/compare/model=demo/cka-1.parquet"
+    st.derived.point("lineage", "demo", "enc", "l123", "umap-abc123")
+    assert st.derived.target("lineage", "demo", "enc", "l123") == "umap-abc123"
+    assert st.derived.target("lineage", "demo", "enc", "nope") is None
+    for kind, model, layer, key in (("projection", "demo", "enc", "../evil"), ("nope", "demo", "enc", "k"),
+                                    ("projection", "../demo", "enc", "k"), ("projection", "demo", "a/b", "k")):
+        with pytest.raises(ValueError, match="invalid|unknown derived kind"):
+            st.derived.write(kind, model, layer, key, frame)
+    with pytest.raises(ValueError, match="not a pointer kind"):
+        st.derived.point("knn", "demo", "enc", "x", "y")
+    # the provenance is recorded once, for the staleness scan
+    entry = next(e for e in st.derived.scan() if e.key == "umap-abc123")
+    assert (entry.kind, entry.model, entry.layer, entry.stale, entry.why) == ("projection", "demo", "enc", False,
+                                                                              "current")
 
-    st.write_artifact("projections/model=demo/layer=enc/knn-abc.parquet", pa.table({"i": [1, 2]}), {"k": 5})
-    table, meta = st.read_artifact("projections/model=demo/layer=enc/knn-abc.parquet")
-    assert table["i"].to_pylist() == [1, 2] and meta == {"k": 5}
-    assert st.read_artifact("derived/none.parquet") is None
-    for bad in ("samples/x.parquet", "../x.parquet", "derived/x.csv", "/abs/x.parquet", "derived/../runs/x.parquet"):
-        with pytest.raises(ValueError, match="invalid artifact path"):
-            st.write_artifact(bad, pa.table({"i": [1]}))
+
+def test_data_version_scopes(store_root):
+    write_run(store_root, "o1", model="other", n=3, batch_size=3)
+    st = Store(store_root)
+    scopes = {"store": st.data_version(), "samples": st.data_version(scope="samples"),
+              "model": st.data_version("demo"), "layer": st.data_version("demo", "enc")}
+    assert len(set(scopes.values())) == len(scopes)  # each scope covers different files
+    assert st.data_version("demo", "enc") == st.data_version("demo", "enc", scope="layer")
+    assert st.data_version("demo", "enc", run_ids=["r1"]) != st.data_version("demo", "enc", run_ids=["r2"])
+    with pytest.raises(ValueError, match="unknown data scope"):
+        st.data_version(scope="everything")
+    with pytest.raises(ValueError, match="needs a model"):
+        st.data_version(scope="model")
+    # a batch of another model changes the store and samples versions, not this model's
+    write_run(store_root, "o2", model="other", n=2, batch_size=2)
+    assert st.data_version() != scopes["store"] and st.data_version(scope="samples") != scopes["samples"]
+    assert st.data_version("demo") == scopes["model"] and st.data_version("demo", "enc") == scopes["layer"]
+    # a rewritten manifest changes only the whole-store version
+    now = st.data_version()
+    manifest = next((store_root / "runs").glob("*.parquet"))
+    os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 1_000_000))
+    assert st.data_version() != now and st.data_version("demo", "enc") == scopes["layer"]
+    # the model scope covers its prompts file (prompt clusters depend on it)
+    emb = store_root / "text_embeddings/model=demo/run_id=r1/prompts.parquet"
+    emb.parent.mkdir(parents=True)
+    emb.write_bytes(b"x")
+    assert st.data_version("demo") != scopes["model"] and st.data_version("demo", "enc") == scopes["layer"]
 
 
 def test_storage_report(store_root):

@@ -1,4 +1,5 @@
-"""Precompute a UMAP projection of one layer into the store's cache (prints its key, source, time and quality).
+"""Precompute a projection (UMAP, t-SNE or PCA) of one layer into the store's cache (prints its key, source,
+time and quality).
 
 A cached projection is returned at once; appended samples are placed into the existing map unless --refit.
 Precomputing here keeps the app's first map off numba's compile time (the command itself compiles once).
@@ -23,7 +24,8 @@ def _step(text: str) -> int | str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.project import BACKENDS, METRICS
+    from pipeline.methods import BACKENDS, METHODS
+    from pipeline.neighbors import METRICS
 
     p.add_argument("--store", default="data", help="store folder (default: ./data)")
     p.add_argument("--model", required=True, help="model key in the store, e.g. demo")
@@ -36,13 +38,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (by layer size), mean (channel means), full (stored map), pca (full map, PCA 50)")
     p.add_argument("--pca", type=int, default=None, metavar="K", help="PCA to K dimensions first")
     p.add_argument("--standardize", action="store_true", help="z-score every feature column first")
-    p.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (default 15)")
-    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist, 0-1 (default 0.1)")
+    p.add_argument("--method", default="umap", choices=list(METHODS),
+                   help="umap (default), tsne (openTSNE) or pca (the linear baseline)")
+    for cls in METHODS.values():  # each method's own parameters, e.g. --n-neighbors, --min-dist, --perplexity
+        for name, par in cls.PARAMS.items():
+            p.add_argument("--" + name.replace("_", "-"), type=type(par.default), default=None,
+                           help=f"{cls.title} {name}, {par.low}-{par.high} (default {par.default}): {par.help}")
     p.add_argument("--metric", default="euclidean", choices=METRICS)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--backend", default="umap", choices=BACKENDS, help="umap (CPU) or cuml (CUDA GPU)")
     p.add_argument("--refit", action="store_true", help="recompute from scratch (no cache, no placement)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """The chosen method's parameters given on the command line; another method's are an error."""
+    from pipeline.methods import METHODS
+    from pipeline.project import ProjectionError
+
+    given = {name: getattr(args, name) for cls in METHODS.values() for name in cls.PARAMS
+             if getattr(args, name, None) is not None}
+    own = METHODS[args.method].PARAMS
+    foreign = sorted("--" + n.replace("_", "-") for n in given if n not in own)
+    if foreign:
+        raise ProjectionError(f"{', '.join(foreign)} does not apply to --method {args.method}; its parameters: "
+                              + (", ".join("--" + n.replace("_", "-") for n in own) or "none"))
+    return {n: v for n, v in given.items() if n in own}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: store folder {args.store!r} does not exist", file=sys.stderr)
         return 2
     try:
+        own = _method_options(args)
         params = ProjectionParams.coerce({"feature": args.feature, "pca": args.pca,
-                                          "standardize": args.standardize or None,
-                                          "n_neighbors": args.n_neighbors, "min_dist": args.min_dist,
+                                          "standardize": args.standardize or None, "method": args.method, **own,
                                           "metric": args.metric, "seed": args.seed, "backend": args.backend})
     except ProjectionError as e:
         print(f"error: {e}", file=sys.stderr)

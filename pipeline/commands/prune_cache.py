@@ -1,8 +1,9 @@
 """Remove stale caches from a store: maps, kNN graphs, PCA features and compare results computed from
 data that has changed since (a batch appended, a run removed).
 
-Kept: caches of the current data, the latest map of each lineage (appended samples are placed into it
-without a refit) and caches written before provenance was recorded. `--dry-run` only lists.
+Kept: caches of the current data and the latest map of each lineage (appended samples are placed into it
+without a refit); caches of the layout before `caches/` always go (see `store.derived`). `--dry-run` only
+lists.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pipeline.caches import scan
     from store import Store
     from store.verify import is_store
 
@@ -28,15 +28,14 @@ def run(args) -> int:
     if not is_store(root):
         print(f"error: {root} is not a store", file=sys.stderr)
         return 2
-    files = scan(Store(root))
+    derived = Store(root).derived
+    files = derived.scan()
     stale = [f for f in files if f.stale]
     if args.verbose:
         for f in files:
             print(f"{'STALE' if f.stale else 'keep '}  {f.path.relative_to(root)}  ({f.why})")
     if not args.dry_run:
-        from pipeline.caches import remove
-
-        remove(stale)
+        derived.remove(stale)
     counts, sizes = Counter(f.kind for f in stale), Counter()
     for f in stale:
         sizes[f.kind] += f.bytes

@@ -1,7 +1,6 @@
 """Browser test of an all-steps map: hover names the step, a click draws the sample's trajectory.
 
-Its own server on a synthetic store (three steps), with the AppTest stand-in engine that also maps every
-step (``tests.test_app_explore.StepsProjector``): the conftest server's engine projects one step at a time.
+Its own server on a synthetic store (three steps), with the AppTest stand-in engine (``tests.app_fixtures.FakeProjector``), which maps every step as it maps one.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ _SERVE = """
 import sys
 sys.path.insert(0, {root!r})
 from app import data
-from tests.test_app_explore import StepsProjector
-data.set_projector(StepsProjector())
+from tests.app_fixtures import FakeProjector
+data.set_projector(FakeProjector())
 from streamlit.web import cli
 sys.argv = ["streamlit", "run", {entry!r}, "--server.port", "{port}", "--server.address", "127.0.0.1",
             "--server.headless", "true"]
