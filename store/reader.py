@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _STEP_COLUMNS = ["sample_id", "step", "timestep", "sigma", "dtype", "vector"]
 _SHAPE_COLUMNS = ["reduce", "shape", "layer_shape"]
 _HIVE = "hive_partitioning=true, hive_types_autocast=false, union_by_name=true"
+_FULL_CHECK = ("samples", "runs")  # kinds checked in full (page checksums) on their first read
+_VERIFY = dict(page_checksum_verification=True)  # pyarrow reads: a damaged page raises, never decodes
 
 # DuckDB types of each view, used to build an empty view when a store has no files yet.
 _DUCK_TYPES = {
@@ -74,7 +76,9 @@ class Store:
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
     def _good(self, path: Path, kind: str) -> pq.FileMetaData | None:
-        md, err = self._footers.get(path, schema.REQUIRED[kind])
+        # The parts DuckDB reads (samples, manifests; small) are checked in full with their page checksums
+        # the first time (DuckDB does not verify checksums); pyarrow verifies the pages it reads of the others.
+        md, err = self._footers.get(path, schema.REQUIRED[kind], full=kind in _FULL_CHECK)
         if err:
             self._skip(path, err)
         return md
@@ -161,7 +165,7 @@ class Store:
         path = layout.run_manifest_path(self.root, layout.check_name("run_id", run_id))
         if not self._good(path, "runs"):
             return None
-        row = pq.read_table(path).to_pylist()[0]
+        row = pq.read_table(path, **_VERIFY).to_pylist()[0]
         for k in schema.JSON_FIELDS:
             if isinstance(row.get(k), str):
                 row[k] = json.loads(row[k])
@@ -203,7 +207,7 @@ class Store:
         tables = []
         for p in first_per_run.values():
             try:
-                tables.append(pq.read_table(p, columns=["step", "timestep", "sigma"]))
+                tables.append(pq.read_table(p, columns=["step", "timestep", "sigma"], **_VERIFY))
             except Exception as e:
                 self._footers.mark_bad(p, str(e))
                 self._skip(p, f"{type(e).__name__}: {e}")
@@ -340,7 +344,7 @@ class Store:
             if st is None or not st.has_min_max or any(st.min <= i <= st.max for i in rows):
                 groups.append(g)
         try:
-            t = pq.ParquetFile(path, metadata=md).read_row_groups(groups, columns=["index", "step", "png"])
+            t = pq.ParquetFile(path, metadata=md, **_VERIFY).read_row_groups(groups, columns=["index", "step", "png"])
         except Exception as exc:  # noqa: BLE001 - a damaged part loses its images, not the page
             self._footers.mark_bad(path, f"{type(exc).__name__}: {exc}")
             self._skip(path, f"{type(exc).__name__}: {exc}")
@@ -379,7 +383,7 @@ class Store:
         if md is None:
             return None
         try:
-            t = pq.ParquetFile(path, metadata=md).read(columns=["sample_id", "index"])
+            t = pq.ParquetFile(path, metadata=md, **_VERIFY).read(columns=["sample_id", "index"])
         except Exception as e:
             self._footers.mark_bad(path, str(e))
             self._skip(path, f"{type(e).__name__}: {e}")
@@ -426,19 +430,20 @@ class Store:
 
         def read(item):
             run, p = item
-            return run, self._read_step(p, step, ids_of[run])
+            return run, p, self._read_step(p, step, ids_of[run])
 
         # pyarrow releases the GIL while it reads: many small parts go faster on a few threads
-        results = _pool().map(read, parts) if len(parts) > 8 else map(read, parts)
-        chunks = [(run, t) for run, t in results if t is not None and t.num_rows]
+        results = list(_pool().map(read, parts) if len(parts) > 8 else map(read, parts))
+        chunks = [(run, t) for run, _p, t in results if t is not None and t.num_rows]
         if not chunks:
             return empty_activations(model, layer, step)
-        return assemble(chunks, order_ids, model, layer, step, self._shape_info(parts[0][1]))
+        first = next(p for _run, p, t in results if t is not None and t.num_rows)  # a part that was read
+        return assemble(chunks, order_ids, model, layer, step, self._shape_info(first))
 
     def _shape_info(self, path: Path) -> dict:
         """reduce, shape and layer_shape of a part (one value for all its rows), from its first row."""
         md = self._good(path, "activations")
-        t = pq.ParquetFile(path, metadata=md).read_row_group(0, columns=_SHAPE_COLUMNS).slice(0, 1).to_pylist()
+        t = pq.ParquetFile(path, metadata=md, **_VERIFY).read_row_group(0, columns=_SHAPE_COLUMNS).slice(0, 1).to_pylist()
         return t[0] if t else {}
 
     def _steps_in(self, parts: list[tuple[str, Path]]) -> list[int]:
@@ -458,7 +463,7 @@ class Store:
                 steps.update(int(st.min) for st in stats)
                 continue
             try:
-                steps.update(pq.read_table(p, columns=["step"])["step"].to_pylist())
+                steps.update(pq.read_table(p, columns=["step"], **_VERIFY)["step"].to_pylist())
             except Exception as e:
                 self._footers.mark_bad(p, str(e))
                 self._skip(p, f"{type(e).__name__}: {e}")
@@ -478,7 +483,7 @@ class Store:
                     groups.append(i)
             if not groups:
                 return None
-            t = pq.ParquetFile(path, metadata=md).read_row_groups(groups, columns=_STEP_COLUMNS)
+            t = pq.ParquetFile(path, metadata=md, **_VERIFY).read_row_groups(groups, columns=_STEP_COLUMNS)
         except Exception as e:
             self._footers.mark_bad(path, str(e))
             self._skip(path, f"{type(e).__name__}: {e}")
@@ -502,7 +507,7 @@ class Store:
             if not p.exists() or not self._good(p, "text_embeddings"):
                 continue
             try:
-                t = pq.read_table(p)
+                t = pq.read_table(p, **_VERIFY)
             except Exception as e:
                 self._skip(p, f"{type(e).__name__}: {e}")
                 continue

@@ -108,7 +108,8 @@ def test_verify_reports_corrupt_part_exit_1(root):
 
 
 def test_verify_finds_flipped_bits_in_vectors(root):
-    """Uncompressed vector pages decode whatever their bytes are; the page checksums catch the change."""
+    """Uncompressed vector pages decode whatever their bytes are; the page checksums catch the change
+    (`verify`, and the reader, which skips the part rather than return the changed values)."""
     part = root / "activations/model=demo/layer=mid/run_id=r1/part-00000004-00000007.parquet"
     before = Store(root).activations("demo", "mid").matrix
     data = bytearray(part.read_bytes())
@@ -116,8 +117,10 @@ def test_verify_finds_flipped_bits_in_vectors(root):
     at = bytes(data).index(cell)
     data[at + 10] ^= 0xFF  # a bit pattern inside that vector: still decodes, to different values
     part.write_bytes(bytes(data))
-    after = Store(root).activations("demo", "mid").matrix
-    assert after.shape == before.shape and not np.array_equal(after, before, equal_nan=True)
+    assert pq.read_table(part, columns=["vector"])["vector"][1].as_py() != cell  # decodes without error
+    with pytest.warns(RuntimeWarning, match="part-00000004-00000007"):
+        after = Store(root).activations("demo", "mid").matrix
+    np.testing.assert_array_equal(after, before[:4])
     report = verify(root)
     assert not report.ok and [p for p, _ in report.corrupt] == [part.relative_to(root).as_posix()]
 
