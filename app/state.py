@@ -65,7 +65,15 @@ def store_allowed(path: str) -> bool:
 
 
 def store_path() -> str:
-    return st.session_state.get(STORE_PATH) or default_store_path()
+    """The session's store, checked against `store_allowed` on every call, not only when it was opened: a
+    folder swapped for a link to a store outside the roots after it was opened is refused from then on
+    (remembered for the sidebar's message) and the session goes back to the default store."""
+    path = st.session_state.get(STORE_PATH) or default_store_path()
+    if store_allowed(path):
+        return path
+    st.session_state[REFUSED_STORE] = path
+    _reset_store(None)
+    return default_store_path()
 
 
 def refused_store() -> str | None:
@@ -81,6 +89,11 @@ def set_store_path(path: str) -> None:
     st.session_state[REFUSED_STORE] = None if allowed else path
     if path == st.session_state.get(STORE_PATH) or not allowed:
         return
+    _reset_store(path)
+
+
+def _reset_store(path: str | None) -> None:
+    """Open `path` (None: the default store) with a fresh view and no selection."""
     st.session_state[STORE_PATH] = path
     st.session_state[VIEW] = ViewSettings()
     st.session_state[LASSO] = []

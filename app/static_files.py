@@ -8,6 +8,11 @@ everything is physically copied there:
   thread (idempotent: existing files are kept);
 * ``views/<store key>/<view key>.*.json``: a view's points, colours and per-point text.
 
+The static route needs no session, so a store's folder name is its capability: ``store_key`` is an HMAC of
+the store's resolved path under a random secret of this installation (``app/.static_secret``, beside
+``static/`` and never served), so it cannot be computed from a path, and it is only given for a store the
+server lets users open (``DMD2VIZ_STORE_ROOTS``). Folders of the old computable names are deleted.
+
 All writes go to a temporary name in the same folder and are renamed into place, so the browser never
 reads half a file. ``thumbs/``, ``views/`` and ``vendor/`` are generated and git-ignored.
 """
@@ -15,14 +20,18 @@ reads half a file. ``thumbs/``, ``views/`` and ``vendor/`` are generated and git
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -43,10 +52,83 @@ def static_url(relative: str) -> str:
     return f"{prefix}/app/static/{relative.lstrip('/')}"
 
 
+SECRET_NAME = ".static_secret"  # beside STATIC_DIR, not in it: Streamlit serves everything under static/
+_LEGACY_KEY = re.compile(r"^[0-9a-f]{12}$")  # sha1(path)[:12]: the old, computable folder names
+_LEGACY_GRACE_S = 600  # a legacy folder still written to by a server of the old code is left alone this long
+_secret_lock = threading.Lock()
+_secrets: dict[Path, bytes] = {}
+
+
+class StoreRefused(PermissionError):
+    """A store outside the folders this server opens stores from: it gets no static files."""
+
+
+def _secret() -> bytes:
+    """This installation's random secret (created once, mode 0600; every server process of the folder
+    shares it, so exported thumbnails survive a restart). Per process when the file cannot be written."""
+    path = STATIC_DIR.parent / SECRET_NAME
+    with _secret_lock:
+        if path in _secrets:
+            return _secrets[path]
+        value = _read_secret(path)
+        if value is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{SECRET_NAME}.", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "w") as fh:  # mkstemp: mode 0600
+                        fh.write(secrets.token_hex(32))
+                    with contextlib.suppress(FileExistsError):  # never replaces: two processes agree on one
+                        os.link(tmp, path)
+                finally:
+                    os.unlink(tmp)
+                value = _read_secret(path)
+            except OSError as exc:
+                log.warning("cannot keep the static-files secret in %s (%s): thumbnails are re-exported "
+                            "after each restart", path, exc)
+            if value is None:
+                value = secrets.token_bytes(32)
+        _secrets[path] = value
+        _prune_legacy()
+        return value
+
+
+def _read_secret(path: Path) -> bytes | None:
+    try:
+        value = path.read_bytes().strip()
+    except OSError:
+        return None
+    return value if len(value) >= 32 else None
+
+
+def _prune_legacy() -> None:
+    """Delete the folders of the old computable store keys (served to anyone who could guess a path)."""
+    now = time.time()
+    for sub in ("thumbs", "views"):
+        folder = STATIC_DIR / sub
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if (_LEGACY_KEY.match(entry.name) and entry.is_dir(follow_symlinks=False)
+                        and now - entry.stat(follow_symlinks=False).st_mtime > _LEGACY_GRACE_S):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:
+                continue
+
+
 def store_key(root: str | os.PathLike) -> str:
-    """A short, stable folder name for a store (its resolved path hashed)."""
+    """The folder name of a store's static files: an HMAC of its resolved path under this installation's
+    secret (stable, not computable from the path). Refused (``StoreRefused``) for a store the server does
+    not let users open."""
+    from app.state import store_allowed  # the app's rule, checked again here: nothing is exported for others
+
     resolved = str(Path(root).expanduser().resolve())
-    return hashlib.sha1(resolved.encode()).hexdigest()[:12]
+    if not store_allowed(resolved):
+        raise StoreRefused(f"{root} is outside the folders this server opens stores from")
+    return hmac.new(_secret(), resolved.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def thumb_name(sample_id: str) -> str:
