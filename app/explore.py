@@ -371,6 +371,7 @@ def _map(view, settings, sel, neighbours, highlight) -> None:
         height=MAP_HEIGHT,
         point_size=settings.point_size,
         filename=f"map-{view.model}-{view.layer}-{_step_name(view)}",
+        title=exports.map_title(view),
         png_nonce=st.session_state.get(PNG_NONCE, 0),
         key=MAP_KEY,
         on_click=_on_map_click,
@@ -549,26 +550,30 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
                "selected sample.")
     lasso = [s for s in (st.session_state.get(state.LASSO) or []) if s in view.position]
     if lasso:
-        chosen, what = lasso, f"the lasso/box selection ({len(lasso):,} samples)"
+        chosen, what = exports.plain_set(lasso, "lasso"), f"the lasso/box selection ({len(lasso):,} samples)"
     elif sel.selected and nb is not None:
-        chosen = [sel.selected, *nb.knn, *nb.manual]
-        what = f"the selected sample and its {len(chosen) - 1} neighbours"
+        chosen = exports.neighbourhood_set(sel.selected, nb.knn, nb.knn_distances, nb.manual, nb.manual_distances,
+                                           space=settings.space, metric=settings.metric)
+        what = (f"the selected sample and its {len(chosen) - 1} neighbours, ranked by distance in "
+                f"{'the 2-D map' if chosen.space == 'map' else f'activation space ({chosen.metric})'}")
     else:
-        chosen, what = view.sample_ids.tolist(), f"the whole view ({len(view):,} samples)"
-    st.caption(f"Export: {what}.")
+        chosen, what = exports.plain_set(view.sample_ids, "view"), f"the whole view ({len(view):,} samples)"
+    st.caption(f"Export: {what}. The table has each row's role (selected / kNN / manual / lasso / view), rank "
+               "and distance; the ZIP's metadata.csv names each image file.")
     name = f"{view.model}-{view.layer}-{_step_name(view)}"
-    zip_ids = _one_per_sample(view, chosen)
-    digest = hashlib.sha1("|".join(chosen).encode()).hexdigest()[:8]
+    zip_set = chosen.only(_one_per_sample(view, list(chosen.ids)))
+    digest = hashlib.sha1("|".join([*chosen.ids, *chosen.roles, str(chosen.space), str(chosen.metric)])
+                          .encode()).hexdigest()[:8]
     c = st.columns(5)
     c[0].download_button("CSV", data=lambda: exports.selection_csv(view, chosen), file_name=f"{name}.csv",
                          mime="text/csv", icon=":material/table:", key=f"dl_csv_{digest}", width="stretch")
     c[1].download_button("Parquet", data=lambda: exports.selection_parquet(view, chosen),
                          file_name=f"{name}.parquet", mime="application/octet-stream",
                          icon=":material/database:", key=f"dl_pq_{digest}", width="stretch")
-    c[2].download_button("Images (ZIP)", data=lambda: exports.images_zip(data.open_store(path), view, zip_ids),
+    c[2].download_button("Images (ZIP)", data=lambda: exports.images_zip(data.open_store(path), view, zip_set),
                          file_name=f"{name}-images.zip", mime="application/zip", icon=":material/photo_library:",
                          key=f"dl_zip_{digest}", width="stretch",
-                         disabled=len(zip_ids) > exports.MAX_ZIP_IMAGES,
+                         disabled=len(zip_set) > exports.MAX_ZIP_IMAGES,
                          help=f"At most {exports.MAX_ZIP_IMAGES:,} images; select fewer with the lasso.")
     c[3].download_button("Map (HTML)", data=lambda: exports.map_html(view, data.coloring_for(path, view, settings),
                                                                   data.open_store(path)),
@@ -577,4 +582,5 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
                          help="A standalone interactive map (plotly.js included; works offline), with hover "
                               f"thumbnails for maps of up to {exports.MAX_HTML_THUMBS:,} points.")
     c[4].button("Map (PNG)", on_click=_png, icon=":material/image:", key="dl_png", width="stretch",
-                help="Drawn by your browser from the map as you see it (zoom included).")
+                help="Drawn by your browser from the map as you see it (zoom included), with a title and "
+                     "the legend.")

@@ -502,3 +502,24 @@ def test_all_steps_share_link_restores_selection_and_expands_search_highlights(s
     at.selectbox(key="w_color").set_value("seed").run()
     color = _static_json(_map_data(at)["color_url"])
     assert color["kind"] == "numeric" and len(color["values"]) == 540
+
+
+def test_explore_exports_the_neighbourhood_with_roles_and_names_the_png(app_env, monkeypatch):
+    """Issue 12, item 14: what Explore hands the exports (the selected sample, its kNN and manual neighbours
+    with their distances and space) and the PNG's title."""
+    from app import exports
+
+    made = []
+    real = exports.neighbourhood_set
+    monkeypatch.setattr(exports, "neighbourhood_set", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    at = app_test(query={"model": "digits", "layer": "midblock", "step": "2", "sel": "digits-a-00000003",
+                         "k": "4"})
+    assert not at.exception
+    chosen = made[-1]
+    assert chosen.ids[0] == "digits-a-00000003" and chosen.roles == ("selected", "kNN", "kNN", "kNN", "kNN")
+    assert chosen.ranks == (0, 1, 2, 3, 4) and list(chosen.distances) == sorted(chosen.distances)
+    view = at.session_state["dmd.view"]
+    assert chosen.space == view.space
+    assert "ranked by distance in" in _md(at)
+    title = _map_data(at)["title"]
+    assert title.startswith("digits · midblock · step 2") and "samples" in title

@@ -221,6 +221,7 @@ def test_selection_exports(app_store):
     with zipfile.ZipFile(io.BytesIO(exports.images_zip(store, v, chosen))) as zf:
         names = zf.namelist()
         assert sorted(names) == sorted([f"images/{s}.png" for s in chosen] + ["metadata.csv"])
+        assert pd.read_csv(zf.open("metadata.csv"))["image_file"].tolist() == [f"images/{s}.png" for s in chosen]
         assert zf.read(f"images/{chosen[0]}.png")[:4] == b"\x89PNG"
     html = exports.map_html(v, views.colorings(v)["label"]).decode()
     assert html.count("<html") == 1 and "Plotly.newPlot" in html and "0: zero" in html
@@ -275,4 +276,63 @@ def test_selection_exports_of_an_all_steps_view_carry_each_points_step(app_store
     out = exports.selection_frame(v, [points[4], points[0]])  # sample 1 at step 1, sample 0 at step 0
     assert out["sample_id"].tolist() == [ids[1], ids[0]]
     assert out["step"].tolist() == [1, 0] and out["sigma"].tolist() == [2.5, 14.6]
-    assert list(out.columns[:5]) == ["sample_id", "layer", "step", "sigma", "timestep"]
+    cols = [c for c in out.columns if c not in exports.EXPORT_COLUMNS]
+    assert cols[:5] == ["sample_id", "layer", "step", "sigma", "timestep"]
+
+
+def _export_view(store):
+    frame = store.samples(model="digits")
+    ids = frame["sample_id"].tolist()
+    xy = np.random.default_rng(0).normal(size=(len(ids), 2))
+    v = views.make_view(store_key="s", projection_key="p", model="digits", layer="midblock", step=2,
+                        sample_ids=ids, xy=xy, samples=frame, quality={}, source="fit",
+                        step_info={"step": 2, "sigma": 0.3, "timestep": None})
+    return v, ids
+
+
+def test_a_neighbourhood_export_has_each_rows_role_rank_distance_and_space(app_store):
+    """Issue 12, item 14: the selection export said nothing of what each row is to the selected sample."""
+    from store import Store
+
+    store = Store(app_store)
+    v, ids = _export_view(store)
+    chosen = exports.neighbourhood_set(ids[0], [ids[3], ids[7]], [0.5, 1.25], [ids[9]], [0.75],
+                                       space="activation", metric="cosine")
+    for raw in (exports.selection_csv(v, chosen), exports.selection_parquet(v, chosen)):
+        out = pd.read_csv(io.BytesIO(raw)) if raw[:4] != b"PAR1" else pd.read_parquet(io.BytesIO(raw))
+        assert out["sample_id"].tolist() == [ids[0], ids[3], ids[9], ids[7]]  # ranked by distance
+        assert out["role"].tolist() == ["selected", "kNN", "manual", "kNN"]
+        assert out["rank"].tolist() == [0, 1, 2, 3]
+        assert out["distance"].tolist() == [0.0, 0.5, 0.75, 1.25]
+        assert set(out["neighbour_space"]) == {"activation"} and set(out["distance_metric"]) == {"cosine"}
+        assert "image_path" not in out.columns  # a Parquet part inside the store, not an image
+    in_map = exports.selection_frame(v, exports.neighbourhood_set(ids[0], [ids[1]], [0.1], [], [], space="map",
+                                                                  metric="cosine"))
+    assert set(in_map["neighbour_space"]) == {"map"} and set(in_map["distance_metric"]) == {"euclidean"}
+    lasso = exports.selection_frame(v, exports.plain_set([ids[2], ids[4]], "lasso"))
+    assert lasso["role"].tolist() == ["lasso", "lasso"] and lasso["rank"].isna().all()
+    assert lasso["distance"].isna().all() and lasso["neighbour_space"].isna().all()
+
+
+def test_the_zip_metadata_names_each_image_file_in_the_zip(app_store):
+    from store import Store
+
+    store = Store(app_store)
+    v, ids = _export_view(store)
+    chosen = exports.neighbourhood_set(ids[0], [ids[3]], [0.5], [ids[9]], [0.75], space="activation",
+                                       metric="euclidean")
+    with zipfile.ZipFile(io.BytesIO(exports.images_zip(store, v, chosen))) as zf:
+        meta = pd.read_csv(zf.open("metadata.csv"))
+        assert meta["role"].tolist() == ["selected", "kNN", "manual"]
+        for sid, name in zip(meta["sample_id"], meta["image_file"], strict=True):
+            assert name in zf.namelist() and zf.read(name) == store.images([sid])[0]
+        assert "image_path" not in meta.columns
+    assert exports.image_name("run/a b-00000001") == "images/run_a_b-00000001.png"  # always a plain file name
+
+
+def test_the_map_title_names_the_view_for_the_png(app_store):
+    from store import Store
+
+    v, _ = _export_view(Store(app_store))
+    assert exports.map_title(v) == f"digits · midblock · step 2 · σ 0.3 · {len(v):,} samples"
+    assert exports.map_title(v, "class label / prompt").endswith(" · colour: class label / prompt")

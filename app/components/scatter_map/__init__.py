@@ -58,6 +58,7 @@ def scatter_map(
     height: int = 620,
     point_size: float = 5.0,
     filename: str = "map",
+    title: str | None = None,
     png_nonce: int = 0,
     key: str = "explore_map",
     on_click=None,
@@ -68,7 +69,8 @@ def scatter_map(
     ``revision`` is plotly's uirevision: keep it fixed for one projection so zoom and pan survive reruns.
     ``trajectory``: ``{"ids": [...], "labels": [...]}``, points joined by a line in this order with a small
     label at each (the selected sample across the steps of an all-steps map), drawn in the SVG layer.
-    ``png_nonce``: increase it to make the browser download the map as PNG (drawn client-side).
+    ``png_nonce``: increase it to make the browser download the map as PNG (drawn client-side), with ``title``
+    (followed by the colouring's title) above it and the legend beside it.
     ``on_click``/``on_select`` are callbacks run before the script, like any widget's ``on_change``.
     """
     data: dict[str, Any] = {
@@ -88,6 +90,7 @@ def scatter_map(
         "height": int(height),
         "point_size": float(point_size),
         "filename": filename,
+        "title": title,
         "png_nonce": int(png_nonce),
     }
     result = _component(

@@ -365,19 +365,55 @@ class MapView {
     svg.querySelector("g").innerHTML = items.join("");
   }
 
-  downloadPng() {
+  // The figure of the PNG export: the map as shown (zoom included) with the selection drawn as traces, a
+  // title (the view, then the colouring) above it and, beside it, the legend of the classes shown (or the
+  // colour bar) and of the selection's marks.
+  pngFigure() {
     const th = this.theme();
     const highlight = Array.isArray(this.data.highlight) && this.data.highlight.length > 0 ? this.data.highlight : null;
     const { traces } = this.figure(th, highlight, true);
+    const names = { matches: "search / filter matches", trajectory: "trajectory", neighbours: "k nearest neighbours", manual: "manual neighbours", selected: "selected" };
+    for (const trace of traces.slice(1)) {
+      if (names[trace.name] && trace.x.length) Object.assign(trace, { showlegend: true, name: names[trace.name], legendgroup: "marks" });
+    }
+    const color = this.color;
+    let legendWidth = 0;
+    if (color && color.kind === "category") {
+      const shown = color.names.map((_, code) => code).filter((code) => !this.hidden.has(code))
+        .sort((a, b) => color.counts[b] - color.counts[a]);
+      const rows = Math.max(4, Math.floor((this.plot.clientHeight - 120) / 19));
+      const listed = shown.slice(0, shown.length > rows ? rows - 1 : rows);
+      const entries = listed.map((code) => ({ name: `${color.names[code]} (${color.counts[code]})`, color: color.colors[code] }));
+      if (shown.length > listed.length) entries.push({ name: `… ${shown.length - listed.length} more`, color: "rgba(0,0,0,0)" });
+      entries.forEach((e, k) => traces.splice(1 + k, 0, { type: "scattergl", mode: "markers", x: [null], y: [null], name: e.name, showlegend: true,
+        legendgroup: "classes", hoverinfo: "none", marker: { size: 9, color: e.color } }));
+      const longest = Math.max(...entries.map((e) => e.name.length), color.title.length);
+      legendWidth = Math.min(320, Math.max(150, 40 + 6.5 * longest));
+    } else if (traces.some((t) => t.showlegend)) {
+      legendWidth = 170;
+    }
     const layout = this.layout(th);
     const full = this.plot._fullLayout;
     layout.xaxis = { ...layout.xaxis, range: full.xaxis.range.slice(), autorange: false };
     layout.yaxis = { ...layout.yaxis, range: full.yaxis.range.slice(), autorange: false };
     layout.paper_bgcolor = th.bg;
     layout.plot_bgcolor = th.bg;
-    return window.Plotly.downloadImage({ data: traces, layout }, {
-      format: "png", filename: this.data.filename || "map", scale: 2, width: this.plot.clientWidth, height: this.plot.clientHeight,
-    });
+    const title = [this.data.title, color && color.title ? `colour: ${color.title}` : null].filter(Boolean).join(" · ");
+    layout.title = { text: escapeHTML(title || this.data.filename || "map"), x: 0.01, xanchor: "left", y: 0.985, yanchor: "top", font: { size: 14, color: th.text } };
+    layout.showlegend = legendWidth > 0;
+    const numeric = color && color.kind === "numeric";
+    const colorbarRoom = numeric ? 80 : 0;  // the colour bar sits right of the plot; the legend right of it
+    layout.legend = { x: 1 + (colorbarRoom + 8) / Math.max(1, this.plot.clientWidth - 16), xanchor: "left", y: 1, yanchor: "top", font: { color: th.text, size: 11 }, itemclick: false, tracegroupgap: 10,
+      title: { text: color && color.kind === "category" ? escapeHTML(color.title) : "", font: { color: th.text } } };
+    layout.margin = { l: 8, r: 8 + legendWidth + colorbarRoom, t: 44, b: 8 };
+    const width = this.plot.clientWidth + legendWidth + colorbarRoom;
+    const height = this.plot.clientHeight + 36;
+    return { data: traces, layout, width, height };
+  }
+
+  downloadPng() {
+    const { data, layout, width, height } = this.pngFigure();
+    return window.Plotly.downloadImage({ data, layout }, { format: "png", filename: this.data.filename || "map", scale: 2, width, height });
   }
 
   idOf(point) {
