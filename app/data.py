@@ -474,8 +474,7 @@ def coloring_for(path: str, view: views.View, settings) -> views.Coloring:
 
 def _coloring(path: str, view: views.View, color_by: str, n_clusters: int, runs: tuple) -> views.Coloring:
     clusters = prompt_cluster_labels(path, view.model, n_clusters, runs) if color_by == "cluster" else None
-    options = views.colorings(view, clusters=clusters)
-    return options.get(color_by) or options["label"]
+    return views.coloring(view, color_by, clusters) or views.coloring(view, "label")
 
 
 @dataclass(frozen=True)

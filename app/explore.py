@@ -64,7 +64,8 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     model = sb.selectbox("Model", models, key="w_model")
 
     runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
-    wanted_runs = [r for r in view.runs if r in runs_all] if view.model == model else []
+    same_model = view.model in (None, model)  # None: a link that names no model means the first one
+    wanted_runs = [r for r in view.runs if r in runs_all] if same_model else []
     _init("w_runs", wanted_runs, lambda v: all(r in runs_all for r in v))
     runs = sb.multiselect("Runs", runs_all, key="w_runs", placeholder="all runs",
                           help="Leave empty to show every run of the model.")
@@ -145,10 +146,10 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         n_clusters = sb.slider("Clusters (k)", 2, max(3, min(30, n_prompts)), key="w_nclusters")
 
     labels = _label_order(samples)
-    _init("w_classes", [c for c in view.classes if c in labels] if view.model == model else [],
+    _init("w_classes", [c for c in view.classes if c in labels] if same_model else [],
           lambda v: all(c in labels for c in v))
     classes = sb.multiselect("Classes / prompts", labels, key="w_classes", placeholder="all")
-    _init("w_keyword", view.keyword if view.model == model else "")
+    _init("w_keyword", view.keyword if same_model else "")
     keyword = sb.text_input("Keywords", key="w_keyword", placeholder='e.g. dog OR "red car" -night',
                             help="Terms are ANDed; OR, NOT/-term, \"quoted phrases\"; case-insensitive; over "
                                  "prompts, labels, class names and categories.")
@@ -163,8 +164,9 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     _init("w_space", view.space, lambda v: v in state.SPACES)
     space = sb.radio("Neighbour space", state.SPACES, key="w_space", horizontal=True,
                      format_func={"map": "map (2-D)", "activation": "activation"}.get,
-                     help="map: nearest on the screen · activation: nearest in the feature space the "
-                          "projection was computed from (the faithful one).")
+                     help="activation (default): nearest in the feature space the projection was computed "
+                          "from, the faithful one · map: nearest on the screen, partly an artefact of the "
+                          "projection (see kNN overlap under the map).")
     _init("w_psize", view.point_size)
     point_size = sb.slider("Point size", 2.0, 12.0, step=0.5, key="w_psize")
 
@@ -179,10 +181,53 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         # Another projection: the lasso set belongs to the old one. The selected sample stays if present.
         st.session_state[state.LASSO] = []
     new = new.validated()
+    _check_url(path, view, new)
+    _url_notice()
     target, count = st.session_state.get(REFIT, (None, 0))
     here = (new.model, new.runs, new.layer, new.step, new.feature, new.method,
             tuple((n, getattr(new, n)) for n in METHODS[new.method].PARAMS), new.metric)
     return new, count if target == here else 0
+
+
+# Why a view value from the URL was not used, per field (the store has no such thing).
+_URL_WHY = {"model": "no such model in this store", "runs": "not runs of {model}", "layer": "not a layer of {model}",
+            "step": "{model} · {layer} has no such step", "color_by": "not a colouring of this view",
+            "classes": "not labels of {model}", "keyword": "the link's model was not used",
+            "n_clusters": "out of range"}
+
+
+def _check_url(path: str, asked: ViewSettings, used: ViewSettings) -> None:
+    """On the first Explore run of a session opened from a link: note every view value of the URL that the
+    store could not show (another model, layer, step, colouring, sample…) with the value used instead."""
+    pending = state.url_pending()
+    if not pending:
+        return
+    state.url_checked()
+    for name, why in _URL_WHY.items():
+        if name in pending and getattr(asked, name) != getattr(used, name):
+            state.add_url_fix(state.UrlFix(state.url_param(name), pending[name], state.show_value(getattr(used, name)),
+                                           why.format(model=used.model, layer=used.layer)))
+    sel = pending.get("selected")
+    if sel:
+        from pipeline.features import split_point_id
+
+        samples = data.model_samples(path, used.model)
+        if used.runs:
+            samples = samples[samples["run_id"].isin(used.runs)]
+        if split_point_id(sel)[0] not in set(samples["sample_id"]):
+            state.add_url_fix(state.UrlFix("sel", sel, "no selection", f"not a sample of {used.model}"))
+            state.clear_selection()
+
+
+def _url_notice() -> None:
+    """The link's values that could not be used, until dismissed."""
+    fixes = state.url_fixes()
+    if not fixes:
+        return
+    with st.container(key="url_fixes"):
+        lines = "\n".join(f"* {f.text()}" for f in fixes)
+        st.warning(f"Some values in this link could not be used:\n{lines}", icon=":material/link_off:")
+        st.button("Dismiss", key="dismiss_url_fixes", on_click=state.clear_url_fixes, type="tertiary")
 
 
 def default_layer(layers: list[str], model: str | None = None) -> str:
@@ -238,9 +283,12 @@ def current_view(path: str, settings: ViewSettings, refit: int) -> views.View | 
     if error:
         st.sidebar.error(f"Keywords: {error}")
     project_only = ids is not None and settings.filter_mode == "project"
+    if ids is not None and not ids:
+        st.sidebar.warning("No sample matches the filter: the whole map is shown, nothing highlighted.")
+    elif project_only and len(ids) < 10:
+        st.sidebar.warning(f"Only {len(ids)} sample{'s match' if len(ids) > 1 else ' matches'} the filter: too "
+                           "few to project on their own; highlighted on the full map instead.")
     if project_only and len(ids) < 10:
-        st.sidebar.warning(f"Only {len(ids)} samples match the filter: too few to project on their own; "
-                           "they are highlighted on the full map instead.")
         project_only = False
     job = data.request_projection(path, settings, ids if project_only else None, refit)
     header(settings)
@@ -326,7 +374,7 @@ def body(path: str, view: views.View, settings: ViewSettings) -> None:
         st.toast(f"{sel.selected} is not in this view: selection cleared.", icon=":material/info:")
         state.clear_selection()
         sel = state.get_selection()
-    neighbours = data.neighbours_of(path, view, settings, sel) if sel.selected else None
+    neighbours = _neighbours(path, view, settings, sel) if sel.selected else None
     st.session_state[KNN_CURRENT] = neighbours.knn if neighbours else []
     state.sync_url()
 
@@ -341,15 +389,37 @@ def body(path: str, view: views.View, settings: ViewSettings) -> None:
     _share_and_export(path, view, settings, sel, neighbours)
 
 
-def _highlight(view: views.View) -> list[str] | None:
+def _neighbours(path, view, settings, sel) -> data.Neighbours:
+    """The selected point's neighbours in the chosen space; a map that does not know its features (made by
+    an older version) answers in map space, and the panel says so."""
+    from dataclasses import replace
+
+    from pipeline.neighbors import NeighborError
+
+    try:
+        return data.neighbours_of(path, view, settings, sel)
+    except NeighborError:
+        if settings.space != "activation" or view.features is not None:
+            raise
+        st.session_state["dmd.space_used"] = "map"
+        return data.neighbours_of(path, view, replace(settings, space="map"), sel)
+
+
+def _highlight_source() -> list[str] | None:
+    """The samples named by a search link and the filters (None: nothing to highlight)."""
     url_ids = st.session_state.get(state.HIGHLIGHT)
     filt = st.session_state.get("dmd.filter_highlight")
     if url_ids is not None and filt is not None:
         keep = set(filt)
         url_ids = [s for s in url_ids if s in keep]
-    ids = url_ids if url_ids is not None else filt
-    # searches and filters name samples: in a view of all steps, each stands for all its points
-    return view.expand(ids) if ids is not None and view.all_steps else ids
+    return url_ids if url_ids is not None else filt
+
+
+def _highlight(view: views.View) -> list[str] | None:
+    """The points to highlight: those of the named samples that are in this view (in a view of all steps,
+    a sample stands for all its points)."""
+    ids = _highlight_source()
+    return view.expand(ids) if ids is not None else None
 
 
 def _map(view, settings, sel, neighbours, highlight) -> None:
@@ -400,7 +470,10 @@ def _caption(view, settings, highlight) -> None:
     bits.append({"cache": "from the cache", "fit": f"fitted{took}", "warm": f"warm-started{took}",
                  "transform": f"new samples placed{took}"}.get(view.source, view.source))
     if highlight is not None:
-        bits.append(f"**{len(highlight):,} highlighted**")
+        named = _highlight_source() or []
+        outside = sum(1 for s in named if view.locate(s) is None)
+        bits.append(f"**{len(highlight):,} highlighted**" + (
+            f" ({outside:,} of the {len(named):,} matching samples are not in this view)" if outside else ""))
     trajectory = " (its trajectory over the steps is drawn)" if view.all_steps else ""
     st.caption(" · ".join(bits) + f"  \nHover for a preview · click to select{trajectory} · while selected, "
                "click others to add/remove neighbours · lasso/box (toolbar) selects a set · double-click resets "
@@ -462,8 +535,8 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
 def _neighbour_list(path, view, settings, nb) -> None:
     rows = [(s, d, "kNN") for s, d in zip(nb.knn, nb.knn_distances, strict=True)]
     rows += [(s, d, "manual") for s, d in zip(nb.manual, nb.manual_distances, strict=True)]
-    space = "map" if settings.space == "map" else f"activation, {settings.metric}"
-    st.markdown(f"**Neighbours** · {len(nb.knn)} nearest + {len(nb.manual)} manual · distance in {space}")
+    st.markdown(f"**Neighbours** · {len(nb.knn)} nearest + {len(nb.manual)} manual · "
+                f"{_space_text(view, settings)}")
     if not rows:
         st.caption("No neighbours: press Find neighbours.")
         return
@@ -486,6 +559,18 @@ def _neighbour_list(path, view, settings, nb) -> None:
                           on_click=state.select, args=(sid,))
                 b2.button("", key=f"rm_{kind}_{sid}", icon=":material/close:", help="Remove from neighbours",
                           on_click=state.toggle_neighbour, args=(sid, nb.knn))
+
+
+def _space_text(view, settings) -> str:
+    """Which space the neighbours and their distances are in, as the panel says it."""
+    if st.session_state.pop("dmd.space_used", settings.space) == "map" and settings.space == "activation":
+        return "in map space (2-D): this map does not record its features, so activation space is unavailable"
+    if settings.space == "activation":
+        return f"in activation space ({settings.metric} distance on the map's features)"
+    overlap = (view.quality or {}).get("knn_overlap")
+    share = f"; on average {overlap:.0%} of map neighbours are also activation neighbours" \
+        if isinstance(overlap, (int, float)) else ""
+    return f"in map space (2-D, euclidean distance on the screen{share})"
 
 
 # ------------------------------------------------------------------------------------------ info

@@ -30,10 +30,13 @@ LASSO = "dmd.lasso"  # ids of the last lasso/box selection
 HIGHLIGHT = "dmd.highlight"  # ids highlighted from the URL (search results), or None
 PNG_NONCE = "dmd.png_nonce"
 URL_LOADED = "dmd.url_loaded"  # the URL has been read into the session once
+URL_FIXES = "dmd.url_fixes"  # URL values that could not be used, with what was used instead (shown on Explore)
+URL_PENDING = "dmd.url_pending"  # view fields read from the URL that Explore still has to check against the store
+STORE_VIEWS = "dmd.store_views"  # resolved store path -> the view state left there (restored on coming back)
 
 FEATURES = ("auto", "mean", "full", "pca")  # pipeline.features names; auto: the per-layer default
 METRICS = NEIGHBOR_METRICS  # pipeline.neighbors owns the distances
-SPACES = ("map", "activation")
+SPACES = ("activation", "map")  # activation first: the map's neighbours are partly an artefact of the projection
 FILTER_MODES = ("highlight", "project")
 METHODS = tuple(PROJECTION_METHODS)  # umap, tsne, pca: each with its own parameters (pipeline.methods)
 N_NEIGHBORS_RANGE = tuple(int(v) for v in PROJECTION_METHODS["umap"].PARAMS["n_neighbors"].ui_range)
@@ -124,7 +127,7 @@ class ViewSettings:
     keyword: str = ""
     filter_mode: str = "highlight"
     k: int = 5
-    space: str = "map"
+    space: str = "activation"  # the faithful neighbours; "map": nearest on the 2-D map
     n_clusters: int = 8
     point_size: float = 5.0
 
@@ -184,31 +187,86 @@ _URL_NAMES = {
 _LIST_SEP = "~"  # never inside run ids, sample ids or class labels such as "207: golden retriever"
 
 
-def view_from_params(params: dict[str, str]) -> ViewSettings:
-    """Parse URL query parameters; anything malformed falls back to the default for that field."""
+@dataclass(frozen=True)
+class UrlFix:
+    """A URL value that could not be used: the parameter, the value as given, what was used instead, why."""
+
+    param: str
+    value: str
+    used: str
+    why: str = ""
+
+    def text(self) -> str:
+        why = f" ({self.why})" if self.why else ""
+        return f"`{self.param}={self.value}`{why}: used {self.used}"
+
+
+def url_param(name: str) -> str:
+    """The URL parameter of a view field (``color_by`` -> ``color``)."""
+    return _URL_NAMES[name]
+
+
+def show_value(value) -> str:
+    """A view value as the URL notice names it."""
+    if value is None or value == "" or value == ():
+        return "the default"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(f"`{v}`" for v in value)
+    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+
+def _parse_field(name: str, default, raw: str):
+    if isinstance(default, tuple):
+        return tuple(p for p in raw.split(_LIST_SEP) if p)
+    if name == "step":
+        return ALL_STEPS if raw.strip().lower() == ALL_STEPS else int(raw)
+    if isinstance(default, bool):
+        return raw in ("1", "true")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def _why_replaced(name: str) -> str:
+    choices = {"method": METHODS, "feature": FEATURES, "metric": METRICS, "space": SPACES,
+               "filter_mode": FILTER_MODES}
+    if name in choices:
+        return "not one of " + ", ".join(choices[name])
+    return "out of range"
+
+
+def parse_view(params: dict[str, str]) -> tuple[ViewSettings, list[UrlFix]]:
+    """Parse URL query parameters: the view, and what could not be used as given (a malformed value falls
+    back to the field's default, an unknown choice to the default choice, a number is clamped into range)."""
     values: dict = {}
+    malformed: dict[str, str] = {}
     defaults = ViewSettings()
     for f in fields(ViewSettings):
         raw = params.get(_URL_NAMES[f.name])
         if raw is None or raw == "":
             continue
-        default = getattr(defaults, f.name)
         try:
-            if isinstance(default, tuple):
-                values[f.name] = tuple(p for p in raw.split(_LIST_SEP) if p)
-            elif f.name == "step":
-                values[f.name] = ALL_STEPS if raw.strip().lower() == ALL_STEPS else int(raw)
-            elif isinstance(default, bool):
-                values[f.name] = raw in ("1", "true")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            else:
-                values[f.name] = raw
+            values[f.name] = _parse_field(f.name, getattr(defaults, f.name), raw)
         except ValueError:
-            continue
-    return ViewSettings(**values).validated()
+            malformed[f.name] = raw
+    given = ViewSettings(**values)
+    view = given.validated()
+    fixes = []
+    for f in fields(ViewSettings):
+        param = _URL_NAMES[f.name]
+        if f.name in malformed:
+            what = "not a step number" if f.name == "step" else "not a number"
+            fixes.append(UrlFix(param, malformed[f.name], show_value(getattr(view, f.name)), what))
+        elif f.name in values and getattr(view, f.name) != getattr(given, f.name):
+            fixes.append(UrlFix(param, params[param], show_value(getattr(view, f.name)), _why_replaced(f.name)))
+    return view, fixes
+
+
+def view_from_params(params: dict[str, str]) -> ViewSettings:
+    """Parse URL query parameters; anything malformed falls back to the default for that field."""
+    return parse_view(params)[0]
 
 
 def view_to_params(view: ViewSettings) -> dict[str, str]:
@@ -370,7 +428,11 @@ def load_from_url_once() -> None:
             st.session_state[STORE_PATH] = params["store"]
         else:
             st.session_state[REFUSED_STORE] = params["store"]
-    st.session_state[VIEW] = view_from_params(params)
+    st.session_state[VIEW], fixes = parse_view(params)
+    st.session_state[URL_FIXES] = fixes
+    # what only the store can judge (a model, layer, step, colour, sample it has?) Explore checks on its first run
+    st.session_state[URL_PENDING] = {name: params[p] for name, p in (*_URL_NAMES.items(), ("selected", "sel"))
+                                     if params.get(p)}
     select(params.get("sel") or None)
     if params.get("man"):
         st.session_state[MANUAL] = [p for p in params["man"].split(_LIST_SEP) if p]
@@ -400,3 +462,74 @@ def sync_url() -> None:
 def clear_highlight() -> None:
     st.session_state[HIGHLIGHT] = None
     st.session_state.pop("dmd.hl_param", None)
+
+
+# --- URL values that could not be used -----------------------------------------------------------------
+
+def url_fixes() -> list[UrlFix]:
+    """The URL values of this session's link that could not be used, with what was used instead."""
+    return list(st.session_state.get(URL_FIXES) or [])
+
+
+def add_url_fix(fix: UrlFix) -> None:
+    fixes = url_fixes()
+    if all(f.param != fix.param for f in fixes):
+        st.session_state[URL_FIXES] = [*fixes, fix]
+
+
+def clear_url_fixes() -> None:
+    """Forget the link's fixes (dismissed, or the link was not opened on Explore) and what is left to check."""
+    st.session_state[URL_FIXES] = []
+    st.session_state[URL_PENDING] = {}
+
+
+def url_pending() -> dict[str, str]:
+    """View fields (and ``selected``) that came from the URL and are not yet checked against the store:
+    field -> the raw URL value."""
+    return dict(st.session_state.get(URL_PENDING) or {})
+
+
+def url_checked() -> None:
+    st.session_state[URL_PENDING] = {}
+
+
+# --- switching stores without losing the view ---------------------------------------------------------
+
+_VIEW_KEYS = (VIEW, SELECTED, MANUAL, KNN_REMOVED, LASSO, HIGHLIGHT, "dmd.hl_param")
+_STORES_REMEMBERED = 8
+WIDGET_PREFIX = "w_"  # the Explore sidebar's widget keys: their values follow the view
+
+
+def _store_key(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def change_store(path: str) -> bool:
+    """The sidebar's store field: switch stores (`set_store_path`) and keep what each store showed.
+
+    The view, selection and highlight of the store left are remembered and come back when the session returns
+    to it: a typo in the store field, then the right path again, leaves the view as it was. The Explore
+    sidebar's widget values are dropped, so that its widgets are drawn again from the view: a page that stops
+    before drawing them (a missing store) keeps Streamlit's values for widgets the browser no longer has, and
+    the browser would redraw them at their defaults (a slider's minimum). Returns whether the store changed."""
+    before = store_path()
+    remembered = dict(st.session_state.get(STORE_VIEWS) or {})
+    if get_view().model is not None:  # a view was drawn there
+        remembered.pop(_store_key(before), None)  # (re)inserted last: the most recent
+        remembered[_store_key(before)] = {k: st.session_state.get(k) for k in _VIEW_KEYS}
+        while len(remembered) > _STORES_REMEMBERED:
+            remembered.pop(next(iter(remembered)))
+    current = {k: st.session_state.get(k) for k in _VIEW_KEYS}
+    set_store_path(path)
+    after = store_path()
+    if _store_key(after) == _store_key(before):  # the same store, spelled otherwise, or refused: nothing changes
+        for key, value in current.items():
+            st.session_state[key] = value
+        return False
+    for key in [k for k in st.session_state if str(k).startswith(WIDGET_PREFIX)]:
+        del st.session_state[key]
+    for key, value in (remembered.pop(_store_key(after), None) or {}).items():
+        st.session_state[key] = value
+    st.session_state[STORE_VIEWS] = remembered
+    clear_url_fixes()
+    return True

@@ -16,13 +16,16 @@ from app import auth, data, navigation, state  # noqa: E402
 st.set_page_config(page_title="DMD2 visualizer", page_icon="🧭", layout="wide",
                    initial_sidebar_state="expanded")
 auth.require_login()
+url_now = not st.session_state.get(state.URL_LOADED)
 state.load_from_url_once()
 page = st.navigation(navigation.pages())
+if url_now and page.url_path not in ("", "explore"):  # the view's URL values are Explore's to judge and report
+    state.clear_url_fixes()
 
 with st.sidebar:
     st.text_input("Store", value=state.store_path(), key="dmd_store_input",
                   help="Folder of a store (default: the DMD2VIZ_STORE environment variable, else ./data).",
-                  on_change=lambda: state.set_store_path(st.session_state["dmd_store_input"]))
+                  on_change=lambda: state.change_store(st.session_state["dmd_store_input"]))
     if refused := state.refused_store():
         roots = ", ".join(f"`{r}`" for r in state.store_roots() or [])
         st.caption(f":red[Not opened: `{refused}` is outside the folders this server opens stores from] ({roots})")

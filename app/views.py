@@ -350,27 +350,35 @@ def colorings(view: View, clusters: tuple[pd.Series, str] | None = None) -> dict
 
     ``clusters``: (cluster label per sample_id, clustering key) from ``pipeline.clusters``.
     """
+    keys = coloring_keys(view.frame, all_steps=view.all_steps, clusters=clusters is not None)
+    return {key: coloring(view, key, clusters) for key in keys}
+
+
+def coloring(view: View, key: str, clusters: tuple[pd.Series, str] | None = None) -> Coloring | None:
+    """The colouring ``key`` of this view, also where its column holds one value here (the sidebar offers
+    what the model's samples vary in: colour by run at a step that one run has shows that run, one colour,
+    named in the legend); None where the view has nothing to colour by under that key."""
     f = view.frame
-    out: dict[str, Coloring] = {}
-    columns = _column_colorings()
-    for key in coloring_keys(f, all_steps=view.all_steps, clusters=clusters is not None):
-        if key == "label":
-            has_classes = f["class_id"].notna().any()
-            order = tuple(f.drop_duplicates("label").sort_values("class_id")["label"].astype(str)) \
-                if has_classes else None
-            out[key] = Coloring("label", "class" if has_classes else "prompt", "category", f["label"], order)
-        elif key == "step":
-            out[key] = step_coloring(f)
-        elif key == "cluster":
-            labels, clustering = clusters
-            aligned = labels.reindex(view.sample_ids).reset_index(drop=True)
-            order = tuple(sorted(pd.unique(aligned.dropna()), key=_natural))
-            short = hashlib.sha1(clustering.encode()).hexdigest()[:12]
-            out[key] = Coloring(f"cluster-{short}", "prompt cluster", "category", aligned, order)
-        else:
-            name, kind = columns[key]
-            out[key] = Coloring(key, key, kind, f[name])
-    return out
+    if key == "label":
+        has_classes = f["class_id"].notna().any()
+        order = tuple(f.drop_duplicates("label").sort_values("class_id")["label"].astype(str)) \
+            if has_classes else None
+        return Coloring("label", "class" if has_classes else "prompt", "category", f["label"], order)
+    if key == "step":
+        return step_coloring(f) if "step" in f.columns else None
+    if key == "cluster":
+        if clusters is None:
+            return None
+        labels, clustering = clusters
+        aligned = labels.reindex(view.sample_ids).reset_index(drop=True)
+        order = tuple(sorted(pd.unique(aligned.dropna()), key=_natural))
+        short = hashlib.sha1(clustering.encode()).hexdigest()[:12]
+        return Coloring(f"cluster-{short}", "prompt cluster", "category", aligned, order)
+    column = _column_colorings().get(key)
+    if column is None or column[0] not in f.columns:
+        return None
+    name, kind = column
+    return Coloring(key, key, kind, f[name])
 
 
 def step_coloring(frame: pd.DataFrame) -> Coloring:

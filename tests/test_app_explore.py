@@ -191,24 +191,27 @@ def test_k_and_space_change_the_neighbour_list(app_env, app_store):
 
     sid = "digits-a-00000010"
     at = app_test(query={"sel": sid})
+    assert at.radio(key="w_space").value == "activation"  # the default: the faithful neighbours
+    assert "space" not in at.query_params
+    assert "in activation space (euclidean distance" in _md(at)  # the panel says which space
     default_nb = _neighbour_rows(at)["kNN"]
     at.slider(key="w_k").set_value(2).run()
-    map_nb = _neighbour_rows(at)["kNN"]
-    # k: the first two of the longer list; map space: the nearest points of the map as drawn
-    assert len(default_nb) > 2 and map_nb == default_nb[:2]
-    points = json.loads((static_files.STATIC_DIR / _map_data(at)["points_url"].split("/app/static/", 1)[1])
-                        .read_text())
-    assert map_nb == _nearest(points["ids"], np.column_stack([points["x"], points["y"]]), sid, 2)
-    at.radio(key="w_space").set_value("activation").run()
-    assert not at.exception
     act_nb = _neighbour_rows(at)["kNN"]
-    # activation space: the nearest stored vectors of the layer and step, another list than the map's
+    # k: the first two of the longer list; activation space: the nearest stored vectors of the layer and step
+    assert len(default_nb) > 2 and act_nb == default_nb[:2]
     acts = Store(app_store).activations("digits", "midblock", 2)
     assert act_nb == _nearest(np.asarray(acts.sample_ids).astype(str).tolist(), acts.matrix.astype(np.float64),
                               sid, 2)
+    at.radio(key="w_space").set_value("map").run()  # map space: still an option
+    assert not at.exception
+    map_nb = _neighbour_rows(at)["kNN"]
+    # map space: the nearest points of the map as drawn, another list than the activation space's
+    points = json.loads((static_files.STATIC_DIR / _map_data(at)["points_url"].split("/app/static/", 1)[1])
+                        .read_text())
+    assert map_nb == _nearest(points["ids"], np.column_stack([points["x"], points["y"]]), sid, 2)
     assert act_nb != map_nb
-    assert "distance in activation" in _md(at)
-    assert at.query_params["space"] == "activation"
+    assert "in map space (2-D" in _md(at) and "41% of map neighbours are also activation neighbours" in _md(at)
+    assert at.query_params["space"] == "map"
 
 
 def test_the_method_switch_shows_each_methods_own_controls(app_env):
@@ -410,7 +413,7 @@ def test_the_real_projection_engine_end_to_end(app_env, monkeypatch):
     assert info["selected"] == "digits-a-00000003" and len(info["knn"]) == 5
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["Trustworthiness"]) > 0.8
-    assert "distance in activation" in _md(at)
+    assert "in activation space" in _md(at)
     # the neighbours of a "3" in activation space are mostly "3"s (the synthetic clusters are well apart)
     rows = _neighbour_rows(at)["kNN"]
     assert sum(int(s.rsplit("-", 1)[1]) % 10 == 3 for s in rows) >= 4

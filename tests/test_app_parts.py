@@ -35,8 +35,26 @@ def test_url_leaves_defaults_out_and_clamps_user_input():
     v = state.view_from_params({"nn": "1", "md": "7", "k": "99", "metric": "chebyshev", "feat": "x", "step": "x",
                                 "space": "moon", "fm": "?", "ps": "0"})
     assert (v.n_neighbors, v.min_dist, v.k, v.metric, v.feature, v.step, v.space, v.filter_mode) == \
-        (5, 1.0, 20, "euclidean", "auto", None, "map", "highlight")
+        (5, 1.0, 20, "euclidean", "auto", None, "activation", "highlight")
     assert v.point_size == 1.0
+
+
+def test_neighbours_default_to_activation_space_and_map_space_stays_an_option():
+    assert ViewSettings().space == "activation" and state.SPACES == ("activation", "map")
+    assert "space" not in state.view_to_params(ViewSettings())  # the default is left out of links
+    assert state.view_from_params({"space": "map"}).space == "map"
+    assert state.view_to_params(ViewSettings(space="map")) == {"space": "map"}
+
+
+def test_parse_view_names_every_value_it_replaces():
+    view, fixes = state.parse_view({"nn": "9999", "md": "abc", "k": "-3", "feat": "x", "step": "x", "space": "moon",
+                                    "metric": "cosine", "layer": "nope"})
+    found = {f.param: (f.value, f.used) for f in fixes}
+    assert found == {"nn": ("9999", "`100`"), "md": ("abc", "`0.1`"), "k": ("-3", "`1`"), "feat": ("x", "`auto`"),
+                     "step": ("x", "the default"), "space": ("moon", "`activation`")}
+    assert view.metric == "cosine" and view.layer == "nope"  # valid here; the store judges layers (Explore)
+    assert "`nn=9999` (out of range): used `100`" in [f.text() for f in fixes]
+    assert state.parse_view({"nn": "30", "k": "7"})[1] == []
 
 
 def test_highlight_param_uses_ids_or_a_token():

@@ -100,12 +100,12 @@ def test_a_shared_url_restores_the_view(page, app_server):
     _open(page, app_server)
     sid = h.spread_ids(page, 1)[0]
     layer = page.evaluate("() => new URL(location.href).searchParams.get('layer')")
-    query = {"layer": layer, "nn": "25", "md": "0.3", "k": "3", "space": "activation", "sel": sid}
+    query = {"layer": layer, "nn": "25", "md": "0.3", "k": "3", "space": "map", "sel": sid}  # map: not the default
     _open(page, app_server, query)
     h.wait_selected(page, sid)
     _wait_knn_images(page, 3)
     text = _panel_text(page)
-    assert "3 nearest + 0 manual" in text and "distance in activation" in text
+    assert "3 nearest + 0 manual" in text and "in map space" in text
     params = page.evaluate("() => Object.fromEntries(new URL(location.href).searchParams)")
     assert {k: params.get(k) for k in query} == query
     sliders = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-testid="stSlider"]')]
