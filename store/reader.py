@@ -433,18 +433,29 @@ class Store:
             return run, p, self._read_step(p, step, ids_of[run])
 
         # pyarrow releases the GIL while it reads: many small parts go faster on a few threads
-        results = list(_pool().map(read, parts) if len(parts) > 8 else map(read, parts))
-        chunks = [(run, t) for run, _p, t in results if t is not None and t.num_rows]
-        if not chunks:
+        results = [r for r in (_pool().map(read, parts) if len(parts) > 8 else map(read, parts))
+                   if r[2] is not None and r[2].num_rows]
+        info = None
+        while results and info is None:  # from a part that was read, and whose shape columns are intact
+            info = self._shape_info(results[0][1])
+            if info is None:
+                results.pop(0)
+        if not results:
             return empty_activations(model, layer, step)
-        first = next(p for _run, p, t in results if t is not None and t.num_rows)  # a part that was read
-        return assemble(chunks, order_ids, model, layer, step, self._shape_info(first))
+        return assemble([(run, t) for run, _p, t in results], order_ids, model, layer, step, info)
 
-    def _shape_info(self, path: Path) -> dict:
-        """reduce, shape and layer_shape of a part (one value for all its rows), from its first row."""
+    def _shape_info(self, path: Path) -> dict | None:
+        """reduce, shape and layer_shape of a part (one value for all its rows), from its first row; None
+        (the part skipped) when they do not read."""
         md = self._good(path, "activations")
-        t = pq.ParquetFile(path, metadata=md, **_VERIFY).read_row_group(0, columns=_SHAPE_COLUMNS).slice(0, 1).to_pylist()
-        return t[0] if t else {}
+        try:
+            t = pq.ParquetFile(path, metadata=md, **_VERIFY).read_row_group(0, columns=_SHAPE_COLUMNS)
+        except Exception as e:
+            self._footers.mark_bad(path, str(e))
+            self._skip(path, f"{type(e).__name__}: {e}")
+            return None
+        rows = t.slice(0, 1).to_pylist()
+        return rows[0] if rows else {}
 
     def _steps_in(self, parts: list[tuple[str, Path]]) -> list[int]:
         """Steps recorded in `parts`, from row-group statistics (one row group per step) where possible."""

@@ -173,3 +173,19 @@ def test_a_part_is_checked_once_per_process_until_it_changes(root, monkeypatch):
     with pytest.warns(RuntimeWarning, match="part-00000004-00000007"):
         assert len(st.samples()) == 4
     assert calls == ["part-00000004-00000007.parquet"]
+
+
+def test_damaged_shape_columns_skip_the_part_instead_of_failing_the_read(root):
+    """The shape of the matrix comes from the first row of a part: damage there skips that part too."""
+    part = root / ENC.replace("part-00000004-00000007", "part-00000000-00000003")  # the first part
+    md = pq.read_metadata(part)
+    names = [md.schema.column(j).path for j in range(md.num_columns)]
+    chunk = md.row_group(0).column(names.index("shape.list.element"))
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(part.read_bytes())
+    data[start + chunk.total_compressed_size - 2] ^= 0xFF  # inside the chunk's last page, not its header
+    part.write_bytes(bytes(data))
+    st = Store(root)
+    with pytest.warns(RuntimeWarning, match=r"skipping corrupt file .*layer=enc.*part-00000000-00000003"):
+        a = st.activations("demo", "enc", step=1)  # step 1's row group is intact; step 0's shape is not
+    assert a.sample_ids.tolist() == IDS[4:] and a.matrix.shape == (4, 8 * 4 * 4) and st.skipped == [str(part)]
