@@ -27,8 +27,15 @@ rows does. Its columns are listed in ``SEARCH_COLUMNS``.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
+import logging
+import os
 import re
+import select
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -41,7 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import keywords, schema
+from . import keywords, schema, search_worker
 from .keywords import SearchError
 from .lru import LRU
 
@@ -92,6 +99,15 @@ MAX_LIMIT = 1_000_000
 DEFAULT_TIMEOUT_S = 2.0
 MAX_TIMEOUT_S = 60.0
 MAX_CLAUSE_CHARS = 4000
+# The sandbox process may grow this far above its loaded data, besides DuckDB's own `memory_limit`; past that an
+# allocation fails (or the process dies) and the search is stopped with a message.
+WORKER_HEADROOM_BYTES = 512 * 2**20
+WORKER_START_TIMEOUT_S = 120.0
+# The sandbox process interrupts a query at this fraction of its time limit; at the limit it is killed.
+_SOFT_DEADLINE = 0.85
+_WORKER_SCRIPT = Path(__file__).with_name("search_worker.py")
+
+log = logging.getLogger(__name__)
 
 # The statement a WHERE clause is embedded in. The newlines keep a trailing `-- comment` from eating the `)`.
 _PREFIX = "SELECT DISTINCT sample_id FROM samples WHERE (\n"
@@ -110,24 +126,20 @@ _DENIED_FUNCTIONS = {
     "obj_description", "col_description", "shobj_description",
 }
 _DENIED_PREFIXES = ("current_", "pg_", "has_", "inet_", "duckdb_", "pragma_", "__internal", "txid_", "json_execute")
-
-_LOCKDOWN = (
-    "SET GLOBAL enable_external_access = false",
-    "SET GLOBAL allow_community_extensions = false",
-    "SET GLOBAL autoload_known_extensions = false",
-    "SET GLOBAL autoinstall_known_extensions = false",
-    "SET GLOBAL allow_extension_repositories = 'forbidden'",
-    "SET GLOBAL allow_persistent_secrets = false",
-    "SET GLOBAL lock_configuration = true",
-)
-_LOCKED_SETTINGS = {
-    "enable_external_access": "false",
-    "autoload_known_extensions": "false",
-    "autoinstall_known_extensions": "false",
-    "allow_community_extensions": "false",
-    "lock_configuration": "true",
+# Functions that build a value whose size an argument sets (range(1e9), repeat(s, 1e9), lpad(s, 1e9)), that can
+# double a value at every step (reduce), or that concatenate every row they see (string_agg over a cross join):
+# refused by name, so that a clause cannot ask for gigabytes. The sandbox process's memory cap stops the rest.
+_UNBOUNDED_FUNCTIONS = {
+    **dict.fromkeys(("range", "generate_series", "equi_width_bins"), "builds a list of any length"),
+    **dict.fromkeys(("unnest", "generate_subscripts"), "expands lists into rows"),
+    **dict.fromkeys(("repeat", "lpad", "rpad", "list_resize", "array_resize", "to_base", "bar"),
+                    "builds a value of any size"),
+    **dict.fromkeys(("printf", "format"), "pads to any width"),
+    **dict.fromkeys(("reduce", "list_reduce", "array_reduce"), "can double a value at every step"),
+    **dict.fromkeys(("string_agg", "group_concat", "listagg", "list", "array_agg", "histogram",
+                     "approx_top_k", "reservoir_quantile"),
+                    "builds a value that grows with the rows or lists it is given"),
 }
-
 
 @dataclass
 class SearchResult:
@@ -160,10 +172,6 @@ class SearchResult:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-
-
-def _empty_samples() -> pa.Table:
-    return pa.table({c: pa.array([], t) for c, t in _sample_types().items()})
 
 
 def _conform(table: pa.Table) -> pa.Table:
@@ -208,47 +216,203 @@ _TEXT_REDUNDANT = {
 
 
 def _open_sandbox(samples: pa.Table, steps: pa.Table | None, memory_limit: str, threads: int | None):
-    config = {"temp_directory": "", "max_temp_directory_size": "0B", "memory_limit": memory_limit}
-    if threads:
-        config["threads"] = int(threads)
-    con = duckdb.connect(":memory:", config=config)
-    try:
-        con.register("_samples_in", samples)
-        # `_text`: the keyword-searched columns, NFC-normalised and lower-cased once, joined by a newline (which
-        # no keyword term can contain) so that a phrase never matches across two columns. A column whose text
-        # already lies inside another one is left out (the label of a prompt sample is its prompt; the label
-        # "207: golden retriever" holds the class name): the same matches, half the bytes to scan.
-        text = ", ".join(f'CASE WHEN {_TEXT_REDUNDANT[c]} THEN "{c}" END' if c in _TEXT_REDUNDANT else f'"{c}"'
-                         for c in schema.SAMPLE_VOCAB.text)
-        con.execute(f"CREATE TABLE sample_rows AS SELECT *, lower(nfc_normalize(concat_ws(chr(10), {text}))) AS _text "
-                    "FROM _samples_in")
-        con.unregister("_samples_in")
-        con.execute("CREATE TABLE step_info (model VARCHAR, step SMALLINT, timestep FLOAT, sigma FLOAT)")
-        if steps is not None and steps.num_rows:
-            con.register("_steps_in", steps)
-            con.execute(
-                "INSERT INTO step_info SELECT DISTINCT ON (model, step) model, step, timestep, sigma "
-                "FROM _steps_in ORDER BY model, step"
-            )
-            con.unregister("_steps_in")
-        cols = ", ".join(f's."{c}"' for c in _sample_types())  # not _text nor _ord
-        con.execute(
-            f"CREATE VIEW samples AS SELECT {cols}, u.step::SMALLINT AS step, i.timestep, i.sigma "
-            "FROM sample_rows s CROSS JOIN LATERAL "
-            "(SELECT unnest(range(greatest(coalesce(s.num_steps, 1), 1)::BIGINT)) AS step) u "
-            "LEFT JOIN step_info i ON i.model = s.model AND i.step = u.step"
-        )
-        for statement in _LOCKDOWN:
-            con.execute(statement)
-        got = dict(con.execute(
-            "SELECT name, lower(value) FROM duckdb_settings() WHERE name IN ("
-            + ", ".join("?" for _ in _LOCKED_SETTINGS) + ")", list(_LOCKED_SETTINGS)).fetchall())
-        if got != _LOCKED_SETTINGS:
-            raise RuntimeError(f"search sandbox is not locked down: {got}")
-    except BaseException:
-        con.close()
-        raise
-    return con
+    """The sandbox database in this process (for trusted queries only, e.g. a benchmark's own reads): user
+    queries run in the sandbox's own process, ``store.search_worker``."""
+    samples = samples if "_ord" in samples.column_names else samples.append_column(
+        "_ord", pa.array(np.arange(samples.num_rows, dtype=np.int64)))
+    return search_worker.open_sandbox(samples, steps, memory_limit, threads, schema.SAMPLE_VOCAB.text,
+                                      _TEXT_REDUNDANT, tuple(_sample_types()))
+
+
+_PARSER: duckdb.DuckDBPyConnection | None = None
+_PARSER_LOCK = threading.Lock()
+
+
+def _parser_cursor():
+    """A cursor of this process's parse-only database: locked down, no tables; user text is only ever an argument
+    of ``json_serialize_sql`` (parsed, never run) here."""
+    global _PARSER
+    with _PARSER_LOCK:
+        if _PARSER is None:
+            con = duckdb.connect(":memory:", config={"temp_directory": "", "max_temp_directory_size": "0B",
+                                                     "memory_limit": "256MB", "threads": 1})
+            for statement in search_worker.LOCKDOWN:
+                con.execute(statement)
+            _PARSER = con
+        return _PARSER.cursor()
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _size_bytes(size: str) -> int:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(size))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"memory size must look like '1GB' or '512MiB', got {size!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+class _WorkerGone(Exception):
+    """The sandbox process ended (killed by its memory cap or crashed) without answering."""
+
+
+class _WorkerLate(Exception):
+    """The sandbox process did not answer before the deadline."""
+
+
+class _Worker:
+    """One sandbox process (``store.search_worker``), started with the samples and answering one request at a
+    time."""
+
+    def __init__(self, init: dict, samples_ipc, steps_ipc):
+        # few malloc arenas: each thread's arena reserves 64 MiB of address space, which the cap counts
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   MALLOC_ARENA_MAX="2")
+        path = json.dumps([p for p in sys.path if p])  # the same packages (duckdb, pyarrow) as this process
+        self.proc = subprocess.Popen([sys.executable, "-I", str(_WORKER_SCRIPT), path], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, close_fds=True, bufsize=0)
+        self.cap_bytes = 0
+        self.base_rss_mb = 0
+        try:
+            search_worker.write_frame(self.proc.stdin, init, samples_ipc)
+            search_worker.write_frame(self.proc.stdin, {}, steps_ipc)
+            reply, _ = self._read(time.monotonic() + WORKER_START_TIMEOUT_S)
+        except (OSError, _WorkerGone, _WorkerLate) as exc:
+            self.kill()
+            raise RuntimeError(f"the search sandbox process did not start: {type(exc).__name__}: {exc}") from None
+        except BaseException:
+            self.kill()
+            raise
+        if not reply.get("ok"):
+            self.kill()
+            raise RuntimeError(f"the search sandbox process did not start: {reply.get('message')}")
+        self.cap_bytes = int(reply.get("cap_bytes") or 0)
+        self.base_rss_mb = int(reply.get("rss_mb") or 0)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def request(self, header: dict, deadline: float) -> tuple[dict, bytes]:
+        try:
+            search_worker.write_frame(self.proc.stdin, header)
+        except OSError:
+            raise _WorkerGone("the sandbox process is gone") from None
+        return self._read(deadline)
+
+    def _read(self, deadline: float) -> tuple[dict, bytes]:
+        n_header, n_payload = search_worker._HEAD.unpack(self._read_exact(search_worker._HEAD.size, deadline))
+        header = json.loads(self._read_exact(n_header, deadline))
+        return header, self._read_exact(n_payload, deadline) if n_payload else b""
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        fd = self.proc.stdout.fileno()
+        chunks, left = [], n
+        while left:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _WorkerLate()
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                raise _WorkerLate()
+            chunk = os.read(fd, min(left, 1 << 22))
+            if not chunk:
+                raise _WorkerGone("the sandbox process ended")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self.proc.wait()
+
+
+def _ipc(table: pa.Table | None) -> pa.Buffer | bytes:
+    if table is None or not table.num_rows:
+        return b""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+class _Sandbox:
+    """The sandbox process of one SafeSearch: started in the background, one request at a time, killed at a
+    request's deadline and replaced (in the background) after a kill, a crash, or when it has grown."""
+
+    def __init__(self, samples: pa.Table, steps: pa.Table | None, memory_limit: str, threads: int | None):
+        self.memory_limit = memory_limit
+        self.budget_bytes = _size_bytes(memory_limit) + WORKER_HEADROOM_BYTES
+        self._init = {"memory_limit": memory_limit, "threads": threads, "budget_bytes": self.budget_bytes,
+                      "text_columns": list(schema.SAMPLE_VOCAB.text), "text_redundant": _TEXT_REDUNDANT,
+                      "sample_columns": list(_sample_types())}
+        self._samples, self._steps = samples, steps
+        self._lock = threading.Lock()
+        self._worker: _Worker | None = None
+        self._closed = False
+        self.restarts = 0
+        self._start_in_background()
+
+    def _start_in_background(self) -> None:
+        threading.Thread(target=self._warm, name="search-sandbox-start", daemon=True).start()
+
+    def _warm(self) -> None:
+        with self._lock:
+            if not self._closed:
+                try:
+                    self._ensure()
+                except Exception:  # reported by the next request, which tries again
+                    log.warning("search sandbox did not start", exc_info=True)
+
+    def _ensure(self) -> _Worker:
+        if self._worker is not None and not self._worker.alive():
+            self._drop()
+        if self._worker is None:
+            self._worker = _Worker(self._init, _ipc(self._samples), _ipc(self._steps))
+        return self._worker
+
+    def _drop(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.kill()
+            self.restarts += 1
+
+    def call(self, header: dict, timeout_s: float) -> tuple[dict, bytes]:
+        """One request, with ``timeout_s`` seconds to answer (from when it is sent). Raises _WorkerLate (the
+        process was killed) or _WorkerGone (it died)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this SafeSearch is closed")
+            worker = self._ensure()
+            try:
+                reply, payload = worker.request(header, time.monotonic() + timeout_s)
+            except (_WorkerLate, _WorkerGone):
+                self._drop()
+                self._start_in_background()
+                raise
+            if reply.get("rss_mb", 0) > worker.base_rss_mb + WORKER_HEADROOM_BYTES // 2**20:
+                self._drop()  # it kept memory from a large query: a fresh one for the next request
+                self._start_in_background()
+            return reply, payload
+
+    def pid(self) -> int | None:
+        with self._lock:
+            return self._ensure().pid if not self._closed else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.kill()
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -286,12 +450,15 @@ def _walk(node, clause: str, nearest: int | None = None):
     cls, typ = node.get("class"), node.get("type")
     if cls == "PARAMETER":
         refuse("parameters ($1, ?) are not allowed in a search")
-    if cls == "FUNCTION" or typ == "FUNCTION":
+    if cls in ("FUNCTION", "WINDOW") or typ == "FUNCTION" or "function_name" in node:
         name = str(node.get("function_name", "")).lower()
         if node.get("schema") or node.get("catalog"):
             refuse(f"qualified function names are not allowed: {name!r}")
         if name in _DENIED_FUNCTIONS or name.startswith(_DENIED_PREFIXES):
             refuse(f"the function {name}() is not allowed in a search")
+        if name in _UNBOUNDED_FUNCTIONS:
+            refuse(f"the function {name}() is not allowed in a search: it {_UNBOUNDED_FUNCTIONS[name]}, "
+                   "which could exhaust the server's memory")
     if "cte_map" in node and node["cte_map"].get("map"):
         refuse("WITH (common table expressions) is not allowed in a search")
     if "from_table" in node or ("table_name" in node and typ == "BASE_TABLE"):
@@ -363,14 +530,106 @@ def _error_position(message: str, statement: str, clause: str) -> tuple[str, int
     return text, min(max(offset - len(_PREFIX), 0), len(clause))
 
 
+def _scan_clause(clause: str) -> tuple[list[int], list[int], int | None]:
+    """Where the clause's own brackets and quotes go wrong, skipping string literals, quoted names and comments:
+    (positions of '(' never closed, positions of ')' with no '(', position of a quote or comment never closed)."""
+    opens: list[int] = []
+    extra: list[int] = []
+    i, n = 0, len(clause)
+    while i < n:
+        c = clause[i]
+        if c in "'\"":
+            end = i + 1
+            while True:
+                end = clause.find(c, end)
+                if end < 0:
+                    return opens, extra, i
+                if clause[end + 1:end + 2] == c:  # '' or "" inside: an escaped quote
+                    end += 2
+                    continue
+                break
+            i = end + 1
+            continue
+        if clause.startswith("--", i):
+            nl = clause.find("\n", i)
+            i = n if nl < 0 else nl + 1
+            continue
+        if clause.startswith("/*", i):
+            end = clause.find("*/", i + 2)
+            if end < 0:
+                return opens, extra, i
+            i = end + 2
+            continue
+        if c == "$" and (m := re.match(r"\$([A-Za-z_]\w*)?\$", clause[i:])):
+            end = clause.find(m.group(0), i + len(m.group(0)))
+            if end < 0:
+                return opens, extra, i
+            i = end + len(m.group(0))
+            continue
+        if c == "(":
+            opens.append(i)
+        elif c == ")":
+            if opens:
+                opens.pop()
+            else:
+                extra.append(i)
+        i += 1
+    return opens, extra, None
+
+
+def _explain_syntax_error(message: str, pos: int | None, clause: str) -> tuple[str, int | None]:
+    """A parser error in the user's own terms. The clause runs inside ``WHERE ( ... )``: an error at the closing
+    parenthesis of that template (which the user never typed) means the clause is incomplete, has an unclosed
+    '(' or quote, or closes a parenthesis it never opened."""
+    opens, extra, unclosed = _scan_clause(clause)
+    at_end = pos is None or pos >= len(clause.rstrip())
+    if unclosed is not None and (at_end or "unterminated" in message):
+        what = {"'": "the quote", '"': "the double quote", "/": "the comment", "$": "the $$ string"}[clause[unclosed]]
+        return f"syntax error: {what} at character {unclosed + 1} is never closed", unclosed
+    if not at_end:
+        return message, pos
+    if extra:
+        return f"syntax error: the ')' at character {extra[0] + 1} closes a parenthesis that was never opened", extra[0]
+    if opens:
+        return (f"syntax error at the end of the condition: the '(' at character {opens[-1] + 1} is never closed",
+                len(clause))
+    tail = clause.rstrip()
+    tail = tail if len(tail) <= 30 else "…" + tail[-29:]
+    return (f"syntax error at the end of the condition: it is incomplete (something is missing after {tail!r})",
+            len(clause))
+
+
+_NO_COLUMN_RE = re.compile(r'^Referenced column "((?:[^"]|"")+)" not found in FROM clause!.*', re.S)
+
+
+def _explain_binder_error(message: str, clause: str) -> str:
+    """A name that is not a column was most likely meant as text: say how to quote it (``label = three`` ->
+    ``label = 'three'``), and offer the columns it may be a typo of."""
+    m = _NO_COLUMN_RE.match(message)
+    if not m:
+        return message
+    name = m.group(1).replace('""', '"')
+    columns = list(SEARCH_COLUMNS)
+    if name.lower() in columns:
+        return message
+    quoted = "'" + name.replace("'", "''") + "'"
+    text = f"to compare with the text {name}, put it in single quotes: {quoted} (double quotes name a column)"
+    close = difflib.get_close_matches(name.lower(), columns, n=3, cutoff=0.75)
+    if close:
+        return f'there is no column "{name}": did you mean {" or ".join(close)}? Or, {text}'
+    return f'there is no column "{name}": {text}'
+
+
 # ---------------------------------------------------------------------------------------------------- search
 
 
 class SafeSearch:
     """Keyword, regex and SQL WHERE search over the samples of one store (or of an Arrow table).
 
-    Build it once per data version (``for_store`` caches one); it is safe to share between threads: every search
-    uses its own cursor.
+    Build it once per data version (``for_store`` caches one); it is safe to share between threads. Queries are
+    checked here and run one at a time in the sandbox's own process (``store.search_worker``), whose memory is
+    capped at ``memory_limit`` plus ``WORKER_HEADROOM_BYTES`` above what the loaded sandbox needs and which is
+    killed when a query outruns its time limit (a fresh one starts in the background).
     """
 
     def __init__(self, source, steps: pa.Table | None = None, *, memory_limit: str = "1GB",
@@ -382,25 +641,20 @@ class SafeSearch:
             samples, loaded_steps = _load_store(source)
             steps = steps if steps is not None else loaded_steps
             self.root = Path(source.root)
-        # store order, and the position in it (`_ord`) that the sandbox keeps beside each row
+        # store order: the sandbox numbers the rows in it (`_ord`) and answers with those numbers
         samples = samples.sort_by([("model", "ascending"), ("run_id", "ascending"), ("index", "ascending")])
         self._rows = samples
         models = samples.column("model").combine_chunks().dictionary_encode()
         self._model_names = models.dictionary.to_pylist()
         self._model_codes = pc.fill_null(models.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        samples = samples.append_column("_ord", pa.array(np.arange(samples.num_rows, dtype=np.int64)))
         self.num_samples = samples.num_rows
         self.models = sorted(set(samples.column("model").drop_null().to_pylist()))
-        self._con = _open_sandbox(samples, steps, memory_limit, threads)
-        self._lock = threading.Lock()
-        # closes the connection when this object is collected or at interpreter exit, whichever comes first
-        self._finalizer = weakref.finalize(self, self._con.close)
+        self._sandbox = _Sandbox(samples, steps, memory_limit, threads)
+        # kills the sandbox process when this object is collected or at interpreter exit, whichever comes first
+        self._finalizer = weakref.finalize(self, self._sandbox.close)
 
     def close(self) -> None:
-        with self._lock:
-            if self._con is not None:
-                self._finalizer()
-                self._con = None
+        self._finalizer()
 
     def __enter__(self) -> SafeSearch:
         return self
@@ -408,11 +662,10 @@ class SafeSearch:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _cursor(self):
-        with self._lock:
-            if self._con is None:
-                raise RuntimeError("this SafeSearch is closed")
-            return self._con.cursor()
+    @property
+    def memory_budget_bytes(self) -> int:
+        """How far the sandbox process may grow above what its loaded data needs."""
+        return self._sandbox.budget_bytes
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -437,19 +690,11 @@ class SafeSearch:
             predicate, params = keywords.to_sql(node, schema.SAMPLE_VOCAB.text)
         else:
             predicate, params = keywords.to_sql(node, ("_text",), lowered=True)
-        cur = self._cursor()
-        try:
-            if regex:
-                self._check_re2(cur, node.pattern, text)
-            with _deadline(cur, timeout_s) as timer:
-                try:
-                    frame, total, per_model = self._fetch(cur, predicate, params, model, run_ids, limit)
-                except duckdb.InterruptException:
-                    raise _timeout_error(text, timeout_s, timer) from None
-                except duckdb.Error as exc:
-                    raise SearchError(_error_position(str(exc), "", text)[0], None, text, kind="error") from None
-        finally:
-            cur.close()
+        request = {"op": "keyword", "predicate": predicate, "params": params, **_scope(model, run_ids)}
+        if regex:
+            request["re2"] = node.pattern
+        ords = self._call(request, text, timeout_s, statement="")
+        frame, total, per_model = self._collect(ords, limit)
         return SearchResult("regex" if regex else "keywords", text, frame, total, time.perf_counter() - t0, limit,
                             per_model)
 
@@ -458,46 +703,90 @@ class SafeSearch:
         """Samples matching a SQL WHERE clause over ``samples`` (see ``SEARCH_COLUMNS``)."""
         limit, timeout_s = _check_limits(limit, timeout_s)
         t0 = time.perf_counter()
-        cur = self._cursor()
-        try:
-            statement = self._validate(cur, clause)
-            with _deadline(cur, timeout_s) as timer:
-                try:
-                    # execute() (not sql()) so that binder errors keep their LINE/caret excerpt
-                    ids = cur.execute(statement).fetchnumpy()["sample_id"]
-                    cur.register("_hits", pa.table({"sample_id": pa.array(ids, pa.string())}))
-                    frame, total, per_model = self._fetch(
-                        cur, "sample_id IN (SELECT sample_id FROM _hits)", [], model, run_ids, limit)
-                except duckdb.InterruptException:
-                    raise _timeout_error(clause, timeout_s, timer) from None
-                except duckdb.Error as exc:
-                    message, pos = _error_position(str(exc), statement, clause)
-                    raise SearchError(message, pos, clause, kind="error") from None
-        finally:
-            cur.close()
+        statement = self.validate(clause)
+        ords = self._call({"op": "where", "statement": statement, **_scope(model, run_ids)}, clause, timeout_s,
+                          statement=statement)
+        frame, total, per_model = self._collect(ords, limit)
         return SearchResult("sql", clause, frame, total, time.perf_counter() - t0, limit, per_model)
 
     def validate(self, clause: str) -> str:
         """The full statement a WHERE clause would run as, or a SearchError saying why it is refused."""
-        cur = self._cursor()
-        try:
-            return self._validate(cur, clause)
-        finally:
-            cur.close()
+        return _validate(clause)
 
     # -- internals ------------------------------------------------------------------------------------------
 
-    def _validate(self, cur, clause: str) -> str:
-        if not isinstance(clause, str):
-            raise SearchError(f"a WHERE clause must be text, not {type(clause).__name__}", kind="syntax")
-        if not clause.strip():
-            raise SearchError("empty WHERE clause: type a condition, e.g. category = 'animals'", 0, clause)
-        if len(clause) > MAX_CLAUSE_CHARS:
-            raise SearchError(f"the WHERE clause is longer than {MAX_CLAUSE_CHARS} characters",
-                              MAX_CLAUSE_CHARS, clause)
-        if "\x00" in clause:
-            raise SearchError("the WHERE clause contains a NUL character", clause.index("\x00"), clause)
-        statement = _PREFIX + clause + _SUFFIX
+    def _call(self, request: dict, text: str, timeout_s: float, statement: str) -> np.ndarray:
+        """Run a request in the sandbox process: the store-order positions of the matches, or a SearchError.
+
+        The process interrupts the query itself a little before ``timeout_s``; if it has not answered by then it
+        is killed (and replaced in the background)."""
+        request["timeout_s"] = timeout_s * _SOFT_DEADLINE
+        try:
+            reply, payload = self._sandbox.call(request, timeout_s)
+        except _WorkerLate:
+            raise _timeout_error(text, timeout_s, fired=True) from None
+        except _WorkerGone:  # an allocation past the cap can end the process instead of raising
+            raise SearchError(
+                "stopped: the search sandbox ended while running this search (it needed more than the "
+                f"{self._sandbox.budget_bytes / 2**30:.1f} GiB of memory a search may use, or it crashed); narrow the "
+                "condition (avoid building long strings or lists)", None, text, kind="error") from None
+        if reply.get("ok"):
+            return np.frombuffer(payload, dtype="<i8")
+        error = reply.get("error")
+        if error == "timeout":
+            raise _timeout_error(text, timeout_s, fired=bool(reply.get("fired")))
+        if error == "memory":
+            raise _memory_error(text, self._sandbox.budget_bytes)
+        if error == "re2":
+            message = _error_position(str(reply.get("message")), "", text)[0]
+            raise SearchError(f"{message} (DuckDB uses RE2: no look-arounds or backreferences)", None, text,
+                              kind="syntax")
+        message, pos = _error_position(str(reply.get("message")), statement, text)
+        if statement:
+            message = _explain_binder_error(message, text)
+        raise SearchError(message, pos, text, kind="error")
+
+    def _collect(self, ords: np.ndarray, limit: int):
+        """The first ``limit`` matching rows in store order, how many match, and how many per model.
+
+        The sandbox returns only the store-order positions of the matches (one integer each); the rows themselves
+        come from the Arrow copy by position. That is one scan, with no window or sort over all matches.
+        """
+        ords = np.sort(ords)
+        frame = self._rows.take(pa.array(ords[:limit])).to_pandas(types_mapper=_NULLABLE_INTS.get)
+        codes = self._model_codes[ords]
+        per_model = np.bincount(codes[codes >= 0], minlength=len(self._model_names))
+        model_counts = {m: int(c) for m, c in zip(self._model_names, per_model, strict=True) if c}
+        return frame, int(len(ords)), model_counts
+
+    def _sandbox_settings(self) -> dict[str, str]:
+        """The sandbox database's lock-down settings, as it reports them."""
+        reply, _ = self._sandbox.call({"op": "settings"}, MAX_TIMEOUT_S)
+        return reply["settings"]
+
+    def _sandbox_pid(self) -> int | None:
+        return self._sandbox.pid()
+
+
+def _scope(model, run_ids) -> dict:
+    if run_ids is not None:
+        run_ids = [run_ids] if isinstance(run_ids, str) else [str(r) for r in run_ids]
+    return {"model": None if model is None else str(model), "run_ids": run_ids}
+
+
+def _validate(clause: str) -> str:
+    if not isinstance(clause, str):
+        raise SearchError(f"a WHERE clause must be text, not {type(clause).__name__}", kind="syntax")
+    if not clause.strip():
+        raise SearchError("empty WHERE clause: type a condition, e.g. category = 'animals'", 0, clause)
+    if len(clause) > MAX_CLAUSE_CHARS:
+        raise SearchError(f"the WHERE clause is longer than {MAX_CLAUSE_CHARS} characters",
+                          MAX_CLAUSE_CHARS, clause)
+    if "\x00" in clause:
+        raise SearchError("the WHERE clause contains a NUL character", clause.index("\x00"), clause)
+    statement = _PREFIX + clause + _SUFFIX
+    cur = _parser_cursor()
+    try:
         parsed = json.loads(cur.execute("SELECT json_serialize_sql(?)", [statement]).fetchall()[0][0])
         if parsed.get("error"):
             message = parsed.get("error_message", "cannot parse the clause")
@@ -509,6 +798,8 @@ class SafeSearch:
                 kind, message = "refused", "only one condition is allowed: no second statement, no ';'"
             elif kind == "refused":
                 message = f"not allowed in a search: {message}"
+            else:
+                message, pos = _explain_syntax_error(message, pos, clause)
             raise SearchError(message, pos, clause, kind=kind)
         statements = parsed.get("statements", [])
         if len(statements) != 1:
@@ -524,54 +815,26 @@ class SafeSearch:
                               clause, kind="refused")
         node = statements[0]["node"]
         user_where = node.get("where_clause")
-        if _strip_locations({**statements[0], "node": {**node, "where_clause": None}}) != self._template_shape(cur):
+        if _strip_locations({**statements[0], "node": {**node, "where_clause": None}}) != _template_shape(cur):
             raise SearchError(
                 "the clause must be a condition only: it cannot close the parenthesis to add UNION, ORDER BY, "
                 "LIMIT, GROUP BY or another query", None, clause, kind="refused")
-        _walk(user_where, clause)
-        return statement
+    finally:
+        cur.close()
+    _walk(user_where, clause)
+    return statement
 
-    def _template_shape(self, cur) -> dict:
-        if not hasattr(self, "_template"):
-            parsed = json.loads(cur.execute("SELECT json_serialize_sql(?)", [_PREFIX + "TRUE" + _SUFFIX]).fetchall()[0][0])
-            stmt = parsed["statements"][0]
-            self._template = _strip_locations({**stmt, "node": {**stmt["node"], "where_clause": None}})
-        return self._template
 
-    @staticmethod
-    def _check_re2(cur, pattern: str, text: str) -> None:
-        """Python's `re` accepted the pattern; RE2 (DuckDB) rejects some of it (look-arounds, backreferences)."""
-        try:
-            cur.execute("SELECT regexp_matches('', ?, 'i')", [pattern]).fetchall()
-        except duckdb.Error as exc:
-            message = _error_position(str(exc), "", text)[0]
-            raise SearchError(f"{message} (DuckDB uses RE2: no look-arounds or backreferences)", None, text,
-                              kind="syntax") from None
+_TEMPLATE: dict | None = None
 
-    def _fetch(self, cur, predicate: str, params: list, model, run_ids, limit: int):
-        """Rows matching ``predicate`` in scope: the first ``limit`` in store order, how many there are, and how
-        many per model.
 
-        DuckDB returns only the store-order positions of the matches (one integer each); the rows themselves
-        come from the Arrow copy by position. That is one scan, with no window or sort over all matches.
-        """
-        where = [f"({predicate})"]
-        args = list(params)
-        if model is not None:
-            where.append("model = ?")
-            args.append(str(model))
-        if run_ids is not None:
-            ids = [run_ids] if isinstance(run_ids, str) else [str(r) for r in run_ids]
-            where.append("list_contains(?::VARCHAR[], run_id)")
-            args.append(ids)
-        sql = f"SELECT _ord FROM sample_rows WHERE {' AND '.join(where)}"
-        ords = cur.sql(sql, params=args).to_arrow_table().column("_ord").to_numpy()
-        ords = np.sort(ords.astype(np.int64, copy=False))
-        frame = self._rows.take(pa.array(ords[:limit])).to_pandas(types_mapper=_NULLABLE_INTS.get)
-        codes = self._model_codes[ords]
-        per_model = np.bincount(codes[codes >= 0], minlength=len(self._model_names))
-        model_counts = {m: int(c) for m, c in zip(self._model_names, per_model, strict=True) if c}
-        return frame, int(len(ords)), model_counts
+def _template_shape(cur) -> dict:
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        parsed = json.loads(cur.execute("SELECT json_serialize_sql(?)", [_PREFIX + "TRUE" + _SUFFIX]).fetchall()[0][0])
+        stmt = parsed["statements"][0]
+        _TEMPLATE = _strip_locations({**stmt, "node": {**stmt["node"], "where_clause": None}})
+    return _TEMPLATE
 
 
 def _check_limits(limit, timeout_s) -> tuple[int, float]:
@@ -587,32 +850,16 @@ def _check_limits(limit, timeout_s) -> tuple[int, float]:
     return limit, timeout_s
 
 
-class _deadline:
-    """Interrupt the cursor's running query after ``seconds`` (from a timer thread)."""
-
-    def __init__(self, cur, seconds: float):
-        self.fired = False
-        self._cur = cur
-
-        def fire():
-            self.fired = True
-            cur.interrupt()
-
-        self._timer = threading.Timer(seconds, fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._timer.cancel()
-
-
-def _timeout_error(text: str, timeout_s: float, timer: _deadline) -> SearchError:
-    reason = f"stopped after {timeout_s:g} s: the search took too long" if timer.fired else "the search was interrupted"
+def _timeout_error(text: str, timeout_s: float, fired: bool) -> SearchError:
+    reason = f"stopped after {timeout_s:g} s: the search took too long" if fired else "the search was interrupted"
     return SearchError(f"{reason}; narrow the condition (avoid cross joins and huge subqueries)", None, text,
                        kind="timeout")
+
+
+def _memory_error(text: str, budget_bytes: int) -> SearchError:
+    return SearchError(f"stopped: the search needed more than the {budget_bytes / 2**30:.1f} GiB of memory a search "
+                       "may use; narrow the condition (avoid building long strings or lists)", None, text,
+                       kind="error")
 
 
 # ---------------------------------------------------------------------------------------------------- caching
@@ -629,9 +876,8 @@ def for_store(store) -> SafeSearch:
 
 
 def validate_where(clause: str) -> str:
-    """Check a WHERE clause without a store (against an empty sandbox); returns the full statement."""
-    with SafeSearch(_empty_samples()) as search:
-        return search.validate(clause)
+    """Check a WHERE clause without a store (nothing runs); returns the full statement."""
+    return _validate(clause)
 
 
 def run_saved(store, mode: str, text: str, model: str | None = None, run_ids=None,

@@ -126,6 +126,49 @@ def test_errors_point_into_the_clause(search, clause, position, fragment):
     assert err.caret().endswith("^")
 
 
+@pytest.mark.parametrize("clause, position, fragments", [
+    # the clause runs inside "WHERE ( ... )": an error at that hidden ')' is reported in the user's terms
+    ("class_id =", 10, ("syntax error", "incomplete", "class_id =")),
+    ("category = 'food' AND", 21, ("incomplete", "AND")),
+    ("(category = 'food'", 18, ("syntax error", "'(' at character 1 is never closed")),
+    ("category = 'food')", 17, ("')' at character 18", "never opened")),
+    ("category = 'food", 11, ("quote at character 12 is never closed",)),
+])
+def test_syntax_errors_name_only_what_the_user_typed(search, clause, position, fragments):
+    with pytest.raises(SearchError) as info:
+        search.where(clause)
+    err = info.value
+    assert err.kind == "syntax"
+    for fragment in fragments:
+        assert fragment in err.message, err.message
+    assert 'near ")"' not in err.message and "end of input" not in err.message
+    assert err.position == position, err.position
+
+
+@pytest.mark.parametrize("clause, word", [("label = three", "three"), ('label = "three"', "three"),
+                                          ("category = food AND step = 0", "food"), ("prompt = it's", None)])
+def test_a_bare_word_gets_a_hint_to_quote_it(search, clause, word):
+    with pytest.raises(SearchError) as info:
+        search.where(clause)
+    err = info.value
+    if word is None:  # an unbalanced quote: a syntax error that says so
+        assert "never closed" in err.message
+        return
+    assert err.kind == "error"
+    assert f"'{word}'" in err.message and "single quotes" in err.message, err.message
+    assert "Candidate bindings" not in err.message
+    assert err.position == clause.index(word.strip('"')) - (1 if '"' in clause else 0)
+
+
+def test_a_misspelt_column_is_suggested_and_a_real_column_gets_no_quote_hint(search):
+    with pytest.raises(SearchError) as info:
+        search.where("labl = '7'")
+    assert "did you mean label" in info.value.message and "'labl'" in info.value.message
+    with pytest.raises(SearchError) as info:  # a column of another table: not a quoting problem
+        search.where("EXISTS (SELECT 1 FROM samples s WHERE s.nope = 1)")
+    assert "single quotes" not in info.value.message
+
+
 def test_runtime_errors_come_back_inline(search):
     with pytest.raises(SearchError) as info:
         search.where("CAST(prompt AS INTEGER) > 0")

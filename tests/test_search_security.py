@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from store import Store
-from store.search import MAX_CLAUSE_CHARS, SafeSearch, SearchError, for_store
+from store.search import MAX_CLAUSE_CHARS, SafeSearch, SearchError, for_store, validate_where
 from tests.app_fixtures import build_app_store
 
 SECRET = "TOPSECRET-7f3a9c"
@@ -33,6 +33,7 @@ def env(tmp_path_factory):
     (outside / "secret.txt").write_text(SECRET)
     store = Store(store_root)
     search = SafeSearch(store)
+    search._sandbox_pid()  # its process has started: the time limits below are the queries' own
     before = tree_hashes(base)
     yield dict(base=base, root=store_root, outside=outside, store=store, search=search, before=before)
     search.close()
@@ -56,7 +57,7 @@ def cases(env):
         (REFUSED, f"EXISTS (FROM read_csv('{secret_csv}'))"),  # FROM-first syntax
         (REFUSED, f"EXISTS (SELECT * FROM samples s JOIN read_csv('{secret_csv}') r ON true)"),
         (REFUSED, f"EXISTS (SELECT prompt FROM samples UNION SELECT password FROM read_csv('{secret_csv}'))"),
-        (ERROR, f"sample_id IN (SELECT unnest(glob('{env['outside']}/*')))"),  # table function used as a scalar
+        (REFUSED | ERROR, f"sample_id IN (SELECT unnest(glob('{env['outside']}/*')))"),  # a table function as a scalar
         # writing, attaching, extensions, configuration
         (REFUSED, f"1=1); COPY (SELECT * FROM samples) TO '{new_file}'; SELECT (1"),
         (REFUSED, f"1=1; COPY (SELECT 1) TO '{new_file}'"),
@@ -99,15 +100,15 @@ def cases(env):
         (REFUSED, "prompt = 'a\x00b'"),
         (REFUSED, "1=1 OR " * (MAX_CLAUSE_CHARS // 7 + 1) + "1=1"),
         (ERROR, "getenv('HOME') IS NOT NULL"),
-        # resource exhaustion: stopped by DuckDB's limits with a message
-        (ERROR, "length(repeat(prompt, 1000000000)) > 0"),
-        (ERROR, "list_sum(range(100000000000)) > 0"),
+        # resource exhaustion: functions that build values of any size are refused by name
+        (REFUSED, "length(repeat(prompt, 1000000000)) > 0"),
+        (REFUSED, "list_sum(range(100000000000)) > 0"),
         # string-literal tricks are only strings: harmless searches
         ({"ok"}, "prompt = 'x''); DROP TABLE sample_rows; --'"),
         ({"ok"}, "prompt = $$'); DROP TABLE sample_rows; --$$"),
         ({"ok"}, "1=1) OR (1=1"),
         # RE2 is linear: a catastrophic pattern on a long string returns at once
-        ({"ok"}, "regexp_matches(repeat('a', 200000) || '!', '(a+)+$')"),
+        ({"ok"}, "regexp_matches('" + "a" * 3900 + "!', '(a+)+$')"),
     ]
 
 
@@ -144,9 +145,8 @@ def test_hostile_where_clauses(env, monkeypatch):
     assert tree_hashes(env["base"]) == env["before"]
     # the sandbox still works and is still locked
     assert env["search"].where("1=1").total == env["search"].num_samples
-    locked = env["search"]._con.execute(
-        "SELECT current_setting('enable_external_access'), current_setting('lock_configuration')").fetchall()
-    assert locked == [(False, True)]
+    locked = env["search"]._sandbox_settings()
+    assert locked["enable_external_access"] == "false" and locked["lock_configuration"] == "true"
 
 
 def test_long_cross_join_is_stopped_by_the_time_limit(env):
@@ -193,3 +193,166 @@ def test_store_files_unchanged_through_for_store_and_run_saved(env):
     with pytest.raises(SearchError):
         run_saved(env["store"], "sql", "1=1; DROP TABLE sample_rows")
     assert tree_hashes(env["base"]) == env["before"]
+
+
+# -- values of any size (issue 12, item 1): refused by name, or stopped by the sandbox process's limits ----------
+
+
+def _int_list(n: int) -> str:
+    return "[" + ",".join(str(i) for i in range(n)) + "]"
+
+
+# Each would build gigabytes: refused before anything runs, with a message naming the function.
+UNBOUNDED = [
+    ("list_sum(range(200000000)) > 0", ("range",)),  # the issue's two inputs
+    ("length(repeat(label, 300000000)) > 0", ("repeat",)),
+    ("list_sum(generate_series(1, 200000000)) > 0", ("generate_series",)),
+    ("len(repeat([seed], 500000000)) > 0", ("repeat",)),
+    ("length(lpad(prompt, 1000000000, 'x')) > 0", ("lpad",)),
+    ("length(rpad(prompt, 1000000000, 'x')) > 0", ("rpad",)),
+    ("len(list_resize([1], 1000000000)) > 0", ("list_resize",)),
+    ("len(array_resize([1], 1000000000, 0)) > 0", ("array_resize",)),
+    ("list_max(list_transform(range(300000000), lambda x: x * 2)) > 0", ("range",)),
+    ("array_length(list_filter(generate_series(1, 300000000), lambda x: x % 2 = 0)) > 0", ("generate_series",)),
+    ("(SELECT length(string_agg(a.prompt, ',')) FROM samples a, samples b, samples c) > 0", ("string_agg",)),
+    ("(SELECT len(list(a.sample_id)) FROM samples a, samples b, samples c) > 0", ("list",)),
+    ("(SELECT len(array_agg(a.prompt)) FROM samples a, samples b, samples c) > 0", ("array_agg",)),
+    ("sample_id IN (SELECT unnest(range(1000000000))::VARCHAR)", ("unnest", "range")),
+    ("seed IN (SELECT unnest([seed, seed, seed]))", ("unnest",)),
+    ("length(list_reduce(['a', 'b', 'c', 'd'], lambda acc, x: acc || acc || x)) > 0", ("list_reduce",)),
+    ("length(printf('%1000000000d', seed)) > 0", ("printf",)),
+    ("length(format('{:>1000000000}', prompt)) > 0", ("format",)),
+    ("len(equi_width_bins(0, 1, 1000000000, false)) > 0", ("equi_width_bins",)),
+    ("length(to_base(seed, 2, 1000000000)) > 0", ("to_base",)),
+]
+
+
+@pytest.mark.parametrize("clause, names", UNBOUNDED)
+def test_functions_that_build_values_of_any_size_are_refused(clause, names):
+    with pytest.raises(SearchError) as info:
+        validate_where(clause)
+    err = info.value
+    assert err.kind == "refused", err.message
+    assert any(f"the function {name}()" in err.message for name in names), err.message
+    assert err.position is not None and clause[err.position:].lower().startswith(names), (err.position, clause)
+
+
+# Run in a fresh process (the "server"): its peak memory is measured there (VmHWM, reset through
+# /proc/self/clear_refs where the kernel allows it) while the attacks run. A soft address-space guard keeps a
+# regression from taking the test machine down; the sandbox process sets its own cap.
+ATTACK_SCRIPT = r"""
+import json, re, resource, sys, threading, time
+import pyarrow as pa
+from store.search import SafeSearch, SearchError
+
+def status_mb(field, pid="self"):
+    try:
+        text = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return 0
+    return int(re.search(field + r":\s+(\d+)", text).group(1)) // 1024
+
+resource.setrlimit(resource.RLIMIT_AS, ((status_mb("VmSize") + 2500) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+attacks, timeout_s = json.loads(sys.argv[1]), float(sys.argv[2])
+n = 300
+table = pa.table({"sample_id": [f"s-{i:08d}" for i in range(n)], "model": ["m"] * n, "run_id": ["r"] * n,
+                  "index": list(range(n)), "seed": list(range(n)), "label": [str(i % 10) for i in range(n)],
+                  "prompt": [f"a red car number {i}" for i in range(n)], "num_steps": [3] * n})
+search = SafeSearch(table)
+assert search.where("seed < 10").total == 10  # the sandbox process is up
+pid = getattr(search, "_sandbox_pid", lambda: None)
+peak_worker = {"mb": 0}
+stop = threading.Event()
+
+def watch():  # the sandbox process's resident size, sampled
+    while not stop.is_set():
+        worker = getattr(getattr(search, "_sandbox", None), "_worker", None)
+        if worker is not None:
+            peak_worker["mb"] = max(peak_worker["mb"], status_mb("VmRSS", worker.pid))
+        time.sleep(0.01)
+
+threading.Thread(target=watch, daemon=True).start()
+try:
+    open("/proc/self/clear_refs", "w").write("5")
+    resettable = True
+except OSError:
+    resettable = False
+out = []
+for clause in attacks:
+    pid()  # wait for a sandbox process (one killed by the previous attack is replaced in the background)
+    if resettable:
+        open("/proc/self/clear_refs", "w").write("5")
+    before = status_mb("VmRSS") if resettable else status_mb("VmHWM")
+    t0 = time.perf_counter()
+    try:
+        search.where(clause, timeout_s=timeout_s)
+        kind, message = "ok", ""
+    except SearchError as exc:
+        kind, message = exc.kind, exc.message
+    except Exception as exc:
+        kind, message = "crash", f"{type(exc).__name__}: {exc}"
+    elapsed = time.perf_counter() - t0
+    out.append(dict(clause=clause[:80], kind=kind, message=message[:200], elapsed=elapsed,
+                    rise_mb=status_mb("VmHWM") - before))
+after = search.where("seed < 10").total
+stop.set()
+print(json.dumps(dict(attacks=out, after=after, resettable=resettable, peak_worker_mb=peak_worker["mb"],
+                      budget_mb=getattr(search, "memory_budget_bytes", 0) // 2**20)))
+"""
+
+# Stopped at run time, not by name: nested lambdas and a cross join with a huge aggregate get past the name
+# check, so the sandbox process's time limit or memory cap has to stop them.
+RUNTIME_ATTACKS = [
+    "length(flatten(flatten(list_transform({L}, lambda a: list_transform({L}, lambda b: list_transform({L}, "
+    "lambda c: {L})))))) > 0".format(L=_int_list(150)),
+    "length(flatten(list_transform({L}, lambda a: list_transform({L}, lambda b: prompt || prompt || prompt || "
+    "prompt)))) > 0".format(L=_int_list(400)),
+    "(SELECT count(DISTINCT a.sample_id || b.sample_id || c.sample_id || d.sample_id) "
+    "FROM samples a, samples b, samples c, samples d) > 0",
+]
+
+
+def test_huge_values_are_stopped_and_the_serving_process_stays_small():
+    import json
+    import subprocess
+    import sys
+
+    timeout_s = 2.0
+    attacks = [clause for clause, _ in UNBOUNDED] + RUNTIME_ATTACKS + [
+        "sample_id IN (WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT n::VARCHAR FROM t)",
+    ]
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run([sys.executable, "-c", ATTACK_SCRIPT, json.dumps(attacks), str(timeout_s)], cwd=root,
+                              capture_output=True, text=True, timeout=120)  # about 20 s when every attack stops
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{len(attacks)} attacks with a {timeout_s:g} s limit each still ran after 120 s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    failures = []
+    for row in report["attacks"]:
+        stopped = row["kind"] in REFUSED | {"timeout"} or (row["kind"] == "error" and "stopped" in row["message"])
+        if not stopped:
+            failures.append(f"not stopped: {row}")
+        if row["elapsed"] > timeout_s + 0.5:
+            failures.append(f"stopped late ({row['elapsed']:.2f} s): {row}")
+        if row["rise_mb"] > 150:
+            failures.append(f"the serving process grew by {row['rise_mb']} MB: {row}")
+    assert not failures, "\n".join(failures)
+    assert report["after"] == 10  # the search still works after every kill
+    # the sandbox process stayed under its cap (what it needs for the data, ~200 MB here, plus the budget)
+    assert report["peak_worker_mb"] < 400 + report["budget_mb"], report["peak_worker_mb"]
+    print(json.dumps({k: v for k, v in report.items() if k != "attacks"}),
+          max(r["rise_mb"] for r in report["attacks"]), max(r["elapsed"] for r in report["attacks"]))
+
+
+def test_a_dead_sandbox_process_is_replaced(env):
+    import os
+    import signal
+
+    search = env["search"]
+    first = search._sandbox_pid()
+    os.kill(first, signal.SIGKILL)
+    os.waitid(os.P_PID, first, os.WEXITED | os.WNOWAIT)  # until it has ended (left for its owner to reap)
+    assert search.where("category = 'food'").total > 0  # a fresh process answers
+    assert search._sandbox_pid() != first
