@@ -128,7 +128,23 @@ def store_key(root: str | os.PathLike) -> str:
     resolved = str(Path(root).expanduser().resolve())
     if not store_allowed(resolved):
         raise StoreRefused(f"{root} is outside the folders this server opens stores from")
-    return hmac.new(_secret(), resolved.encode(), hashlib.sha256).hexdigest()[:32]
+    key = hmac.new(_secret(), resolved.encode(), hashlib.sha256).hexdigest()[:32]
+    _key_roots[key] = resolved
+    return key
+
+
+_key_roots: dict[str, str] = {}  # store key -> the resolved path it was made for
+
+
+def still_allowed(skey: str) -> bool:
+    """Whether the store behind a key is still the folder it was made for and still allowed: False once
+    that folder was swapped for a link (its resolved path changed) or the rule refuses it now."""
+    root = _key_roots.get(skey)
+    if root is None:
+        return True  # a key not made by store_key (tests)
+    from app.state import store_allowed
+
+    return str(Path(root).resolve()) == root and store_allowed(root)
 
 
 def thumb_name(sample_id: str) -> str:
@@ -276,6 +292,10 @@ class ThumbExport:
                 self._write(todo[start : start + self.BATCH])
 
     def _write(self, batch: list[str]) -> None:
+        if not still_allowed(self.skey):  # checked per batch: the store may have been swapped since
+            self.error = "the store's folder changed or is no longer allowed: export stopped"
+            log.warning("thumbnail export of %s refused: %s", self.skey, self.error)
+            return
         try:
             blobs = self.fetch(batch)
         except Exception as exc:  # a corrupt part must not kill the exporter

@@ -177,6 +177,25 @@ def test_exported_thumbnails_live_under_the_secret_key_only(app_env, app_store, 
     assert all(f"/thumbs/{key}/" in str(img.proto.imgs[0].url) for img in at.image)
 
 
+def test_thumbnail_export_stops_when_the_store_is_swapped_for_a_link(tmp_path, monkeypatch):
+    """The exporter of a store checks before each batch that its folder is still the one it was made for:
+    swapped for a link out of the roots, nothing more is written (not even under the allowed store's name)."""
+    sf = _fresh_secret(monkeypatch, tmp_path / "static")
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "copy").mkdir(parents=True)
+    (outside / "other").mkdir(parents=True)
+    monkeypatch.setenv("DMD2VIZ_STORE_ROOTS", str(allowed))
+    monkeypatch.setenv("DMD2VIZ_STORE", str(tmp_path / "default"))
+    export = sf.ThumbExport(sf.store_key(allowed / "copy"), lambda ids: [b"RIFFwebp" for _ in ids])
+    assert export.ensure(["a"]) == 1 and export.error is None
+    (allowed / "copy").rename(tmp_path / "moved")
+    (allowed / "copy").symlink_to(outside / "other")
+    export.ensure(["b"])
+    assert not (export.folder / "b.webp").exists() and "no longer allowed" in export.error
+    export.request(["c"], wait=True)
+    assert not (export.folder / "c.webp").exists()
+
+
 # -- item 5: localhost by default ----------------------------------------------------------------------------
 
 def test_config_binds_to_localhost_and_docs_say_how_to_open_it():
