@@ -26,8 +26,19 @@ def listed_steps(value) -> list[int]:
     return []
 
 
+NBSP = "\u00a0"
+# The strip's columns wrap (four a row where the panel is wide, two where it is narrow) so that a caption
+# always has room for its longest part; each part ("step 2", "σ 0.47") never breaks inside.
+STRIP_CSS = """<style>
+.st-key-x0_previews [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.25rem; }
+.st-key-x0_previews [data-testid="stColumn"] { min-width: 4.25rem; }
+.st-key-x0_previews [data-testid="stImageCaption"] { font-size: 0.72rem; line-height: 1.25; }
+</style>"""
+
+
 def step_caption(step: int, steps: pd.DataFrame, current: int | None = None) -> str:
-    """`step 2 · σ 0.3` (and `t 499` for DDPM models); `▸` marks the step the map shows."""
+    """`step 2 · σ 0.3` (and `t 499` for DDPM models); `▸` marks the step the map shows. Each part is held
+    together by no-break spaces: a narrow caption wraps between parts, never inside a number."""
     parts = [f"{'▸ ' if current is not None and int(step) == int(current) else ''}step {int(step)}"]
     row = steps[steps["step"] == int(step)] if len(steps) else steps
     if len(row):
@@ -36,7 +47,7 @@ def step_caption(step: int, steps: pd.DataFrame, current: int | None = None) -> 
             parts.append(f"σ {float(sigma):.3g}")
         if pd.notna(timestep):
             parts.append(f"t {float(timestep):.0f}")
-    return " · ".join(parts)
+    return " · ".join(p.replace(" ", NBSP) for p in parts)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -70,6 +81,7 @@ def preview_strip(path: str, model: str, layer: str, sample_id: str, preview_ste
         return
     steps = data.model_steps(path, model, layer)
     st.caption("x0 (denoised) preview at each sampling step")
+    st.html(STRIP_CSS)
     with st.container(key="x0_previews"):
         ncols = min(len(images), PER_ROW)  # columns: the strip fits the panel at any width
         for first in range(0, len(images), ncols):

@@ -143,12 +143,12 @@ def test_two_layer_comparison_maps_agreement_and_table(app_env, app_store):
         assert np.allclose(color["values"], expected["overlap"].reindex(ids).to_numpy())
     assert at.query_params["color"] == "agreement"
     mean = {x.label: x.value for x in at.metric}["Mean neighbour agreement"]
-    assert mean == f"{expected['overlap'].mean():.0%}"
+    assert mean == f"{100 * expected['overlap'].mean():.1f}%"  # one decimal, as every share on the page
 
     table = at.dataframe[0].value
     assert len(table) == 12
     assert table["overlap"].is_monotonic_increasing
-    assert table["overlap"].iloc[0] == pytest.approx(expected["overlap"].min())
+    assert table["overlap"].iloc[0] == pytest.approx(100 * expected["overlap"].min())  # percent
     assert table["thumbnail"].str.startswith("data:image/webp;base64,").all()
     ties = table[table["overlap"] == table["overlap"].iloc[0]]
     assert ties["label"].is_unique or ties["label"].nunique() == 10  # equal overlaps: one per label in turn
@@ -156,7 +156,7 @@ def test_two_layer_comparison_maps_agreement_and_table(app_env, app_store):
     samples = Store(app_store).samples(model="digits").set_index("sample_id")["label"]
     want = expected["overlap"].groupby(samples.reindex(expected.index)).mean()
     assert by_label["mean"].is_monotonic_increasing and len(by_label) == 10
-    assert np.allclose(by_label.set_index("label")["mean"], want.reindex(by_label["label"]))
+    assert np.allclose(by_label.set_index("label")["mean"], 100 * want.reindex(by_label["label"]))
     first = table.iloc[0]
     link = first["on midblock"]
     assert link.startswith("explore?") and ("sel", first["sample_id"]) in parse_qsl(urlsplit(link).query)
@@ -230,3 +230,23 @@ def test_a_failed_projection_is_reported(app_env):
     assert not at.exception
     assert any("projection exploded" in e.value for e in at.error)
     assert at.get("plotly_chart")  # the heatmap does not need the maps
+
+
+def test_tables_show_whole_sample_ids_and_every_share_with_one_decimal(app_env):
+    """Issue 12, item 17: the sample column was truncated and the page mixed 14.8% / 15.33% / 17%."""
+    at = app_test(COMPARE)
+    _maps(at)
+    assert not at.exception
+    table, by_label = at.dataframe[0], at.dataframe[1]
+    config = json.loads(table.proto.columns)
+    ids = table.value["sample_id"]
+    width = config["sample_id"]["width"]
+    assert isinstance(width, int) and width >= 7.5 * ids.str.len().max() + 16  # the longest id fits whole
+    order = list(table.proto.column_order)
+    assert order.index("sample_id") < order.index("on encoder_bottleneck")  # before the links
+    formats = {config["overlap"]["type_config"]["format"],
+               json.loads(by_label.proto.columns)["mean"]["type_config"]["format"]}
+    assert formats == {"%.1f%%"}
+    assert table.value["overlap"].between(0, 100).all() and by_label.value["mean"].between(0, 100).all()
+    mean = {x.label: x.value for x in at.metric}["Mean neighbour agreement"]
+    assert mean.endswith("%") and len(mean.split(".")[1]) == 2  # "23.4%": one decimal

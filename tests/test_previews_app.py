@@ -59,7 +59,8 @@ def test_selection_panel_shows_the_x0_strip_with_steps_and_sigmas(preview_env):
     at = app_test(query={"model": "pv", "layer": "midblock", "step": "1", "sel": "pv-a-00000004"})
     assert not at.exception, at.exception
     strips = _strips(at)
-    assert [c for im in strips for c in im.captions] == ["step 0 · σ 14.6", "▸ step 1 · σ 2.5", "step 2 · σ 0.3"]
+    assert [c.replace("\u00a0", " ") for im in strips for c in im.captions] == [
+        "step 0 · σ 14.6", "▸ step 1 · σ 2.5", "step 2 · σ 0.3"]
     assert all(len(im.value) == 1 for im in strips)
     assert any("x0 (denoised) preview at each sampling step" in str(c.value) for c in at.caption)
 
@@ -95,5 +96,5 @@ def test_strip_images_are_the_previews_downscaled(preview_store):
     assert previews.listed_steps(np.array([2, 0], np.int16)) == [0, 2]
     assert previews.listed_steps(None) == [] and previews.listed_steps(float("nan")) == []
     steps = pd.DataFrame({"step": [0, 1], "timestep": [999.0, 499.0], "sigma": [14.61, 1.61]})
-    assert previews.step_caption(1, steps, current=1) == "▸ step 1 · σ 1.61 · t 499"
-    assert previews.step_caption(5, steps) == "step 5"
+    assert previews.step_caption(1, steps, current=1).replace("\u00a0", " ") == "▸ step 1 · σ 1.61 · t 499"
+    assert previews.step_caption(5, steps) == "step\u00a05"  # a no-break space: never split

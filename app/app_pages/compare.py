@@ -209,10 +209,10 @@ def maps_section(path: str, s: cv.CompareSettings) -> None:
                  format_func={"label": "class label / prompt", "agreement": "neighbour agreement"}.get)
     with c2:
         if mean is not None:
-            st.metric("Mean neighbour agreement", f"{mean:.0%}",
+            st.metric("Mean neighbour agreement", percent(mean),
                       help=f"The mean share of a sample's {s.k} nearest neighbours (cosine, activation space) "
                            f"that both layers have in common; random neighbourhoods would share "
-                           f"{chance:.1%}.")
+                           f"{percent(chance)}.")
     s = cv.CompareSettings(**{**s.__dict__, "color": st.session_state["cmp_color"]})
 
     selected = st.session_state.get(cv.SELECTED)
@@ -256,7 +256,7 @@ def _selected_panel(path: str, s: cv.CompareSettings, sid: str, agreement: pd.Da
     with st.container(border=True, key="cmp_selected"):
         c_img, c_txt, c_a, c_b, c_x = st.columns([1, 4, 2, 2, 1], vertical_alignment="center")
         c_img.image(data.thumb_urls(path, [sid])[0], width=64)
-        overlap = f"{float(row['overlap'].iloc[0]):.0%}" if len(row) else "–"
+        overlap = percent(row["overlap"].iloc[0]) if len(row) else "–"
         c_txt.markdown(f"**{label.iloc[0] if len(label) else sid}**  \n:gray[{sid} · neighbour agreement "
                        f"{overlap}]")
         c_x.button("", key="cmp_clear", icon=":material/close:", on_click=_clear_selected, type="tertiary",
@@ -268,38 +268,59 @@ def _selected_panel(path: str, s: cv.CompareSettings, sid: str, agreement: pd.Da
                 st.switch_page(navigation.PAGES_DIR / "explore.py", query_params=params)
 
 
+PERCENT = "%.1f%%"  # every share on this page: one decimal (values in 0-100)
+
+
+def percent(value: float) -> str:
+    """A share (0-1) as the page writes it everywhere: one decimal."""
+    return f"{100 * float(value):.1f}%"
+
+
+def text_width(values, most: int = 400) -> int:
+    """Pixels a table column needs to show the longest of ``values`` in full (the grid's 14 px font), at most
+    ``most``: the table fits a 1280-px window with the demo's names."""
+    longest = max((len(str(v)) for v in values), default=8)
+    return min(most, max(80, int(7.5 * longest + 20)))
+
+
 def _disagreement_table(path: str, s: cv.CompareSettings, agreement: pd.DataFrame) -> None:
     st.markdown("#### Where the layers disagree")
     st.caption(f"The {TABLE_ROWS} samples whose {s.k} nearest neighbours differ most between {s.layer_a} and "
                f"{s.layer_b} (overlap = share of neighbours in common; among equal overlaps, one per label in "
                "turn). The links open a sample on Explore's map of either layer, in a new tab.")
     table = cv.disagreement_table(path, s, agreement, TABLE_ROWS)
+    table["overlap"] = 100 * table["overlap"]
     a_col, b_col = f"on {s.layer_a}", f"on {s.layer_b}"
-    left, right = st.columns([5, 2], gap="medium")
-    by_label = cv.agreement_by_label(path, s.model, agreement)
-    right.dataframe(
-        by_label, hide_index=True, width="stretch", key="cmp_by_label",
-        height=min(38 + 35 * len(by_label), 38 + 52 * (TABLE_ROWS + 1) - 35),
-        column_config={"label": st.column_config.TextColumn("label"),
-                       "samples": st.column_config.NumberColumn("samples", width="small"),
-                       "mean": st.column_config.ProgressColumn("agreement", format="percent", min_value=0.0,
-                                                               max_value=1.0,
-                                                               help="Mean neighbour agreement of the label")},
-    )
-    left.dataframe(
+    # the full width: the sample ids are shown whole (they are what a researcher copies), the links last
+    st.dataframe(
         table, hide_index=True, width="stretch", row_height=52, key="cmp_table", height=38 + 52 * len(table),
-        column_order=["thumbnail", "label", "overlap", a_col, b_col, "sample_id"],
+        column_order=["thumbnail", "label", "sample_id", "overlap", a_col, b_col],
         column_config={
             "thumbnail": st.column_config.ImageColumn("", width="small"),
-            "label": st.column_config.TextColumn("label", width="medium"),
-            "overlap": st.column_config.ProgressColumn("overlap", format="percent", min_value=0.0, max_value=1.0,
+            "label": st.column_config.TextColumn("label", width=text_width(table["label"], most=260)),
+            "sample_id": st.column_config.TextColumn("sample", width=text_width(table["sample_id"])),
+            "overlap": st.column_config.ProgressColumn("overlap", format=PERCENT, min_value=0.0, max_value=100.0,
                                                        width="small"),
             a_col: st.column_config.LinkColumn(f"on {s.layer_a}", display_text="open in Explore ↗",
+                                               width=text_width([a_col]),
                                                help=f"Open the sample on Explore's map of {s.layer_a}"),
             b_col: st.column_config.LinkColumn(f"on {s.layer_b}", display_text="open in Explore ↗",
+                                               width=text_width([b_col]),
                                                help=f"Open the sample on Explore's map of {s.layer_b}"),
-            "sample_id": st.column_config.TextColumn("sample", width="medium"),
         },
+    )
+    by_label = cv.agreement_by_label(path, s.model, agreement)
+    by_label = by_label.assign(mean=100 * by_label["mean"])
+    left, _ = st.columns([1, 1], gap="medium")
+    left.markdown("**Agreement per label**, least agreeing first")
+    left.dataframe(
+        by_label, hide_index=True, width="stretch", key="cmp_by_label",
+        height=min(38 + 35 * len(by_label), 38 + 35 * TABLE_ROWS),
+        column_config={"label": st.column_config.TextColumn("label"),
+                       "samples": st.column_config.NumberColumn("samples", width="small"),
+                       "mean": st.column_config.ProgressColumn("agreement", format=PERCENT, min_value=0.0,
+                                                               max_value=100.0,
+                                                               help="Mean neighbour agreement of the label")},
     )
 
 

@@ -13,6 +13,27 @@ from app import data, state, ui
 GRID_PER_CATEGORY = 12
 GRID_CATEGORIES_PER_PAGE = 10
 
+
+def storage_chart(by_layer: pd.DataFrame):
+    """Bytes on disk per model and layer as horizontal bars: each bar's full name on the vertical axis (never cut
+    short), the size on the horizontal one, titled with its unit ("MB on disk"; kB for a tiny store)."""
+    import altair as alt
+
+    unit, scale = ("GB", 2**30) if by_layer["bytes"].max() >= 2**30 else ("MB", 2**20) \
+        if by_layer["bytes"].max() >= 2**20 else ("kB", 2**10)
+    frame = pd.DataFrame({"name": by_layer["model"] + " / " + by_layer["layer"], "size": by_layer["bytes"] / scale,
+                          "on disk": [data.human_bytes(float(b)) for b in by_layer["bytes"]]})
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("size:Q", title=f"{unit} on disk"),
+        y=alt.Y("name:N", title=None, sort="-x", axis=alt.Axis(labelLimit=0)),
+        tooltip=[alt.Tooltip("name:N", title="model / layer"), alt.Tooltip("on disk:N")],
+    ).properties(height=storage_chart_height(len(frame)))
+
+
+def storage_chart_height(bars: int) -> int:
+    return 60 + 28 * bars
+
+
 path = state.store_path()
 status = data.store_status(path)
 st.title("Overview")
@@ -112,8 +133,8 @@ st.subheader("Storage")
 s1, s2 = st.columns([3, 2])
 with s1:
     if len(by_layer):
-        chart = by_layer.assign(MB=by_layer["bytes"] / 2**20, name=by_layer["model"] + " / " + by_layer["layer"])
-        st.bar_chart(chart, x="name", y="MB", horizontal=True, x_label="MB on disk", y_label="")
+        st.altair_chart(storage_chart(by_layer), width="stretch", height=storage_chart_height(len(by_layer)),
+                        key="overview_storage")
     else:
         st.caption("No activations stored.")
 with s2:

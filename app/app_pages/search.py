@@ -158,12 +158,12 @@ def _show_on_map(path: str, result, query: tuple) -> None:
 def _export(result) -> None:
     frame = result.frame
     stem = f"search-{result.mode}-{len(frame)}"
-    c1, c2 = st.columns(2)
-    c1.download_button("CSV", frame.to_csv(index=False).encode(), f"{stem}.csv", "text/csv",
+    # one button a row: the side column is narrow, and two side by side cut "Parquet" to "Par…"
+    st.download_button("CSV", frame.to_csv(index=False).encode(), f"{stem}.csv", "text/csv",
                        icon=":material/download:", key="search.csv", on_click="ignore", width="stretch")
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
-    c2.download_button("Parquet", buf.getvalue(), f"{stem}.parquet", "application/vnd.apache.parquet",
+    st.download_button("Parquet", buf.getvalue(), f"{stem}.parquet", "application/vnd.apache.parquet",
                        icon=":material/download:", key="search.parquet", on_click="ignore", width="stretch")
 
 

@@ -550,9 +550,20 @@ class MapView {
         <span class="dmv-legend-name">${escapeHTML(color.names[code])}</span>
         <span class="dmv-legend-count">${color.counts[code]}</span></li>`;
     });
-    legend.innerHTML = `<div class="dmv-legend-title">${escapeHTML(color.title)}</div><ul>${items.join("")}</ul>
+    // after "only this" (or hiding some), one click brings every entry back
+    const off = color.names.filter((_, code) => this.hidden.has(code)).length;
+    const showAll = off ? `<button type="button" class="dmv-legend-all" title="show every entry again">show all (${off} hidden)</button>` : "";
+    legend.innerHTML = `<div class="dmv-legend-head"><span class="dmv-legend-title">${escapeHTML(color.title)}</span>${showAll}</div><ul>${items.join("")}</ul>
       <div class="dmv-legend-hint">click: hide/show · double-click: only this</div>`;
     if (wasHidden) this.resize();
+    const all = legend.querySelector(".dmv-legend-all");
+    if (all) {
+      all.onclick = () => {
+        this.hidden.clear();
+        this.render(window.Plotly);
+        this.renderLegend();
+      };
+    }
     legend.querySelectorAll(".dmv-legend-item").forEach((item) => {
       const code = Number(item.dataset.code);
       item.onclick = () => {

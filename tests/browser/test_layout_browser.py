@@ -1,0 +1,170 @@
+"""Layout at a laptop's width (1280 px) in Chromium, measured from element geometry (issue 12, item 17), and
+the map legend's way back after "only this"; the PNG export's title and legend (item 14).
+
+The app runs on a store of its own: four sampling steps with x0 previews and DMD2's sigmas (80 … 0.002, the
+captions that used to wrap inside a number), two layers with long real-world names, prompts to search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.browser import harness as h
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SIGMAS = (80.0, 9.72, 0.47, 0.002)
+LAYERS = ("mid_block.attentions.0.transformer_blocks.0", "up_blocks.0.attentions.2.transformer_blocks.1")
+MODEL = "sdxl-4step-lora"
+LAPTOP = {"width": 1280, "height": 900}
+
+
+def _write_store(root, n: int = 60) -> None:
+    from store import RunWriter
+    from tests.app_fixtures import DIGITS, PROMPTS, _tile
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 6
+    manifest = dict(run_id="run-a", model=MODEL, family="synthetic", checkpoint="synthetic", layers=list(LAYERS),
+                    seed=1, num_samples=n, reduce={layer: "mean" for layer in LAYERS},
+                    settings={"steps": len(SIGMAS), "sigmas": list(SIGMAS)})
+    centers = rng.normal(0, 4, size=(6, 16))
+    with RunWriter(root, manifest) as w:
+        idx = np.arange(n)
+        samples = [dict(seed=int(i), prompt=PROMPTS[c][0], prompt_index=int(c), category=PROMPTS[c][1],
+                        label=PROMPTS[c][0], num_steps=len(SIGMAS)) for i, c in zip(idx, labels, strict=True)]
+        images = [_tile(int(c), 32, rng) for c in labels]
+        acts = {layer: [dict(step=s, timestep=None, sigma=sig, reduce="mean", layer_shape=(16, 2, 2),
+                             array=(centers[labels] + rng.normal(0, 0.3, size=(n, 16))).astype(np.float32))
+                        for s, sig in enumerate(SIGMAS)] for layer in LAYERS}
+        previews = {k: [_tile(int(c) + k, 32, rng) for c in labels] for k in range(len(SIGMAS))}
+        w.write_batch(idx, samples, images, acts, previews=previews)
+    assert DIGITS  # the tiles draw digits
+
+
+@pytest.fixture(scope="module")
+def layout_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("layout_browser")
+    _write_store(base / "store")
+    with h.AppServer(base / "store", stand_in_projector=True, log=base / "streamlit.log") as server:
+        yield server.url.rstrip("/")
+
+
+@pytest.fixture
+def laptop(chromium, layout_server):
+    context = chromium.new_context(viewport=LAPTOP, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+
+
+def test_x0_captions_never_wrap_inside_a_number_at_1280px(laptop, layout_server):
+    page = laptop
+    page.goto(f"{layout_server}/?model={MODEL}&step=3&sel=run-a-00000004")
+    h.wait_map(page)
+    captions = ".st-key-x0_previews [data-testid='stImageCaption']"
+    page.wait_for_selector(captions)
+    page.wait_for_function(f"() => document.querySelectorAll(\"{captions}\").length === {len(SIGMAS)}")
+    # each part of a caption ("step 3", "σ 0.002"): the lines its characters are drawn on
+    found = page.evaluate("""(sel) => [...document.querySelectorAll(sel)].map((cap) => {
+      const walker = document.createTreeWalker(cap, NodeFilter.SHOW_TEXT); const nodes = [];
+      while (walker.nextNode()) nodes.push(walker.currentNode);
+      const text = nodes.map(n => n.data).join('');
+      const parts = [];
+      let offset = 0;
+      for (const part of text.split(' · ')) {
+        const tops = new Set();
+        for (let i = offset; i < offset + part.length; i++) {  // one character at a time
+          let k = i, node = null;
+          for (const n of nodes) { if (k < n.data.length) { node = n; break; } k -= n.data.length; }
+          const r = document.createRange(); r.setStart(node, k); r.setEnd(node, k + 1);
+          const rect = r.getBoundingClientRect(); if (rect.width > 0) tops.add(Math.round(rect.top));
+        }
+        parts.push([part, tops.size]);
+        offset += part.length + 3;
+      }
+      return {text, parts, fits: cap.scrollWidth <= cap.clientWidth + 1};
+    })""", captions)
+    assert len(found) == len(SIGMAS)
+    for cap in found:
+        assert cap["fits"], cap
+        for part, lines in cap["parts"]:
+            assert lines == 1, f"{part!r} of {cap['text']!r} is drawn on {lines} lines"
+    assert any("0.002" in cap["text"] for cap in found)
+
+
+def test_search_export_buttons_show_their_whole_label(laptop, layout_server):
+    page = laptop
+    page.goto(f"{layout_server}/search?sq=step%20%3D%200&sm=sql")
+    page.wait_for_selector(".st-key-search-parquet button")
+    for key, text in (("search-csv", "CSV"), ("search-parquet", "Parquet")):
+        # Streamlit cuts a label too long for its button with an ellipsis (text-overflow) on one of its boxes
+        boxes = page.evaluate("""(sel) => [...document.querySelector(sel).querySelectorAll('*')]
+          .filter(e => getComputedStyle(e).textOverflow === 'ellipsis')
+          .map(e => ({text: e.textContent.trim(), scroll: e.scrollWidth, client: e.clientWidth}))""",
+                              f".st-key-{key} button")
+        label = [b for b in boxes if b["text"].endswith(text)]
+        assert label, boxes
+        assert all(b["scroll"] <= b["client"] for b in label), label  # not cut to "Par…"
+
+
+def test_overview_storage_bars_show_whole_names_and_the_size_axis_title(laptop, layout_server):
+    page = laptop
+    page.goto(f"{layout_server}/overview")
+    chart = "[data-testid='stVegaLiteChart'] svg"  # the storage chart, the page's only one
+    page.wait_for_selector(chart, timeout=60_000)
+    page.locator(chart).scroll_into_view_if_needed()
+    axes = page.evaluate("""(sel) => [...document.querySelectorAll(sel + ' [aria-roledescription="axis"]')]
+      .map(a => ({label: a.getAttribute('aria-label') || '',
+                  ticks: [...a.querySelectorAll('.role-axis-label text')].map(t => t.textContent)}))""", chart)
+    x_axis = next(a for a in axes if a["label"].startswith("X-axis"))
+    y_axis = next(a for a in axes if a["label"].startswith("Y-axis"))
+    assert "B on disk" in x_axis["label"]  # the size axis is the horizontal one
+    assert "on disk" not in y_axis["label"]
+    assert sorted(y_axis["ticks"]) == sorted(f"{MODEL} / {layer}" for layer in LAYERS)  # whole, no "…"
+
+
+def test_legend_only_this_then_show_all(laptop, layout_server):
+    page = laptop
+    page.goto(f"{layout_server}/?model={MODEL}&step=3")
+    h.wait_map(page)
+    legend = page.locator(".dmv-legend")
+    assert legend.locator(".dmv-legend-all").count() == 0  # nothing hidden: nothing to show again
+    items = legend.locator(".dmv-legend-item")
+    n = items.count()
+    assert n >= 3
+    items.nth(1).dblclick()
+    page.wait_for_function("(n) => document.querySelectorAll('.dmv-legend-item.dmv-off').length === n - 1",
+                           arg=n)
+    show_all = legend.locator(".dmv-legend-all")
+    assert show_all.is_visible() and "show all" in show_all.inner_text()
+    show_all.click()  # one click back to every class
+    page.wait_for_function("() => document.querySelectorAll('.dmv-legend-item.dmv-off').length === 0")
+    assert legend.locator(".dmv-legend-all").count() == 0
+    assert page.evaluate("() => window.dmvMap.hidden.size") == 0
+
+
+def test_png_export_has_a_title_and_the_legend(laptop, layout_server, tmp_path):
+    page = laptop
+    page.goto(f"{layout_server}/?model={MODEL}&step=2&sel=run-a-00000004&k=4")
+    h.wait_map(page)
+    h.wait_selected(page, "run-a-00000004")
+    page.wait_for_function("() => (window.dmvMap.data.knn || []).length === 4")
+    fig = page.evaluate("""() => { const f = window.dmvMap.pngFigure();
+      return {title: f.layout.title.text, showlegend: f.layout.showlegend, width: f.width, plot: window.dmvMap.plot.clientWidth,
+              legend: f.data.filter(t => t.showlegend).map(t => t.name)}; }""")
+    assert f"{MODEL} · " in fig["title"] and "step 2" in fig["title"] and "σ 0.47" in fig["title"]
+    assert "colour: " in fig["title"]
+    assert fig["showlegend"] and fig["width"] > fig["plot"]  # room for the legend beside the map
+    assert any(name.startswith("a red sports car") for name in fig["legend"])  # the classes, with counts
+    assert {"selected", "k nearest neighbours"} <= set(fig["legend"])
+    with page.expect_download() as info:
+        page.evaluate("() => window.dmvMap.downloadPng()")
+    out = tmp_path / "map.png"
+    info.value.save_as(out)
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.width >= 2 * fig["width"] - 2  # drawn at scale 2, legend included
