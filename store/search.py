@@ -2,24 +2,32 @@
 
 Safety comes from construction, not from filtering strings:
 
-* Every query runs in a private in-memory DuckDB database (the *sandbox*) that holds only a copy of the samples
-  metadata (no thumbnails, no activations) and a small table of step timesteps. It is opened with spilling to
-  disk disabled and a memory limit, and before any user text runs it is locked down:
-  ``enable_external_access=false`` (no files, no network, no ATTACH/COPY/INSTALL/LOAD),
-  extensions can neither be installed nor auto-loaded, and ``lock_configuration=true`` so nothing typed can
-  undo any of it. The store's own files are never opened by the sandbox, so they cannot change.
+* Every query runs in the *sandbox*: a private in-memory DuckDB database that holds only a copy of the samples
+  metadata (no thumbnails, no activations) and a small table of step timesteps, inside its own process
+  (``store.search_worker``, one per ``SafeSearch``, started in the background). The database is opened with
+  spilling to disk disabled and a memory limit, and before any user text runs it is locked down:
+  ``enable_external_access=false`` (no files, no network, no ATTACH/COPY/INSTALL/LOAD), extensions can neither be
+  installed nor auto-loaded, and ``lock_configuration=true`` so nothing typed can undo any of it. The store's own
+  files are never opened by the sandbox, so they cannot change.
+* The process's address space is capped (``RLIMIT_AS``) at what its loaded data needs plus ``memory_limit`` and
+  ``WORKER_HEADROOM_BYTES``: a value that DuckDB's memory limit does not see (a huge list or string built by an
+  expression) fails there, or ends that process, and never grows the server. The process interrupts a query at
+  85% of its time limit; at the limit the server kills it and starts a fresh one in the background. The server
+  only parses user text and receives the matches' positions.
 * Keyword and regex searches are compiled by ``store.keywords`` into SQL with ``?`` parameters: the user's text is
   only ever a bound value.
 * A WHERE clause is embedded as ``SELECT DISTINCT sample_id FROM samples WHERE (<clause>)``. DuckDB's own parser
-  (``json_serialize_sql``) must see exactly one SELECT whose every part but the WHERE clause equals that template,
-  so the clause cannot close the parenthesis and add a UNION, a second statement, a LIMIT or anything else.
-  Inside the clause, table functions (``read_csv``, ``range``, ``glob``...), CTEs, parameters, tables other
-  than ``samples`` and functions that read or change state (``current_setting``, ``getvariable``, ``setseed``,
-  ``nextval``, ``sleep_ms``...) are refused before anything runs.
-* A timer thread interrupts a query that outruns the time limit; results are capped at a row limit.
+  (``json_serialize_sql``, run in the server on a database with no tables) must see exactly one SELECT whose every
+  part but the WHERE clause equals that template, so the clause cannot close the parenthesis and add a UNION, a
+  second statement, a LIMIT or anything else. Inside the clause, table functions (``read_csv``, ``range``,
+  ``glob``...), CTEs, parameters, tables other than ``samples``, functions that read or change state
+  (``current_setting``, ``getvariable``, ``setseed``, ``nextval``, ``sleep_ms``...) and functions that build values
+  of any size (``range``, ``repeat``, ``lpad``, ``string_agg``, ``unnest``...: ``_UNBOUNDED_FUNCTIONS``) are refused
+  before anything runs. Results are capped at a row limit.
 
 Errors come back as ``SearchError`` with the position of the problem inside the user's text, so a page can draw a
-caret under it.
+caret under it, and in the user's terms: a parser error at the template's closing parenthesis (which the user never
+typed) says what is missing; a bare word that is not a column gets a hint to quote it.
 
 The searchable relation ``samples`` has one row per (sample, sampling step): a sample matches when any of its
 rows does. Its columns are listed in ``SEARCH_COLUMNS``.
@@ -261,6 +269,10 @@ class _WorkerLate(Exception):
     """The sandbox process did not answer before the deadline."""
 
 
+class _WorkerFailed(RuntimeError):
+    """The sandbox process could not be started."""
+
+
 class _Worker:
     """One sandbox process (``store.search_worker``), started with the samples and answering one request at a
     time."""
@@ -280,13 +292,13 @@ class _Worker:
             reply, _ = self._read(time.monotonic() + WORKER_START_TIMEOUT_S)
         except (OSError, _WorkerGone, _WorkerLate) as exc:
             self.kill()
-            raise RuntimeError(f"the search sandbox process did not start: {type(exc).__name__}: {exc}") from None
+            raise _WorkerFailed(f"the search sandbox process did not start: {type(exc).__name__}: {exc}") from None
         except BaseException:
             self.kill()
             raise
         if not reply.get("ok"):
             self.kill()
-            raise RuntimeError(f"the search sandbox process did not start: {reply.get('message')}")
+            raise _WorkerFailed(f"the search sandbox process did not start: {reply.get('message')}")
         self.cap_bytes = int(reply.get("cap_bytes") or 0)
         self.base_rss_mb = int(reply.get("rss_mb") or 0)
 
@@ -326,13 +338,17 @@ class _Worker:
             left -= len(chunk)
         return b"".join(chunks)
 
-    def kill(self) -> None:
+    def kill(self, wait: bool = True) -> None:
+        """End the process (``wait=False``: leave reaping it, which can take a while for a process with a large
+        heap, to a later ``kill()``)."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(OSError):
+                self.proc.kill()
         for stream in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
-        self.proc.wait()
+        if wait:
+            self.proc.wait()
 
 
 def _ipc(table: pa.Table | None) -> pa.Buffer | bytes:
@@ -357,6 +373,7 @@ class _Sandbox:
         self._samples, self._steps = samples, steps
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        self._dead: list[_Worker] = []  # killed, not yet reaped
         self._closed = False
         self.restarts = 0
         self._start_in_background()
@@ -366,6 +383,8 @@ class _Sandbox:
 
     def _warm(self) -> None:
         with self._lock:
+            while self._dead:  # reap what was killed, so that its memory is back before a new one loads
+                self._dead.pop().kill()
             if not self._closed:
                 try:
                     self._ensure()
@@ -376,13 +395,16 @@ class _Sandbox:
         if self._worker is not None and not self._worker.alive():
             self._drop()
         if self._worker is None:
+            self._dead = [w for w in self._dead if w.alive()]  # poll() reaps the ones that have ended
             self._worker = _Worker(self._init, _ipc(self._samples), _ipc(self._steps))
         return self._worker
 
     def _drop(self) -> None:
+        """Kill the process now (the caller is waiting); reaping it is left to the background start."""
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.kill()
+            worker.kill(wait=False)
+            self._dead.append(worker)
             self.restarts += 1
 
     def call(self, header: dict, timeout_s: float) -> tuple[dict, bytes]:
@@ -410,8 +432,9 @@ class _Sandbox:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            worker, self._worker = self._worker, None
-        if worker is not None:
+            workers = [w for w in (self._worker, *self._dead) if w is not None]
+            self._worker, self._dead = None, []
+        for worker in workers:
             worker.kill()
 
 
@@ -725,6 +748,9 @@ class SafeSearch:
             reply, payload = self._sandbox.call(request, timeout_s)
         except _WorkerLate:
             raise _timeout_error(text, timeout_s, fired=True) from None
+        except _WorkerFailed as exc:
+            log.error("%s", exc)
+            raise SearchError(f"the search is unavailable: {exc}", None, text, kind="error") from None
         except _WorkerGone:  # an allocation past the cap can end the process instead of raising
             raise SearchError(
                 "stopped: the search sandbox ended while running this search (it needed more than the "

@@ -312,23 +312,28 @@ RUNTIME_ATTACKS = [
 ]
 
 
-def test_huge_values_are_stopped_and_the_serving_process_stays_small():
+def run_attacks(attacks: list[str], timeout_s: float, wall_s: float = 120) -> dict:
+    """Run the attacks in a fresh serving process (ATTACK_SCRIPT); its report."""
     import json
     import subprocess
     import sys
 
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run([sys.executable, "-c", ATTACK_SCRIPT, json.dumps(attacks), str(timeout_s)], cwd=root,
+                              capture_output=True, text=True, timeout=wall_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{len(attacks)} attacks with a {timeout_s:g} s limit each still ran after {wall_s:g} s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_huge_values_are_stopped_and_the_serving_process_stays_small():
     timeout_s = 2.0
     attacks = [clause for clause, _ in UNBOUNDED] + RUNTIME_ATTACKS + [
         "sample_id IN (WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT n::VARCHAR FROM t)",
     ]
-    root = Path(__file__).resolve().parents[1]
-    try:
-        proc = subprocess.run([sys.executable, "-c", ATTACK_SCRIPT, json.dumps(attacks), str(timeout_s)], cwd=root,
-                              capture_output=True, text=True, timeout=120)  # about 20 s when every attack stops
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{len(attacks)} attacks with a {timeout_s:g} s limit each still ran after 120 s")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_attacks(attacks, timeout_s)  # about 20 s when every attack stops
     failures = []
     for row in report["attacks"]:
         stopped = row["kind"] in REFUSED | {"timeout"} or (row["kind"] == "error" and "stopped" in row["message"])
@@ -342,8 +347,16 @@ def test_huge_values_are_stopped_and_the_serving_process_stays_small():
     assert report["after"] == 10  # the search still works after every kill
     # the sandbox process stayed under its cap (what it needs for the data, ~200 MB here, plus the budget)
     assert report["peak_worker_mb"] < 400 + report["budget_mb"], report["peak_worker_mb"]
-    print(json.dumps({k: v for k, v in report.items() if k != "attacks"}),
-          max(r["rise_mb"] for r in report["attacks"]), max(r["elapsed"] for r in report["attacks"]))
+
+
+def test_a_value_past_the_memory_cap_is_stopped_by_the_cap():
+    # 160,000 strings a row: past the sandbox process's cap in about a second, long before the time limit
+    report = run_attacks([RUNTIME_ATTACKS[1]], timeout_s=30.0, wall_s=90)
+    (row,) = report["attacks"]
+    assert row["kind"] == "error" and "stopped" in row["message"] and "memory" in row["message"], row
+    assert row["elapsed"] < 25, row
+    assert row["rise_mb"] < 150, row
+    assert report["after"] == 10
 
 
 def test_a_dead_sandbox_process_is_replaced(env):
