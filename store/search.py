@@ -605,8 +605,8 @@ def _explain_syntax_error(message: str, pos: int | None, clause: str) -> tuple[s
     parenthesis of that template (which the user never typed) means the clause is incomplete, has an unclosed
     '(' or quote, or closes a parenthesis it never opened."""
     opens, extra, unclosed = _scan_clause(clause)
-    at_end = pos is None or pos >= len(clause.rstrip())
-    if unclosed is not None and (at_end or "unterminated" in message):
+    at_end = pos is not None and pos >= len(clause.rstrip())
+    if unclosed is not None and (at_end or "unterminated" in message or _SUFFIX in message):
         what = {"'": "the quote", '"': "the double quote", "/": "the comment", "$": "the $$ string"}[clause[unclosed]]
         return f"syntax error: {what} at character {unclosed + 1} is never closed", unclosed
     if not at_end:

@@ -133,6 +133,8 @@ def test_errors_point_into_the_clause(search, clause, position, fragment):
     ("(category = 'food'", 18, ("syntax error", "'(' at character 1 is never closed")),
     ("category = 'food')", 17, ("')' at character 18", "never opened")),
     ("category = 'food", 11, ("quote at character 12 is never closed",)),
+    ("category = $$food", 11, ("$$ string at character 12 is never closed",)),
+    ("category = 'food' /* note", 18, ("comment at character 19 is never closed",)),
 ])
 def test_syntax_errors_name_only_what_the_user_typed(search, clause, position, fragments):
     with pytest.raises(SearchError) as info:
