@@ -3,7 +3,9 @@
 Problems (exit 1): corrupt files (unreadable Parquet footer or pages, wrong columns, rows that do not
 match their file name), foreign files (anything the layout does not name), images and x0 previews
 referenced by committed samples but missing. Notes (exit 0): staging leftovers and orphans of uncommitted
-batches, which are invisible to readers and removed by the next writer of their run.
+batches, which are invisible to readers and removed by the next writer of their run. A damaged samples
+part (the commit record of its batch) makes its batch uncommitted: rerunning the command that made the
+run removes it and its orphans and generates the batch again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class NotAStore(ValueError):
     pass
 
 
+REDONE = " (its batch counts as not done: removed and generated again when its run resumes)"
+
+
 @dataclass
 class Report:
     root: Path
@@ -34,6 +39,7 @@ class Report:
     missing_parts: list[str] = field(default_factory=list)  # activation parts of committed batches
     staging: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    redone: list[str] = field(default_factory=list)  # damaged samples parts: their batches count as not done
 
     @property
     def ok(self) -> bool:
@@ -41,14 +47,17 @@ class Report:
                     or self.missing_parts)
 
     def lines(self) -> list[str]:
-        out = [f"CORRUPT  {p}: {why}" for p, why in self.corrupt]
+        out = [f"CORRUPT  {p}: {why}" + (REDONE if p in self.redone else "") for p, why in self.corrupt]
         out += [f"FOREIGN  {p}" for p in self.foreign]
         out += [f"MISSING  {p} (image of {sid})" for p, sid in self.missing_images]
         out += [f"MISSING  {p} (x0 preview of {sid}, step {k})" for p, sid, k in self.missing_previews]
         out += [f"MISSING  {p} (activations of a committed batch)" for p in self.missing_parts]
         out += [f"note: staging leftover {p} (removed by the next writer of its run)" for p in self.staging]
-        out += [f"note: orphan {p} (batch never committed: invisible, removed when the run resumes)"
-                for p in self.orphans]
+        out += [f"note: orphan {p} (its batch has no intact samples part: invisible to readers; removed, and "
+                f"the batch generated again, when its run resumes)" for p in self.orphans]
+        if self.orphans or self.redone:
+            out.append("note: a run resumes when the command that made it is run again (python -m pipeline "
+                       "generate ... or python -m pipeline demo)")
         verdict = "OK" if self.ok else "PROBLEMS FOUND"
         out.append(
             f"{verdict}: {self.checked} files checked in {self.root}; {len(self.corrupt)} corrupt, "
@@ -158,8 +167,12 @@ class _Verifier:
         if rng is None:
             self.foreign_or_staging(p)
             return
+        before = len(self.r.corrupt)
         t = self.read(p, "samples", ["sample_id", "index", "image_path"])
-        if t is None:
+        if t is None:  # unreadable, damaged or without `index`: the writer takes its batch for not done
+            why = self.r.corrupt[before][1]
+            if "missing columns" not in why or "'index'" in why:
+                self.r.redone.append(self.rel(p))
             return
         if not self.quick:
             run = parts["run_id"]

@@ -235,23 +235,21 @@ class RunWriter:
     def done_indices(self) -> np.ndarray:
         """Sorted indices committed (samples part written) by any rank of this run."""
         parts = layout.list_parts(layout.samples_dir(self.root, self.model, self.run_id))
-        chunks = []
-        for p in parts:
-            try:
-                chunks.append(pq.ParquetFile(p).read(columns=["index"]).column("index").to_numpy())
-            except Exception as e:  # a corrupt commit record means the batch is not done
-                log.warning("skipping unreadable samples part %s: %s", p, e)
+        # a damaged commit record means the batch is not done: `cleanup` removes it and the batch is redone
+        chunks = [idx for p in parts if (idx := _committed_indices(p)) is not None]
         if not chunks:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate(chunks).astype(np.int64))
 
     def cleanup(self) -> dict[str, int]:
-        """Delete staging leftovers and orphans (files of batches without a samples part) of this run.
+        """Delete staging leftovers and orphans (files of batches without an intact samples part) of this run,
+        and damaged samples parts (their batches are generated again).
 
         Only safe while no other writer of this run is active: the constructor calls it when
         world_size == 1; with several ranks, call it on rank 0 before the others start writing.
         """
-        removed = {"staging": 0, "orphan_activations": 0, "orphan_images": 0, "orphan_previews": 0}
+        removed = {"staging": 0, "damaged_samples": 0, "orphan_activations": 0, "orphan_images": 0,
+                   "orphan_previews": 0}
         sdir = layout.samples_dir(self.root, self.model, self.run_id)
         idir = layout.images_dir(self.root, self.model, self.run_id)
         adirs = [d for layer in layout.layers_in(self.root, self.model)
@@ -265,7 +263,12 @@ class RunWriter:
                 if folder == self._manifest_path.parent and not name.startswith(self._manifest_path.name):
                     continue
                 removed["staging"] += _unlink(folder / name)
-        committed = {p.name for p in layout.list_parts(sdir) if _readable(p)}
+        committed = set()
+        for p in layout.list_parts(sdir):
+            if _committed_indices(p) is not None:
+                committed.add(p.name)
+            else:
+                removed["damaged_samples"] += _unlink(p)
         for d in adirs:
             for p in layout.list_parts(d):
                 if p.name not in committed:
@@ -613,9 +616,17 @@ def _unlink(path: Path) -> int:
         return 0
 
 
-def _readable(path: Path) -> bool:
+def _committed_indices(path: Path) -> np.ndarray | None:
+    """The indices that the samples part at `path` commits, or None when its content is damaged (footer or
+    any page, checksums verified). An I/O error reading the file is raised, never taken for damage."""
     try:
-        pq.read_metadata(path)
-        return True
-    except Exception:
-        return False
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+        return pf.read().column("index").to_numpy()
+    except Exception as e:
+        log.warning("samples part %s is damaged (%s: %s): its batch counts as not done", path,
+                    type(e).__name__, e)
+        return None
