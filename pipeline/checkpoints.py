@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -47,26 +48,71 @@ DMD2_IMAGENET_CHECKPOINTS = {
 
 
 class CheckpointMismatch(RuntimeError):
-    """The checkpoint's keys or shapes do not match the model."""
+    """The checkpoint's keys or shapes do not match the model.
 
-    def __init__(self, missing: list[str], unexpected: list[str], mismatched: dict[str, tuple[tuple, tuple]]):
+    The message lists short lists in full; a longer one is summarised (count by key prefix, the first few)
+    and every list is written to `report_path`, a text file in the temporary folder (None when all fit)."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], mismatched: dict[str, tuple[tuple, tuple]],
+                 source: str | os.PathLike | None = None):
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = ["checkpoint does not match the model"]
-        parts += _listing("missing keys (in the model, not in the file)", missing)
-        parts += _listing("unexpected keys (in the file, not in the model)", unexpected)
-        parts += _listing(
-            "shape mismatches (model vs file)", [f"{k}: {a} vs {b}" for k, (a, b) in mismatched.items()]
-        )
+        self.source = None if source is None else os.fspath(source)
+        sections = [
+            ("missing keys (in the model, not in the file)", missing),
+            ("unexpected keys (in the file, not in the model)", unexpected),
+            ("shape mismatches (model vs file)", [f"{k}: {a} vs {b}" for k, (a, b) in mismatched.items()]),
+        ]
+        self.report_path: Path | None = None
+        long = any(len(items) > LISTING_LIMIT for _, items in sections)
+        note = ""
+        if long:
+            try:
+                self.report_path = _write_report(self.source, sections)
+                note = f"  full lists: {self.report_path}"
+            except OSError as exc:
+                note = f"  (the full lists could not be written: {exc})"
+        parts = ["checkpoint does not match the model" + (f" ({self.source})" if self.source else "")]
+        for title, items in sections:
+            parts += _listing(title, items)
+        if note:
+            parts.append(note)
         super().__init__("\n".join(parts))
 
 
-def _listing(title: str, items: list[str], limit: int = 25) -> list[str]:
+LISTING_LIMIT = 10  # a list this long or shorter is printed in full
+LISTING_FIRST = 5  # a longer one: its count by prefix and its first few
+
+
+def _prefix(key: str) -> str:
+    """The group of a key for a summary: its first two dotted parts (`model.enc`, `down_blocks.1`)."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
+def _listing(title: str, items: list[str]) -> list[str]:
     if not items:
         return []
-    lines = [f"  {len(items)} {title}:"] + [f"    {item}" for item in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"    ... and {len(items) - limit} more")
-    return lines
+    if len(items) <= LISTING_LIMIT:
+        return [f"  {len(items)} {title}:"] + [f"    {item}" for item in items]
+    counts = Counter(_prefix(item.split(":")[0]) for item in items)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{p}.* {n}" for p, n in ranked[:8]) + (
+        f", {len(ranked) - 8} more prefixes" if len(ranked) > 8 else "")
+    return ([f"  {len(items)} {title}, by prefix: {shown}", f"    first {LISTING_FIRST}:"]
+            + [f"    {item}" for item in items[:LISTING_FIRST]])
+
+
+def _write_report(source: str | None, sections: list[tuple[str, list[str]]]) -> Path:
+    """Every list of a mismatch, one item a line, in a new file in the temporary folder."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="checkpoint-mismatch-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"checkpoint: {source or 'unknown'}\n")
+        for title, items in sections:
+            f.write(f"\n{len(items)} {title}:\n")
+            f.writelines(f"{item}\n" for item in items)
+    return Path(name)
 
 
 @dataclass(frozen=True)
@@ -177,7 +223,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except OSError:
+            raise
+        except Exception as exc:  # SafetensorError for text, truncated or damaged files
+            raise ValueError(f"cannot read {path} as a safetensors file (is it truncated or not a weights file?): "
+                             f"{first_line(exc)}") from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -201,7 +253,13 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+              source: str | os.PathLike | None = None) -> nn.Module:
     """Load strictly, or raise ``CheckpointMismatch`` listing missing, unexpected and mis-shaped keys.
 
     A model built on the ``meta`` device takes the checkpoint's tensors as they are (``assign=True``),
@@ -216,7 +274,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Mo
         if k in own and tuple(own[k].shape) != tuple(v.shape)
     }
     if missing or unexpected or mismatched:
-        raise CheckpointMismatch(missing, unexpected, mismatched)
+        raise CheckpointMismatch(missing, unexpected, mismatched, source)
     on_meta = any(t.is_meta for t in own.values())
     model.load_state_dict(state_dict, strict=True, assign=on_meta)
     return model
@@ -225,7 +283,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Mo
 def load_checkpoint(model: nn.Module, ref: str | os.PathLike) -> Path:
     """Resolve ``ref``, load it into ``model`` strictly, and return the file that was read."""
     path = resolve_checkpoint(ref)
-    load_into(model, load_state_dict_file(path))
+    load_into(model, load_state_dict_file(path), source=path)
     return path
 
 
