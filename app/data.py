@@ -12,13 +12,14 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from app import static_files, views
+from pipeline.project import Cancelled
 from store import Store
 from store.lru import LRU
 
@@ -191,26 +192,28 @@ def projector():
     return _projector_override if _projector_override is not None else _real_projector()
 
 
-def start_warmup() -> bool:
+def start_warmup(busy=None) -> bool:
     """Compile UMAP's numba code paths in the background once per server process (off the click path); not
-    for a stand-in engine."""
-    return False if _projector_override is not None else _start_warmup()
+    for a stand-in engine. `busy()` true holds back its longest part (see `start_warmup_thread`)."""
+    return False if _projector_override is not None else _start_warmup(busy)
 
 
 @st.cache_resource(show_spinner=False)
-def _start_warmup() -> bool:
+def _start_warmup(_busy=None) -> bool:
     try:
         from pipeline.project import start_warmup_thread
     except Exception as exc:  # the app still works, the first fit is just slower
         log.info("no projection warm-up: %s", exc)
         return False
-    start_warmup_thread()
+    start_warmup_thread(_busy)
     return True
 
 
 @dataclass
 class Job:
-    """One projection request running (or finished) in a worker thread."""
+    """One projection request running (or finished) in a worker thread. Sessions that wait for it are its
+    ``holders``; when the last one lets go (a newer request, or Cancel), ``cancel`` is set and the work stops
+    at its next stage or epoch."""
 
     key: tuple
     progress: float = 0.0
@@ -220,10 +223,16 @@ class Job:
     started: float = 0.0
     finished: float | None = None
     thread: threading.Thread | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    holders: set = field(default_factory=set)
 
     @property
     def running(self) -> bool:
         return self.finished is None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
 
     def report(self, fraction: float | None = None, message: str | None = None) -> None:
         if fraction is not None:
@@ -239,16 +248,26 @@ class _Jobs:
         self.lock = threading.Lock()
         self.jobs: LRU[tuple, Job] = LRU(self.KEEP, keep=lambda job: job.running)  # running jobs stay
 
-    def get_or_start(self, key: tuple, work) -> Job:
+    def get_or_start(self, key: tuple, work, holder: str | None = None) -> Job:
+        """The job of `key`: the running or finished one, else a new one (also for a failed or cancelled
+        one). `holder` (a session id) is recorded as waiting for it."""
         with self.lock:
             job = self.jobs.get(key)
-            if job is not None and job.error is None:
+            if job is None or job.error is not None or job.cancelled:
+                job = self.jobs.put(key, Job(key=key, started=time.time()))
+                fresh = True
+            else:
+                fresh = False
+            if holder is not None:
+                job.holders.add(holder)
+            if not fresh:
                 return job
-            job = self.jobs.put(key, Job(key=key, started=time.time()))
 
         def run():
             try:
                 job.result = work(job)
+            except Cancelled:
+                job.error = "cancelled"
             except Exception as exc:  # reported in the page with the parameters that failed
                 log.warning("projection %s failed: %s", key, exc, exc_info=True)
                 job.error = f"{exc}" if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
@@ -261,6 +280,16 @@ class _Jobs:
 
     def find(self, key: tuple) -> Job | None:
         return self.jobs.get(key)
+
+    def release(self, key: tuple | None, holder: str) -> None:
+        """`holder` no longer waits for the job of `key`: when nobody does, a running job is cancelled."""
+        with self.lock:
+            job = self.jobs.get(key) if key is not None else None
+            if job is None:
+                return
+            job.holders.discard(holder)
+            if job.running and not job.holders:
+                job.cancel.set()
 
 
 @st.cache_resource(show_spinner=False)
@@ -276,23 +305,32 @@ def projection_params(settings) -> dict:
     return {"feature": settings.feature, "method": settings.method, **own, "metric": settings.metric}
 
 
-def request_projection(path: str, settings, sample_ids: list[str] | None, refit: int) -> Job:
-    """Start (or find) the projection job of a view; waits briefly so that a cached result shows at once."""
-    store = open_store(path)
+def projection_job_key(path: str, settings, sample_ids: list[str] | None, refit: int) -> tuple:
+    """The explicit key of a view's projection job (data version, view, parameters, filter, refit count)."""
     runs = list(settings.runs) or None
     data_version = version(path, settings.model, settings.layer, runs)
-    params = projection_params(settings)
     ids = tuple(sample_ids) if sample_ids is not None else None
     filter_key = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12] if ids is not None else ""
-    key = (resolve(path), data_version, settings.model, settings.layer, settings.step, tuple(settings.runs),
-           tuple(sorted(params.items())), filter_key, refit)
+    return (resolve(path), data_version, settings.model, settings.layer, settings.step, tuple(settings.runs),
+            tuple(sorted(projection_params(settings).items())), filter_key, refit)
+
+
+def request_projection(path: str, settings, sample_ids: list[str] | None, refit: int,
+                       holder: str | None = None) -> Job:
+    """Start (or find) the projection job of a view for the session `holder`; waits briefly so that a cached
+    result shows at once."""
+    store = open_store(path)
+    runs = list(settings.runs) or None
+    params = projection_params(settings)
+    key = projection_job_key(path, settings, sample_ids, refit)
+    ids = tuple(sample_ids) if sample_ids is not None else None
 
     def work(job: Job):
         return projector().project(store, settings.model, settings.layer, settings.step, params,
                                    run_ids=runs, sample_ids=list(ids) if ids is not None else None,
-                                   progress=job.report, force=refit > 0)
+                                   progress=job.report, force=refit > 0, cancel=job.cancel)
 
-    job = jobs().get_or_start(key, work)
+    job = jobs().get_or_start(key, work, holder)
     if job.running and job.thread is not None:
         job.thread.join(JOB_WAIT_S)
     return job

@@ -7,10 +7,12 @@ and the export run in one fragment: a click on the map reruns just that fragment
 from __future__ import annotations
 
 import hashlib
+import time
 from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app import data, exports, state, static_files, ui, views
 from app.components.scatter_map import scatter_map
@@ -21,6 +23,9 @@ from store import schema
 MAP_KEY = "explore_map"
 KNN_CURRENT = "dmd.knn_current"
 REFIT = "dmd.refit"
+WAITING = "dmd.waiting_job"  # key of the projection job this session waits for
+CANCELLED = "dmd.cancelled_job"  # key of the job this session cancelled: not restarted until asked
+LAST_DRAWN = "dmd.last_drawn"  # (job key, settings) of the last map drawn: shown dimmed while a new one runs
 PNG_NONCE = state.PNG_NONCE
 MAP_HEIGHT = 640
 
@@ -277,8 +282,15 @@ def filter_ids(path: str, settings: ViewSettings) -> tuple[list[str] | None, str
     return ids.tolist(), None
 
 
-def current_view(path: str, settings: ViewSettings, refit: int) -> views.View | None:
-    """The view to draw, or None after showing progress or an error (the page then stops)."""
+def _session() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "local"
+
+
+def current_view(path: str, settings: ViewSettings, refit: int) -> tuple[views.View | None, ViewSettings, bool]:
+    """(view, its settings, busy): the view to draw, or (None, ...) after showing an error or progress with no
+    earlier map (the page then stops). While a new projection computes, the last map drawn comes back with
+    busy=True: shown dimmed under the progress, usable, until the new one replaces it."""
     ids, error = filter_ids(path, settings)
     if error:
         st.sidebar.error(f"Keywords: {error}")
@@ -290,24 +302,46 @@ def current_view(path: str, settings: ViewSettings, refit: int) -> views.View | 
                            "few to project on their own; highlighted on the full map instead.")
     if project_only and len(ids) < 10:
         project_only = False
-    job = data.request_projection(path, settings, ids if project_only else None, refit)
+    sid, wanted = _session(), ids if project_only else None
+    key = data.projection_job_key(path, settings, wanted, refit)
     header(settings)
+    if st.session_state.get(CANCELLED) == key:  # cancelled here: the last map stays until asked again
+        return _previous_map(path, settings, cancelled=key)
+    job = data.request_projection(path, settings, wanted, refit, holder=sid)
+    waiting = st.session_state.get(WAITING)
+    if waiting is not None and waiting != job.key:
+        data.jobs().release(waiting, sid)  # a newer request supersedes the older one
+    st.session_state[WAITING] = job.key if job.running else None
     if job.running:
         _progress(job.key)
-        return None
+        return _previous_map(path, settings)
     if job.error:
         st.error(f"The projection failed: {job.error}")
         st.caption("Change the parameters in the sidebar and press Recompute.")
-        return None
+        return None, settings, False
     view = data.view_for(path, settings, job)
+    st.session_state[LAST_DRAWN] = (job.key, settings)
     bad = data.skipped(path)
     if bad:
         st.warning(f"{len(bad)} corrupt part(s) of this store were skipped (their samples are missing from the "
                    "map); the Overview page lists them.", icon=":material/warning:")
     highlight = ids if ids is not None and not project_only else None
     st.session_state["dmd.filter_highlight"] = highlight
-    return view
+    return view, settings, False
 
+
+def _previous_map(path: str, settings: ViewSettings, cancelled: tuple | None = None):
+    """The last map this session drew, to show dimmed (busy) while another computes or after a cancel."""
+    if cancelled is not None:
+        st.info("Projection cancelled: the map below is the previous one.", icon=":material/block:")
+        if st.button("Compute it after all", icon=":material/play_arrow:"):
+            st.session_state.pop(CANCELLED, None)
+            st.rerun()
+    last = st.session_state.get(LAST_DRAWN)
+    job = data.jobs().find(last[0]) if last else None
+    if job is None or job.result is None or job.error:
+        return None, settings, False
+    return data.view_for(path, last[1], job), last[1], cancelled is None
 
 def header(settings: ViewSettings) -> None:
     st.markdown(f"### {settings.model} · {settings.layer}")
@@ -315,11 +349,20 @@ def header(settings: ViewSettings) -> None:
 
 @st.fragment(run_every=0.5)
 def _progress(job_key: tuple) -> None:
+    """The running projection: its stage, its progress (epochs, as they go) and its time, every half second,
+    with a Cancel button; the page reruns when it ends."""
     job = data.jobs().find(job_key)
     if job is None or not job.running:
         st.rerun(scope="app")
-    st.progress(job.progress, text=f"Projecting… {job.message}")
-    st.caption("The page stays usable: change any control, or wait here; the map appears when the fit ends.")
+    bar, stop = st.columns([6, 1], vertical_alignment="bottom")
+    bar.progress(job.progress, text=f"Projecting… {job.message} · {time.time() - job.started:.0f} s")
+    if stop.button("Cancel", icon=":material/close:", key="cancel_projection", width="stretch"):
+        data.jobs().release(job_key, _session())
+        st.session_state[CANCELLED] = job_key
+        st.session_state[WAITING] = None
+        st.rerun(scope="app")
+    st.caption("The page stays usable: change any control, or wait here; the new map replaces this one when "
+               "the fit ends.")
 
 
 # -------------------------------------------------------------------------------------- callbacks
@@ -347,7 +390,8 @@ def _png() -> None:
 
 
 def main() -> None:
-    data.start_warmup()  # first: numba compiles while a fresh clone builds its demo store
+    # first: numba compiles while a fresh clone builds its demo store (NNDescent's long compile waits for it)
+    data.start_warmup(busy=lambda: ui.demo_build().running)
     path = state.store_path()
     status = data.store_status(path)
     if not status.ok:
@@ -355,15 +399,15 @@ def main() -> None:
         ui.no_store_panel(status)
     settings, refit = sidebar_controls(path, status)
     state.set_view(settings)
-    view = current_view(path, settings, refit)
+    view, drawn, busy = current_view(path, settings, refit)
     if view is None:
         state.sync_url()
         return
-    body(path, view, settings)
+    body(path, view, drawn, busy)
 
 
 @st.fragment
-def body(path: str, view: views.View, settings: ViewSettings) -> None:
+def body(path: str, view: views.View, settings: ViewSettings, busy: bool = False) -> None:
     sel = state.get_selection()
     if sel.selected and sel.selected not in view.position and view.locate(sel.selected):
         # the same sample in a view of all steps (its last step) or of one step: keep it selected
@@ -381,7 +425,7 @@ def body(path: str, view: views.View, settings: ViewSettings) -> None:
     highlight = _highlight(view)
     left, right = st.columns([5, 2], gap="medium")
     with left:
-        _map(view, settings, sel, neighbours, highlight)
+        _map(view, settings, sel, neighbours, highlight, busy)
         _caption(view, settings, highlight)
     with right:
         _selection_panel(path, view, settings, sel, neighbours)
@@ -422,7 +466,7 @@ def _highlight(view: views.View) -> list[str] | None:
     return view.expand(ids) if ids is not None else None
 
 
-def _map(view, settings, sel, neighbours, highlight) -> None:
+def _map(view, settings, sel, neighbours, highlight, busy: bool = False) -> None:
     resolved = data.resolve(state.store_path())
     color_file = data.color_file_for(state.store_path(), view, settings)
     data.thumb_export(resolved).request_once(view.key, view.samples())
@@ -446,6 +490,7 @@ def _map(view, settings, sel, neighbours, highlight) -> None:
         key=MAP_KEY,
         on_click=_on_map_click,
         on_select=_on_map_select,
+        busy=busy,
     )
 
 

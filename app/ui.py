@@ -19,6 +19,7 @@ class DemoBuild:
     done: int = 0
     total: int = 0
     runs_finished: int = 0
+    stage: str = ""  # after the runs: which default map is being computed
     error: str | None = None
     finished: bool = False
     started_at: float = 0.0
@@ -38,7 +39,7 @@ class DemoBuild:
             if builder is None:
                 self.error = "pipeline.demo.build_demo_store is not available in this checkout"
                 return False
-            self.path, self.done, self.total, self.runs_finished = path, 0, 0, 0
+            self.path, self.done, self.total, self.runs_finished, self.stage = path, 0, 0, 0, ""
             self.error, self.finished, self.started_at = None, False, time.time()
             self._thread = threading.Thread(target=self._run, args=(builder, path), daemon=True,
                                             name="demo-store-build")
@@ -50,9 +51,12 @@ class DemoBuild:
             self.runs_finished += 1
         self.done, self.total = done, total
 
+    def _on_map(self, i: int, n: int, layer: str) -> None:
+        self.stage = f"computing the first maps · {layer} ({i + 1} of {n})"
+
     def _run(self, builder, path: str) -> None:
         try:
-            builder(path, progress=False, on_batch=self._on_batch)
+            builder(path, progress=False, on_batch=self._on_batch, on_map=self._on_map)
         except Exception as exc:  # shown in the page, with the command to run it by hand
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -100,8 +104,11 @@ def _demo_progress(path: str) -> None:
         st.error(f"The demo store could not be built: {build.error}")
         st.code(data.BUILD_COMMANDS.format(path=path), language="bash")
         return
-    frac = build.done / build.total if build.total else 0.0
-    label = f"run {min(build.runs_finished + 1, 2)} of 2 · {build.done} / {build.total or '?'} samples"
-    st.progress(min(1.0, frac), text=label)
+    if build.stage:
+        st.progress(1.0, text=build.stage)
+    else:
+        frac = build.done / build.total if build.total else 0.0
+        label = f"run {min(build.runs_finished + 1, 2)} of 2 · {build.done:,} / {build.total or '?'} samples"
+        st.progress(min(1.0, frac), text=label)
     if build.finished:
         st.rerun(scope="app")

@@ -2,24 +2,30 @@
 
 Data: 20 Gaussian clusters in 64 dimensions (centres N(0, 3^2), unit noise), stored as a layer's channel
 means (``reduce="mean"``, float16) in a temporary store, projected with feature ``mean``, n_neighbors 15,
-min_dist 0.1, euclidean, seed 0. For 10,000 and 50,000 points it prints:
+min_dist 0.1, euclidean, seed 0. For 1,500, 10,000 and 50,000 points it prints:
 
-  fresh fit           kNN graph + spectral start + umap's default epochs (+ reading features, quality, writing)
+  fresh fit           kNN graph + spectral start + layout (+ reading features, quality, writing)
+  umap-learn          the peer, up to 10,000 points: umap-learn's own default ``UMAP().fit_transform`` of the
+                      same matrix, and both maps' trustworthiness (k=15)
   cache hit           the same request again (in memory, and from the store in a new Projector)
   min_dist only       0.1 -> 0.5: cached kNN graph, warm start from the current map, fewer epochs
   n_neighbors change  15 -> 10: the cached kNN graph sliced, a new layout
   transform           1,000 samples appended to the store, placed into the existing map
+  refit               the same data refit from scratch (what placing avoids)
   neighbours          click -> k=10 nearest, map and activation space (first click builds the index)
 
-then neighbour latency at 100,000 points, and the ratios. At the smallest size (10,000 by default) the same
-matrix is also mapped by t-SNE and PCA (fresh fits through the same projector). The numba warm-up runs first and is timed on its
-own, so no row pays compilation. The last line is ``min_dist_speedup=<fresh fit s / min_dist-only s>``,
-the smaller of the two sizes', followed by ``tsne_fit_s=`` and ``pca_fit_s=`` (seconds, smallest size).
+then neighbour latency at 100,000 points, and the ratios. At 10,000 points the same matrix is also mapped by
+t-SNE and PCA (fresh fits through the same projector). The numba warm-up runs first and is timed on its own,
+so no row pays compilation. The last lines: ``min_dist_speedup=`` (fresh fit / min_dist-only, the smaller of
+the 10,000- and 50,000-point sizes'), ``fresh_fit_speedup_1500=`` and ``fresh_fit_speedup_10000=``
+(umap-learn's default fit / ours, with the trustworthiness difference), ``place_speedup=`` (refit / placing
+the 1,000 appended samples, the smaller of the 10,000- and 50,000-point sizes'), ``tsne_fit_s=`` and ``pca_fit_s=`` (seconds, 10,000 points).
+The machine's load is printed first.
 
 ``--first-fit`` instead measures, in fresh processes, the first fit of 5,000 points with and without the
 warm-up before it (numba compilation cost; run it twice to see the persistent cache's effect).
 
-Run: ``.venv/bin/python benchmarks/bench_project.py [--sizes 10000 50000] [--first-fit]``
+Run: ``.venv/bin/python benchmarks/bench_project.py [--sizes 1500 10000 50000] [--first-fit]``
 """
 
 from __future__ import annotations
@@ -76,7 +82,28 @@ def timed(fn, repeat: int = 1):
     return out, statistics.median(times)
 
 
-def bench_size(n: int, other_methods: bool) -> dict:
+def trust(X: np.ndarray, xy: np.ndarray, k: int = 15, sample: int = 2000) -> float:
+    """scikit-learn's trustworthiness (k=15) on the same random rows for every map of X."""
+    from sklearn.manifold import trustworthiness
+
+    rows = np.sort(np.random.default_rng(0).choice(len(X), min(sample, len(X)), replace=False))
+    return float(trustworthiness(X[rows], xy[rows], n_neighbors=k))
+
+
+def umap_learn_default(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """The peer: umap-learn's own default fit of the same matrix (``UMAP().fit_transform``), timed."""
+    import warnings
+
+    import umap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        xy = umap.UMAP().fit_transform(X)
+    return xy, time.perf_counter() - t
+
+
+def bench_size(n: int, other_methods: bool, peer: bool) -> dict:
     from pipeline import features as F
     from pipeline import neighbors as NB
     from pipeline.project import ProjectionParams, Projector
@@ -95,6 +122,11 @@ def bench_size(n: int, other_methods: bool) -> dict:
         fit, rows["fresh fit"] = timed(lambda: projector.project(
             store, "synth", "mid", 0, params, progress=lambda f, m: stages.append((time.perf_counter() - t0, m))))
         assert fit.source == "fit", fit.source
+        peer_out = None
+        if peer:  # umap-learn's default fit of the very matrix our fit mapped
+            X = F.load_features(store, "synth", "mid", 0, "mean").X
+            peer_xy, rows["umap-learn UMAP().fit_transform"] = umap_learn_default(X)
+            peer_out = {"ours_trust": trust(X, fit.xy), "peer_trust": trust(X, peer_xy)}
         _, rows["cache hit (memory)"] = timed(lambda: projector.project(store, "synth", "mid", 0, params), 5)
         hit, rows["cache hit (store)"] = timed(lambda: Projector().project(store, "synth", "mid", 0, params), 5)
         assert hit.source == "cache"
@@ -114,6 +146,9 @@ def bench_size(n: int, other_methods: bool) -> dict:
         placed, rows[f"transform of {APPEND:,} new"] = timed(lambda: projector.project(store, "synth", "mid", 0,
                                                                                         params))
         assert placed.source == "transform" and placed.meta["placed"] == APPEND, placed.source
+        refit, rows[f"refit with the {APPEND:,} new"] = timed(lambda: projector.project(store, "synth", "mid", 0,
+                                                                                         params, refit=True))
+        assert refit.source == "fit"
         rng = np.random.default_rng(0)
         for space in ("map", "activation"):
             sid = placed.sample_ids[0]
@@ -135,15 +170,22 @@ def bench_size(n: int, other_methods: bool) -> dict:
     for name, q in qualities.items():
         print(f"  {name}: trustworthiness {q['trustworthiness']}, knn_overlap {q['knn_overlap']}")
     fresh = rows["fresh fit"]
+    if peer_out:
+        print(f"  trustworthiness (k=15): ours {peer_out['ours_trust']:.4f}, umap-learn default "
+              f"{peer_out['peer_trust']:.4f}")
     ratios = {
+        "umap-learn default / fresh": rows["umap-learn UMAP().fit_transform"] / fresh if peer_out else None,
+        "refit / transform": rows[f"refit with the {APPEND:,} new"] / rows[f"transform of {APPEND:,} new"],
         "fresh / min_dist only": fresh / rows["min_dist only"],
         "fresh / n_neighbors change": fresh / rows["n_neighbors change"],
         "fresh / transform": fresh / rows[f"transform of {APPEND:,} new"],
         "fresh / cache hit (store)": fresh / rows["cache hit (store)"],
     }
     for name, r in ratios.items():
-        print(f"  {name:34s} {r:10.1f}x")
-    return {"n": n, "rows": rows, "speedup": ratios["fresh / min_dist only"]}
+        if r is not None:
+            print(f"  {name:34s} {r:10.1f}x")
+    return {"n": n, "rows": rows, "speedup": ratios["fresh / min_dist only"], "peer": peer_out,
+            "fresh_speedup": ratios["umap-learn default / fresh"], "place_speedup": ratios["refit / transform"]}
 
 
 def bench_neighbours_100k() -> None:
@@ -188,7 +230,7 @@ def first_fit() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_500, 10_000, 50_000])
     ap.add_argument("--first-fit", action="store_true", help="measure numba compilation in fresh processes")
     args = ap.parse_args()
     if args.first_fit:
@@ -200,7 +242,8 @@ def main() -> None:
     t = time.perf_counter()
     timings = warmup()
     print(f"warm-up {time.perf_counter() - t:.1f} s: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    results = [bench_size(n, other_methods=n == min(args.sizes)) for n in args.sizes]
+    methods_at = 10_000 if 10_000 in args.sizes else min(args.sizes)
+    results = [bench_size(n, other_methods=n == methods_at, peer=n <= 10_000) for n in args.sizes]
     bench_neighbours_100k()
     print("\n== summary ==")
     for r in results:
@@ -209,8 +252,15 @@ def main() -> None:
               f"({r['speedup']:.1f}x), cache hit {rows['cache hit (store)'] * 1000:.1f} ms, "
               f"neighbours {rows['neighbours map'] * 1000:.1f} / {rows['neighbours activation'] * 1000:.1f} ms "
               f"(map / activation)")
-    print(f"min_dist_speedup={min(r['speedup'] for r in results):.2f}")
-    first = next(r for r in results if r["n"] == min(args.sizes))
+    large = [r for r in results if r["n"] >= 10_000] or results  # as before: the 10,000- and 50,000-point sizes
+    print(f"min_dist_speedup={min(r['speedup'] for r in large):.2f}")
+    for r in results:
+        if r["peer"]:
+            drop = r["peer"]["peer_trust"] - r["peer"]["ours_trust"]
+            print(f"fresh_fit_speedup_{r['n']}={r['fresh_speedup']:.2f}  (trustworthiness {drop:+.4f} below "
+                  "umap-learn's)")
+    print(f"place_speedup={min(r['place_speedup'] for r in large):.2f}")
+    first = next(r for r in results if r["n"] == methods_at)
     print(f"tsne_fit_s={first['rows']['tsne fresh fit']:.2f}")  # on the same {first['n']:,}-point matrix
     print(f"pca_fit_s={first['rows']['pca fresh fit']:.2f}")
 

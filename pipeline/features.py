@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -322,11 +322,13 @@ def build_features(store, model: str, layer: str, step: int, spec: FeatureSpec |
 
 def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | str | None = None,
                   run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None,
-                  data_version: str | None = None, cache: bool = True) -> Features:
+                  data_version: str | None = None, cache: bool = True,
+                  min_rows: tuple[int, Callable[[int], str]] | None = None) -> Features:
     """The feature matrix of the committed samples of (model, layer, step), rows in the store's order
     (run_id, index); with ``step="all"`` one row per (sample, step) point, steps stacked in order (see the
     module docstring). Cached in memory by an explicit key (data version, model, layer, step, spec, filter);
-    PCA results are also cached in the store. Raises `FeatureError` when no sample matches."""
+    PCA results are also cached in the store. Raises `FeatureError` when no sample matches, or when fewer
+    rows than ``min_rows[0]`` do (with the message ``min_rows[1](n)``), before anything is computed or cached."""
     spec = FeatureSpec.parse(spec)
     step = parse_step(step)
     step = -1 if step is None else step
@@ -338,6 +340,7 @@ def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | 
     version = data_version if data_version is not None else store.data_version(model, layer, run_ids)
     key = features_key(version, model, layer, step, spec, filt)
     if cache and (hit := FEATURE_CACHE.get(key)) is not None:
+        _check_rows(len(hit.sample_ids), min_rows)
         return hit
 
     if step == ALL_STEPS:
@@ -353,6 +356,7 @@ def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | 
         if sample_ids is not None:
             where += f" and {len(sample_ids)} given sample ids"
         raise FeatureError(f"no samples match the filter ({where})")
+    _check_rows(len(ids), min_rows)
     resolved = resolve_spec(spec, shape)
     X = None
     if resolved.pca is not None:
@@ -366,6 +370,11 @@ def load_features(store, model: str, layer: str, step: int, spec: FeatureSpec | 
     if cache:
         FEATURE_CACHE.put(f.key, f)
     return f
+
+
+def _check_rows(n: int, min_rows: tuple[int, Callable[[int], str]] | None) -> None:
+    if min_rows is not None and n < min_rows[0]:
+        raise FeatureError(min_rows[1](n))
 
 
 def _stacked_steps(store, model, layer, run_ids, sample_ids) -> tuple[np.ndarray, np.ndarray, tuple, str]:

@@ -138,11 +138,12 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
                      if world > 1 else run_id, dynamic_ncols=True) as bar:
 
             def report():
-                bar.update(background.committed - bar.n)
+                done = background.committed  # not bar.n: a disabled bar (progress=False) never counts
+                bar.update(done - bar.n)
                 elapsed = time.perf_counter() - start
-                bar.set_postfix_str(f"{bar.n / elapsed:.1f} samples/s" if elapsed > 0 else "")
+                bar.set_postfix_str(f"{done / elapsed:.1f} samples/s" if elapsed > 0 else "")
                 if on_batch is not None:
-                    on_batch(bar.n, total)
+                    on_batch(done, total)
 
             for indices in mine:
                 conditions = adapter.conditions(indices, seed)

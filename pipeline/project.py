@@ -60,7 +60,7 @@ from pipeline.features import (
     parse_step,
     step_token,
 )
-from pipeline.knn import EXACT_BELOW, BackendError, compute_knn, cuml_check
+from pipeline.knn import EXACT_BELOW, BackendError, compute_knn, cuml_check, is_exact
 from pipeline.methods import BACKENDS, Method, MethodError, check_common, get_method
 from pipeline.methods.umap import place_points, start_warmup_thread, umap_layout, warm_epochs, warmup
 from pipeline.neighbors import METRICS, FeatureRef
@@ -260,19 +260,31 @@ class Projection:
         return FeatureRef.of(self.meta) if self.meta.get("features_key") else None
 
 
-class _Report:
-    """Progress callback wrapper: maps stage fractions into [lo, hi], never raises."""
+class Cancelled(ProjectionError):
+    """The request was cancelled (its `cancel` event was set) before it finished; nothing was saved."""
 
-    def __init__(self, callback: Progress | None):
-        self.callback = callback
+
+class _Report:
+    """Progress callback wrapper: clamps fractions, never lets a broken callback break the projection, and
+    raises `Cancelled` once the request's `cancel` event is set (checked at every report, so between stages
+    and between layout epochs)."""
+
+    def __init__(self, callback: Progress | None, cancel: threading.Event | None = None):
+        self.callback, self.cancel = callback, cancel
 
     def __call__(self, fraction: float, message: str) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("cancelled")
         if self.callback is None:
             return
         try:
             self.callback(max(0.0, min(1.0, float(fraction))), message)
         except Exception as e:  # a broken progress bar must not break the projection
             log.debug("progress callback failed: %s", e)
+
+    def within(self, lo: float, hi: float) -> Progress:
+        """A callback for one stage: its own 0..1 mapped into [lo, hi]."""
+        return lambda fraction, message: self(lo + (hi - lo) * max(0.0, min(1.0, fraction)), message)
 
 
 # -- the projector -------------------------------------------------------------------------------------------
@@ -297,15 +309,16 @@ class Projector:
     def project(self, store, model: str, layer: str, step: int | str | None = None,
                 params: ProjectionParams | Mapping | None = None, run_ids: Iterable[str] | None = None,
                 sample_ids: Iterable[str] | None = None, progress: Progress | None = None, refit: bool = False,
-                force: bool | None = None) -> Projection:
+                force: bool | None = None, cancel: threading.Event | None = None) -> Projection:
         """The map of (model, layer, step) for the samples of `run_ids` (None: all) and `sample_ids` (None:
         all); see the module docstring for how it is obtained. `step`: a step number (negative: from the
         last), None (the last) or ``"all"`` (every step, one point per sample and step). `refit` (alias `force`, as the app calls it)
-        recomputes from scratch: no cache, no transform, no warm start. Raises `ProjectionError`."""
+        recomputes from scratch: no cache, no transform, no warm start. Setting `cancel` stops the work at the
+        next stage or epoch with `Cancelled`. Raises `ProjectionError`."""
         t0 = time.perf_counter()
         params = ProjectionParams.coerce(params)
         refit = bool(refit or force)
-        report = _Report(progress)
+        report = _Report(progress, cancel)
         run_ids = None if run_ids is None else sorted({str(r) for r in run_ids})
         if sample_ids is not None:
             sample_ids = [str(s) for s in sample_ids]
@@ -387,15 +400,11 @@ class Projector:
                 raise ProjectionError(str(e)) from None
         self._validate_target(store, model, layer)
         report(0.0, "loading activations")
-        feats = self._features(store, model, layer, step, params, run_ids, sample_ids, version)
-        n = len(feats.sample_ids)
         method = params.estimator()
+        feats = self._features(store, model, layer, step, params, run_ids, sample_ids, version, _too_few(method))
+        n = len(feats.sample_ids)
         need = method.knn_k(n)
-        if "n_neighbors" in method.PARAMS and method.n_neighbors >= n:
-            raise ProjectionError(f"n_neighbors={method.n_neighbors} needs more samples than that; this selection "
-                                  f"has {n}. Lower n_neighbors (below {n}) or widen the filter.")
-        if n < 4:
-            raise ProjectionError(f"a map needs at least 4 samples; this selection has {n}. Widen the filter.")
+        method.progress = report.within(0.45, 0.9)
         fid = filter_id(filt)
         lineage = _lineage_id(model, layer, step, params, fid)
         meta: dict = {}
@@ -446,10 +455,10 @@ class Projector:
         report(1.0, f"done ({source}, {seconds:.1f} s)")
         return proj
 
-    def _features(self, store, model, layer, step, params, run_ids, sample_ids, version) -> Features:
+    def _features(self, store, model, layer, step, params, run_ids, sample_ids, version, too_few) -> Features:
         try:
             return load_features(store, model, layer, step, params.feature, run_ids, sample_ids,
-                                 data_version=version)
+                                 data_version=version, min_rows=too_few)
         except FeatureError as e:
             raise ProjectionError(str(e)) from None
         except ValueError as e:  # the store's own messages (e.g. a step not recorded) list the choices
@@ -506,12 +515,29 @@ class Projector:
                 return got[1], got[2]
             n = len(feats.sample_ids)
             k = min(max(need, KNN_MIN_K), n)  # columns include the point itself, as umap counts them
-            how = "exact" if n < EXACT_BELOW else "NNDescent"
+            how = "exact" if is_exact(n, feats.X.shape[1]) else "NNDescent"
             report(0.1, f"nearest neighbours of {n:,} points ({how}, k={k})")
             idx, dist = compute_knn(feats.X, k, params.metric, params.seed, params.backend)
             got = self._knn.put(kkey, (feats.sample_ids, idx, dist))
             _write_knn(store, model, layer, kkey, got, params.metric, {layer: version}, run_ids)
             return idx, dist
+
+
+def _too_few(method: Method) -> tuple[int, Callable[[int], str]]:
+    """(the fewest samples a map of `method` needs, the message for n samples): checked before any feature
+    is computed or cached, with a message that says what the user can change."""
+    if "n_neighbors" not in method.PARAMS:
+        return 4, lambda n: f"a map needs at least 4 samples; this selection has {n}. Widen the filter."
+    k, lowest = method.n_neighbors, int(method.PARAMS["n_neighbors"].ui_range[0])
+
+    def message(n: int) -> str:
+        if n - 1 >= lowest:
+            return (f"n_neighbors={k} needs at least {k + 1} samples; this selection has {n}. Lower n_neighbors "
+                    f"to at most {n - 1}, or widen the filter.")
+        return (f"this selection has {n} samples, too few for UMAP (it needs n_neighbors + 1 samples, and "
+                f"n_neighbors is at least {lowest}): widen the filter, or choose PCA.")
+
+    return k + 1, message
 
 
 def _versions() -> dict:

@@ -136,24 +136,29 @@ class FakeProjector:
 
     def __init__(self, delay_s: float = 0.0, fail: str | None = None):
         self.calls: list[dict] = []
+        self.cancelled: list[dict] = []
         self.delay_s = delay_s
         self.fail = fail
 
     def project(self, store, model, layer, step, params, run_ids=None, sample_ids=None, progress=None,
-                force=False):
+                force=False, cancel=None):
         import hashlib
         import time
         from types import SimpleNamespace
 
         from pipeline.features import load_features
         from pipeline.neighbors import FeatureRef
+        from pipeline.project import Cancelled
 
         self.calls.append(dict(model=model, layer=layer, step=step, params=dict(params), run_ids=run_ids,
                                sample_ids=None if sample_ids is None else list(sample_ids), force=force))
         if progress:
             progress(0.1, "reading activations")
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.delay_s:  # a slow fit that stops when cancelled, as the real one does between epochs
+            if cancel is not None and cancel.wait(self.delay_s):
+                self.cancelled.append(dict(model=model, layer=layer, params=dict(params)))
+                raise Cancelled("cancelled")
+            time.sleep(0 if cancel is not None else self.delay_s)
         if self.fail:
             raise ValueError(self.fail)
         f = load_features(store, model, layer, step, "full", run_ids, sample_ids)

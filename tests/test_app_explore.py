@@ -347,6 +347,51 @@ def test_projection_progress_then_map(app_env, monkeypatch):
     assert at.get("bidi_component") and not at.get("progress")
 
 
+def test_a_new_projection_keeps_the_previous_map_dimmed_supersedes_the_older_and_can_be_cancelled(app_env,
+                                                                                                   monkeypatch):
+    from app import data
+
+    at = app_test()  # the first map (instant)
+    assert _map_data(at)["busy"] is False
+    first_points = _map_data(at)["points_url"]
+    slow = fx.FakeProjector(delay_s=30)
+    data.set_projector(slow)
+    monkeypatch.setattr(data, "JOB_WAIT_S", 0.05)
+    at.slider(key="w_nn").set_value(40)
+    at.button[[b.label for b in at.button].index("Recompute")].click().run()
+    assert not at.exception
+    # the previous map stays, dimmed, under a progress bar that names the stage and counts the seconds
+    assert _map_data(at)["busy"] is True and _map_data(at)["points_url"] == first_points
+    text = at.get("progress")[0].proto.text
+    assert "Projecting… reading activations" in text and text.endswith(" s")
+    first_job = at.session_state["dmd.waiting_job"]
+
+    at.slider(key="w_nn").set_value(41)  # a newer request supersedes the older one: its fit stops
+    at.button[[b.label for b in at.button].index("Recompute")].click().run()
+    deadline = time.time() + 5
+    while not slow.cancelled and time.time() < deadline:
+        time.sleep(0.05)
+    assert [c["params"]["n_neighbors"] for c in slow.cancelled] == [40]
+    assert data.jobs().find(first_job).cancelled and at.session_state["dmd.waiting_job"] != first_job
+
+    second_job = at.session_state["dmd.waiting_job"]
+    at.button(key="cancel_projection").click().run()  # Cancel: the fit stops, the previous map stays
+    deadline = time.time() + 5
+    while len(slow.cancelled) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert [c["params"]["n_neighbors"] for c in slow.cancelled] == [40, 41]
+    assert data.jobs().find(second_job).cancelled
+    at.run()  # a later rerun does not restart it
+    assert "Projection cancelled" in " ".join(i.value for i in at.info) and not at.get("progress")
+    assert _map_data(at)["points_url"] == first_points and len(slow.calls) == 2
+    slow.delay_s = 0
+    at.button[[b.label for b in at.button].index("Compute it after all")].click().run()
+    time.sleep(0.3)
+    at.run()
+    assert len(slow.calls) == 3 and slow.calls[-1]["params"]["n_neighbors"] == 41
+    assert _map_data(at)["busy"] is False and _map_data(at)["points_url"] != first_points
+
+
 def test_projection_error_is_shown_not_raised(app_env):
     from app import data
 

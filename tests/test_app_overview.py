@@ -96,11 +96,12 @@ def test_default_store_missing_builds_the_demo_store_in_the_background(app_env, 
     target = tmp_path / "data"
     monkeypatch.setenv("DMD2VIZ_STORE", str(target))
 
-    def fake_build(path, progress=False, on_batch=None):
+    def fake_build(path, progress=False, on_batch=None, on_map=None):
         for i in range(1, 4):
             time.sleep(0.05)
             on_batch(i * 10, 30)
         build_app_store(path)
+        on_map(0, 1, "midblock")
         return ["digits-a", "digits-b", "words-a"]
 
     monkeypatch.setattr(ui, "_demo_builder", lambda: fake_build)

@@ -101,7 +101,7 @@ def test_knn_table_with_a_projection_and_with_arrays(data):
 
 # -- through the store (what the app calls) --------------------------------------------------------------------
 
-def fake_layout(X, idx, dist, params, init=None, n_epochs=None):
+def fake_layout(X, idx, dist, params, init=None, n_epochs=None, progress=None):
     """A fast deterministic 'map' (first two principal directions) so these tests need no UMAP fit."""
     Xc = X - X.mean(axis=0)
     _, _, vt = np.linalg.svd(Xc, full_matrices=False)

@@ -187,7 +187,7 @@ def test_n_neighbors_at_or_below_cached_k_reuses_the_knn(fitted, store, monkeypa
     monkeypatch.undo()
     compute = Spy(P.compute_knn)
     monkeypatch.setattr(P, "compute_knn", compute)
-    fake_layout = Spy(lambda X, idx, dist, params, init=None, n_epochs=None: X[:, :2].copy())
+    fake_layout = Spy(lambda X, idx, dist, params, init=None, n_epochs=None, progress=None: X[:, :2].copy())
     monkeypatch.setattr(U, "umap_layout", fake_layout)
     p20 = Projector().project(store, "demo", "mid", 1, ProjectionParams.coerce(PARAMS, n_neighbors=20))
     assert p20.source == "fit" and len(compute.calls) == 1
@@ -197,7 +197,7 @@ def test_n_neighbors_at_or_below_cached_k_reuses_the_knn(fitted, store, monkeypa
 
 def test_refit_recomputes(fitted, store, monkeypatch):
     projector, proj = fitted
-    layout = Spy(lambda X, idx, dist, params, init=None, n_epochs=None: X[:, :2].copy())
+    layout = Spy(lambda X, idx, dist, params, init=None, n_epochs=None, progress=None: X[:, :2].copy())
     monkeypatch.setattr(U, "umap_layout", layout)
     again = projector.project(store, "demo", "mid", 1, PARAMS, force=True)  # the app's spelling
     assert again.source == "fit" and len(layout.calls) == 1 and layout.calls[0].get("init") is None
@@ -211,7 +211,7 @@ def test_concurrent_requests_for_one_key_compute_once(store, monkeypatch):
     import threading
     import time
 
-    def slow_layout(X, idx, dist, params, init=None, n_epochs=None):
+    def slow_layout(X, idx, dist, params, init=None, n_epochs=None, progress=None):
         time.sleep(0.3)
         return X[:, :2].copy()
 
@@ -429,3 +429,47 @@ def test_cli_step_all(store, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([*argv[:6], "--step", "every"])
     assert "'all'" in capsys.readouterr().err
+
+
+# -- progress, cancel, too few samples -----------------------------------------------------------------------
+
+def test_the_layout_reports_its_epochs_and_a_cancel_stops_it_saving_nothing(tmp_path):
+    import threading
+
+    write_clustered_run(tmp_path, range(200))
+    st = Store(tmp_path)
+    seen: list[tuple[float, str]] = []
+    proj = Projector().project(st, "demo", "mid", 0, PARAMS, progress=lambda f, m: seen.append((f, m)))
+    epochs = [(f, m) for f, m in seen if "epoch" in m]
+    # umap's epoch bar refreshes every 0.25 s at most: a layout this small reports its first and last epoch
+    assert epochs[0][1].endswith(f"epoch 0/{U.FIT_EPOCHS}")
+    assert epochs[-1][1] == f"UMAP layout of 200 points: epoch {U.FIT_EPOCHS}/{U.FIT_EPOCHS}"
+    assert all(0.45 <= f <= 0.9 for f, _ in epochs) and [f for f, _ in epochs] == sorted(f for f, _ in epochs)
+    assert proj.meta["source"] == "fit"
+
+    cancel = threading.Event()
+
+    def cancel_mid_layout(fraction, message):
+        if "epoch" in message:
+            cancel.set()  # the next report raises: the layout stops between epochs
+
+    other = ProjectionParams.coerce(PARAMS, n_neighbors=12)
+    with pytest.raises(P.Cancelled):
+        Projector().project(st, "demo", "mid", 0, other, progress=cancel_mid_layout, cancel=cancel)
+    key = projection_key(st.data_version("demo", "mid"), "demo", "mid", 0, other)
+    assert st.derived.read("projection", "demo", "mid", key) is None  # nothing half-done was kept
+    assert Projector().project(st, "demo", "mid", 0, other).source == "fit"  # and it runs again when asked
+
+
+def test_too_few_samples_fail_before_any_feature_is_cached(tmp_path):
+    write_clustered_run(tmp_path, range(16), batch_size=16)
+    st = Store(tmp_path)
+    with pytest.raises(ProjectionError, match=r"n_neighbors=100 needs at least 101 samples; this selection has "
+                                              r"16\. Lower n_neighbors to at most 15"):
+        Projector().project(st, "demo", "mid", 0, ProjectionParams(feature="full+pca5", n_neighbors=100))
+    assert not st.derived.scan()  # no PCA features left behind
+    write_clustered_run(tmp_path / "tiny", range(5), batch_size=5)
+    with pytest.raises(ProjectionError, match="has 5 samples, too few for UMAP .* n_neighbors is at least 5"):
+        Projector().project(Store(tmp_path / "tiny"), "demo", "mid", 0, ProjectionParams(n_neighbors=5))
+    pca = Projector().project(Store(tmp_path / "tiny"), "demo", "mid", 0, ProjectionParams(method="pca"))
+    assert len(pca) == 5  # PCA maps what UMAP cannot

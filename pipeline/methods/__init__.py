@@ -16,7 +16,7 @@ A new method is one module here with a `Method` subclass and one line in `METHOD
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -71,6 +71,8 @@ class Method:
 
     def __init__(self, metric: str = "euclidean", seed: int | None = 0, backend: str = "umap", **params):
         self.metric, self.seed, self.backend = metric, seed, backend
+        # progress(fraction 0..1, message) during a fit's long loop; it may raise to stop the fit (a cancel)
+        self.progress: Callable[[float, str], None] | None = None
         for name, value in self.check(params).items():
             setattr(self, name, value)
         self.embedding_: np.ndarray | None = None
@@ -108,6 +110,10 @@ class Method:
 
     def transform(self, X_new: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(fraction, message)
 
     def tag(self) -> str:
         """The readable part of a cache key, e.g. ``nn15-md0.1``."""

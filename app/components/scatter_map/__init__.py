@@ -63,6 +63,7 @@ def scatter_map(
     key: str = "explore_map",
     on_click=None,
     on_select=None,
+    busy: bool = False,
 ) -> MapEvent:
     """Draw the map and return the click or lasso selection that triggered this run, if any.
 
@@ -72,6 +73,7 @@ def scatter_map(
     ``png_nonce``: increase it to make the browser download the map as PNG (drawn client-side), with ``title``
     (followed by the colouring's title) above it and the legend beside it.
     ``on_click``/``on_select`` are callbacks run before the script, like any widget's ``on_change``.
+    ``busy``: the map is the previous one while a new one computes: drawn dimmed, still usable.
     """
     data: dict[str, Any] = {
         "plotly_url": plotly_url,
@@ -92,6 +94,7 @@ def scatter_map(
         "filename": filename,
         "title": title,
         "png_nonce": int(png_nonce),
+        "busy": bool(busy),
     }
     result = _component(
         key=key,

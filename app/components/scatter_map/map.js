@@ -114,6 +114,7 @@ class MapView {
     const seq = ++this.seq;
     this.data = data;
     this.wrap.style.height = `${data.height || 620}px`;
+    this.wrap.classList.toggle("dmv-busy", Boolean(data.busy)); // the previous map while a new one computes
     try {
       const [Plotly, points, color] = await Promise.all([
         loadPlotly(data.plotly_url),
