@@ -11,7 +11,7 @@ import pytest
 
 from store import Store
 from store.search import MAX_CLAUSE_CHARS, SafeSearch, SearchError, for_store, validate_where
-from tests.app_fixtures import build_app_store
+from tests.app_fixtures import app_env, app_store, app_test, build_app_store  # noqa: F401, F811  (fixtures)
 
 SECRET = "TOPSECRET-7f3a9c"
 REFUSED = {"refused", "syntax"}  # stopped before anything ran
@@ -369,3 +369,32 @@ def test_a_dead_sandbox_process_is_replaced(env):
     os.waitid(os.P_PID, first, os.WEXITED | os.WNOWAIT)  # until it has ended (left for its owner to reap)
     assert search.where("category = 'food'").total > 0  # a fresh process answers
     assert search._sandbox_pid() != first
+
+
+def _vm_mb(field: str) -> int:
+    import re
+
+    return int(re.search(field + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) // 1024
+
+
+@pytest.mark.parametrize("clause, name", [("list_sum(range(200000000)) > 0", "range"),
+                                          ("length(repeat(label, 300000000)) > 0", "repeat")])
+@pytest.mark.usefixtures("app_env")
+def test_the_issues_input_is_refused_on_the_search_page(clause, name):
+    # /search?sm=sql&sq=list_sum(range(200000000))%20%3E%200 grew the Streamlit server from 0.8 to 4.5 GB
+    at = app_test("app_pages/search.py")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the current size
+    except OSError:
+        pytest.skip("this kernel does not let a process reset its peak memory")
+    before = _vm_mb("VmRSS")
+    t0 = time.perf_counter()
+    at.radio(key="search.mode").set_value("sql").run()
+    at.text_area(key="search.text_sql").set_value(clause)
+    at.button[[b.label for b in at.button].index("Search")].click().run()
+    elapsed = time.perf_counter() - t0
+    assert not at.exception, at.exception
+    errors = "\n".join(e.value for e in at.error)
+    assert "Not allowed" in errors and f"the function {name}()" in errors, errors
+    assert _vm_mb("VmHWM") - before < 150  # the page and the app's own imports; the query never ran
+    assert elapsed < 30
