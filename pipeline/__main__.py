@@ -28,7 +28,16 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__,
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-    return int(modules[args.command].run(args) or 0)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted (a generation run resumes from its last whole batch when rerun)", file=sys.stderr)
+        return 130
+    except OSError as exc:  # what a command does not report itself: a full disk, a read-only folder
+        from pipeline.commands.errors import first_line
+
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

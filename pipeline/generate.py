@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue
 import threading
@@ -24,6 +25,8 @@ from pipeline.adapters.base import Adapter, sample_seed
 from pipeline.hooks import Recorder, resolve_reduce
 from store import RunWriter
 
+log = logging.getLogger(__name__)
+
 
 def pick_device(name: str | None = None) -> torch.device:
     """CUDA, then Apple MPS, then CPU, unless the user names one."""
@@ -35,6 +38,30 @@ def pick_device(name: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_store_folder(root: str | Path) -> Path:
+    """`root` as a Path, or ValueError when it cannot be a store folder: it, or a folder above it, is a file,
+    or the nearest existing folder is not writable (read-only file system, no permission). Nothing is
+    written."""
+    root = Path(root)
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == root else f"is under {existing}, which is a file"
+        raise ValueError(f"store path {root} {where}: give a folder (it is created if missing)")
+    if existing.is_dir() and not os.access(existing, os.W_OK):
+        why = "a read-only file system" if _read_only_fs(existing) else "a folder this user may not write"
+        raise ValueError(f"store path {root} is not writable: {existing} is on {why}")
+    return root
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def default_run_id(adapter: Adapter, seed: int, layers: dict[str, str], reduce: dict[str, str]) -> str:
@@ -94,7 +121,19 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
 
     `on_batch(done, total)` is called after each committed batch (the app's progress bar). Files are always
     written atomically (a killed run leaves nothing half-visible); `fsync=True` also makes each batch
-    survive a power cut, at the price of one fsync per file (about half the demo model's generation time)."""
+    survive a power cut, at the price of one fsync per file (about half the demo model's generation time).
+
+    Bad arguments (a sample count or batch size below 1, a store path that is a file) raise ValueError
+    before anything is written. An error once the run has started (a full disk, say) leaves its manifest
+    `interrupted`, and rerunning resumes from the last whole batch."""
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be 0 or more, got {seed!r}")
+    num_samples, batch_size = int(num_samples), int(batch_size)
+    check_store_folder(store_root)
     rank, world = _distributed()
     paths = adapter.resolve_layers(layers)
     shapes = adapter.layer_shapes()
@@ -114,22 +153,22 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         "device": str(device),
     }
     writer = RunWriter(store_root, manifest, rank=rank, world_size=world, durable=fsync)
-    if world > 1:
-        if rank == 0:
-            writer.cleanup()
-        _barrier(world)
-    if rank == 0:
-        texts = adapter.text_embeddings()
-        if texts is not None:
-            writer.write_text_embeddings(texts)
-
-    done = set(writer.done_indices().tolist())
-    todo = np.array([i for i in range(num_samples) if i not in done], dtype=np.int64)
-    mine = _batches(todo, batch_size)[rank::world]
-    total = int(sum(len(b) for b in mine))
     start = time.perf_counter()
     status = "interrupted"
     try:
+        if world > 1:
+            if rank == 0:
+                writer.cleanup()
+            _barrier(world)
+        if rank == 0:
+            texts = adapter.text_embeddings()
+            if texts is not None:
+                writer.write_text_embeddings(texts)
+
+        done = set(writer.done_indices().tolist())
+        todo = np.array([i for i in range(num_samples) if i not in done], dtype=np.int64)
+        mine = _batches(todo, batch_size)[rank::world]
+        total = int(sum(len(b) for b in mine))
         # on an accelerator the device computes the next batch while this one is written; on a CPU a
         # writer thread would only compete with generation for the same cores
         with Recorder(adapter.root, paths, reductions) as recorder, \
@@ -162,7 +201,12 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         if status == "complete":
             _barrier(world)
         if rank == 0:
-            writer.finish(status)
+            try:
+                writer.finish(status)
+            except OSError as exc:  # e.g. the disk is still full: keep the error that stopped the run
+                if status == "complete":
+                    raise
+                log.warning("run %s: could not record its status %r: %s", run_id, status, exc)
     seconds = time.perf_counter() - start
     return GenerateResult(run_id, total, len(done) + total if world == 1 else len(writer.done_indices()),
                           seconds)

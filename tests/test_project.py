@@ -351,8 +351,9 @@ def test_cli_precomputes_then_hits_the_cache(store, fitted, capsys):
     assert cmd.run(parser.parse_args(argv)) == 0
     out = capsys.readouterr().out
     assert f"key: {fitted[1].key}" in out and "source: cache" in out and "trustworthiness=" in out
-    assert cmd.run(parser.parse_args([*argv[:-5], "--n-neighbors", "999", "--quiet"])) == 2
-    assert "n_neighbors" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # out of the method's range: refused by the parser
+        parser.parse_args([*argv[:-5], "--n-neighbors", "999", "--quiet"])
+    assert info.value.code == 2 and "--n-neighbors: must be an integer from 2 to 200" in capsys.readouterr().err
     assert cmd.run(parser.parse_args(["--store", str(store.root), "--model", "x", "--layer", "mid",
                                       "--quiet"])) == 2
     assert "unknown model 'x'" in capsys.readouterr().err

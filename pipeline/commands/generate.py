@@ -14,15 +14,9 @@ import torch
 
 from pipeline import families
 from pipeline.adapters import MODELS, build_adapter
+from pipeline.commands.argtypes import non_negative_int, non_negative_int_list, positive_int
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 def default_layers_help() -> str:
@@ -54,26 +48,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=MODELS, help=families.model_help())
     p.add_argument("--checkpoint", help="local file or folder, or hf://owner/repo/path (demo: shipped weights)")
     p.add_argument("--store", default="data", help="store folder (default: ./data)")
-    p.add_argument("--num-samples", type=int, help="total samples in the run (default: samples-per-class x classes)")
+    p.add_argument("--num-samples", type=positive_int,
+                   help="total samples in the run (default: samples-per-class x classes)")
     p.add_argument("--layers",
                    help="comma-separated layer names (python -m pipeline layers --model M lists them; "
                         f"default: {default_layers_help()})")
     p.add_argument("--reduce", default="auto", choices=("auto", "mean", "pool4", "full"),
                    help="what to store per layer: channel means, a 4x4 pooled map, the full map, or auto "
                         "(full up to 65,536 values, else pool4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, help="sampling steps where the model supports several")
-    p.add_argument("--samples-per-class", type=int, help="balanced labels instead of random ones")
-    p.add_argument("--class-ids", type=int_list, help="restrict labels to these classes, e.g. 1,207,281")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--steps", type=positive_int, help="sampling steps where the model supports several")
+    p.add_argument("--samples-per-class", type=positive_int, help="balanced labels instead of random ones")
+    p.add_argument("--class-ids", type=non_negative_int_list, help="restrict labels to these classes, e.g. 1,207,281")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), or e.g. cuda:1, cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="network precision (default per model)")
     p.add_argument("--run-name", help="run id (default: derived from model, checkpoint, seed and settings)")
     t2i = p.add_argument_group("text-to-image models")
     t2i.add_argument("--base-model", help="hub id or local diffusers folder of the base components")
     t2i.add_argument("--prompt-file", help="txt (one per line), csv, jsonl or parquet with a prompt column")
-    t2i.add_argument("--seeds-per-prompt", type=int, default=1)
-    t2i.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
+    t2i.add_argument("--seeds-per-prompt", type=positive_int, default=1)
+    t2i.add_argument("--resolution", type=positive_int, help="image size in pixels (default: the model's)")
     p.add_argument("--x0-previews", action="store_true",
                    help="also store each sampling step's x0 (denoised) preview image beside the final one")
     p.add_argument("--fsync", action="store_true",
@@ -81,39 +76,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _prepare(args: argparse.Namespace):
+    """(adapter, number of samples, layers) of the command, or ValueError / OSError / CheckpointMismatch."""
+    from pipeline.generate import check_store_folder, pick_device
+
+    check_store_folder(args.store)  # before minutes of model loading
+    device = pick_device(args.device)
+    family = families.get_family(args.model)
+    if args.steps is not None and family.recipe.fixed_steps:
+        raise ValueError(fixed_steps_error(args.model))
+    t2i = {}
+    if family.conditioning == "prompt":
+        from pipeline.prompts import PromptSet
+
+        t2i = dict(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
+                   seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution)
+    adapter = build_adapter(args.model, checkpoint=args.checkpoint, device=device, steps=args.steps,
+                            dtype=DTYPES.get(args.dtype), class_ids=args.class_ids,
+                            samples_per_class=args.samples_per_class, x0_previews=args.x0_previews, **t2i)
+    num = args.num_samples
+    if num is None:
+        if not args.samples_per_class:
+            raise ValueError("give --num-samples, or --samples-per-class")
+        num = args.samples_per_class * len(getattr(adapter, "class_ids", []) or [0])
+    if args.layers is None and not family.default_layers:
+        raise ValueError(f"give --layers: {args.model} has no default layers "
+                         f"(python -m pipeline layers --model {args.model} lists them)")
+    chosen = ",".join(family.default_layers) if args.layers is None else args.layers
+    return adapter, num, [x for x in chosen.replace(" ", "").split(",") if x]
+
+
 def run(args: argparse.Namespace) -> int:
-    from pipeline.checkpoints import CheckpointMismatch
-    from pipeline.generate import generate, pick_device
+    from safetensors import SafetensorError
+
+    from pipeline.checkpoints import CheckpointMismatch, first_line
+    from pipeline.commands.errors import store_write_error
+    from pipeline.generate import generate
     from store import ManifestMismatch
 
+    known = (ValueError, FileNotFoundError, CheckpointMismatch, ManifestMismatch)
     try:
-        device = pick_device(args.device)
-        family = families.get_family(args.model)
-        if args.steps is not None and family.recipe.fixed_steps:
-            raise ValueError(fixed_steps_error(args.model))
-        t2i = {}
-        if family.conditioning == "prompt":
-            from pipeline.prompts import PromptSet
-
-            t2i = dict(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
-                       seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution)
-        adapter = build_adapter(args.model, checkpoint=args.checkpoint, device=device, steps=args.steps,
-                                dtype=DTYPES.get(args.dtype), class_ids=args.class_ids,
-                                samples_per_class=args.samples_per_class, x0_previews=args.x0_previews, **t2i)
-        num = args.num_samples
-        if num is None:
-            if not args.samples_per_class:
-                raise ValueError("give --num-samples, or --samples-per-class")
-            num = args.samples_per_class * len(getattr(adapter, "class_ids", []) or [0])
-        if args.layers is None and not family.default_layers:
-            raise ValueError(f"give --layers: {args.model} has no default layers "
-                             f"(python -m pipeline layers --model {args.model} lists them)")
-        chosen = ",".join(family.default_layers) if args.layers is None else args.layers
-        layers = [x for x in chosen.replace(" ", "").split(",") if x]
+        adapter, num, layers = _prepare(args)
+    except CheckpointMismatch as exc:
+        where = "" if exc.source or not args.checkpoint else f" ({args.checkpoint})"
+        print(f"error: {exc}".replace("\n", where + "\n", 1), file=sys.stderr)
+        return 2
+    except known as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SafetensorError as exc:  # a LoRA or component file that is not safetensors
+        print(f"error: cannot read a safetensors file: {first_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # reading the checkpoint, prompts or base model
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    try:
         result = generate(adapter, args.store, num, layers, seed=args.seed, batch_size=args.batch_size,
                           reduce=args.reduce, run_id=args.run_name, progress=not args.quiet, fsync=args.fsync)
-    except (ValueError, FileNotFoundError, CheckpointMismatch, ManifestMismatch) as exc:
+    except known as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only store: a started run is left `interrupted`
+        print(f"error: {store_write_error(exc, args.store)}", file=sys.stderr)
         return 2
     print(f"run {result.run_id}: generated {result.generated} samples in {result.seconds:.1f}s "
           f"({result.samples_per_second:.1f} samples/s); {result.total_done} in the store")

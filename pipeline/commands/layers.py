@@ -6,14 +6,16 @@ No checkpoint is needed: the network is built on the meta device.
 from __future__ import annotations
 
 import argparse
+import sys
 
+from pipeline.commands.argtypes import positive_int
 from pipeline.families import MODELS, get_family, model_help
 from pipeline.hooks import bytes_per_sample, resolve_reduce
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=MODELS, help=model_help())
-    p.add_argument("--resolution", type=int, help="image size for text-to-image models")
+    p.add_argument("--resolution", type=positive_int, help="image size for text-to-image models")
 
 
 def layer_table(model: str, resolution: int | None = None) -> list[dict]:
@@ -33,7 +35,11 @@ def layer_table(model: str, resolution: int | None = None) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = layer_table(args.model, args.resolution)
+    try:
+        rows = layer_table(args.model, args.resolution)
+    except ValueError as exc:  # e.g. a resolution the model's UNet cannot take
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for r in rows:
         r["shown"] = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
     width = max(len(r["shown"]) for r in rows)

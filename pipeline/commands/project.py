@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 
+from pipeline.commands.argtypes import in_range, non_negative_int, positive_int
 from pipeline.features import FEATURE_KINDS
 
 
@@ -36,16 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", dest="runs", action="append", metavar="RUN", help="only this run (repeatable)")
     p.add_argument("--feature", default="auto", choices=[*FEATURE_KINDS, "pca"],
                    help="auto (by layer size), mean (channel means), full (stored map), pca (full map, PCA 50)")
-    p.add_argument("--pca", type=int, default=None, metavar="K", help="PCA to K dimensions first")
+    p.add_argument("--pca", type=positive_int, default=None, metavar="K", help="PCA to K dimensions first")
     p.add_argument("--standardize", action="store_true", help="z-score every feature column first")
     p.add_argument("--method", default="umap", choices=list(METHODS),
                    help="umap (default), tsne (openTSNE) or pca (the linear baseline)")
     for cls in METHODS.values():  # each method's own parameters, e.g. --n-neighbors, --min-dist, --perplexity
         for name, par in cls.PARAMS.items():
-            p.add_argument("--" + name.replace("_", "-"), type=type(par.default), default=None,
+            p.add_argument("--" + name.replace("_", "-"), default=None,
+                           type=in_range(type(par.default), par.low, par.high),
                            help=f"{cls.title} {name}, {par.low}-{par.high} (default {par.default}): {par.help}")
     p.add_argument("--metric", default="euclidean", choices=METRICS)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--backend", default="umap", choices=BACKENDS, help="umap (CPU) or cuml (CUDA GPU)")
     p.add_argument("--refit", action="store_true", help="recompute from scratch (no cache, no placement)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands.argtypes import non_negative_int, positive_float
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="weights file (default: the shipped pipeline/data/demo_edm.safetensors)")
-    p.add_argument("--minutes", type=float, default=None, help="training time budget")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=positive_float, default=None, help="training time budget")
+    p.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
