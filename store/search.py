@@ -374,6 +374,7 @@ class _Sandbox:
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
         self._dead: list[_Worker] = []  # killed, not yet reaped
+        self._owner = os.getpid()
         self._closed = False
         self.restarts = 0
         self._start_in_background()
@@ -430,6 +431,8 @@ class _Sandbox:
             return self._ensure().pid if not self._closed else None
 
     def close(self) -> None:
+        if os.getpid() != self._owner:  # a forked copy of the server: the processes are not its to end
+            return
         with self._lock:
             self._closed = True
             workers = [w for w in (self._worker, *self._dead) if w is not None]

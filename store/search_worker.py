@@ -22,6 +22,7 @@ import json
 import os
 import re
 import resource
+import signal
 import struct
 import sys
 import threading
@@ -49,12 +50,14 @@ LOCKED_SETTINGS = {
 # ---------------------------------------------------------------------------------------------------- framing
 
 
-def write_frame(stream, header: dict, payload: bytes | memoryview = b"") -> None:
+def write_frame(stream, header: dict, payload=b"") -> None:
+    """Write one frame (``payload``: anything with the buffer protocol) to a binary stream, buffered or raw."""
     head = json.dumps(header).encode()
-    stream.write(_HEAD.pack(len(head), len(payload)))
-    stream.write(head)
-    if len(payload):
-        stream.write(payload)
+    payload = memoryview(payload).cast("B")
+    for part in (memoryview(_HEAD.pack(len(head), len(payload))), memoryview(head), payload):
+        while len(part):  # a raw stream may write only part of a large buffer
+            written = stream.write(part)
+            part = part[written if written is not None else len(part):]
     stream.flush()
 
 
@@ -250,6 +253,7 @@ def main() -> int:
     os.dup2(2, 1)
     inp = sys.stdin.buffer
     resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of the server: it ends when the server's pipe closes
     if len(sys.argv) > 1:  # the server's import path: the same duckdb and pyarrow as the server
         sys.path[:] = json.loads(sys.argv[1])
 
