@@ -31,7 +31,7 @@ NBSP = "\u00a0"
 # always has room for its longest part; each part ("step 2", "σ 0.47") never breaks inside.
 STRIP_CSS = """<style>
 .st-key-x0_previews [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.25rem; }
-.st-key-x0_previews [data-testid="stColumn"] { min-width: 4.25rem; }
+.st-key-x0_previews [data-testid="stColumn"] { min-width: 3.5rem; }
 .st-key-x0_previews [data-testid="stImageCaption"] { font-size: 0.72rem; line-height: 1.25; }
 </style>"""
 

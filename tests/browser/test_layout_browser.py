@@ -63,7 +63,7 @@ def laptop(chromium, layout_server):
 def test_x0_captions_never_wrap_inside_a_number_at_1280px(laptop, layout_server):
     page = laptop
     page.goto(f"{layout_server}/?model={MODEL}&step=3&sel=run-a-00000004")
-    h.wait_map(page)
+    h.wait_map(page, timeout=180)  # a loaded machine
     captions = ".st-key-x0_previews [data-testid='stImageCaption']"
     page.wait_for_selector(captions)
     page.wait_for_function(f"() => document.querySelectorAll(\"{captions}\").length === {len(SIGMAS)}")
@@ -129,7 +129,7 @@ def test_overview_storage_bars_show_whole_names_and_the_size_axis_title(laptop, 
 def test_legend_only_this_then_show_all(laptop, layout_server):
     page = laptop
     page.goto(f"{layout_server}/?model={MODEL}&step=3")
-    h.wait_map(page)
+    h.wait_map(page, timeout=180)  # a loaded machine
     legend = page.locator(".dmv-legend")
     assert legend.locator(".dmv-legend-all").count() == 0  # nothing hidden: nothing to show again
     items = legend.locator(".dmv-legend-item")
@@ -149,7 +149,7 @@ def test_legend_only_this_then_show_all(laptop, layout_server):
 def test_png_export_has_a_title_and_the_legend(laptop, layout_server, tmp_path):
     page = laptop
     page.goto(f"{layout_server}/?model={MODEL}&step=2&sel=run-a-00000004&k=4")
-    h.wait_map(page)
+    h.wait_map(page, timeout=180)  # a loaded machine
     h.wait_selected(page, "run-a-00000004")
     page.wait_for_function("() => (window.dmvMap.data.knn || []).length === 4")
     fig = page.evaluate("""() => { const f = window.dmvMap.pngFigure();
