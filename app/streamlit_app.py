@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the repository root
     sys.path.insert(0, str(ROOT))
 
+from app import threads  # noqa: E402, F401  (first: one BLAS thread, set before numpy loads its OpenBLAS)
+
+# isort: split
 import streamlit as st  # noqa: E402
 
 from app import auth, data, navigation, state  # noqa: E402

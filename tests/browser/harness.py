@@ -30,9 +30,11 @@ def free_port() -> int:
 class AppServer:
     """``streamlit run app/streamlit_app.py`` on a free localhost port, for one store."""
 
-    def __init__(self, store: str | Path, *, stand_in_projector: bool = True, log: Path | None = None):
+    def __init__(self, store: str | Path, *, stand_in_projector: bool = True, log: Path | None = None,
+                 args: tuple[str, ...] = ()):
         self.store = str(store)
         self.stand_in = stand_in_projector
+        self.args = tuple(args)  # more options of tests/browser/serve.py
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = log
@@ -43,6 +45,7 @@ class AppServer:
                "--store", self.store]
         if self.stand_in:
             cmd.append("--stand-in-projector")
+        cmd.extend(self.args)
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)

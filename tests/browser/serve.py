@@ -1,6 +1,6 @@
 """Start the app with `streamlit run` in this process (browser tests and the app benchmark).
 
-    python tests/browser/serve.py --port 8601 --store DIR [--stand-in-projector]
+    python tests/browser/serve.py --port 8601 --store DIR [--stand-in-projector] [--torch-first]
 
 ``--stand-in-projector`` installs the tests' instant PCA projection engine (``tests.app_fixtures.
 FakeProjector``) before Streamlit starts, so that a test or a benchmark measures the app and the browser,
@@ -22,10 +22,15 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--store", required=True, help="store folder the app opens (DMD2VIZ_STORE)")
     parser.add_argument("--stand-in-projector", action="store_true")
+    parser.add_argument("--torch-first", action="store_true",
+                        help="import torch before the app (as a first start's demo build does: its libgomp is then "
+                             "loaded globally, where OpenBLAS sees OpenMP regions)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working folder
     os.environ["DMD2VIZ_STORE"] = args.store
+    if args.torch_first:
+        import torch  # noqa: F401
     if args.stand_in_projector:
         from app import data
         from tests.app_fixtures import FakeProjector
