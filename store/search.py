@@ -277,7 +277,7 @@ class _Worker:
     """One sandbox process (``store.search_worker``), started with the samples and answering one request at a
     time."""
 
-    def __init__(self, init: dict, samples_ipc, steps_ipc):
+    def __init__(self, init: dict, samples: pa.Table, steps: pa.Table | None):
         # few malloc arenas: each thread's arena reserves 64 MiB of address space, which the cap counts
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    MALLOC_ARENA_MAX="2")
@@ -287,8 +287,13 @@ class _Worker:
         self.cap_bytes = 0
         self.base_rss_mb = 0
         try:
-            search_worker.write_frame(self.proc.stdin, init, samples_ipc)
-            search_worker.write_frame(self.proc.stdin, {}, steps_ipc)
+            # the samples in parts of _IPC_ROWS rows, each serialised only when sent: no second copy of them all
+            parts = [samples.slice(i, _IPC_ROWS) for i in range(0, max(samples.num_rows, 1), _IPC_ROWS)]
+            search_worker.write_frame(self.proc.stdin, {**init, "more_parts": len(parts) - 1},
+                                      _ipc(parts[0], keep_empty=True))
+            for part in parts[1:]:
+                search_worker.write_frame(self.proc.stdin, {}, _ipc(part))
+            search_worker.write_frame(self.proc.stdin, {}, _ipc(steps))
             reply, _ = self._read(time.monotonic() + WORKER_START_TIMEOUT_S)
         except (OSError, _WorkerGone, _WorkerLate) as exc:
             self.kill()
@@ -351,8 +356,11 @@ class _Worker:
             self.proc.wait()
 
 
-def _ipc(table: pa.Table | None) -> pa.Buffer | bytes:
-    if table is None or not table.num_rows:
+_IPC_ROWS = 65_536
+
+
+def _ipc(table: pa.Table | None, keep_empty: bool = False) -> pa.Buffer | bytes:
+    if table is None or (not table.num_rows and not keep_empty):
         return b""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -397,7 +405,7 @@ class _Sandbox:
             self._drop()
         if self._worker is None:
             self._dead = [w for w in self._dead if w.alive()]  # poll() reaps the ones that have ended
-            self._worker = _Worker(self._init, _ipc(self._samples), _ipc(self._steps))
+            self._worker = _Worker(self._init, self._samples, self._steps)
         return self._worker
 
     def _drop(self) -> None:

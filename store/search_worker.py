@@ -12,7 +12,8 @@ decides everything that depends on the store's declaration (the keyword-searched
 
 The protocol, over stdin and stdout, is a sequence of frames: a 12-byte head (``!IQ``: header length, payload
 length), a JSON header and a binary payload. The first frame from the server starts the sandbox; its payload is
-the samples as an Arrow IPC stream, the next frame's the steps table (empty when there is none). Every later frame
+the first part of the samples as an Arrow IPC stream (its header says how many parts follow, one a frame: the
+server never holds more than one part's copy), the next frame's the steps table (empty when there is none). Every later frame
 is one request; each gets exactly one answer.
 """
 
@@ -263,8 +264,14 @@ def main() -> int:
     if start is None:
         return 0
     init, payload = start
-    samples = pa.ipc.open_stream(payload).read_all()
-    del payload
+    parts = [pa.ipc.open_stream(payload).read_all()]  # the schema (and the first rows)
+    for _ in range(int(init.get("more_parts", 0))):
+        frame = read_frame(inp)
+        if frame is None:
+            return 0
+        parts.append(pa.ipc.open_stream(frame[1]).read_all())
+    samples = pa.concat_tables(parts)
+    del parts, payload
     step_frame = read_frame(inp)
     if step_frame is None:
         return 0
