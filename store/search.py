@@ -328,13 +328,12 @@ class _Worker:
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
         fd = self.proc.stdout.fileno()
+        poller = select.poll()  # not select.select: a busy server's descriptors can pass FD_SETSIZE
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         chunks, left = [], n
         while left:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _WorkerLate()
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
+            if remaining <= 0 or not poller.poll(max(1, int(remaining * 1000))):
                 raise _WorkerLate()
             chunk = os.read(fd, min(left, 1 << 22))
             if not chunk:
