@@ -89,7 +89,7 @@ def main() -> int:
             context = browser.new_context(viewport={"width": 1600, "height": 1400}, color_scheme=scheme)
             overview(context.new_page(), server.url, args.out / f"overview-{scheme}.png")
             context.close()
-            context = browser.new_context(viewport={"width": 1600, "height": 2150}, color_scheme=scheme)
+            context = browser.new_context(viewport={"width": 1600, "height": 2650}, color_scheme=scheme)
             compare(context.new_page(), server.url, args.out / f"compare-{scheme}.png",
                     color="label" if scheme == "light" else "agreement")
             context.close()
