@@ -209,7 +209,8 @@ def _check_url(path: str, asked: ViewSettings, used: ViewSettings) -> None:
         return
     state.url_checked()
     for name, why in _URL_WHY.items():
-        if name in pending and getattr(asked, name) != getattr(used, name):
+        given = asked.keyword.strip() if name == "keyword" else getattr(asked, name)  # (stored stripped)
+        if name in pending and given != getattr(used, name):
             state.add_url_fix(state.UrlFix(state.url_param(name), pending[name], state.show_value(getattr(used, name)),
                                            why.format(model=used.model, layer=used.layer)))
     sel = pending.get("selected")

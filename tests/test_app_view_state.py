@@ -129,7 +129,7 @@ def test_a_links_unusable_values_are_named_with_what_was_used(app_env):
 
 def test_a_good_link_has_no_notice_and_a_later_change_adds_none(app_env):
     at = app_test(query={"model": "words", "layer": "mid_block", "step": "0", "color": "category",
-                         "sel": "words-a-00000004"})
+                         "sel": "words-a-00000004", "kw": "cat "})
     assert not at.exception and not [w for w in at.warning if "could not be used" in w.value]
     at.selectbox(key="w_model").set_value("digits").run()  # the user's own change is not the link's
     assert not at.exception and not [w for w in at.warning if "could not be used" in w.value]

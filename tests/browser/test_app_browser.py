@@ -148,3 +148,29 @@ def test_box_selection_reaches_python_and_png_downloads(page, app_server):
     with page.expect_download() as download:
         page.click(".st-key-dl_png button")
     assert download.value.suggested_filename.endswith(".png")
+
+
+def _sliders(page) -> dict:
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-testid="stSlider"]')]
+        .map(s => [s.querySelector('label')?.innerText, s.querySelector('input[type="range"]')?.value]))""")
+
+
+def test_a_store_path_typo_keeps_the_controls(page, app_server, tmp_path):
+    """A missing store, then the right one again: every control comes back with its value (they used to come
+    back at their minimum, and the next interaction fitted a map with those)."""
+    _open(page, app_server, {"nn": "30", "md": "0.4", "k": "7"})
+    before = _sliders(page)
+    assert before["n_neighbors"] == "30" and before["k nearest"] == "7"
+    box = page.locator(".st-key-dmd_store_input input")
+    store = box.input_value()
+    box.fill(str(tmp_path / "no-such-store"))
+    box.press("Enter")
+    page.wait_for_selector("text=does not exist")
+    box.fill(store)
+    box.press("Enter")
+    h.wait_map(page)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stSlider\"]').length >= 4")
+    assert _sliders(page) == before
+    page.locator(".st-key-w_psize").hover()  # another interaction: the view stays the same
+    params = page.evaluate("() => Object.fromEntries(new URL(location.href).searchParams)")
+    assert (params.get("nn"), params.get("md"), params.get("k")) == ("30", "0.4", "7")
