@@ -159,12 +159,13 @@ def _export(result) -> None:
     frame = result.frame
     stem = f"search-{result.mode}-{len(frame)}"
     # one button a row: the side column is narrow, and two side by side cut "Parquet" to "Par…"
-    st.download_button("CSV", frame.to_csv(index=False).encode(), f"{stem}.csv", "text/csv",
-                       icon=":material/download:", key="search.csv", on_click="ignore", width="stretch")
+    box = st.container()
+    box.download_button("CSV", frame.to_csv(index=False).encode(), f"{stem}.csv", "text/csv",
+                        icon=":material/download:", key="search.csv", on_click="ignore", width="stretch")
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
-    st.download_button("Parquet", buf.getvalue(), f"{stem}.parquet", "application/vnd.apache.parquet",
-                       icon=":material/download:", key="search.parquet", on_click="ignore", width="stretch")
+    box.download_button("Parquet", buf.getvalue(), f"{stem}.parquet", "application/vnd.apache.parquet",
+                        icon=":material/download:", key="search.parquet", on_click="ignore", width="stretch")
 
 
 def _results(path: str, query: tuple, outcome) -> None:
