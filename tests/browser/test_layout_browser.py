@@ -100,14 +100,13 @@ def test_search_export_buttons_show_their_whole_label(laptop, layout_server):
     page.goto(f"{layout_server}/search?sq=step%20%3D%200&sm=sql")
     page.wait_for_selector(".st-key-search-parquet button")
     for key, text in (("search-csv", "CSV"), ("search-parquet", "Parquet")):
-        # Streamlit cuts a label too long for its button with an ellipsis (text-overflow) on one of its boxes
-        boxes = page.evaluate("""(sel) => [...document.querySelector(sel).querySelectorAll('*')]
-          .filter(e => getComputedStyle(e).textOverflow === 'ellipsis')
-          .map(e => ({text: e.textContent.trim(), scroll: e.scrollWidth, client: e.clientWidth}))""",
-                              f".st-key-{key} button")
-        label = [b for b in boxes if b["text"].endswith(text)]
-        assert label, boxes
-        assert all(b["scroll"] <= b["client"] for b in label), label  # not cut to "Par…"
+        # Streamlit cuts a label too long for its button with an ellipsis (text-overflow) on the label's box
+        boxes = page.evaluate("""([sel, text]) => [...document.querySelector(sel).querySelectorAll('*')]
+          .filter(e => e.textContent.trim() === text && e.clientWidth > 0)
+          .map(e => ({tag: e.tagName, scroll: e.scrollWidth, client: e.clientWidth,
+                      overflow: getComputedStyle(e).textOverflow}))""", [f".st-key-{key} button", text])
+        assert boxes, f"no box shows {text!r}"
+        assert all(b["scroll"] <= b["client"] for b in boxes), boxes  # not cut to "Par…"
 
 
 def test_overview_storage_bars_show_whole_names_and_the_size_axis_title(laptop, layout_server):
