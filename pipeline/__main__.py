@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": "demo",
     "train-demo": "train_demo",
     "prune-cache": "prune_cache",
+    "edit": "edit",
 }
 
 

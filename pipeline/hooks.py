@@ -7,6 +7,7 @@ stay on the device until `pop()`, so recording adds no device-to-host sync insid
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -120,3 +121,80 @@ class Recorder:
                 layer_shape=rec.layer_shape, array=array))
         self._records.clear()
         return out
+
+
+class Intervention:
+    """Forward hooks that change what chosen layers output, at chosen sampling steps (the edits of
+    pipeline/edit.py): `edits` maps a friendly layer name to `fn(step, output) -> new output` (a tensor of
+    the output's shape, or None to keep it). The hooks run before any other hook of the module, so a
+    `Recorder` on the same layer records the changed output, which is what the rest of the network sees.
+
+    Like `Recorder`, it acts only inside `with intervention.step(i, ...)`; `tag(recorder, intervention)`
+    gives one object whose `step` enters both, for an adapter's `sample(..., recorder)`.
+    """
+
+    def __init__(self, root: torch.nn.Module, layers: dict[str, str], edits: dict):
+        unknown = sorted(set(edits) - set(layers))
+        if unknown:
+            raise ValueError(f"edits on layers without a module path: {unknown}")
+        self.root = root
+        self.layers = {name: layers[name] for name in edits}
+        self.edits = dict(edits)
+        self._handles: list = []
+        self._step: int | None = None
+
+    def __enter__(self) -> Intervention:
+        for name, path in self.layers.items():
+            module = self.root.get_submodule(path)
+            self._handles.append(module.register_forward_hook(self._make_hook(name), prepend=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @contextmanager
+    def step(self, step: int, timestep: float | None = None, sigma: float | None = None):
+        self._step = int(step)
+        try:
+            yield
+        finally:
+            self._step = None
+
+    def _make_hook(self, name: str):
+        fn = self.edits[name]
+
+        def hook(_module, _inputs, output):
+            if self._step is None:
+                return None
+            first = output[0] if isinstance(output, tuple | list) else output
+            new = fn(self._step, first)
+            if new is None:
+                return None
+            if tuple(new.shape) != tuple(first.shape):
+                raise ValueError(f"edit of layer {name!r} returned shape {tuple(new.shape)}, "
+                                 f"the layer outputs {tuple(first.shape)}")
+            new = new.to(first.dtype)
+            if isinstance(output, tuple | list):
+                return type(output)([new, *output[1:]])
+            return new
+        return hook
+
+
+class _Tags:
+    def __init__(self, taggers):
+        self.taggers = taggers
+
+    @contextmanager
+    def step(self, step: int, timestep: float | None = None, sigma: float | None = None):
+        with contextlib.ExitStack() as stack:
+            for t in self.taggers:
+                stack.enter_context(t.step(step, timestep=timestep, sigma=sigma))
+            yield
+
+
+def tag(*taggers):
+    """One object with a `step(i, timestep=, sigma=)` context that enters each of `taggers`' (Recorders,
+    Interventions) in order: what an adapter's `sample` takes as its recorder."""
+    return _Tags([t for t in taggers if t is not None])

@@ -39,6 +39,7 @@ def edm_sample(
     on_step: Callable[[int, float], AbstractContextManager] | None = None,
     generator: torch.Generator | None = None,
     on_denoised: Callable[[int, float, torch.Tensor], None] | None = None,
+    renoise: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the sampler and return the final denoised images D (float32, NCHW, about [-1, 1]).
 
@@ -49,6 +50,8 @@ def edm_sample(
     from ``generator`` (or the global RNG). Each network call runs inside ``on_step(i, sigma_i)`` when given,
     e.g. ``lambda i, s: recorder.step(i, sigma=s)``. ``on_denoised(i, sigma_i, D)`` receives each step's
     denoised batch D (float32, NCHW; the last one is the returned image), e.g. to keep x0 previews.
+    ``renoise`` (one tensor of ``z``'s shape per step after the first) gives the re-noising draws explicitly, e.g.
+    mixed ones for an interpolation (pipeline/edit.py); it takes precedence over ``noise_seeds``.
     """
     if len(sigmas) == 0:
         raise ValueError("sigmas is empty")
@@ -65,6 +68,9 @@ def edm_sample(
             if on_denoised is not None:
                 on_denoised(i, float(sigma), denoised)
             if i + 1 < len(sigmas):
+                if renoise is not None:
+                    x = denoised + float(sigmas[i + 1]) * renoise[i].to(x.device, torch.float32)
+                    continue
                 if noise_seeds is not None:
                     from pipeline.adapters.base import seeded_normal
 

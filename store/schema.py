@@ -23,10 +23,11 @@ SAMPLE_ROLES: dict[str, str] = {
     "text": "free text (the prompt): searched by keywords",
     "numeric": "a number",
     "path": "a file inside the store",
+    "ref": "keys of other samples or records (an edit's parents and sets): in tables and exports, not keyword-searched",
     "binary": "bytes (the thumbnail): never searched, exported or shown in a table",
     "list": "a list of values: never searched, exported or shown in a table",
 }
-TABLE_ROLES = ("id", "group", "label", "text", "numeric", "path")
+TABLE_ROLES = ("id", "group", "label", "text", "numeric", "path", "ref")
 TEXT_ROLES = ("label", "text")
 COLOR_KINDS = ("category", "numeric")
 
@@ -150,6 +151,23 @@ SAMPLE_VOCAB = SampleVocabulary((
     # stores were written: a samples part without this column has no previews.
     SampleColumn("preview_steps", pa.list_(pa.int16()), "list",
                  "sampling steps with an x0 preview image beside the final one (NULL: none)", optional=True),
+    # Provenance of the samples of `edit` runs (pipeline/edit.py); NULL for generated samples. Added after
+    # the first stores: a part without these columns reads them as NULL.
+    *(SampleColumn(name, typ, role, doc, optional=True, given=True, **extra) for name, typ, role, doc, extra in (
+        ("edit_op", pa.string(), "label", "edit operation: regenerate, interpolate, patch or steer (NULL: "
+         "a generated sample)", dict(color="category", title="edit")),
+        ("edit_parents", pa.string(), "ref", "the edit's parent sample id(s), comma-separated", {}),
+        ("edit_layer", pa.string(), "label", "layer the edit acted on (patch, steer)", {}),
+        ("edit_steps", pa.string(), "label", "sampling steps the edit acted at, comma-separated", {}),
+        ("edit_set", pa.string(), "ref", "sample ids of the patch's set, or of the steer's target set (B)", {}),
+        ("edit_from_set", pa.string(), "ref", "sample ids of the steer's source set (A)", {}),
+        ("edit_alpha", pa.float32(), "numeric", "steering strength alpha", dict(color="numeric", title="alpha")),
+        ("edit_frame", pa.int32(), "numeric", "interpolation frame, 0 = the first parent",
+         dict(color="numeric", title="frame")),
+        ("edit_change", pa.string(), "label", "the changed condition, e.g. 'label 3 -> 8', 'seed 1 -> 2'", {}),
+        ("edit_key", pa.string(), "ref", "the edit's identity, a hash of its inputs: asking for the same "
+         "edit again adds nothing", {}),
+    )),
 ))
 
 SAMPLES = SAMPLE_VOCAB.arrow

@@ -26,6 +26,10 @@ def _samples(n: int = 6, extra: dict | None = None) -> pd.DataFrame:
         "label": [f"{k % 3}: c{k % 3}" for k in i], "num_steps": 1 + i % 2, "image_path": "images/x.parquet",
         "width": 8 + i % 2, "height": 8 + i % 2,
     })
+    for name in VOCAB.optional:  # a reader gives the columns that older parts lack as null
+        frame[name] = None
+    # the edit columns the map colours by vary too
+    frame["edit_op"], frame["edit_alpha"], frame["edit_frame"] = [f"op{k % 2}" for k in i], i * 0.5, i
     for name, values in (extra or {}).items():
         frame[name] = values
     return frame
@@ -57,10 +61,13 @@ def test_every_samples_column_is_declared_once_with_a_role():
     # the files hold the declared columns but the partition values, in declaration order
     assert schema.SAMPLES.names == [c.name for c in VOCAB.columns if c.stored]
     assert VOCAB.partitions == ("model", "run_id")
-    assert schema.SAMPLE_OPTIONAL == ("preview_steps",)
+    # added after the first stores: previews, and the provenance of edits (pipeline/edit.py)
+    assert schema.SAMPLE_OPTIONAL[0] == "preview_steps"
+    assert all(name.startswith("edit_") for name in schema.SAMPLE_OPTIONAL[1:])
     assert set(schema.SAMPLE_INPUT_FIELDS) <= set(VOCAB.table) - {"sample_id", "model", "run_id"}
     assert set(VOCAB.table) == {c.name for c in VOCAB.columns} - {"thumb", "preview_steps"}
-    assert set(VOCAB.text) == {"prompt", "label", "class_name", "category"}
+    assert set(VOCAB.text) == {"prompt", "label", "class_name", "category", "edit_op", "edit_layer", "edit_steps",
+                               "edit_change"}
 
 
 def test_a_column_without_a_known_role_or_with_a_colour_it_cannot_have_is_refused():

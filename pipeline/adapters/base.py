@@ -13,6 +13,14 @@ class UnknownLayer(ValueError):
     """A layer name the adapter does not know; the message lists the valid ones."""
 
 
+class EditUnsupported(ValueError):
+    """A model family that does not (yet) offer the edits of pipeline/edit.py."""
+
+    def __init__(self, name: str):
+        super().__init__(f"edits (regenerate, interpolate, patch, steer) are not supported for model {name!r} "
+                         "yet: only the class-conditional EDM models (demo, imagenet) have them")
+
+
 @dataclass(frozen=True)
 class Condition:
     """What one sample is conditioned on: a class or a prompt."""
@@ -77,6 +85,26 @@ class Adapter(ABC):
     def identity(self) -> dict:
         """What makes two runs comparable: checkpoint, checkpoint_sha256, base_model, settings (dict)."""
 
+    # -- edits (pipeline/edit.py): a family that lacks them raises EditUnsupported ---------------------------
+    def condition(self, class_id: int | None = None, prompt: str | None = None) -> Condition:
+        """The condition of a class (class models) or a prompt (prompt models), as `conditions` makes it."""
+        raise EditUnsupported(self.name)
+
+    def edit_inputs(self, noise_seeds: list[int], conditions: list[Condition]) -> dict[str, torch.Tensor]:
+        """Exactly what `sample` feeds the sampler for these samples, as tensors with the batch first (every
+        noise draw, the condition as the network takes it), so that an edit can change or mix them;
+        `sample_inputs(edit_inputs(s, c), r)` equals `sample(s, c, r)` bit for bit."""
+        raise EditUnsupported(self.name)
+
+    def mix_inputs(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict:
+        """The inputs a fraction `t` of the way from `a` to `b` (one sample each): the noise by spherical
+        interpolation, the condition linearly; t = 0 and t = 1 return `a` and `b` themselves."""
+        raise EditUnsupported(self.name)
+
+    def sample_inputs(self, inputs: dict[str, torch.Tensor], recorder) -> np.ndarray:
+        """`sample` on inputs from `edit_inputs` (or mixed ones): uint8 images (B, H, W, 3)."""
+        raise EditUnsupported(self.name)
+
     def text_embeddings(self):
         """Pooled text embedding per prompt (pyarrow.Table) for prompt models; None otherwise."""
         return None
@@ -91,6 +119,26 @@ class Adapter(ABC):
                 + ", ".join(known)
             )
         return {n: known[n] for n in names}
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between `a` and `b` row by row (batch first): along the great circle between
+    the two vectors, which keeps a Gaussian draw's typical norm where a linear mix would shrink it. `a`
+    itself at t = 0 and `b` at t = 1; nearly parallel rows fall back to a linear mix."""
+    t = float(t)
+    if t == 0.0:
+        return a
+    if t == 1.0:
+        return b
+    fa, fb = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
+    na, nb = fa.norm(dim=1, keepdim=True), fb.norm(dim=1, keepdim=True)
+    cos = ((fa / na.clamp_min(1e-30)) * (fb / nb.clamp_min(1e-30))).sum(dim=1, keepdim=True).clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6
+    wa = torch.where(parallel, 1.0 - t, torch.sin((1.0 - t) * omega) / torch.where(parallel, 1.0, sin))
+    wb = torch.where(parallel, t, torch.sin(t * omega) / torch.where(parallel, 1.0, sin))
+    return (wa * fa + wb * fb).reshape(a.shape).to(a.dtype)
 
 
 def shapes_by_hooks(module: torch.nn.Module, paths: dict[str, str], run) -> dict[str, tuple[int, ...]]:

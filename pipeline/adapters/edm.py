@@ -12,7 +12,7 @@ import functools
 import numpy as np
 import torch
 
-from pipeline.adapters.base import Adapter, Condition, seeded_normal, shapes_by_hooks
+from pipeline.adapters.base import Adapter, Condition, seeded_normal, shapes_by_hooks, slerp
 from pipeline.models.edm import EDMPrecond
 from pipeline.sampling import edm_sample, karras_sigmas, to_uint8
 
@@ -79,18 +79,52 @@ class EDMAdapter(Adapter):
         return out
 
     def sample(self, noise_seeds, conditions, recorder) -> np.ndarray:
+        return self.sample_inputs(self.edit_inputs(noise_seeds, conditions), recorder)
+
+    # -- edits (pipeline/edit.py) ---------------------------------------------------------------------
+    def condition(self, class_id: int | None = None, prompt: str | None = None) -> Condition:
+        if prompt is not None or class_id is None:
+            raise ValueError(f"model {self.name!r} is conditioned on a class label, not a prompt: give a label")
+        n_classes = int(self.config["label_dim"])
+        if not 0 <= int(class_id) < n_classes:
+            raise ValueError(f"label {class_id} is out of range for model {self.name!r}: 0..{n_classes - 1}")
+        name = self.class_names[int(class_id)]
+        return Condition(class_id=int(class_id), class_name=name, category=name)
+
+    def edit_inputs(self, noise_seeds, conditions) -> dict[str, torch.Tensor]:
+        """z: the start noise (B, C, H, W); eps: the re-noising draw of each later step (B, S-1, C, H, W);
+        labels: one-hot class rows (B, label_dim), which the network takes as they are (soft rows too)."""
+        res, ch = self.config["img_resolution"], self.config["img_channels"]
+        shape = (ch, res, res)
+        z = seeded_normal(noise_seeds, shape)
+        eps = torch.stack([seeded_normal(noise_seeds, shape, stream=i + 1) for i in range(self.num_steps - 1)],
+                          dim=1) if self.num_steps > 1 else torch.zeros((len(noise_seeds), 0, *shape))
+        labels = torch.zeros(len(conditions), int(self.config["label_dim"]))
+        labels[torch.arange(len(conditions)), torch.tensor([c.class_id for c in conditions])] = 1.0
+        return {"z": z, "eps": eps, "labels": labels}
+
+    def mix_inputs(self, a: dict, b: dict, t: float) -> dict:
+        t = float(t)
+        if t == 0.0:
+            return a
+        if t == 1.0:
+            return b
+        return {"z": slerp(a["z"], b["z"], t),
+                "eps": slerp(a["eps"], b["eps"], t) if a["eps"].shape[1] else a["eps"],
+                "labels": (1.0 - t) * a["labels"] + t * b["labels"]}
+
+    def sample_inputs(self, inputs: dict, recorder) -> np.ndarray:
         self.last_previews = None
         previews: dict[int, np.ndarray] = {}
 
         def keep_preview(step: int, _sigma: float, denoised: torch.Tensor) -> None:
             previews[step] = to_uint8(denoised)
 
-        res, ch = self.config["img_resolution"], self.config["img_channels"]
-        z = seeded_normal(noise_seeds, (ch, res, res)).to(self.device)
-        labels = torch.zeros(len(conditions), int(self.config["label_dim"]), device=self.device)
-        labels[torch.arange(len(conditions)), torch.tensor([c.class_id for c in conditions])] = 1.0
+        z = inputs["z"].to(self.device)
+        labels = inputs["labels"].to(self.device)
+        eps = [inputs["eps"][:, i] for i in range(inputs["eps"].shape[1])]
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            denoised = edm_sample(self.net, z, labels, self.sigmas, noise_seeds=noise_seeds,
+            denoised = edm_sample(self.net, z, labels, self.sigmas, renoise=eps,
                                   on_step=lambda i, sigma: recorder.step(i, sigma=sigma),
                                   on_denoised=keep_preview if self.x0_previews else None)
         images = to_uint8(denoised)
@@ -108,6 +142,7 @@ class EDMAdapter(Adapter):
         }
 
 
+SHIPPED_DEMO = "shipped demo weights"  # the checkpoint a demo run's manifest names when it used the shipped file
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -141,7 +176,7 @@ def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int
     load_into(net, load_state_dict_file(path))
     sigmas = demo_model.DEMO_SIGMAS if steps is None else karras_sigmas(steps)
     return EDMAdapter(net, demo_model.DEMO_CONFIG, name="demo", class_names=list(DIGIT_NAMES),
-                      sigmas=sigmas, device=device, checkpoint=str(checkpoint or "shipped demo weights"),
+                      sigmas=sigmas, device=device, checkpoint=str(checkpoint or SHIPPED_DEMO),
                       checkpoint_sha256=sha256_of(path), class_ids=class_ids,
                       samples_per_class=samples_per_class, x0_previews=x0_previews)
 
