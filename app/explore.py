@@ -518,8 +518,9 @@ def _caption(view, settings, highlight) -> None:
     if highlight is not None:
         named = _highlight_source() or []
         outside = sum(1 for s in named if view.locate(s) is None)
+        verb = "is" if outside == 1 else "are"
         bits.append(f"**{len(highlight):,} highlighted**" + (
-            f" ({outside:,} of the {len(named):,} matching samples are not in this view)" if outside else ""))
+            f" ({outside:,} of the {len(named):,} matching samples {verb} not in this view)" if outside else ""))
     trajectory = " (its trajectory over the steps is drawn)" if view.all_steps else ""
     st.caption(" · ".join(bits) + f"  \nHover for a preview · click to select{trajectory} · while selected, "
                "click others to add/remove neighbours · lasso/box (toolbar) selects a set · double-click resets "
