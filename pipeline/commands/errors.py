@@ -6,6 +6,10 @@ import errno
 import os
 import re
 
+from pipeline.checkpoints import first_line
+
+__all__ = ["first_line", "os_errno", "store_write_error"]
+
 _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)  # pyarrow's OSErrors carry it in the text
 
 _WHY = {
@@ -24,11 +28,6 @@ def os_errno(exc: OSError) -> int | None:
         return exc.errno
     found = _ERRNO_IN_TEXT.findall(str(exc))
     return int(found[-1]) if found else None
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def store_write_error(exc: OSError, store: str | os.PathLike, *, resumable: bool = True) -> str:

@@ -109,8 +109,8 @@ def _prepare(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
-    from pipeline.checkpoints import CheckpointMismatch, first_line
-    from pipeline.commands.errors import store_write_error
+    from pipeline.checkpoints import CheckpointMismatch
+    from pipeline.commands.errors import first_line, store_write_error
     from pipeline.generate import generate
     from store import ManifestMismatch
 
