@@ -35,6 +35,7 @@ __all__ = [
     "DEMO_TRAIN",
     "DEMO_WEIGHTS",
     "digit_accuracy",
+    "digit_features",
     "digits_dataset",
     "evaluate_demo",
     "load_demo_model",
@@ -216,13 +217,18 @@ def digit_accuracy(images: np.ndarray, labels: np.ndarray) -> float:
 
     Images are averaged over channels, block-averaged down to 8x8 and rescaled to the data set's 0..16.
     """
+    predicted = _digit_classifier().predict(digit_features(images))
+    return float((predicted == np.asarray(labels)).mean())
+
+
+def digit_features(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC images as the classifier reads them: averaged over channels, block-averaged down to 8x8
+    and rescaled to the data set's 0..16, (N, 64)."""
     images = np.asarray(images, dtype=np.float32).mean(axis=-1)  # (N, R, R)
     n, r, _ = images.shape
     if r % 8:
         raise ValueError(f"image size {r} is not a multiple of 8")
-    small = images.reshape(n, 8, r // 8, 8, r // 8).mean(axis=(2, 4)) / 255.0 * 16.0
-    predicted = _digit_classifier().predict(small.reshape(n, 64))
-    return float((predicted == np.asarray(labels)).mean())
+    return (images.reshape(n, 8, r // 8, 8, r // 8).mean(axis=(2, 4)) / 255.0 * 16.0).reshape(n, 64)
 
 
 def evaluate_demo(net: EDMPrecond, sigmas=DEMO_SIGMAS, per_class: int = 20, seed: int = 1) -> float:

@@ -118,6 +118,7 @@ class Editor:
         self.device = pick_device(None if device is None else str(device))
         self.progress = progress or (lambda _msg: None)
         self._adapters: dict[str, Adapter] = {}
+        self._means: dict[tuple, dict[int, torch.Tensor]] = {}  # (set ids, layer, steps) -> step -> mean
 
     # -- reading the parents ----------------------------------------------------------------------------
     def parents(self, sample_ids: Sequence[str]) -> list[Parent]:
@@ -221,7 +222,14 @@ class Editor:
     def set_activations(self, members: Sequence[Parent], layer: str, steps: Sequence[int],
                         what: str = "set") -> dict[int, torch.Tensor]:
         """Step -> the mean over `members` of layer `layer`'s full output (float32, (C, H, W)), recomputed by
-        running the members again from their stored seeds and conditions."""
+        running the members again from their stored seeds and conditions (kept for the next edit with it)."""
+        memo = (tuple(sorted({m.sample_id for m in members})), layer, tuple(steps))
+        if memo not in self._means:
+            self._means[memo] = self._set_means(members, layer, steps, what)
+        return self._means[memo]
+
+    def _set_means(self, members: Sequence[Parent], layer: str, steps: Sequence[int],
+                   what: str) -> dict[int, torch.Tensor]:
         by_run: dict[str, list[Parent]] = {}
         for m in members:
             by_run.setdefault(m.run_id, []).append(m)

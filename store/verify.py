@@ -25,6 +25,8 @@ class NotAStore(ValueError):
     pass
 
 
+# samples columns holding the sample ids an edit result comes from (pipeline/edit.py)
+EDIT_REFS = ("edit_parents", "edit_set", "edit_from_set")
 REDONE = " (its batch counts as not done: removed and generated again when its run resumes)"
 
 
@@ -37,6 +39,8 @@ class Report:
     missing_images: list[tuple[str, str]] = field(default_factory=list)  # (relpath, sample_id)
     missing_previews: list[tuple[str, str, int]] = field(default_factory=list)  # (relpath, sample_id, step)
     missing_parts: list[str] = field(default_factory=list)  # activation parts of committed batches
+    # edit provenance (the edit_* columns) naming samples the store does not hold: (relpath, sample_id, ref)
+    missing_refs: list[tuple[str, str, str]] = field(default_factory=list)
     staging: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     redone: list[str] = field(default_factory=list)  # damaged samples parts: their batches count as not done
@@ -44,7 +48,7 @@ class Report:
     @property
     def ok(self) -> bool:
         return not (self.corrupt or self.foreign or self.missing_images or self.missing_previews
-                    or self.missing_parts)
+                    or self.missing_parts or self.missing_refs)
 
     def lines(self) -> list[str]:
         out = [f"CORRUPT  {p}: {why}" + (REDONE if p in self.redone else "") for p, why in self.corrupt]
@@ -52,6 +56,7 @@ class Report:
         out += [f"MISSING  {p} (image of {sid})" for p, sid in self.missing_images]
         out += [f"MISSING  {p} (x0 preview of {sid}, step {k})" for p, sid, k in self.missing_previews]
         out += [f"MISSING  {p} (activations of a committed batch)" for p in self.missing_parts]
+        out += [f"MISSING  {ref} (named by the edit provenance of {sid} in {p})" for p, sid, ref in self.missing_refs]
         out += [f"note: staging leftover {p} (removed by the next writer of its run)" for p in self.staging]
         out += [f"note: orphan {p} (its batch has no intact samples part: invisible to readers; removed, and "
                 f"the batch generated again, when its run resumes)" for p in self.orphans]
@@ -64,6 +69,7 @@ class Report:
             f"{len(self.foreign)} foreign, {len(self.missing_images)} missing images, "
             f"{len(self.missing_previews)} missing previews, "
             f"{len(self.missing_parts)} missing activation parts, "
+            + (f"{len(self.missing_refs)} missing edit parents or set members, " if self.missing_refs else "") +
             f"{len(self.staging)} staging leftovers, {len(self.orphans)} orphans"
         )
         return out
@@ -104,6 +110,7 @@ class _Verifier:
         self.preview_steps: dict[str, set[int]] = {}  # sample_id -> steps its row lists
         self.preview_refs: list[tuple[str, str, int]] = []  # (relpath, sample_id, step)
         self.part_pngs: dict[str, set[tuple[str, int | None]]] = {}  # images part -> its (sample_id, step) rows
+        self.edit_refs: list[tuple[str, str, str]] = []  # (samples part, sample_id, a sample id it names)
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -199,9 +206,20 @@ class _Verifier:
                     self.preview_steps.setdefault(sid, set()).add(k)
                     self.preview_refs.append((ref if in_part else layout.preview_relpath(parts["model"], run, i, k),
                                               sid, k))
+            self.provenance(p, t, ids)
         else:
             ids = []
         self.committed.setdefault((parts["model"], parts["run_id"]), {})[p.name] = set(ids)
+
+    def provenance(self, p: Path, t, ids: list[str]) -> None:
+        """Remember the sample ids that edit results name (parents, sets): each must be in the store."""
+        for column in EDIT_REFS:
+            if column not in t.column_names:  # parts written before edits existed
+                continue
+            for sid, refs in zip(ids, t[column].to_pylist(), strict=True):
+                for ref in (refs or "").split(","):
+                    if ref:
+                        self.edit_refs.append((self.rel(p), sid, ref))
 
     def activations(self, parts: dict, p: Path) -> None:
         if layout.parse_part_name(p.name) is None:
@@ -327,4 +345,7 @@ def verify(root: str | os.PathLike, quick: bool = False) -> Report:
         v.r.missing_images.extend(ref for ref in v.image_refs if not v.has_png(*ref))
         v.r.missing_previews.extend(ref for ref in v.preview_refs if not v.has_png(*ref))
     v.missing_activation_parts()
+    if not quick:
+        committed = set().union(*(ids for batches in v.committed.values() for ids in batches.values()))
+        v.r.missing_refs.extend(r for r in v.edit_refs if r[2] not in committed)
     return v.r
