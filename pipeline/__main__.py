@@ -11,6 +11,7 @@ COMMANDS = {
     "generate": "generate",
     "layers": "layers",
     "project": "project",
+    "analyse": "analyse",
     "demo": "demo",
     "train-demo": "train_demo",
     "prune-cache": "prune_cache",

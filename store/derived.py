@@ -41,6 +41,7 @@ KINDS = {
     "knn": "a kNN graph (sample_id, indices, distances)",
     "features": "a PCA feature matrix (sample_id, vector)",
     "compare": "a layer-comparison table (CKA, neighbour agreement)",
+    "analysis": "a table of a layer's analysis (class separation, clusters, outliers; pipeline/analysis.py)",
     "lineage": "pointer: the latest map of a lineage (what appended samples are placed into)",
     "family": "pointer: the latest map of a min_dist family (what a warm start continues)",
 }
