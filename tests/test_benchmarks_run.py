@@ -28,6 +28,8 @@ def run(script: str, *args: str) -> str:
      [r"^  write, no fsync on either side: +\d+\.\d\dx", r"^  read one layer: +\d+\.\d\dx"]),
     ("bench_search.py", ["--rows", "2000", "--repeat", "1"],
      [r"^slowest query, fastest run: DuckDB search \d+ ms", r"^\(cat OR dog\) \"in the rain\" +\d+ "]),
+    ("bench_analysis.py", ["--n", "2000", "--repeat", "1"],
+     [r"^class separation +\d+\.\d\ds +\d", r"^clusters hdbscan +\d", r"^analysis_ratio=\d+\.\d\d$"]),
 ])
 def test_benchmark_prints_its_result_lines(script, args, expected, tmp_path):
     out = run(script, *args, *(["--dir", str(tmp_path)] if script == "bench_generate.py" else []))
