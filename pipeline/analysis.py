@@ -336,21 +336,25 @@ class _Request:
 
 
 def _request(store, model, layer, step, feature, run_ids, sample_ids) -> _Request:
+    from pipeline.compare import CompareError, _check_layers
     from pipeline.features import filter_description, parse_step
 
-    models = store.models()
-    if model not in models:
-        raise AnalysisError(f"unknown model {model!r}; valid: {models}")
-    layers = store.layers(model)
-    if layer not in layers:
-        raise AnalysisError(f"unknown layer {layer!r} of model {model!r}; valid: {layers}")
+    try:
+        _check_layers(store, model, [layer], 1)  # the same messages as a comparison's
+    except CompareError as exc:
+        raise AnalysisError(str(exc)) from None
     try:
         spec = FeatureSpec.parse(feature)
         step = parse_step(step)
     except FeatureError as exc:
         raise AnalysisError(str(exc)) from exc
-    if step is None or step == -1:
-        step = int(store.steps(model, layer)["step"].max())
+    if step != ALL_STEPS:
+        recorded = sorted(int(s) for s in store.steps(model, layer)["step"].unique())
+        step = -1 if step is None else int(step)
+        if (step not in recorded) if step >= 0 else -step > len(recorded):
+            raise AnalysisError(f"step {step} is not recorded for {model}/{layer}; recorded: {recorded} "
+                                "(negative steps count from the last)")
+        step = step if step >= 0 else recorded[step]
     runs = None if run_ids is None else sorted({str(r) for r in run_ids})
     ids = None if sample_ids is None else [str(s) for s in sample_ids]
     if ids is not None and not ids:
