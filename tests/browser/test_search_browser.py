@@ -79,7 +79,7 @@ def test_sql_error_shows_a_caret_and_a_shared_link_reruns(search_server, page):
     page.goto(f"{search_server['url']}/search")
     page.get_by_text("SQL WHERE", exact=True).click()
     _submit(page, "WHERE", "category = 'food' AND nope > 2")
-    expect(page.get_by_text("Referenced column \"nope\" not found", exact=False)).to_be_visible()
+    expect(page.get_by_text('there is no column "nope"', exact=False)).to_be_visible()
     caret = page.locator("code").filter(has_text="nope > 2")
     expect(caret).to_contain_text("^")
 
