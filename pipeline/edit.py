@@ -127,12 +127,17 @@ class Editor:
         if not ids:
             raise EditError("no sample ids given")
         df = self.store.samples(sample_ids=ids, columns=["sample_id", "model", "run_id", "seed", "class_id",
-                                                         "prompt", "label"])
+                                                         "prompt", "label", "edit_op"])
         found = {r["sample_id"]: r for r in df.to_dict("records")}
         unknown = [s for s in ids if s not in found]
         if unknown:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
             raise EditError(f"unknown sample{'s' if len(unknown) > 1 else ''} {shown}: not in the store {self.root}")
+        # a regenerated sample is its seed and condition again; the others are not
+        edited = [(s, op) for s, r in found.items() if (op := _text(r.get("edit_op"))) not in (None, "regenerate")]
+        if edited:
+            raise EditError(f"sample {edited[0][0]} is the result of an edit ({edited[0][1]}), which its seed and "
+                            "label cannot reproduce: edit generated (or regenerated) samples")
         manifests: dict[str, dict] = {}
         out = {}
         for sid, r in found.items():

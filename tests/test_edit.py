@@ -155,6 +155,44 @@ def test_the_same_edit_twice_adds_nothing(store_root, editor):
     assert len(Store(store_root).samples(run_ids=[f"edit-{RUN}"])) == before + 1
 
 
+def test_an_edit_result_is_no_parent_but_a_regenerated_sample_is(store_root, editor):
+    from pipeline.edit import EditError
+
+    (steered,) = editor.steer(sid(8), "midblock", [sid(9)], [sid(190)], [1.5])
+    with pytest.raises(EditError, match=f"sample {steered} is the result of an edit \\(steer\\)"):
+        editor.regenerate(steered, label=1)
+    with pytest.raises(EditError, match="is the result of an edit"):
+        editor.patch(sid(8), "midblock", [sid(9), steered])
+    (again,) = editor.regenerate(sid(8))
+    (twice,) = editor.regenerate(again)  # a regenerated sample is its seed and label: it regenerates exactly
+    assert np.array_equal(image(store_root, twice), image(store_root, sid(8)))
+
+
+def test_an_edit_killed_before_its_commit_leaves_nothing_and_reruns(store_root, editor, monkeypatch):
+    from store import Store, writer
+    from store.verify import verify
+
+    real = writer.atomic_write_parquet
+
+    def killed(path, *args, **kwargs):
+        if "samples" in path.parts:  # the commit record: the process dies just before it
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    before = len(Store(store_root).samples(run_ids=[f"edit-{RUN}"]))
+    monkeypatch.setattr(writer, "atomic_write_parquet", killed)
+    with pytest.raises(KeyboardInterrupt):
+        editor.interpolate(sid(20), sid(40), 6)
+    monkeypatch.undo()
+    assert len(Store(store_root).samples(run_ids=[f"edit-{RUN}"])) == before
+    assert Store(store_root).manifest(f"edit-{RUN}")["status"] == "interrupted"
+    frames = editor.interpolate(sid(20), sid(40), 6)
+    assert len(Store(store_root).samples(run_ids=[f"edit-{RUN}"])) == before + 6
+    report = verify(store_root)
+    assert report.ok and not report.orphans, report.lines()
+    assert np.array_equal(image(store_root, frames[0]), image(store_root, sid(20)))
+
+
 def test_a_patch_says_it_recomputes_the_set(store_root):
     from pipeline.edit import Editor
 
