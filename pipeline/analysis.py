@@ -283,7 +283,7 @@ def cluster_table(X: np.ndarray, assign: np.ndarray, sample_ids, labels, prompts
 @dataclass(frozen=True)
 class Separation:
     """`class_separation`'s result: per class, the confusion matrix (indexed by class) and the most-mixed
-    pairs; ``by`` names the column the classes come from, ``k`` and ``n_samples`` what was measured."""
+    pairs; ``by`` names the column the classes come from, ``k``, ``n_samples`` and ``step`` what was measured."""
 
     table: pd.DataFrame
     confusion: pd.DataFrame
@@ -291,6 +291,7 @@ class Separation:
     by: str
     k: int
     n_samples: int
+    step: int | str  # the step measured (a negative request resolved), or "all"
 
 
 @dataclass(frozen=True)
@@ -348,13 +349,7 @@ def _request(store, model, layer, step, feature, run_ids, sample_ids) -> _Reques
         step = parse_step(step)
     except FeatureError as exc:
         raise AnalysisError(str(exc)) from exc
-    if step != ALL_STEPS:
-        recorded = sorted(int(s) for s in store.steps(model, layer)["step"].unique())
-        step = -1 if step is None else int(step)
-        if (step not in recorded) if step >= 0 else -step > len(recorded):
-            raise AnalysisError(f"step {step} is not recorded for {model}/{layer}; recorded: {recorded} "
-                                "(negative steps count from the last)")
-        step = step if step >= 0 else recorded[step]
+    step = -1 if step is None else step  # negative: from the last step of the selected runs (the store resolves it)
     runs = None if run_ids is None else sorted({str(r) for r in run_ids})
     ids = None if sample_ids is None else [str(s) for s in sample_ids]
     if ids is not None and not ids:
@@ -369,7 +364,7 @@ def _features(req: _Request):
     try:
         feats = load_features(req.store, req.model, req.layer, req.step, req.spec, run_ids=req.runs,
                               sample_ids=req.ids, data_version=req.version)
-    except FeatureError as exc:
+    except ValueError as exc:  # a FeatureError, or the store's "step not recorded"
         raise AnalysisError(str(exc)) from exc
     if len(feats.sample_ids) < MIN_SAMPLES:
         raise AnalysisError(f"only {len(feats.sample_ids)} samples match: at least {MIN_SAMPLES} are needed")
@@ -460,11 +455,12 @@ def class_separation(store, model: str, layer: str, step: int | str | None = Non
         table, matrix, pairs = separation_tables(feats.X, meta["class"], idx, metric, silhouette_sample, seed,
                                                  top_pairs)
         return ({"table": table, "confusion": matrix.reset_index(), "pairs": pairs},
-                {"by": str(meta["by"].iloc[0]), "k": int(k), "n_samples": len(feats.sample_ids)})
+                {"by": str(meta["by"].iloc[0]), "k": int(k), "n_samples": len(feats.sample_ids),
+                 "step": feats.step})
 
     def build(tables, meta):
         return Separation(tables["table"], tables["confusion"].set_index("class"), tables["pairs"],
-                          meta["by"], meta["k"], meta["n_samples"])
+                          meta["by"], meta["k"], meta["n_samples"], meta["step"])
 
     out = _cached(req, "separation", params, ("table", "confusion", "pairs"), compute, build)
     report(1.0, "done")

@@ -66,12 +66,14 @@ def run(args: argparse.Namespace) -> int:
     except analysis.AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.model} / {args.layer}: {sep.n_samples:,} samples, classes by {sep.by}, k={sep.k}, "
+    print(f"{args.model} / {args.layer} / step {sep.step}: {sep.n_samples:,} samples, classes by {sep.by}, k={sep.k}, "
           f"{args.metric} distance ({time.perf_counter() - t0:.2f} s)")
     _print("class separation (least pure first; chance = purity of random neighbours)", sep.table)
     _print("most-mixed pairs (mixing = mean share of each class's neighbours in the other)", sep.pairs)
     table = clu.table.assign(words=[", ".join(w) for w in clu.table["words"]],
                              medoids=[" ".join(m) for m in clu.table["medoids"]])
+    if not any(clu.table["words"].map(len)):  # no prompts: no words
+        table = table.drop(columns="words")
     _print(f"clusters ({clu.method}; -1 = noise)", table)
     _print("most unusual samples (local outlier factor; kdist = distance to the k-th neighbour)",
            out.head(args.top))
