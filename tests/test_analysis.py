@@ -212,6 +212,8 @@ def test_appended_samples_change_the_key(tmp_path):
     store = Store(tmp_path)
     assert A.outliers(store, "demo", "mid", k=5).shape[0] == 60
     write_clustered_run(tmp_path, range(60, 120), num_samples=120)
+    stale = [e for e in Store(tmp_path).derived.scan() if e.kind == "analysis"]
+    assert stale and all(e.stale for e in stale)  # prune-cache removes them
     assert A.outliers(Store(tmp_path), "demo", "mid", k=5).shape[0] == 120
 
 
