@@ -31,7 +31,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -423,7 +423,7 @@ def _write(req: _Request, key: str, tables: dict[str, pd.DataFrame], meta: dict)
 
 def _cached(req: _Request, what: str, params: dict, parts: tuple[str, ...], compute, build):
     """The result `what` of `params`: from memory, else from the store, else `compute()` -> (tables, meta),
-    written to the store; `build(tables, meta)` makes the returned object."""
+    written to the store; `build(tables, meta)` makes the remembered object (callers hand out copies)."""
     key = f"{what}-{_sha({**req.payload, 'what': what, **params})[:24]}"
     hit = _MEMO.get(key)
     if hit is not None:
@@ -464,7 +464,7 @@ def class_separation(store, model: str, layer: str, step: int | str | None = Non
 
     out = _cached(req, "separation", params, ("table", "confusion", "pairs"), compute, build)
     report(1.0, "done")
-    return out
+    return replace(out, table=out.table.copy(), confusion=out.confusion.copy(), pairs=out.pairs.copy())
 
 
 def outliers(store, model: str, layer: str, step: int | str | None = None, feature=None,
@@ -525,4 +525,4 @@ def clusters(store, model: str, layer: str, step: int | str | None = None, featu
 
     out = _cached(req, "clusters", params, ("table", "assignments"), compute, build)
     report(1.0, "done")
-    return out
+    return replace(out, table=out.table.copy(), assignments=out.assignments.copy())
