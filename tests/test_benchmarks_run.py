@@ -28,6 +28,8 @@ def run(script: str, *args: str) -> str:
      [r"^  write, no fsync on either side: +\d+\.\d\dx", r"^  read one layer: +\d+\.\d\dx"]),
     ("bench_search.py", ["--rows", "2000", "--repeat", "1"],
      [r"^slowest query, fastest run: DuckDB search \d+ ms", r"^\(cat OR dog\) \"in the rain\" +\d+ "]),
+    ("bench_edit.py", ["--per-class", "2", "--repeats", "1"],
+     [r"^fresh +\d+\.\d ms$", r"^edit_ratio_interpolate=\d+\.\d\d$", r"^edit_ratio_patch=\d+\.\d\d$"]),
     ("bench_analysis.py", ["--n", "2000", "--repeat", "1"],
      [r"^class separation +\d+\.\d\ds +\d", r"^clusters hdbscan +\d", r"^analysis_ratio=\d+\.\d\d$"]),
 ])
