@@ -305,6 +305,7 @@ def mixed_root(tmp_path_factory):
     (["regenerate", "--sample", "p-00000000", "--prompt", "a blue car"],
      "edits of the text-to-image models (sd15) are not supported yet"),
     (["regenerate", "--sample", "d-00000001", "--label", "12"], "label 12 is out of range for model 'demo'"),
+    (["--device", "nope", "regenerate", "--sample", "d-00000001"], "on device nope:"),
 ])
 def test_the_command_refuses_with_one_line_and_exit_2(mixed_root, capsys, argv, message):
     from pipeline.__main__ import main

@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.checkpoints import CheckpointMismatch
-    from pipeline.commands.errors import store_write_error
+    from pipeline.commands.errors import first_line, store_write_error
     from pipeline.edit import EditError, Editor, parse_steps
     from store import ManifestMismatch
 
@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except OSError as exc:
         print(f"error: {store_write_error(exc, args.store, resumable=False)}", file=sys.stderr)
+        return 2
+    except (RuntimeError, AssertionError) as exc:  # torch: an unknown device, or one this build lacks
+        print(f"error: on device {args.device}: {first_line(exc)}", file=sys.stderr)
         return 2
     for sid in ids:
         print(sid)
