@@ -64,7 +64,25 @@ class _Record:
     value: torch.Tensor
 
 
-class Recorder:
+class _LayerHooks:
+    """Forward hooks on `self.layers` (friendly name -> module path of `self.root`), made by `_make_hook(name)`,
+    registered for the duration of a `with` (first among the module's hooks when `PREPEND`)."""
+
+    PREPEND = False
+
+    def __enter__(self):
+        for name, path in self.layers.items():
+            module = self.root.get_submodule(path)
+            self._handles.append(module.register_forward_hook(self._make_hook(name), prepend=self.PREPEND))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class Recorder(_LayerHooks):
     """Register hooks on `layers` (friendly name -> module path of `root`) for the duration of a `with`.
 
     Hooks only record inside `with recorder.step(i, timestep=..., sigma=...)`, so a warm-up or a shape probe
@@ -78,17 +96,6 @@ class Recorder:
         self._handles: list = []
         self._step: tuple[int, float | None, float | None] | None = None
         self._records: list[_Record] = []
-
-    def __enter__(self) -> Recorder:
-        for name, path in self.layers.items():
-            module = self.root.get_submodule(path)
-            self._handles.append(module.register_forward_hook(self._make_hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
     @contextmanager
     def step(self, step: int, timestep: float | None = None, sigma: float | None = None):
@@ -123,7 +130,7 @@ class Recorder:
         return out
 
 
-class Intervention:
+class Intervention(_LayerHooks):
     """Forward hooks that change what chosen layers output, at chosen sampling steps (the edits of
     pipeline/edit.py): `edits` maps a friendly layer name to `fn(step, output) -> new output` (a tensor of
     the output's shape, or None to keep it). The hooks run before any other hook of the module, so a
@@ -132,6 +139,8 @@ class Intervention:
     Like `Recorder`, it acts only inside `with intervention.step(i, ...)`; `tag(recorder, intervention)`
     gives one object whose `step` enters both, for an adapter's `sample(..., recorder)`.
     """
+
+    PREPEND = True
 
     def __init__(self, root: torch.nn.Module, layers: dict[str, str], edits: dict):
         unknown = sorted(set(edits) - set(layers))
@@ -142,17 +151,6 @@ class Intervention:
         self.edits = dict(edits)
         self._handles: list = []
         self._step: int | None = None
-
-    def __enter__(self) -> Intervention:
-        for name, path in self.layers.items():
-            module = self.root.get_submodule(path)
-            self._handles.append(module.register_forward_hook(self._make_hook(name), prepend=True))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
     @contextmanager
     def step(self, step: int, timestep: float | None = None, sigma: float | None = None):

@@ -22,6 +22,22 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory) -> Path:
+    """Random weights of the demo architecture (209 tensors) in a safetensors file: the checkpoint path of the
+    command line without depending on the trained file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.demo_model import DEMO_CONFIG
+    from pipeline.models.edm import EDMPrecond
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in EDMPrecond(**DEMO_CONFIG).state_dict().items()}, path)
+    return path
+
+
 @pytest.fixture
 def tiny_adapter():
     from tests.edm_fixtures import tiny_edm_adapter

@@ -15,24 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from pipeline.__main__ import main
 from store import Store
 from store.verify import verify
-
-
-@pytest.fixture(scope="module")
-def demo_checkpoint(tmp_path_factory) -> Path:
-    """Random weights of the demo architecture (209 tensors)."""
-    from pipeline.demo_model import DEMO_CONFIG
-    from pipeline.models.edm import EDMPrecond
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in EDMPrecond(**DEMO_CONFIG).state_dict().items()}, path)
-    return path
 
 
 def _generate(store: Path, checkpoint: Path, *extra: str) -> list[str]:

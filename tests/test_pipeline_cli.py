@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -18,18 +17,6 @@ from pipeline.__main__ import main
 from store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def demo_checkpoint(tmp_path_factory) -> Path:
-    """Random weights of the demo architecture: the CLI path without depending on the trained file."""
-    from pipeline.demo_model import DEMO_CONFIG
-    from pipeline.models.edm import EDMPrecond
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in EDMPrecond(**DEMO_CONFIG).state_dict().items()}, path)
-    return path
 
 
 def _cli(*args, env=None, **kw) -> subprocess.CompletedProcess:

@@ -61,14 +61,24 @@ def in_range(kind: type, low: float, high: float) -> Callable[[str], int | float
     return parse
 
 
-def non_negative_int_list(text: str) -> list[int]:
-    """Comma-separated integers, each 0 or more, e.g. '1,207,281'."""
-    try:
-        values = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"class ids must be 0 or more, got {text!r}")
-    return values
+def comma_list(convert, noun: str, check=None, bad: str = ""):
+    """An argparse type for comma-separated values: each converted by `convert` (a ValueError means it is not
+    one of the `noun`), at least one, and each passing `check` (else the message `bad`)."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [convert(x) for x in text.replace(" ", "").split(",") if x]
+        except ValueError:
+            values = None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}")
+        if check is not None and not all(check(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{bad}, got {text!r}")
+        return values
+
+    parse.__name__ = f"{noun.replace(' ', '_')}_list"
+    return parse
+
+
+# Comma-separated integers, each 0 or more, e.g. '1,207,281'.
+non_negative_int_list = comma_list(int, "integers", lambda v: v >= 0, "class ids must be 0 or more")

@@ -20,22 +20,10 @@ import argparse
 import math
 import sys
 
+from pipeline.commands.argtypes import comma_list
 
-def _ids(text: str) -> list[str]:
-    ids = [x for x in text.replace(" ", "").split(",") if x]
-    if not ids:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sample ids, got {text!r}")
-    return ids
-
-
-def _alphas(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
-    return values
+_ids = comma_list(str, "sample ids")
+_alphas = comma_list(float, "numbers", math.isfinite, "expected comma-separated finite numbers")
 
 
 def _int(low: int):
