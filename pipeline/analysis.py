@@ -26,8 +26,6 @@ under a key of the layer's data version and every parameter; arrays are never ha
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -41,6 +39,7 @@ from pipeline.clusters import COMMON_WORD_SHARE, prompt_words
 from pipeline.features import ALL_STEPS, FeatureError, FeatureSpec, load_features, split_point_id
 from pipeline.knn import compute_knn
 from pipeline.neighbors import METRICS
+from store.derived import digest
 from store.lru import LRU
 
 log = logging.getLogger(__name__)
@@ -315,9 +314,6 @@ def clear_cache() -> None:
     _GRAPHS.clear()
 
 
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 def _no_progress(fraction: float, message: str) -> None:
     pass
@@ -424,7 +420,7 @@ def _write(req: _Request, key: str, tables: dict[str, pd.DataFrame], meta: dict)
 def _cached(req: _Request, what: str, params: dict, parts: tuple[str, ...], compute, build):
     """The result `what` of `params`: from memory, else from the store, else `compute()` -> (tables, meta),
     written to the store; `build(tables, meta)` makes the remembered object (callers hand out copies)."""
-    key = f"{what}-{_sha({**req.payload, 'what': what, **params})[:24]}"
+    key = f"{what}-{digest({**req.payload, 'what': what, **params})[:24]}"
     hit = _MEMO.get(key)
     if hit is not None:
         return hit

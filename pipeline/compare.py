@@ -20,7 +20,6 @@ hashed.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
@@ -30,6 +29,7 @@ import pyarrow as pa
 
 from pipeline.features import FeatureError, FeatureSpec, load_features
 from pipeline.neighbors import METRICS, exact_knn
+from store.derived import digest
 from store.lru import LRU
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,6 @@ def knn_overlap(X: np.ndarray, Y: np.ndarray, k: int = 10, metric: str = "cosine
 
 
 # -- from the store ------------------------------------------------------------------------------------------
-
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 _MEMO: LRU[str, pd.DataFrame] = LRU(64)  # recent results of this process (small frames)
@@ -224,7 +221,7 @@ def _write_cached(store, model, key, frame: pd.DataFrame, versions: dict, run_id
 
 
 def _cached(store, model, what, payload, compute) -> pd.DataFrame:
-    key = f"{what}-{_sha(payload)[:24]}"
+    key = f"{what}-{digest(payload)[:24]}"
     frame = _MEMO.get(key)
     if frame is None:
         frame = _read_cached(store, model, key)

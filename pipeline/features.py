@@ -28,7 +28,6 @@ small enough for a fit in seconds while losing as little as possible:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from store.derived import digest
 from store.lru import LRU
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,6 @@ def step_token(step: int | str) -> int | str:
 
 # -- keys ----------------------------------------------------------------------------------------------------
 
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 def filter_description(run_ids: Iterable[str] | None = None, sample_ids: Iterable[str] | None = None) -> dict:
     """Canonical, JSON-able description of a sample filter. A sample-id list is summarised by its count and
@@ -254,7 +251,7 @@ def filter_id(desc: dict) -> str:
     """Short id of a filter description: ``all`` when nothing is filtered."""
     if desc.get("run_ids") is None and desc.get("sample_ids") is None:
         return "all"
-    return "f" + _sha(desc)[:12]
+    return "f" + digest(desc)[:12]
 
 
 def features_key(data_version: str, model: str, layer: str, step: int | str, spec: FeatureSpec,
@@ -262,7 +259,7 @@ def features_key(data_version: str, model: str, layer: str, step: int | str, spe
     """Cache key of a feature matrix (file-name safe); `step` is a step number or ``"all"``."""
     payload = {"what": "features", "v": 1, "data_version": data_version, "model": model, "layer": layer,
                "step": step_token(step), "feature": spec.to_dict(), "filter": filt}
-    return f"s{step_token(step)}-{spec.id}-{_sha(payload)[:16]}"
+    return f"s{step_token(step)}-{spec.id}-{digest(payload)[:16]}"
 
 
 # -- from the store ------------------------------------------------------------------------------------------

@@ -36,8 +36,6 @@ graphs, with their sample ids), ``features`` (PCA features, written by `pipeline
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -64,6 +62,7 @@ from pipeline.knn import EXACT_BELOW, BackendError, compute_knn, cuml_check, is_
 from pipeline.methods import BACKENDS, Method, MethodError, check_common, get_method
 from pipeline.methods.umap import place_points, start_warmup_thread, umap_layout, warm_epochs, warmup
 from pipeline.neighbors import METRICS, FeatureRef
+from store.derived import digest
 from store.lru import LRU
 
 log = logging.getLogger(__name__)
@@ -186,9 +185,6 @@ class ProjectionParams:
         return cls.coerce(dict(d))
 
 
-def _digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 def _payload(data_version, model, layer, step, params: ProjectionParams, filter_id_: str) -> dict:
     return {"what": "projection", "v": KEY_VERSION, "data_version": str(data_version), "model": str(model),
@@ -202,14 +198,14 @@ def projection_key(data_version: str, model: str, layer: str, step: int | str, p
     p = params
     seed = "none" if p.seed is None else p.seed
     prefix = f"s{step_token(step)}-{p.feature.id}-{p.estimator().tag()}-{p.metric}-seed{seed}-{p.backend}"
-    return f"{prefix}-{_digest(_payload(data_version, model, layer, step, params, filter_id_))[:16]}"
+    return f"{prefix}-{digest(_payload(data_version, model, layer, step, params, filter_id_))[:16]}"
 
 
 def _lineage_id(model, layer, step, params, filter_id_) -> str:
     """The same projection across data versions (what `transform` continues)."""
     payload = _payload("", model, layer, step, params, filter_id_)
     payload.pop("data_version")
-    return "l" + _digest(payload)[:20]
+    return "l" + digest(payload)[:20]
 
 
 def _family_id(data_version, model, layer, step, params, filter_id_) -> str:
@@ -218,14 +214,14 @@ def _family_id(data_version, model, layer, step, params, filter_id_) -> str:
     payload = _payload(data_version, model, layer, step, params, filter_id_)
     for name in get_method(params.method).WARM:
         payload.pop(name)
-    return "m" + _digest(payload)[:20]
+    return "m" + digest(payload)[:20]
 
 
 def _knn_key(data_version, model, layer, step, spec: FeatureSpec, metric, seed, filter_id_) -> str:
     payload = {"what": "knn", "v": KEY_VERSION, "data_version": data_version, "model": model, "layer": layer,
                "step": step_token(step), "feature": spec.to_dict(), "metric": metric, "seed": seed,
                "filter": filter_id_}
-    return f"s{step_token(step)}-{spec.id}-{metric}-{_digest(payload)[:16]}"
+    return f"s{step_token(step)}-{spec.id}-{metric}-{digest(payload)[:16]}"
 
 
 # -- results -------------------------------------------------------------------------------------------------

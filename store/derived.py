@@ -20,6 +20,7 @@ Files of the layout before this one (``projections/``, ``derived/``) are never r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,12 @@ KINDS = {
     "family": "pointer: the latest map of a min_dist family (what a warm start continues)",
 }
 POINTERS = ("lineage", "family")
+
+
+def digest(payload) -> str:
+    """The SHA-256 (hex) of a JSON payload in canonical form (sorted keys, no spaces): the hash part of every
+    derived result's key, computed from explicit inputs, never from arrays."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def provenance(versions: Mapping[str, str], run_ids: Iterable[str] | None) -> dict:
