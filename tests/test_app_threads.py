@@ -25,17 +25,9 @@ import sys
 if sys.argv[1] == "app":
     from app import threads  # what app/streamlit_app.py imports first
 import torch  # noqa: F401
-import numpy as np
-from numba import njit, prange
+from tests.openmp_probe import blas_in_openmp_region
 
-@njit(parallel=True)
-def products(a):
-    out = np.zeros(8)
-    for i in prange(8):
-        out[i] = np.dot(a, a)[0, 0]
-    return out
-
-print(products(np.ones((400, 400))).sum())
+print(blas_in_openmp_region())
 from threadpoolctl import threadpool_info
 print("blas threads", sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}))
 """

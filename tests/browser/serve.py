@@ -55,17 +55,9 @@ def _openmp_probe() -> None:
     """Wait for the entry script (it imports app.state), then run BLAS in each thread of a numba OpenMP region."""
     while "app.state" not in sys.modules:
         time.sleep(0.2)
-    import numpy as np
-    from numba import njit, prange
+    from tests.openmp_probe import blas_in_openmp_region
 
-    @njit(parallel=True)
-    def products(a):
-        out = np.zeros(8)
-        for i in prange(8):
-            out[i] = np.dot(a, a)[0, 0]
-        return out
-
-    products(np.ones((400, 400)))
+    blas_in_openmp_region()
     print("openmp probe done", flush=True)
 
 
