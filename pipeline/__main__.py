@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-# command name -> module in pipeline.commands exposing add_arguments(parser) and run(args) -> int
-COMMANDS = {
-    "generate": "generate",
-    "layers": "layers",
-    "project": "project",
-    "analyse": "analyse",
-    "demo": "demo",
-    "train-demo": "train_demo",
-    "prune-cache": "prune_cache",
-    "edit": "edit",
-}
+
+def commands() -> dict[str, str]:
+    """Command name -> module of `pipeline.commands`: every module there with add_arguments(parser) and
+    run(args) -> int is a command, named after its module (`encode_real` -> `encode-real`). A new command is
+    a new module; nothing else to register."""
+    import pipeline.commands
+
+    found = {}
+    for info in pkgutil.iter_modules(pipeline.commands.__path__):
+        module = importlib.import_module(f"pipeline.commands.{info.name}")
+        if callable(getattr(module, "add_arguments", None)) and callable(getattr(module, "run", None)):
+            found[info.name.replace("_", "-")] = info.name
+    return dict(sorted(found.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
-    for name, module_name in COMMANDS.items():
+    for name, module_name in commands().items():
         module = importlib.import_module(f"pipeline.commands.{module_name}")
         summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
         modules[name] = module
