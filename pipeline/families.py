@@ -13,8 +13,9 @@ sdxl-4step-lora). Its entry declares
   opens a model on, first stored one wins (default: `default_layers`; list a default layer's aliases here
   when a store may hold it under another name);
 * `conditioning`: "class" (class labels) or "prompt" (text prompts: `generate` loads a prompt set for it);
-* `recipe`: default sampling steps, whether `--steps` may change them, default dtype, and a one-line
-  description for `--help` and the docs.
+* `recipe`: default sampling steps, whether `--steps` may change them, default dtype, a one-line
+  description for `--help` and the docs, and the default classifier-free guidance of families that take
+  `--guidance` (the loader then gets `guidance=`).
 
 `loader` and `layer_registry` are "module:function" strings, imported on first use, so importing this module
 costs no torch; a callable works too (tests register tiny families that way). `generate`, `layers`,
@@ -47,6 +48,9 @@ class Recipe:
     float32 on the CPU (the adapter picks by device)."""
     description: str
     """One line for `--help` and the docs."""
+    guidance: float | None = None
+    """Classifier-free guidance scale when `--guidance` is not given; None: the family samples without
+    guidance and `generate` refuses `--guidance`."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Family:
                              f"{', '.join(CONDITIONINGS)}")
         if self.recipe.steps < 1:
             raise ValueError(f"family {self.name!r}: recipe steps must be at least 1, got {self.recipe.steps}")
+        if self.recipe.guidance is not None and not self.recipe.guidance >= 0:
+            raise ValueError(f"family {self.name!r}: recipe guidance must be 0 or more, got {self.recipe.guidance}")
         if self.recipe.dtype is not None and self.recipe.dtype not in DTYPES:
             raise ValueError(f"family {self.name!r}: dtype {self.recipe.dtype!r} must be one of "
                              f"{', '.join(DTYPES)} or None")

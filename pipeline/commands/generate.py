@@ -14,7 +14,7 @@ import torch
 
 from pipeline import families
 from pipeline.adapters import MODELS, build_adapter
-from pipeline.commands.argtypes import non_negative_int, non_negative_int_list, positive_int
+from pipeline.commands.argtypes import in_range, non_negative_int, non_negative_int_list, positive_int
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -44,6 +44,11 @@ def fixed_steps_error(model: str) -> str:
     return f"--steps does not apply to {model}: its timesteps are fixed ({each})"
 
 
+def _guidance_defaults() -> str:
+    return ", ".join(f"{f.name} {f.recipe.guidance:g}" for f in families.FAMILIES.values()
+                     if f.recipe.guidance is not None) or "none takes it yet"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=MODELS, help=families.model_help())
     p.add_argument("--checkpoint", help="local file or folder, or hf://owner/repo/path (demo: shipped weights)")
@@ -63,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-ids", type=non_negative_int_list, help="restrict labels to these classes, e.g. 1,207,281")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), or e.g. cuda:1, cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="network precision (default per model)")
+    p.add_argument("--guidance", type=in_range(float, 0.0, 100.0),
+                   help="classifier-free guidance scale, for models sampled with guidance (the teachers; "
+                        "default per model: " + _guidance_defaults() + ")")
     p.add_argument("--run-name", help="run id (default: derived from model, checkpoint, seed and settings)")
     t2i = p.add_argument_group("text-to-image models")
     t2i.add_argument("--base-model", help="hub id or local diffusers folder of the base components")
@@ -86,10 +94,16 @@ def _prepare(args: argparse.Namespace):
     if args.steps is not None and family.recipe.fixed_steps:
         raise ValueError(fixed_steps_error(args.model))
     t2i = {}
+    guidance = getattr(args, "guidance", None)
+    if family.recipe.guidance is not None:
+        t2i["guidance"] = family.recipe.guidance if guidance is None else guidance
+    elif guidance is not None:
+        raise ValueError(f"--guidance does not apply to {args.model}: it samples without classifier-free "
+                         f"guidance (models that take it: {_guidance_defaults()})")
     if family.conditioning == "prompt":
         from pipeline.prompts import PromptSet
 
-        t2i = dict(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
+        t2i.update(base_model=args.base_model, prompts=PromptSet.load(args.prompt_file),
                    seeds_per_prompt=args.seeds_per_prompt, resolution=args.resolution)
     adapter = build_adapter(args.model, checkpoint=args.checkpoint, device=device, steps=args.steps,
                             dtype=DTYPES.get(args.dtype), class_ids=args.class_ids,
