@@ -45,6 +45,7 @@ from store.lru import LRU
 log = logging.getLogger(__name__)
 
 __all__ = ["AnalysisError", "knn_graph", "purity", "confusion", "mixed_pairs", "separation_tables",
+           "neighbour_classes", "cell_samples",
            "local_outlier_factor", "outlier_scores", "cluster_labels", "cluster_table", "class_separation",
            "clusters", "outliers", "Separation", "Clusters", "clear_cache", "CLUSTER_METHODS"]
 
@@ -54,7 +55,7 @@ HDBSCAN_DIMS = 10
 MAX_K = 100
 MIN_SAMPLES = 3
 NOISE = -1
-_VERSION = 1  # bump when a computation changes: old cached results are then never read
+_VERSION = 2  # bump when a computation changes: old cached results are then never read
 Progress = Callable[[float, str], None]
 
 
@@ -163,6 +164,28 @@ def separation_tables(X: np.ndarray, labels, idx: np.ndarray, metric: str = "euc
     table = table.sort_values(["purity", "class"], kind="stable").reset_index(drop=True)
     matrix = pd.DataFrame(confusion(idx, codes, c), index=pd.Index(classes, name="class"), columns=classes)
     return table, matrix, mixed_pairs(matrix, top_pairs)
+
+
+def neighbour_classes(idx: np.ndarray, labels, sample_ids) -> pd.DataFrame:
+    """Where each sample's neighbours come from, sample by sample (the confusion matrix before averaging):
+    one row per (sample, class of some of its neighbours): sample_id, class, neighbour_class, count (of its
+    k neighbours in that class). Row order: the samples' order, then neighbour class."""
+    codes, classes = _codes(labels)
+    n, c = len(codes), len(classes)
+    counts = np.zeros((n, c), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(n), idx.shape[1]), codes[idx].ravel()), 1)
+    row, col = np.nonzero(counts)
+    names = np.asarray(classes, dtype=object)
+    return pd.DataFrame({"sample_id": np.asarray(sample_ids).astype(str)[row], "class": names[codes[row]],
+                         "neighbour_class": names[col], "count": counts[row, col]})
+
+
+def cell_samples(neighbours: pd.DataFrame, class_a: str, class_b: str) -> list[str]:
+    """The samples behind a cell (a, b) of the confusion matrix: those of class a with at least one neighbour
+    of class b, most such neighbours first (then in order). For a == b: class a's samples with a neighbour of
+    their own class."""
+    hit = neighbours[(neighbours["class"] == str(class_a)) & (neighbours["neighbour_class"] == str(class_b))]
+    return hit.sort_values("count", ascending=False, kind="stable")["sample_id"].tolist()
 
 
 # -- outliers (pure) -----------------------------------------------------------------------------------------
@@ -282,7 +305,8 @@ def cluster_table(X: np.ndarray, assign: np.ndarray, sample_ids, labels, prompts
 @dataclass(frozen=True)
 class Separation:
     """`class_separation`'s result: per class, the confusion matrix (indexed by class) and the most-mixed
-    pairs; ``by`` names the column the classes come from, ``k``, ``n_samples`` and ``step`` what was measured."""
+    pairs; ``by`` names the column the classes come from, ``k``, ``n_samples`` and ``step`` what was measured;
+    ``neighbours`` where each sample's neighbours come from (`neighbour_classes`; `cell` picks a cell's samples)."""
 
     table: pd.DataFrame
     confusion: pd.DataFrame
@@ -291,6 +315,11 @@ class Separation:
     k: int
     n_samples: int
     step: int | str  # the step measured (a negative request resolved), or "all"
+    neighbours: pd.DataFrame | None = None
+
+    def cell(self, class_a: str, class_b: str) -> list[str]:
+        """The samples of class a whose neighbours include class b (`cell_samples`)."""
+        return [] if self.neighbours is None else cell_samples(self.neighbours, class_a, class_b)
 
 
 @dataclass(frozen=True)
@@ -450,17 +479,19 @@ def class_separation(store, model: str, layer: str, step: int | str | None = Non
         report(0.7, "purity, confusion, silhouette")
         table, matrix, pairs = separation_tables(feats.X, meta["class"], idx, metric, silhouette_sample, seed,
                                                  top_pairs)
-        return ({"table": table, "confusion": matrix.reset_index(), "pairs": pairs},
+        cells = neighbour_classes(idx, meta["class"], feats.sample_ids)
+        return ({"table": table, "confusion": matrix.reset_index(), "pairs": pairs, "neighbours": cells},
                 {"by": str(meta["by"].iloc[0]), "k": int(k), "n_samples": len(feats.sample_ids),
                  "step": feats.step})
 
     def build(tables, meta):
         return Separation(tables["table"], tables["confusion"].set_index("class"), tables["pairs"],
-                          meta["by"], meta["k"], meta["n_samples"], meta["step"])
+                          meta["by"], meta["k"], meta["n_samples"], meta["step"], tables["neighbours"])
 
-    out = _cached(req, "separation", params, ("table", "confusion", "pairs"), compute, build)
+    out = _cached(req, "separation", params, ("table", "confusion", "pairs", "neighbours"), compute, build)
     report(1.0, "done")
-    return replace(out, table=out.table.copy(), confusion=out.confusion.copy(), pairs=out.pairs.copy())
+    return replace(out, table=out.table.copy(), confusion=out.confusion.copy(), pairs=out.pairs.copy(),
+                   neighbours=out.neighbours.copy())
 
 
 def outliers(store, model: str, layer: str, step: int | str | None = None, feature=None,

@@ -268,3 +268,39 @@ def test_cli_prints_the_tables(tmp_path, capsys):
     assert "clusters (kmeans" in capsys.readouterr().out
     assert main(["analyse", "--store", str(tmp_path), "--model", "synth", "--layer", "nope"]) == 2
     assert "unknown layer" in capsys.readouterr().err
+
+
+# -- the samples behind a confusion cell ---------------------------------------------------------------------
+
+def test_a_confusion_cell_names_the_samples_whose_neighbours_cross():
+    X, which = blobs([50, 100, 50], seed=3)  # blob 1 holds two classes, alternating
+    labels = np.array(["ant", "bee", "cat"], dtype=object)[which]
+    labels[np.flatnonzero(which == 1)[::2]] = "dog"
+    ids = [f"s{i}" for i in range(len(X))]
+    idx, _ = A.knn_graph(X, 10)
+    cells = A.neighbour_classes(idx, labels, ids)
+    # counts add up to k per sample, and averaging them per class gives the confusion matrix back
+    assert (cells.groupby("sample_id")["count"].sum() == 10).all()
+    _, matrix, _ = A.separation_tables(X, labels, idx)
+    shares = cells.pivot_table(index="sample_id", columns="neighbour_class", values="count", fill_value=0) / 10
+    shares["class"] = pd.Series(labels, index=ids)
+    np.testing.assert_allclose(shares.groupby("class").mean().loc["bee", "dog"], matrix.loc["bee", "dog"])
+    bee_dog = A.cell_samples(cells, "bee", "dog")
+    expected = {ids[i] for i in range(len(X)) if labels[i] == "bee" and (labels[idx[i]] == "dog").any()}
+    assert set(bee_dog) == expected and len(expected) > 40  # nearly every bee sits among dogs
+    counts = [int((labels[idx[ids.index(s)]] == "dog").sum()) for s in bee_dog]
+    assert counts == sorted(counts, reverse=True)  # most-crossing first
+    assert A.cell_samples(cells, "ant", "cat") == []  # separated classes: an empty cell
+    assert set(A.cell_samples(cells, "ant", "ant")) == {ids[i] for i in np.flatnonzero(which == 0)}
+
+
+def test_the_store_entry_carries_the_cells_through_the_cache(tmp_path):
+    X, which = blobs([30, 60, 30], seed=9)
+    labels = np.array(["ant", "bee", "cat"], dtype=object)[which]
+    labels[np.flatnonzero(which == 1)[::2]] = "dog"
+    write_matrix(tmp_path, X, labels)
+    sep = A.class_separation(Store(tmp_path), "synth", "mid", k=8)
+    cell = sep.cell("bee", "dog")
+    assert cell and all(labels[int(s.split("-")[1])] == "bee" for s in cell)
+    A.clear_cache()  # from the store's copy
+    assert A.class_separation(Store(tmp_path), "synth", "mid", k=8).cell("bee", "dog") == cell
