@@ -4,13 +4,12 @@ Each function builds its file only when the user clicks (Streamlit calls ``data`
 What is exported is an `ExportSet`: the selected sample with its neighbours (each with its role, rank and
 distance, and the space the distances were measured in), a lasso/box selection, or the whole view.
 The PNG of the map is drawn by the browser (plotly.js ``downloadImage``), not here; `map_title` is its title.
+The map's figure and HTML are drawn by `pipeline.figures` (the report draws its map there too).
 """
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import zipfile
 from dataclasses import dataclass
 
@@ -19,10 +18,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app import views
+from pipeline import figures
 from store import schema
 
 MAX_ZIP_IMAGES = 5000
-MAX_HTML_THUMBS = 5000  # hover thumbnails are inlined in the HTML: ~0.2-3 kB each
+MAX_HTML_THUMBS = figures.MAX_HTML_THUMBS  # hover thumbnails are inlined in the HTML: ~0.2-3 kB each
 ROLES = ("selected", "kNN", "manual", "lasso", "view")
 # the export's own columns, after sample_id: what each row is in the export and how far from the selected one
 EXPORT_COLUMNS = ("role", "rank", "distance", "neighbour_space", "distance_metric")
@@ -173,67 +173,22 @@ def map_title(view: views.View, coloring_title: str | None = None) -> str:
 
 def map_figure(view: views.View, coloring: views.Coloring) -> go.Figure:
     """The map as a plotly figure with hover text; each point's `customdata` is its row in the view."""
-    f = view.frame
-    hover = (f["label"].astype(str) + "<br>seed " + f["seed"].astype(str) + " · " + f["run_id"].astype(str)
-             + " #" + f["index"].astype(str)).to_numpy()
-    x, y = view.xy[:, 0], view.xy[:, 1]
-    fig = go.Figure()
     payload = views.color_payload(coloring)
+    x, y, hover, title = view.xy[:, 0], view.xy[:, 1], figures.hover_text(view.frame), map_title(view, coloring.title)
     if payload["kind"] == "numeric":
-        fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", text=hover, hoverinfo="text", name=coloring.title,
-                                   customdata=np.arange(len(f)),
-                                   marker=dict(size=5, color=payload["values"], colorscale="Viridis",
-                                               showscale=True, colorbar=dict(title=coloring.title))))
-    else:
-        codes = pd.Series(payload["codes"])
-        for code, (name, color) in enumerate(zip(payload["names"], payload["colors"], strict=True)):
-            rows = codes.index[codes == code].to_numpy()
-            if len(rows) == 0:
-                continue
-            fig.add_trace(go.Scattergl(x=x[rows], y=y[rows], mode="markers", text=hover[rows], hoverinfo="text",
-                                       customdata=rows, name=name, marker=dict(size=5, color=color)))
-    fig.update_layout(
-        title=map_title(view, coloring.title),
-        xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"), template="plotly_white",
-        legend=dict(itemsizing="constant"), hovermode="closest", dragmode="pan",
-    )
-    return fig
+        return figures.map_figure(x, y, hover, title, values=payload["values"], value_title=coloring.title)
+    return figures.map_figure(x, y, hover, title, codes=payload["codes"], names=payload["names"],
+                              colors=payload["colors"])
 
 
 def map_html(view: views.View, coloring: views.Coloring, store=None) -> bytes:
     """A standalone interactive HTML file (plotly.js inlined, so it opens offline). With `store`, and at most
     `MAX_HTML_THUMBS` points, hovering a point also shows its thumbnail, inlined as WebP."""
     fig = map_figure(view, coloring)
-    script = None
+    thumbs = None
     if store is not None and len(view) <= MAX_HTML_THUMBS:
         thumbs = store.thumbs(view.frame["sample_id"].astype(str).tolist())
-        script = _HOVER_THUMBS.replace(
-            "THUMBS_JSON", json.dumps([base64.b64encode(t).decode() if t else None for t in thumbs]))
     elif store is not None:
         fig.update_layout(title=fig.layout.title.text + f"<br><sup>hover thumbnails are kept for maps of up to "
                           f"{MAX_HTML_THUMBS:,} points</sup>")
-    return fig.to_html(include_plotlyjs=True, full_html=True, post_script=script,
-                       config={"scrollZoom": True, "displaylogo": False}).encode()
-
-
-# Runs after plotly draws the figure ({plot_id} is plotly's placeholder): a thumbnail beside the hovered point.
-_HOVER_THUMBS = """
-const thumbs = THUMBS_JSON;
-const plot = document.getElementById('{plot_id}');
-const box = document.createElement('img');
-box.id = 'hover-thumb';
-box.style.cssText = 'position:fixed;display:none;width:96px;height:96px;object-fit:contain;' +
-  'image-rendering:pixelated;background:#fff;border:1px solid #ccc;border-radius:4px;pointer-events:none;z-index:10';
-document.body.appendChild(box);
-plot.on('plotly_hover', (ev) => {
-  const p = ev.points[0], t = thumbs[p.customdata];
-  if (!t) { box.style.display = 'none'; return; }
-  box.src = 'data:image/webp;base64,' + t;
-  const e = ev.event || {}, x = e.clientX || 0, y = e.clientY || 0;
-  // left of the point: plotly puts its hover label on the right
-  box.style.left = (x > 130 ? x - 112 : x + 16) + 'px';
-  box.style.top = Math.max(4, y - 48) + 'px';
-  box.style.display = 'block';
-});
-plot.on('plotly_unhover', () => { box.style.display = 'none'; });
-"""
+    return figures.map_html(fig, thumbs)
