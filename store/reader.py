@@ -48,6 +48,15 @@ _DUCK_TYPES = {
 SAMPLE_COLUMNS = schema.SAMPLE_COLUMNS  # file columns and partition values, declared in store/schema.py
 
 
+def _checkpoint_step(settings) -> int | None:
+    """`checkpoint_step` of a manifest's settings (a JSON string), or None."""
+    try:
+        step = json.loads(settings).get("checkpoint_step") if isinstance(settings, str) else None
+    except (ValueError, AttributeError):
+        return None
+    return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 class Store:
     """Read access to a store folder. Cheap to create; safe to share between threads."""
 
@@ -150,15 +159,24 @@ class Store:
     # -- runs, models, layers, steps ------------------------------------------------------------------------
 
     def runs(self) -> pd.DataFrame:
-        """One row per run manifest, oldest first. `reduce` and `settings` are JSON strings."""
+        """One row per run manifest, oldest first. `reduce` and `settings` are JSON strings; `checkpoint_step`
+        (nullable Int64) is the training step of the run's checkpoint where its settings record one."""
         files = self._run_files()
         cols = [f.name for f in schema.RUNS]
-        if not files:
-            return _empty_frame(schema.RUNS)
-        df = self._scan(files, "runs", lambda src: f"SELECT * FROM {src} ORDER BY created_at, run_id")
+        df = self._scan(files, "runs", lambda src: f"SELECT * FROM {src} ORDER BY created_at, run_id") \
+            if files else None
         if df is None:
-            return _empty_frame(schema.RUNS)
-        return df[[c for c in cols if c in df.columns] + [c for c in df.columns if c not in cols]]
+            df = _empty_frame(schema.RUNS)
+        df = df[[c for c in cols if c in df.columns] + [c for c in df.columns if c not in cols]]
+        df["checkpoint_step"] = pd.array([_checkpoint_step(s) for s in df["settings"]], dtype="Int64")
+        return df
+
+    def checkpoint_runs(self, model: str) -> pd.DataFrame:
+        """The runs of `model` that record a checkpoint step, in training order (step, then creation): the
+        runs of several checkpoints of one model, as `generate` writes them (pipeline/generate.py)."""
+        runs = self.runs()
+        runs = runs[(runs["model"] == model) & runs["checkpoint_step"].notna()]
+        return runs.sort_values(["checkpoint_step", "created_at", "run_id"], kind="stable").reset_index(drop=True)
 
     def manifest(self, run_id: str) -> dict | None:
         """The manifest of one run as a dict with `reduce`/`settings` parsed, or None."""
