@@ -1,10 +1,12 @@
 """Time of each edit (pipeline/edit.py) for 8 results, relative to generating 8 fresh samples of the same run.
 
 Demo model on the CPU, one process, one store: fresh = `pipeline.generate.generate` resuming the run with 8
-more samples (hooks, images, previews, Parquet parts); regenerate = 8 samples with another label; interpolate =
-8 frames; steer = 8 alphas; patch = 8 samples from one neighbour set. Every edit runs in a new `Editor` (the
-generator loaded again is not timed; recomputing the sets is). Each repeat asks for new edits (the same
-edit twice would be a lookup). Prints the times and `edit_ratio_<op>=<edit time / fresh time>` (medians).
+more samples (hooks, images, previews, Parquet parts); regenerate = 8 samples with another label and seed
+(`regenerate_many`: one batch, as the app asks); interpolate = 8 frames; steer = 8 alphas; patch = 8 samples
+from one neighbour set (`patch_many`). Every edit runs in a new `Editor` that takes the generator from one
+shared `GeneratorCache`, as the app's sessions do (loading it is not timed; recomputing the sets is). Each
+repeat asks for new edits (the same edit twice would be a lookup). Prints the times and
+`edit_ratio_<op>=<edit time / fresh time>` (medians).
 
     python benchmarks/bench_edit.py [--per-class 10] [--repeats 5]
 """
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.adapters.edm import load_demo  # noqa: E402
 from pipeline.demo import DEMO_LAYERS  # noqa: E402
-from pipeline.edit import Editor  # noqa: E402
+from pipeline.edit import Editor, GeneratorCache, Regeneration  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
 
 RUN = "bench"
@@ -43,13 +45,12 @@ def main(argv=None) -> int:
         adapter = load_demo(torch.device("cpu"), samples_per_class=args.per_class, x0_previews=True)
         size = 10 * args.per_class
         generate(adapter, root, size, list(DEMO_LAYERS), run_id=RUN, batch_size=100, progress=False)
-        editor = Editor(root, device="cpu")
+        generators = GeneratorCache()
+        editor = Editor(root, device="cpu", generators=generators)
         editor.adapter(editor.parents([f"{RUN}-00000000"])[0])  # load once: not timed
 
         def fresh_editor() -> Editor:
-            e = Editor(root, device="cpu")
-            e._adapters = editor._adapters  # the generator stays loaded, as in the app's cache
-            return e
+            return Editor(root, device="cpu", generators=generators)  # the generator stays loaded
 
         def sid(i: int) -> str:
             return f"{RUN}-{i % size:08d}"
@@ -64,14 +65,14 @@ def main(argv=None) -> int:
 
         ops = {
             "fresh": fresh,
-            "regenerate": lambda r: [fresh_editor().regenerate(sid(r * N + k), label=(r + k) % 10, seed=10_000 + r)
-                                     for k in range(N)],
+            "regenerate": lambda r: fresh_editor().regenerate_many(
+                [Regeneration(sid(r * N + k), label=(r + k) % 10, seed=10_000 + r) for k in range(N)]),
             "interpolate": lambda r: fresh_editor().interpolate(sid(r), sid(r + size // 2), N),
             "steer": lambda r: fresh_editor().steer(sid(r), "encoder_bottleneck", [sid(r + 1), sid(r + 2)],
                                                     [sid(r + size // 2), sid(r + size // 2 + 1)],
                                                     [r + k / N for k in range(N)]),
-            "patch": lambda r: [e.patch(sid(r * N + k), "encoder_bottleneck", [sid(r + 1), sid(r + 2), sid(r + 3)])
-                                for e in [fresh_editor()] for k in range(N)],
+            "patch": lambda r: fresh_editor().patch_many([sid(r * N + k) for k in range(N)], "encoder_bottleneck",
+                                                         [sid(r + 1), sid(r + 2), sid(r + 3)]),
         }
         times: dict[str, list[float]] = {op: [] for op in ops}
         for r in range(args.repeats):

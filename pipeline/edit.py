@@ -1,12 +1,13 @@
 """What if: edits of stored samples, written back to the store as samples of a run of kind `edit`.
 
 Four operations, on the generation path that made the parents (the run manifest's model, checkpoint and
-sampling settings; each stored sample's seed and condition):
+sampling settings; each stored sample's seed and condition), for every model family:
 
-* **regenerate**: a sample with another class label (or prompt) and/or another noise seed;
+* **regenerate**: a sample with another class label (class models) or prompt (text-to-image models) and/or
+  another noise seed; `regenerate_many` does several in one forward batch and one write;
 * **interpolate**: N frames between two samples of one run, the noise by spherical interpolation and the
-  condition linearly (class one-hot rows mixed); the end frames are the parents' own inputs, so they equal
-  the parents bit for bit;
+  condition linearly (class one-hot rows, or the text encoders' outputs and pooled embeddings, mixed); the
+  end frames are the parents' own inputs, so they equal the parents bit for bit;
 * **patch** (generate from neighbours): layer L's output at step(s) S replaced by the mean of a set's full
   activations at L, from the sample's noise and condition;
 * **steer**: alpha·d added to layer L's output at every step, d = mean(set B) - mean(set A) at that step;
@@ -14,7 +15,8 @@ sampling settings; each stored sample's seed and condition):
 
 A set's activations are recomputed by running its samples again (generation is deterministic per sample),
 in float32, whatever the store keeps (a mean, a pooled map, or a float16 full map): a pooled map is never
-upsampled, and a patch with the sample's own activation is exact. `progress` says when that happens.
+upsampled, and a patch with the sample's own activation is exact. `progress` says when that happens. The
+sets of one edit are recomputed in one batch, and an Editor keeps their means for its next edits.
 
 Each result is a sample of the run `edit-<parent run>` (kind `edit` in its settings; `-<sha>` appended when
 another checkpoint was asked for) that records every layer its parent's run records, with x0 previews for
@@ -22,16 +24,21 @@ multi-step models, and its provenance in the `edit_*` columns of the samples tab
 `edit_key`, is a hash of the edit's inputs: asking for the same edit again returns the stored sample and
 adds nothing. Writers of one edit run take a lock on its samples folder, so two processes never pick the
 same index.
+
+Generators come from a `GeneratorCache`: the app shares one across its sessions (a generator loads once per
+process), and each use of a generator (hooks registered, then sampling) holds that generator's lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +53,64 @@ OPERATIONS = ("regenerate", "interpolate", "patch", "steer")
 EDIT_KIND = "edit"
 EDIT_VERSION = 1  # part of every edit's key: bump when the same inputs would give other images
 SET_BATCH = 64  # set samples re-run per batch
+_PARENT_COLUMNS = ("sample_id", "index", "seed", "class_id", "prompt", "prompt_index", "category", "label",
+                   "edit_op")
 
 
 class EditError(ValueError):
     """An edit that cannot be done as asked (unknown sample, layer or step, a set mixing models...)."""
+
+
+class GeneratorCache:
+    """Loaded generators shared by every Editor (and app session) of a process, thread-safe.
+
+    `get_or_load(key, load)` calls `load()` once per key, even when several threads ask at once (the others
+    wait for it; a load that fails is tried again by the next caller). `lock(key)` is that generator's
+    `threading.RLock`: hooks are registered on the shared torch module, so whoever registers hooks and
+    samples through a generator holds its lock for that time.
+    """
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._loaded: dict[tuple, Adapter] = {}
+        self._loading: dict[tuple, threading.Lock] = {}
+        self._locks: dict[tuple, threading.RLock] = {}
+
+    def get_or_load(self, key: tuple, load: Callable[[], Adapter]) -> Adapter:
+        with self._guard:
+            if key in self._loaded:
+                return self._loaded[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._guard:
+                if key in self._loaded:
+                    return self._loaded[key]
+            adapter = load()
+            with self._guard:
+                self._loaded[key] = adapter
+                self._loading.pop(key, None)
+            return adapter
+
+    def lock(self, key: tuple) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.RLock())
+
+    def __contains__(self, key) -> bool:
+        with self._guard:
+            return key in self._loaded
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._loaded)
+
+    def keys(self) -> list[tuple]:
+        with self._guard:
+            return list(self._loaded)
+
+    def drop(self, key: tuple) -> None:
+        """Forget a loaded generator (its memory goes when no Editor holds it any more)."""
+        with self._guard:
+            self._loaded.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -64,15 +125,27 @@ class Parent:
     prompt: str | None
     label: str | None
     manifest: dict = field(repr=False, compare=False)
+    prompt_index: int | None = None
+    category: str | None = None
 
     @property
     def settings(self) -> dict:
         return _json(self.manifest.get("settings"))
 
 
+@dataclass(frozen=True)
+class Regeneration:
+    """One request of `Editor.regenerate_many`: a sample, and what changes (None: as it was)."""
+
+    sample_id: str
+    label: int | None = None
+    prompt: str | None = None
+    seed: int | None = None
+
+
 @dataclass
 class _Job:
-    """One result to compute: its key, sample row, and the row of the batch that computes it."""
+    """One result to compute: its key and its sample row (seed, condition, edit_* columns, ...)."""
 
     key: str
     row: dict
@@ -102,62 +175,118 @@ class Editor:
 
     `checkpoint`, `base_model` and `device` override what a run manifest says (a checkpoint whose hash
     differs from the run's gives a separate edit run). `progress(message)` hears what takes time.
+    `generators`: the process-wide cache to take generators from (default: one of this Editor's own).
     """
 
     def __init__(self, root: str | os.PathLike, *, checkpoint: str | None = None, base_model: str | None = None,
-                 device: torch.device | str | None = None, progress: Callable[[str], None] | None = None):
+                 device: torch.device | str | None = None, progress: Callable[[str], None] | None = None,
+                 generators: GeneratorCache | None = None):
         from pipeline.generate import pick_device
-        from store import Store
 
         self.root = Path(root)
         if not (self.root / "runs").is_dir():
             raise EditError(f"{self.root} is not a store (no runs/ folder)")
-        self.store = Store(self.root)
         self.checkpoint = checkpoint
         self.base_model = base_model
         self.device = pick_device(None if device is None else str(device))
         self.progress = progress or (lambda _msg: None)
-        self._adapters: dict[str, Adapter] = {}
-        self._means: dict[tuple, dict[int, torch.Tensor]] = {}  # (set ids, layer, steps) -> step -> mean
+        self.generators = generators if generators is not None else GeneratorCache()
+        self._adapters: dict[str, tuple[Adapter, tuple]] = {}  # run -> (generator, its cache key)
+        self._means: dict[tuple, dict[int, torch.Tensor]] = {}  # (set ids, layer, steps, ckpt) -> step -> mean
+        self._manifests: dict[str, dict] = {}
+        self._rows: dict[str, tuple[dict[int, dict], set[str]]] = {}  # run -> (index -> row, parts read)
+        self._keys: dict[tuple, tuple[dict[str, str], set[str]]] = {}  # (model, edit run) -> (key -> id, parts)
+        self._prompts: dict[str, dict[str, tuple[int, str | None]]] = {}  # run -> prompt -> (index, category)
+        self._store = None
+
+    @property
+    def store(self):
+        """The store, read through DuckDB (opened on first use; reopened after this Editor writes)."""
+        from store import Store
+
+        if self._store is None:
+            self._store = Store(self.root)
+        return self._store
 
     # -- reading the parents ----------------------------------------------------------------------------
+    def manifest(self, run_id: str) -> dict | None:
+        """A run's manifest (kept: what an edit reads of it, model, checkpoint and settings, never changes)."""
+        from store import layout
+        from store.writer import read_manifest
+
+        if run_id not in self._manifests:
+            try:
+                manifest = read_manifest(layout.run_manifest_path(self.root, layout.check_name("run_id", run_id)))
+            except ValueError:
+                return None
+            if manifest is None:
+                return None
+            self._manifests[run_id] = manifest
+        return self._manifests[run_id]
+
+    def _row(self, run_id: str, model: str, index: int) -> dict | None:
+        """The stored row of sample `index` of a run, read from its samples parts (only the parts not read yet)."""
+        from store import layout
+
+        rows, seen = self._rows.setdefault(run_id, ({}, set()))
+        if index in rows:
+            return rows[index]
+        for part in layout.list_parts(layout.samples_dir(self.root, model, run_id)):
+            if part.name in seen:
+                continue
+            try:
+                names = set(pq.read_schema(part).names)
+                t = pq.read_table(part, columns=[c for c in _PARENT_COLUMNS if c in names])
+            except Exception:  # noqa: BLE001 - a damaged commit record: its batch is not done
+                continue
+            seen.add(part.name)
+            for r in t.to_pylist():
+                rows[int(r["index"])] = r
+        return rows.get(index)
+
     def parents(self, sample_ids: Sequence[str]) -> list[Parent]:
         """The stored samples `sample_ids`, in that order; EditError names the unknown ones."""
+        from store import layout
+
         ids = list(dict.fromkeys(sample_ids))
         if not ids:
             raise EditError("no sample ids given")
-        df = self.store.samples(sample_ids=ids, columns=["sample_id", "model", "run_id", "seed", "class_id",
-                                                         "prompt", "label", "edit_op"])
-        found = {r["sample_id"]: r for r in df.to_dict("records")}
-        unknown = [s for s in ids if s not in found]
+        found: dict[str, Parent] = {}
+        unknown, no_manifest = [], []
+        for sid in ids:
+            try:
+                run, index = layout.split_sample_id(sid)
+            except ValueError:
+                unknown.append(sid)
+                continue
+            manifest = self.manifest(run)
+            if manifest is None:
+                (unknown if not layout.run_manifest_path(self.root, run).exists() else no_manifest).append(sid)
+                continue
+            r = self._row(run, manifest["model"], index)
+            if r is None or r.get("sample_id") != sid:
+                unknown.append(sid)
+                continue
+            cid, pidx = r.get("class_id"), r.get("prompt_index")
+            found[sid] = Parent(sid, run, manifest["model"], int(r["seed"]),
+                                None if cid is None else int(cid), _text(r.get("prompt")), _text(r.get("label")),
+                                manifest, None if pidx is None else int(pidx), _text(r.get("category")))
+            op = _text(r.get("edit_op"))
+            if op not in (None, "regenerate"):  # a regenerated sample is its seed and condition again
+                raise EditError(f"sample {sid} is the result of an edit ({op}), which its seed and label cannot "
+                                "reproduce: edit generated (or regenerated) samples")
         if unknown:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
             raise EditError(f"unknown sample{'s' if len(unknown) > 1 else ''} {shown}: not in the store {self.root}")
-        # a regenerated sample is its seed and condition again; the others are not
-        edited = [(s, op) for s, r in found.items() if (op := _text(r.get("edit_op"))) not in (None, "regenerate")]
-        if edited:
-            raise EditError(f"sample {edited[0][0]} is the result of an edit ({edited[0][1]}), which its seed and "
-                            "label cannot reproduce: edit generated (or regenerated) samples")
-        manifests: dict[str, dict] = {}
-        out = {}
-        for sid, r in found.items():
-            run = r["run_id"]
-            if run not in manifests:
-                manifest = self.store.manifest(run)
-                if manifest is None:
-                    raise EditError(f"sample {sid}: its run {run!r} has no manifest in {self.root}")
-                manifests[run] = manifest
-            cid = r.get("class_id")
-            out[sid] = Parent(sid, run, r["model"], int(r["seed"]),
-                              None if cid is None or cid != cid else int(cid), _text(r.get("prompt")),
-                              _text(r.get("label")),
-                              manifests[run])
-        return [out[s] for s in sample_ids]
+        if no_manifest:
+            raise EditError(f"sample {no_manifest[0]}: its run has no readable manifest in {self.root}")
+        return [found[s] for s in sample_ids]
 
+    # -- generators -------------------------------------------------------------------------------------
     def adapter(self, parent: Parent) -> Adapter:
-        """The generator of `parent`'s run, built from its manifest (and the overrides), cached per run."""
+        """The generator of `parent`'s run, built from its manifest (and the overrides), from the cache."""
         if parent.run_id in self._adapters:
-            return self._adapters[parent.run_id]
+            return self._adapters[parent.run_id][0]
         from pipeline import families
         from pipeline.adapters import build_adapter
         from pipeline.adapters.edm import SHIPPED_DEMO
@@ -166,42 +295,92 @@ class Editor:
         if family is None:
             raise EditError(f"sample {parent.sample_id}: model {parent.model!r} is not one this code knows "
                             f"({', '.join(families.MODELS)})")
-        if family.conditioning != "class":
-            raise EditError(f"edits of the text-to-image models ({parent.model}) are not supported yet: only the "
-                            "class-conditional EDM models (demo, imagenet) have them")
         settings = parent.settings
         sigmas = settings.get("sigmas")
         checkpoint = self.checkpoint or parent.manifest.get("checkpoint")
         if checkpoint == SHIPPED_DEMO:
             checkpoint = None
+        stored_sha = parent.manifest.get("checkpoint_sha256")
         dtype = getattr(torch, settings.get("dtype") or "float32", torch.float32)
-        self.progress(f"loading {parent.model} ({checkpoint or 'shipped weights'}) for run {parent.run_id}")
-        try:
-            adapter = build_adapter(parent.model, checkpoint=checkpoint, device=self.device,
-                                    steps=len(sigmas) if sigmas else None, dtype=dtype,
-                                    x0_previews=bool(sigmas) and len(sigmas) > 1)
-        except EditUnsupported as exc:
-            raise EditError(str(exc)) from None
+        steps = len(sigmas) if sigmas else None
+        x0_previews = bool(sigmas) and len(sigmas) > 1
+        options: dict = {}
+        if family.conditioning == "prompt":
+            options = dict(base_model=self.base_model or parent.manifest.get("base_model"),
+                           resolution=settings.get("resolution"))
+        # what defines a generator: the same key is the same loaded module, whichever run or session asks
+        key = (parent.model, checkpoint, None if self.checkpoint else stored_sha, options.get("base_model"),
+               str(self.device), str(dtype), steps, x0_previews, options.get("resolution"))
+
+        def load() -> Adapter:
+            self.progress(f"loading {parent.model} ({checkpoint or 'shipped weights'}) for run {parent.run_id}")
+            try:
+                return build_adapter(parent.model, checkpoint=checkpoint, device=self.device, steps=steps,
+                                     dtype=dtype, x0_previews=x0_previews, **options)
+            except EditUnsupported as exc:
+                raise EditError(str(exc)) from None
+
+        adapter = self.generators.get_or_load(key, load)
         ident = adapter.identity()
         got = ident.get("settings", {}).get("sigmas")
         if sigmas is not None and got is not None and not np.allclose(got, sigmas, rtol=1e-6, atol=0):
             raise EditError(f"run {parent.run_id}: cannot rebuild its sampling schedule (sigmas {sigmas}, "
                             f"the loader gives {got})")
-        stored_sha = parent.manifest.get("checkpoint_sha256")
         if not self.checkpoint and stored_sha and ident.get("checkpoint_sha256") != stored_sha:
             raise EditError(f"run {parent.run_id}: the checkpoint {checkpoint or '(shipped)'} is not the one it "
                             f"was generated with (sha256 {stored_sha[:12]}...); give --checkpoint")
-        self._adapters[parent.run_id] = adapter
+        self._adapters[parent.run_id] = (adapter, key)
         return adapter
 
-    def _inputs(self, parents: Sequence[Parent], adapter: Adapter, *, seeds=None, conditions=None) -> dict:
-        seeds = [p.seed for p in parents] if seeds is None else seeds
-        conds = [adapter.condition(class_id=p.class_id, prompt=p.prompt) for p in parents] \
-            if conditions is None else conditions
-        return adapter.edit_inputs(seeds, conds)
+    def _using(self, parent: Parent):
+        """The lock of `parent`'s generator: held while hooks are on its module and it samples."""
+        return self.generators.lock(self._adapters[parent.run_id][1])
 
-    def _check_layer(self, adapter: Adapter, layer: str) -> dict[str, str]:
-        return adapter.resolve_layers([layer])
+    @staticmethod
+    def _prompted(model: str) -> bool:
+        from pipeline import families
+
+        return model in families.MODELS and families.get_family(model).conditioning == "prompt"
+
+    def _check_condition_kind(self, parent: Parent, *, label=None, prompt=None) -> None:
+        prompted = self._prompted(parent.model)
+        if prompted and label is not None:
+            raise EditError(f"model {parent.model} is conditioned on a prompt, not a class label: use --prompt")
+        if not prompted and prompt is not None:
+            raise EditError(f"model {parent.model} is conditioned on a class label, not a prompt: use --label")
+
+    def _condition(self, parent: Parent, adapter: Adapter, *, label: int | None = None, prompt: str | None = None):
+        """The condition of `parent`, or of `label`/`prompt` in its run; EditError for the wrong kind."""
+        self._check_condition_kind(parent, label=label, prompt=prompt)
+        if self._prompted(parent.model):
+            text = parent.prompt if prompt is None else str(prompt)
+            if text is None or not text.strip():
+                raise EditError(f"sample {parent.sample_id}: no prompt to condition on" if prompt is None
+                                else "--prompt is empty")
+            cond = adapter.condition(prompt=text)
+            index, category = (parent.prompt_index, parent.category) if text == parent.prompt \
+                else self._run_prompts(parent).get(text, (None, None))
+            return dataclasses.replace(cond, prompt_index=index, category=category)
+        try:
+            return adapter.condition(class_id=parent.class_id if label is None else int(label))
+        except ValueError as exc:  # a label out of range; a family without edits
+            raise EditError(str(exc)) from None
+
+    def _run_prompts(self, parent: Parent) -> dict[str, tuple[int, str | None]]:
+        """prompt -> (row of the run's text embeddings, category): a new prompt that is one of the run's keeps
+        its index and category."""
+        from store import layout
+
+        if parent.run_id not in self._prompts:
+            out: dict[str, tuple[int, str | None]] = {}
+            path = layout.text_embeddings_path(self.root, parent.model, parent.run_id)
+            try:
+                t = pq.read_table(path, columns=["prompt_index", "prompt", "category"]).to_pylist()
+                out = {r["prompt"]: (int(r["prompt_index"]), r["category"]) for r in t}
+            except Exception:  # noqa: BLE001 - no (readable) table: new prompts get no index
+                out = {}
+            self._prompts[parent.run_id] = out
+        return self._prompts[parent.run_id]
 
     def _check_steps(self, parent: Parent, adapter: Adapter, steps: Sequence[int] | None) -> list[int]:
         n = int(getattr(adapter, "num_steps", 1))
@@ -214,82 +393,134 @@ class Editor:
                             f"(0..{n - 1})")
         return sorted({int(s) for s in steps})
 
-    def _set(self, parent: Parent, ids: Sequence[str], what: str) -> list[Parent]:
-        members = self.parents(ids)
+    def _set(self, parent: Parent, members: Sequence[Parent], what: str) -> list[Parent]:
         models = sorted({m.model for m in members} | {parent.model})
         if len(models) > 1:
             counts = {m: sum(1 for x in members if x.model == m) for m in models}
             raise EditError(f"the {what} mixes models: " + ", ".join(f"{m} ({n} sample{'s' if n != 1 else ''})"
                                                                      for m, n in counts.items())
                             + f"; it must hold samples of the parent's model, {parent.model}")
-        return members
+        return list(members)
 
+    # -- the sets' activations --------------------------------------------------------------------------
     def set_activations(self, members: Sequence[Parent], layer: str, steps: Sequence[int],
                         what: str = "set") -> dict[int, torch.Tensor]:
         """Step -> the mean over `members` of layer `layer`'s full output (float32, (C, H, W)), recomputed by
         running the members again from their stored seeds and conditions (kept for the next edit with it)."""
-        memo = (tuple(sorted({m.sample_id for m in members})), layer, tuple(steps))
-        if memo not in self._means:
-            self._means[memo] = self._set_means(members, layer, steps, what)
-        return self._means[memo]
+        return self.sets_activations([(members, what)], layer, steps)[0]
 
-    def _set_means(self, members: Sequence[Parent], layer: str, steps: Sequence[int],
-                   what: str) -> dict[int, torch.Tensor]:
+    def _memo(self, members: Sequence[Parent], layer: str, steps: Sequence[int]) -> tuple:
+        ckpts = tuple(sorted({str(self._ckpt(self.adapter(m))) for m in members}))
+        return tuple(sorted({m.sample_id for m in members})), layer, tuple(steps), ckpts
+
+    def sets_activations(self, sets: Sequence[tuple[Sequence[Parent], str]], layer: str,
+                         steps: Sequence[int]) -> list[dict[int, torch.Tensor]]:
+        """`set_activations` of several (members, what) sets at once: the samples of all of them that this
+        Editor has not recomputed yet run again together, each run's in one batch (per SET_BATCH)."""
+        memos = [self._memo(ms, layer, steps) for ms, _ in sets]
+        todo = [(k, ms, what) for k, ((ms, what), memo) in enumerate(zip(sets, memos, strict=True))
+                if memo not in self._means and memo not in memos[:k]]
+        if todo:
+            self._set_means(todo, memos, layer, list(steps))
+        return [self._means[m] for m in memos]
+
+    def _set_means(self, todo, memos, layer: str, steps: list[int]) -> None:
+        for _k, ms, what in todo:
+            by_run = {m.run_id: m for m in ms}
+            stored = {_json(m.manifest.get("reduce")).get(layer) for m in by_run.values()}
+            kept = ", ".join(sorted({str(v) if v else "not stored" for v in stored}))
+            n = len({m.sample_id for m in ms})
+            self.progress(f"{what}: recomputing the full activations of {n} sample{'s' if n != 1 else ''} at "
+                          f"{layer} (the store keeps {kept}, float16)")
+        members: dict[str, Parent] = {}
+        for _k, ms, _what in todo:
+            members.update({m.sample_id: m for m in ms})
         by_run: dict[str, list[Parent]] = {}
-        for m in members:
+        for m in members.values():
             by_run.setdefault(m.run_id, []).append(m)
-        stored = {run: _json(ms[0].manifest.get("reduce")).get(layer) for run, ms in by_run.items()}
-        kept = ", ".join(sorted({str(v) if v else "not stored" for v in stored.values()}))
-        self.progress(f"{what}: recomputing the full activations of {len(members)} sample"
-                      f"{'s' if len(members) != 1 else ''} at {layer} (the store keeps {kept}, float16)")
+        weights = {sid: torch.zeros(len(todo)) for sid in members}  # sample -> its share of each set's mean
+        for j, (_k, ms, _what) in enumerate(todo):
+            distinct = {m.sample_id for m in ms}
+            for sid in distinct:
+                weights[sid][j] = 1.0 / len(distinct)
         sums: dict[int, torch.Tensor] = {}
         for run, ms in by_run.items():
             adapter = self.adapter(ms[0])
             n = int(getattr(adapter, "num_steps", 1))
             missing = [s for s in steps if s >= n]
             if missing:
-                raise EditError(f"the {what} holds samples of run {run}, sampled in {n} step{'s' if n > 1 else ''}: "
-                                f"it has no step {', '.join(map(str, missing))}")
-            paths = self._check_layer(adapter, layer)
+                whats = [what for _k, s, what in todo if any(m.run_id == run for m in s)]
+                raise EditError(f"the {whats[0]} holds samples of run {run}, sampled in {n} step"
+                                f"{'s' if n > 1 else ''}: it has no step {', '.join(map(str, missing))}")
+            paths = adapter.resolve_layers([layer])
             for lo in range(0, len(ms), SET_BATCH):
                 chunk = ms[lo:lo + SET_BATCH]
-                captured: dict[int, torch.Tensor] = {}
+                w = torch.stack([weights[m.sample_id] for m in chunk], dim=1)  # (sets, batch)
 
-                def keep(step, out, captured=captured):
+                def keep(step, out, w=w):
                     if step in steps:
-                        captured[step] = out.detach().to("cpu", torch.float32).sum(dim=0)
+                        out = out.detach().to("cpu", torch.float32)
+                        part = torch.tensordot(w, out, dims=([1], [0]))  # (sets, C, H, W)
+                        sums[step] = part if step not in sums else sums[step] + part
 
-                with Intervention(adapter.root, paths, {layer: keep}) as grab:
-                    adapter.sample_inputs(self._inputs(chunk, adapter), grab)
-                for s, v in captured.items():
-                    sums[s] = v if s not in sums else sums[s] + v
-        return {s: v / len(members) for s, v in sums.items()}
+                with self._using(ms[0]):
+                    inputs = self._inputs(chunk, adapter)
+                    with Intervention(adapter.root, paths, {layer: keep}) as grab:
+                        adapter.sample_inputs(inputs, grab)
+        for j, (k, _ms, _what) in enumerate(todo):
+            self._means[memos[k]] = {s: v[j] for s, v in sums.items()}
+
+    def _inputs(self, parents: Sequence[Parent], adapter: Adapter) -> dict:
+        return adapter.edit_inputs([p.seed for p in parents], [self._condition(p, adapter) for p in parents])
 
     # -- the operations ---------------------------------------------------------------------------------
     def regenerate(self, sample_id: str, *, label: int | None = None, prompt: str | None = None,
                    seed: int | None = None) -> list[str]:
         """The sample with another class label (or prompt) and/or noise seed; one result id."""
-        (parent,) = self.parents([sample_id])
-        adapter = self.adapter(parent)
-        if prompt is not None:
-            raise EditError(f"model {parent.model} is conditioned on a class label, not a prompt: use --label")
-        cid = parent.class_id if label is None else int(label)
-        cond = adapter.condition(class_id=cid)
-        new_seed = parent.seed if seed is None else int(seed)
-        changes = []
-        if cid != parent.class_id:
-            changes.append(f"label {parent.class_id} -> {cid}")
-        if new_seed != parent.seed:
-            changes.append(f"seed {parent.seed} -> {new_seed}")
-        key = edit_key("regenerate", parent=sample_id, class_id=cid, seed=new_seed, ckpt=self._ckpt(adapter))
-        job = _Job(key, dict(seed=new_seed, condition=cond, edit_op="regenerate", edit_parents=sample_id,
-                             edit_change="; ".join(changes) or "nothing (the parent again)"))
+        return self.regenerate_many([Regeneration(sample_id, label=label, prompt=prompt, seed=seed)])
 
-        def compute(jobs, recorder):
-            inputs = adapter.edit_inputs([new_seed] * len(jobs), [cond] * len(jobs))
-            return adapter.sample_inputs(inputs, recorder)
+    def regenerate_many(self, requests: Iterable[Regeneration | Mapping]) -> list[str]:
+        """Several regenerations (Regeneration objects, or mappings with sample_id and any of label, prompt,
+        seed): one forward batch and one write per parent run; one result id per request, in order."""
+        reqs = [r if isinstance(r, Regeneration) else Regeneration(**dict(r)) for r in requests]
+        if not reqs:
+            raise EditError("no regenerations asked for")
+        parents = self.parents([r.sample_id for r in reqs])
+        for req, parent in zip(reqs, parents, strict=True):  # the wrong kind of condition: before any loading
+            self._check_condition_kind(parent, label=req.label, prompt=req.prompt)
+        groups: dict[str, list[tuple[int, Parent, _Job]]] = {}
+        for k, (req, parent) in enumerate(zip(reqs, parents, strict=True)):
+            adapter = self.adapter(parent)
+            cond = self._condition(parent, adapter, label=req.label, prompt=req.prompt)
+            new_seed = parent.seed if req.seed is None else int(req.seed)
+            changes = []
+            if cond.prompt is not None:
+                if cond.prompt != parent.prompt:
+                    changes.append(f"prompt {parent.prompt!r} -> {cond.prompt!r}")
+                inputs = dict(prompt=cond.prompt)
+            else:
+                if cond.class_id != parent.class_id:
+                    changes.append(f"label {parent.class_id} -> {cond.class_id}")
+                inputs = dict(class_id=cond.class_id)
+            if new_seed != parent.seed:
+                changes.append(f"seed {parent.seed} -> {new_seed}")
+            key = edit_key("regenerate", parent=req.sample_id, seed=new_seed, ckpt=self._ckpt(adapter), **inputs)
+            job = _Job(key, dict(seed=new_seed, condition=cond, edit_op="regenerate", edit_parents=req.sample_id,
+                                 edit_change="; ".join(changes) or "nothing (the parent again)"))
+            groups.setdefault(parent.run_id, []).append((k, parent, job))
+        out: list[str | None] = [None] * len(reqs)
+        for items in groups.values():
+            parent = items[0][1]
+            adapter = self.adapter(parent)
 
-        return self._run(parent, adapter, [job], compute)
+            def compute(todo, recorder, adapter=adapter):
+                inputs = adapter.edit_inputs([j.row["seed"] for j in todo], [j.row["condition"] for j in todo])
+                return adapter.sample_inputs(inputs, recorder)
+
+            ids = self._run(parent, adapter, [job for _k, _p, job in items], compute)
+            for (k, _p, _j), sid in zip(items, ids, strict=True):
+                out[k] = sid
+        return out
 
     def interpolate(self, from_id: str, to_id: str, frames: int = 8) -> list[str]:
         """`frames` samples from one parent to the other (both ends included: they equal the parents)."""
@@ -300,20 +531,19 @@ class Editor:
             raise EditError(f"interpolate needs two samples of one run: {from_id} is in run {a.run_id}, "
                             f"{to_id} in run {b.run_id}")
         adapter = self.adapter(a)
-        ia, ib = self._inputs([a], adapter), self._inputs([b], adapter)
+        ckpt = self._ckpt(adapter)
+        conds = {p.sample_id: self._condition(p, adapter) for p in (a, b)}
         ts = [k / (frames - 1) for k in range(frames)]
         jobs = []
         for k, t in enumerate(ts):
             near = a if t <= 0.5 else b
-            change = f"t = {t:.4g} from {a.label} to {b.label}"
-            jobs.append(_Job(edit_key("interpolate", parents=[from_id, to_id], frame=k, frames=frames,
-                                      ckpt=self._ckpt(adapter)),
-                             dict(seed=near.seed, condition=adapter.condition(class_id=near.class_id,
-                                                                              prompt=near.prompt),
-                                  edit_op="interpolate", edit_parents=f"{from_id},{to_id}", edit_frame=k,
-                                  edit_change=change, t=t)))
+            jobs.append(_Job(edit_key("interpolate", parents=[from_id, to_id], frame=k, frames=frames, ckpt=ckpt),
+                             dict(seed=near.seed, condition=conds[near.sample_id], edit_op="interpolate",
+                                  edit_parents=f"{from_id},{to_id}", edit_frame=k,
+                                  edit_change=f"t = {t:.4g} from {a.label} to {b.label}", t=t)))
 
         def compute(todo, recorder):
+            ia, ib = self._inputs([a], adapter), self._inputs([b], adapter)
             mixed = [adapter.mix_inputs(ia, ib, j.row["t"]) for j in todo]
             inputs = {k: torch.cat([m[k] for m in mixed]) for k in mixed[0]}
             return adapter.sample_inputs(inputs, recorder)
@@ -322,18 +552,32 @@ class Editor:
 
     def patch(self, sample_id: str, layer: str, set_ids: Sequence[str], steps: Sequence[int] | None = None) -> list[str]:
         """The sample with `layer`'s output at `steps` (None: all) replaced by the set's mean activation."""
-        (parent,) = self.parents([sample_id])
+        return self.patch_many([sample_id], layer, set_ids, steps)
+
+    def patch_many(self, sample_ids: Sequence[str], layer: str, set_ids: Sequence[str],
+                   steps: Sequence[int] | None = None) -> list[str]:
+        """`patch` of several samples of one run with one set: the set is recomputed once, the samples run
+        as one batch and are written at once; one result id per sample, in order."""
+        if not sample_ids:
+            raise EditError("no sample ids given")
+        found = self.parents([*sample_ids, *set_ids])
+        parents, members = found[:len(sample_ids)], found[len(sample_ids):]
+        runs = sorted({p.run_id for p in parents})
+        if len(runs) > 1:
+            raise EditError(f"patch of several samples needs samples of one run, got runs {', '.join(runs)}")
+        parent = parents[0]
         adapter = self.adapter(parent)
-        paths = self._check_layer(adapter, layer)
+        paths = adapter.resolve_layers([layer])
         steps = self._check_steps(parent, adapter, steps)
-        members = self._set(parent, set_ids, "set")
+        members = self._set(parent, members, "set")
         ids = [m.sample_id for m in members]
-        key = edit_key("patch", parent=sample_id, layer=layer, steps=steps, set=sorted(set(ids)),
-                       ckpt=self._ckpt(adapter))
-        job = _Job(key, dict(seed=parent.seed, condition=adapter.condition(class_id=parent.class_id,
-                                                                           prompt=parent.prompt),
-                             edit_op="patch", edit_parents=sample_id, edit_layer=layer,
-                             edit_steps=",".join(map(str, steps)), edit_set=",".join(ids)))
+        ckpt = self._ckpt(adapter)
+        jobs = [_Job(edit_key("patch", parent=p.sample_id, layer=layer, steps=steps, set=sorted(set(ids)),
+                              ckpt=ckpt),
+                     dict(seed=p.seed, condition=self._condition(p, adapter), edit_op="patch",
+                          edit_parents=p.sample_id, edit_layer=layer, edit_steps=",".join(map(str, steps)),
+                          edit_set=",".join(ids), parent=p))
+                for p in parents]
         means: dict[int, torch.Tensor] = {}
 
         def prepare(_todo):
@@ -345,25 +589,27 @@ class Editor:
             return means[step].to(out.device, out.dtype).expand_as(out).contiguous()
 
         def compute(todo, recorder):
+            inputs = self._inputs([j.row["parent"] for j in todo], adapter)
             with Intervention(adapter.root, paths, {layer: replace}) as edit:
-                return adapter.sample_inputs(self._inputs([parent] * len(todo), adapter), tag(edit, recorder))
+                return adapter.sample_inputs(inputs, tag(edit, recorder))
 
-        return self._run(parent, adapter, [job], compute, prepare)
+        return self._run(parent, adapter, jobs, compute, prepare)
 
     def steer(self, sample_id: str, layer: str, from_ids: Sequence[str], to_ids: Sequence[str],
               alphas: Sequence[float], steps: Sequence[int] | None = None) -> list[str]:
         """One result per alpha (in the order given): `layer`'s output + alpha·(mean(to) - mean(from))."""
         if not alphas:
             raise EditError("give at least one alpha")
-        (parent,) = self.parents([sample_id])
+        found = self.parents([sample_id, *from_ids, *to_ids])
+        parent, set_a, set_b = found[0], found[1:1 + len(from_ids)], found[1 + len(from_ids):]
         adapter = self.adapter(parent)
-        paths = self._check_layer(adapter, layer)
+        paths = adapter.resolve_layers([layer])
         steps = self._check_steps(parent, adapter, steps)
-        set_a, set_b = self._set(parent, from_ids, "from-set"), self._set(parent, to_ids, "to-set")
+        set_a, set_b = self._set(parent, set_a, "from-set"), self._set(parent, set_b, "to-set")
         ids_a, ids_b = [m.sample_id for m in set_a], [m.sample_id for m in set_b]
         base = dict(parent=sample_id, layer=layer, steps=steps, a=sorted(set(ids_a)), b=sorted(set(ids_b)),
                     ckpt=self._ckpt(adapter))
-        cond = adapter.condition(class_id=parent.class_id, prompt=parent.prompt)
+        cond = self._condition(parent, adapter)
         jobs = [_Job(edit_key("steer", alpha=float(al), **base),
                      dict(seed=parent.seed, condition=cond, edit_op="steer", edit_parents=sample_id,
                           edit_layer=layer, edit_steps=",".join(map(str, steps)), edit_set=",".join(ids_b),
@@ -372,8 +618,7 @@ class Editor:
         direction: dict[int, torch.Tensor] = {}
 
         def prepare(_todo):
-            mean_a = self.set_activations(set_a, layer, steps, "from-set")
-            mean_b = self.set_activations(set_b, layer, steps, "to-set")
+            mean_a, mean_b = self.sets_activations([(set_a, "from-set"), (set_b, "to-set")], layer, steps)
             direction.update({s: mean_b[s] - mean_a[s] for s in steps})
 
         def compute(todo, recorder):
@@ -386,14 +631,15 @@ class Editor:
                 # alpha = 0 adds nothing at all (not even -0.0 rounding): the parent bit for bit
                 return torch.where(scale == 0, out, out + scale * direction[step].to(out.device, out.dtype))
 
+            inputs = self._inputs([parent] * len(todo), adapter)
             with Intervention(adapter.root, paths, {layer: add}) as edit:
-                return adapter.sample_inputs(self._inputs([parent] * len(todo), adapter), tag(edit, recorder))
+                return adapter.sample_inputs(inputs, tag(edit, recorder))
 
         return self._run(parent, adapter, jobs, compute, prepare)
 
     # -- writing ----------------------------------------------------------------------------------------
     def _ckpt(self, adapter: Adapter) -> str | None:
-        return adapter.identity().get("checkpoint_sha256")
+        return getattr(adapter, "checkpoint_sha256", None) or adapter.identity().get("checkpoint_sha256")
 
     def edit_run_id(self, parent: Parent, adapter: Adapter) -> str:
         sha = self._ckpt(adapter)
@@ -402,23 +648,42 @@ class Editor:
             run_id += f"-{sha[:8]}"
         return run_id
 
+    def _stored_keys(self, model: str, run_id: str) -> dict[str, str]:
+        """edit_key -> sample_id of the committed samples of an edit run (parts read once per Editor)."""
+        from store import layout
+
+        keys, seen = self._keys.setdefault((model, run_id), ({}, set()))
+        for part in layout.list_parts(layout.samples_dir(self.root, model, run_id)):
+            if part.name in seen:
+                continue
+            try:
+                t = pq.read_table(part, columns=["sample_id", "edit_key"])
+            except Exception:  # noqa: BLE001 - a damaged commit record: its batch is not done
+                continue
+            seen.add(part.name)
+            for sid, key in zip(t["sample_id"].to_pylist(), t["edit_key"].to_pylist(), strict=True):
+                if key is not None:
+                    keys.setdefault(key, sid)
+        return keys
+
     def _run(self, parent: Parent, adapter: Adapter, jobs: list[_Job], compute, prepare=None) -> list[str]:
         """Compute the jobs whose key the edit run lacks, write them as one batch; the ids of all jobs."""
         from store import RunWriter, layout
 
         run_id = self.edit_run_id(parent, adapter)
-        have = _stored_keys(self.root, parent.model, run_id)
+        have = self._stored_keys(parent.model, run_id)
         todo = list({j.key: j for j in jobs if j.key not in have}.values())
         if todo:
             if prepare is not None:
-                prepare(todo)
+                prepare(todo)  # takes the locks it needs itself (a set may hold samples of other runs)
             layers = list(parent.manifest.get("layers") or [])
             reduce = _json(parent.manifest.get("reduce"))
             self.progress(f"{jobs[0].row['edit_op']}: generating {len(todo)} sample{'s' if len(todo) > 1 else ''}")
-            with Recorder(adapter.root, adapter.resolve_layers(layers), reduce) as recorder:
-                images = compute(todo, recorder)
-                activations = recorder.pop()
-            previews = getattr(adapter, "last_previews", None)
+            with self._using(parent):
+                with Recorder(adapter.root, adapter.resolve_layers(layers), reduce) as recorder:
+                    images = compute(todo, recorder)
+                    activations = recorder.pop()
+                previews = getattr(adapter, "last_previews", None)
             ident = adapter.identity()
             settings = {**parent.settings, "kind": EDIT_KIND, "parent_run": parent.run_id}
             manifest = {"run_id": run_id, "model": parent.model, "family": adapter.family,
@@ -431,10 +696,11 @@ class Editor:
             with _locked(folder):
                 writer = RunWriter(self.root, manifest, durable=False)
                 with writer:
-                    have = _stored_keys(self.root, parent.model, run_id)  # another process may have written
+                    have = self._stored_keys(parent.model, run_id)  # another process may have written
                     fresh = [k for k, j in enumerate(todo) if j.key not in have]
                     if fresh:
-                        start = int(writer.done_indices().max()) + 1 if len(writer.done_indices()) else 0
+                        done = writer.done_indices()
+                        start = int(done.max()) + 1 if len(done) else 0
                         rows = [_sample_row(todo[k], adapter) for k in fresh]
                         writer.write_batch(
                             np.arange(start, start + len(fresh)), rows, [images[k] for k in fresh],
@@ -443,7 +709,7 @@ class Editor:
                             {s: [v[k] for k in fresh] for s, v in previews.items()} if previews else None)
                         for n, k in enumerate(fresh):
                             have[todo[k].key] = layout.sample_id(run_id, start + n)
-            self.store = type(self.store)(self.root)  # the next read sees the new parts
+            self._store = None  # the next read through the store sees the new parts
         return [have[j.key] for j in jobs]
 
 
@@ -463,22 +729,6 @@ def _sample_row(job: _Job, adapter: Adapter) -> dict:
 
     row = {k: v for k, v in job.row.items() if k.startswith("edit_")}
     return {**generated_row(job.row["seed"], job.row["condition"], adapter), **row, "edit_key": job.key}
-
-
-def _stored_keys(root: Path, model: str, run_id: str) -> dict[str, str]:
-    """edit_key -> sample_id of the committed samples of an edit run (read from its parts, no cache)."""
-    from store import layout
-
-    out: dict[str, str] = {}
-    for part in layout.list_parts(layout.samples_dir(root, model, run_id)):
-        try:
-            t = pq.read_table(part, columns=["sample_id", "edit_key"])
-        except Exception:  # noqa: BLE001 - a damaged commit record: its batch is not done
-            continue
-        for sid, key in zip(t["sample_id"].to_pylist(), t["edit_key"].to_pylist(), strict=True):
-            if key is not None:
-                out.setdefault(key, sid)
-    return out
 
 
 @contextlib.contextmanager

@@ -302,8 +302,10 @@ def mixed_root(tmp_path_factory):
     (["steer", "--sample", "d-00000001", "--layer", "midblock", "--from-set", "d-00000002,t-00000003",
       "--to-set", "d-00000004"], "the from-set mixes models: demo (1 sample), tiny (1 sample)"),
     (["interpolate", "--from", "d-00000001", "--to", "t-00000002"], "interpolate needs two samples of one run"),
-    (["regenerate", "--sample", "p-00000000", "--prompt", "a blue car"],
-     "edits of the text-to-image models (sd15) are not supported yet"),
+    (["regenerate", "--sample", "p-00000000", "--label", "3"],
+     "model sd15 is conditioned on a prompt, not a class label: use --prompt"),
+    (["regenerate", "--sample", "d-00000001", "--prompt", "a blue car"],
+     "model demo is conditioned on a class label, not a prompt: use --label"),
     (["regenerate", "--sample", "d-00000001", "--label", "12"], "label 12 is out of range for model 'demo'"),
     (["--device", "nope", "regenerate", "--sample", "d-00000001"], "on device nope:"),
 ])

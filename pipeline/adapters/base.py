@@ -17,8 +17,8 @@ class EditUnsupported(ValueError):
     """A model family that does not (yet) offer the edits of pipeline/edit.py."""
 
     def __init__(self, name: str):
-        super().__init__(f"edits (regenerate, interpolate, patch, steer) are not supported for model {name!r} "
-                         "yet: only the class-conditional EDM models (demo, imagenet) have them")
+        super().__init__(f"edits (regenerate, interpolate, patch, steer) are not supported for model {name!r}: "
+                         "its adapter does not implement condition, edit_inputs, mix_inputs and sample_inputs")
 
 
 @dataclass(frozen=True)
