@@ -222,3 +222,25 @@ register(Family(
     default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
     recipe=Recipe(steps=4, fixed_steps=True, dtype=None,
                   description="SDXL 4-step generator as a LoRA fused into the SDXL base UNet")))
+
+# The teachers DMD2 distilled SD v1.5 and SDXL from: the base UNets (--base-model), sampled with the base
+# model's own diffusers scheduler and classifier-free guidance at DMD2's real-score scales (1.75 and 8),
+# recording the conditional pass at every step (pipeline/adapters/t2i_teacher.py). Their runs are stored under
+# the student's model key (sd15, sdxl), marked kind `teacher`, so one map holds student and teacher.
+# Why 25 steps: PNDM's PLMS (SD v1.5's scheduler) and Euler (SDXL base 1.0's) are multistep/ODE samplers
+# commonly run at 20-30 steps; diffusers' pipelines default to 50, but a teacher step costs two UNet calls
+# and one record per layer, so 25 halves time and store against 50 (how far the two differ for these
+# models is not measured here). --steps sets any count.
+_T2I_TEACHER = "pipeline.adapters.t2i_teacher"
+register(Family(
+    "sd15-teacher", loader=f"{_T2I_TEACHER}:loader", layer_registry=f"{_T2I_TEACHER}:layer_info",
+    conditioning="prompt", default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    recipe=Recipe(steps=25, fixed_steps=False, dtype=None, guidance=1.75,
+                  description="SD v1.5 base model as DMD2's teacher: its PNDM scheduler, 25 steps (26 calls), "
+                              "guidance 1.75 (--steps, --guidance); stored under sd15")))
+register(Family(
+    "sdxl-teacher", loader=f"{_T2I_TEACHER}:loader", layer_registry=f"{_T2I_TEACHER}:layer_info",
+    conditioning="prompt", default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    recipe=Recipe(steps=25, fixed_steps=False, dtype=None, guidance=8.0,
+                  description="SDXL base 1.0 as DMD2's teacher: its Euler scheduler, 25 steps, guidance 8 "
+                              "(--steps, --guidance); stored under sdxl")))
