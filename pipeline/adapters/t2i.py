@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.adapters.base import Adapter, Condition, seeded_normal, shapes_by_hooks
+from pipeline.adapters.base import Adapter, Condition, seeded_normal, shapes_by_hooks, slerp
 from pipeline.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -364,9 +364,55 @@ class T2IAdapter(Adapter):
         return x0, x0s
 
     def sample(self, noise_seeds, conditions, recorder) -> np.ndarray:
+        return self.sample_inputs(self.edit_inputs(noise_seeds, conditions), recorder)
+
+    # -- edits (pipeline/edit.py) ---------------------------------------------------------------------
+    def condition(self, class_id: int | None = None, prompt: str | None = None) -> Condition:
+        """The condition of `prompt`; its index and category when it is one of this adapter's prompt set."""
+        if class_id is not None or prompt is None:
+            raise ValueError(f"model {self.name!r} is conditioned on a prompt, not a class label: give a prompt")
+        if not str(prompt).strip():
+            raise ValueError("the prompt is empty")
+        index = next((k for k, p in enumerate(self.prompts.prompts) if p == prompt), None)
+        return Condition(prompt=str(prompt), prompt_index=index,
+                         category=None if index is None else self.prompts.categories[index])
+
+    def edit_inputs(self, noise_seeds, conditions) -> dict[str, torch.Tensor]:
+        """noise: every step's draw (B, S, 4, h, w), step 0 the start latent; embeds (B, 77, D) and pooled
+        (B, P): the text encoders' outputs as the UNet takes them (SDXL: pooled goes in with the time ids)."""
+        missing = [k for k, c in enumerate(conditions) if c.prompt is None]
+        if missing:
+            raise ValueError(f"model {self.name!r} is conditioned on a prompt: condition {missing[0]} has none")
+        seeds = list(noise_seeds)
+        embeds, pooled = self.encode([c.prompt for c in conditions])
+        noise = torch.stack([self.step_noise(seeds, s) for s in range(self.num_steps)], dim=1)
+        return {"noise": noise, "embeds": embeds, "pooled": pooled}
+
+    def mix_inputs(self, a: dict, b: dict, t: float) -> dict:
+        """Each step's noise by spherical interpolation; the text encoders' outputs, pooled embeddings
+        included, linearly (in float32, back to their dtype)."""
+        t = float(t)
+        if t == 0.0:
+            return a
+        if t == 1.0:
+            return b
+
+        def mix(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ((1.0 - t) * x.float() + t * y.float()).to(x.dtype)
+
+        noise = torch.stack([slerp(a["noise"][:, s], b["noise"][:, s], t) for s in range(a["noise"].shape[1])],
+                            dim=1)
+        return {"noise": noise, "embeds": mix(a["embeds"], b["embeds"]), "pooled": mix(a["pooled"], b["pooled"])}
+
+    def sample_inputs(self, inputs: dict, recorder) -> np.ndarray:
         self.last_previews = None
-        prompt_embeds, pooled = self.encode([c.prompt for c in conditions])
-        x0, x0s = self.denoise(list(noise_seeds), prompt_embeds, pooled, recorder)
+        noise = inputs["noise"]
+        if noise.shape[1] != self.num_steps:
+            raise ValueError(f"inputs hold noise for {noise.shape[1]} steps, model {self.name!r} samples in "
+                             f"{self.num_steps}")
+        embeds = inputs["embeds"].to(self.device, self.dtype)
+        pooled = inputs["pooled"].to(self.device, self.dtype)
+        x0, x0s = self.denoise([], embeds, pooled, recorder, noise_fn=lambda step: noise[:, step])
         images = self.decode(x0)
         if self.x0_previews:
             last = len(self.timesteps) - 1

@@ -4,8 +4,9 @@ Each operation writes its results to the store as samples of the run `edit-<pare
 provenance (the edit_* columns), and prints their sample ids one per line in the order asked (frames in
 order, alpha values in the order given). Asking for the same edit again prints the same ids and adds
 nothing. The model, checkpoint and sampling settings come from the parent's run manifest; --checkpoint,
---base-model and --device override them. Only the class-conditional EDM models (demo, imagenet) are
-supported so far.
+--base-model and --device override them. Every model family has them: --label for the class models (demo,
+imagenet), --prompt for the text-to-image ones (sd15, sdxl, sdxl-4step, sdxl-4step-lora), whose interpolation
+mixes the text encoders' outputs and pooled embeddings and whose patch/steer act on a UNet layer's map.
 
   python -m pipeline edit --store DIR regenerate  --sample ID [--label N | --prompt TEXT] [--seed S]
   python -m pipeline edit --store DIR interpolate --from ID --to ID --frames 8
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = ops.add_parser("regenerate", help="the sample with another label (or prompt) and/or seed")
     r.add_argument("--sample", required=True, help="sample id")
     cond = r.add_mutually_exclusive_group()
-    cond.add_argument("--label", type=_int(0), help="class label")
+    cond.add_argument("--label", type=_int(0), help="class label (class models: demo, imagenet)")
     cond.add_argument("--prompt", help="text prompt (text-to-image models)")
     r.add_argument("--seed", type=_int(0), help="noise seed (default: the sample's)")
 
