@@ -561,3 +561,238 @@ def distances(path: str, view: views.View, settings, sample_id: str, others: lis
 
     return neighbors.distances(open_store(path), view.features, view.projection_key, view.sample_ids, view.xy,
                                sample_id, others, space=settings.space, metric=settings.metric)
+
+
+# ------------------------------------------------------------------------------------------ edits (#13)
+# What if, from the Explore panel: `pipeline.edit.Editor` does the work in a background `Job` (the registry of
+# the projection jobs), on one process-wide generator per run, shared by sessions. The results are samples of
+# the store: once written, the data version changes and the map places them (transform, not refit).
+
+EDIT_WAIT_S = 1.5  # how long a click waits for an edit before the panel shows its progress instead
+_EDIT_STAGES = (("loading", 0.1), ("recomputing", 0.3), ("generating", 0.6))  # Editor.progress -> fraction
+
+
+@dataclass(frozen=True)
+class EditSource:
+    """What an edit of a sample starts from: its model and run, where the run's generator loads from, and
+    why this server cannot edit it (None: it can, as far as can be told without loading the generator)."""
+
+    sample_id: str
+    model: str
+    run_id: str
+    checkpoint: str  # as the run manifest names it
+    conditioning: str  # "class" or "prompt" (the model family's), "" for a model this code does not know
+    num_steps: int
+    device: str  # the device the run was generated on (its manifest)
+    why_not: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.why_not is None
+
+    @property
+    def shipped(self) -> bool:
+        from pipeline.adapters.edm import SHIPPED_DEMO
+
+        return self.checkpoint in ("", SHIPPED_DEMO)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _manifest(resolved: str, run_id: str, version: str) -> dict | None:
+    return open_store(resolved).manifest(run_id)
+
+
+def edit_source(path: str, model: str, sample_id: str) -> EditSource:
+    """Where an edit of `sample_id` would load its generator from; `why_not` says what rules it out here (an
+    edit result as parent, a model family this code does not know, a local checkpoint that is not there).
+    Hub checkpoints and devices are checked when the generator loads (`load_generator`)."""
+    import json
+
+    from pipeline import families
+
+    samples = model_samples(path, model)
+    row = samples.loc[samples["sample_id"] == sample_id]
+    if not len(row):
+        return EditSource(sample_id, model, "", "", "", 0, "", f"{sample_id} is not a sample of {model}")
+    row = row.iloc[0]
+    run_id = str(row["run_id"])
+    manifest = _manifest(resolve(path), run_id, version(path, model)) or {}
+    settings = manifest.get("settings") or {}
+    settings = json.loads(settings) if isinstance(settings, str) else dict(settings)
+    checkpoint = str(manifest.get("checkpoint") or "")
+    family = families.get_family(model) if model in families.MODELS else None
+    op = row.get("edit_op")
+    why = None
+    if isinstance(op, str) and op != "regenerate":
+        why = (f"{sample_id} is the result of an edit ({op}), which its seed and label cannot reproduce: edit "
+               f"a generated sample (its parents: {row.get('edit_parents')})")
+    elif family is None:
+        why = (f"model {model!r} is not one this code can generate (it knows {', '.join(families.MODELS)}), so "
+               "its samples cannot be edited here")
+    elif checkpoint and not checkpoint.startswith("hf://") and not _shipped(checkpoint):
+        from pipeline.checkpoints import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(checkpoint)
+        except (FileNotFoundError, OSError) as exc:
+            why = f"the checkpoint of run {run_id} is not on this server: {exc}"
+    n_steps = len(settings.get("sigmas") or settings.get("timesteps") or []) or int(settings.get("steps") or 1)
+    return EditSource(sample_id, model, run_id, checkpoint, family.conditioning if family else "", n_steps,
+                      str(manifest.get("device") or ""), why)
+
+
+def _shipped(checkpoint: str) -> bool:
+    from pipeline.adapters.edm import SHIPPED_DEMO
+
+    return checkpoint == SHIPPED_DEMO
+
+
+@st.cache_resource(show_spinner=False)
+def _generator_cache():
+    """The process-wide generator cache (`pipeline.edit.GeneratorCache`), shared by sessions; None with a
+    pipeline that has none (then one shared `Editor` per store keeps the generators, used under a lock)."""
+    from pipeline import edit
+
+    cls = getattr(edit, "GeneratorCache", None)
+    return cls() if cls is not None else None
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _shared_editor(resolved: str):
+    from pipeline.edit import Editor
+
+    return Editor(resolved), threading.Lock()
+
+
+def _edit_progress(job: Job):
+    def report(message: str) -> None:
+        text = str(message)
+        fraction = next((f for word, f in _EDIT_STAGES if word in text), None)
+        job.report(max(job.progress, fraction) if fraction is not None else None, text)
+
+    return report
+
+
+class _EditorFor:
+    """``with _EditorFor(path, job) as editor``: an Editor on the shared generators, reporting to `job`."""
+
+    def __init__(self, path: str, job: Job):
+        self.resolved, self.job = resolve(path), job
+        self.lock = None
+
+    def __enter__(self):
+        import inspect
+
+        from pipeline.edit import Editor
+
+        generators = _generator_cache()
+        if generators is not None and "generators" in inspect.signature(Editor).parameters:
+            return Editor(self.resolved, generators=generators, progress=_edit_progress(self.job))
+        editor, self.lock = _shared_editor(self.resolved)
+        self.lock.acquire()
+        editor.progress = _edit_progress(self.job)
+        return editor
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def generator_job(path: str, sample_id: str, run_id: str, start: bool = True) -> Job | None:
+    """The job that loads the generator of `run_id` (through an edit of nothing: `Editor.adapter` of the
+    sample's run), started when `start`; None when not started. Its error says why the run cannot be edited."""
+    key = ("edit-load", resolve(path), run_id)
+    job = jobs().find(key)
+    if job is not None and job.error is None or not start:
+        return job
+
+    def work(job: Job):
+        with _EditorFor(path, job) as editor:
+            (parent,) = editor.parents([sample_id])
+            adapter = editor.adapter(parent)
+            return {"device": str(getattr(editor, "device", "")), "checkpoint":
+                    str((adapter.identity() or {}).get("checkpoint") or "")}
+
+    return jobs().get_or_start(key, work)
+
+
+def run_edit(path: str, op: str, args: dict, holder: str | None = None) -> Job:
+    """Start (or find) the edit `op` (an `Editor` method: regenerate, interpolate, patch, steer) with `args`;
+    waits up to `EDIT_WAIT_S` for it. Its result is the list of result sample ids; its error a message."""
+    import json
+
+    key = ("edit", resolve(path), op, json.dumps(args, sort_keys=True, default=str))
+
+    def work(job: Job):
+        with _EditorFor(path, job) as editor:
+            ids = list(getattr(editor, op)(**args))
+        _version.clear()  # the results show on the next run, not after the data version's time to live
+        job.report(1.0, f"{len(ids)} result{'s' if len(ids) != 1 else ''}")
+        return ids
+
+    job = jobs().get_or_start(key, work, holder)
+    if job.running and job.thread is not None:
+        job.thread.join(EDIT_WAIT_S)
+    return job
+
+
+EDIT_GROUP_COLUMNS = ("edit_op", "edit_parents", "edit_layer", "edit_steps", "edit_set", "edit_from_set")
+
+
+def edit_family(view: views.View, point: str | None) -> list[str]:
+    """The results of the edit that made `point` (an interpolation's frames, a steering series; a regenerated
+    or patched sample alone), as ids of this view; [] when `point` is not an edit result."""
+    if point is None or point not in view.position or "edit_op" not in view.frame:
+        return []
+    f = view.frame
+    row = f.iloc[view.position[point]]
+    if not isinstance(row["edit_op"], str):
+        return []
+    same = pd.Series(True, index=f.index)
+    for col in EDIT_GROUP_COLUMNS:
+        if col in f:
+            value = row[col]
+            same &= f[col].eq(value) if isinstance(value, str) else f[col].isna()
+    if view.all_steps:
+        same &= f["step"].eq(row["step"])
+    return view.sample_ids[same.to_numpy()].tolist()
+
+
+def edit_links(view: views.View, points: list[str]) -> list[dict]:
+    """The map's links of edit results to their parents (`scatter_map`'s ``links``): an interpolation as a path
+    from its first parent through its frames to the second, a steering series as a path from the parent by
+    alpha, a regenerated or patched sample as a line from its parent (a patch also with a spoke to each member
+    of its set). `points` are ids of this view; parents and members outside it are left out."""
+    if "edit_op" not in view.frame:
+        return []
+    f = view.frame
+    rows = f.iloc[[view.position[p] for p in points if p in view.position]].copy()
+    rows["_id"] = [p for p in points if p in view.position]
+    rows = rows[rows["edit_op"].notna()]
+    out = []
+    group_cols = [c for c in EDIT_GROUP_COLUMNS if c in rows]
+    for _, group in rows.groupby(group_cols, dropna=False, sort=False):
+        op = group["edit_op"].iloc[0]
+        parents = [view.locate(p) for p in str(group["edit_parents"].iloc[0]).split(",") if p]
+        if op == "interpolate":
+            group = group.sort_values("edit_frame")
+            ids = [parents[0], *group["_id"], parents[-1]] if parents else list(group["_id"])
+            labels = ["", *(str(int(k)) for k in group["edit_frame"]), ""] if parents else \
+                [str(int(k)) for k in group["edit_frame"]]
+            out.append({"kind": "interpolate", "ids": ids, "labels": labels})
+        elif op == "steer":
+            group = group.sort_values("edit_alpha")
+            out.append({"kind": "steer", "ids": [parents[0], *group["_id"]] if parents else list(group["_id"]),
+                        "labels": ([""] if parents else []) + [f"α {float(a):g}" for a in group["edit_alpha"]]})
+        else:
+            for _, r in group.iterrows():
+                if parents:
+                    out.append({"kind": op, "ids": [parents[0], r["_id"]], "labels": ["", op]})
+                if op == "patch" and isinstance(r.get("edit_set"), str):
+                    for member in r["edit_set"].split(","):
+                        out.append({"kind": "set", "ids": [r["_id"], view.locate(member)], "labels": ["", ""]})
+    for link in out:  # parents or members not in this view: drop them from the line
+        keep = [k for k, i in enumerate(link["ids"]) if i is not None]
+        link["ids"] = [link["ids"][k] for k in keep]
+        link["labels"] = [link["labels"][k] for k in keep]
+    return [link for link in out if len(link["ids"]) > 1]

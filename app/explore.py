@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from app import data, exports, state, static_files, ui, views
+from app import data, edit_panel, exports, state, static_files, ui, views
 from app.components.scatter_map import scatter_map
 from app.explore_sidebar import color_options, default_layer, sidebar_controls  # noqa: F401 (the first two: re-exported)
 from app.state import ViewSettings
@@ -242,6 +242,7 @@ def _map(view, settings, sel, neighbours, highlight, busy: bool = False) -> None
     resolved = data.resolve(state.store_path())
     color_file = data.color_file_for(state.store_path(), view, settings)
     data.thumb_export(resolved).request_once(view.key, view.samples())
+    links, edited = edit_panel.marks(view, sel.selected)
     scatter_map(
         plotly_url=static_files.plotly_js_url(),
         points_url=static_files.view_url(view.store_key, view.points_file),
@@ -253,6 +254,8 @@ def _map(view, settings, sel, neighbours, highlight, busy: bool = False) -> None
         knn=neighbours.knn if neighbours else [],
         manual=sel.manual,
         trajectory=data.trajectory(view, sel.selected),
+        links=links,
+        edited=edited,
         highlight=highlight,
         height=MAP_HEIGHT,
         point_size=settings.point_size,
@@ -348,6 +351,7 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
         st.button("Find neighbours", key="find_neighbours", on_click=state.find_neighbours, width="stretch",
                   icon=":material/hub:", help="Recompute the k nearest (brings back removed ones).")
         _neighbour_list(path, view, settings, neighbours)
+    edit_panel.panel(path, view, settings, sel, neighbours, sel.selected)
 
 
 def _neighbour_list(path, view, settings, nb) -> None:

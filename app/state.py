@@ -32,6 +32,11 @@ PNG_NONCE = "dmd.png_nonce"
 URL_LOADED = "dmd.url_loaded"  # the URL has been read into the session once
 URL_FIXES = "dmd.url_fixes"  # URL values that could not be used, with what was used instead (shown on Explore)
 URL_PENDING = "dmd.url_pending"  # view fields read from the URL that Explore still has to check against the store
+EDIT_PICK = "dmd.edit_pick"  # True: the next click on the map picks the interpolation's end point
+EDIT_END = "dmd.edit_end"  # the interpolation's end point (a sample id)
+EDIT_SETS = "dmd.edit_sets"  # steering sets kept from lasso selections: {"A": [ids], "B": [ids]}
+EDIT_RESULTS = "dmd.edit_results"  # this session's edits, newest last: [{op, parents, ids, title}]
+EDIT_JOB = "dmd.edit_job"  # key of the edit job this session waits for
 STORE_VIEWS = "dmd.store_views"  # resolved store path -> the view state left there (restored on coming back)
 
 FEATURES = ("auto", "mean", "full", "pca")  # pipeline.features names; auto: the per-layer default
@@ -102,6 +107,7 @@ def _reset_store(path: str | None) -> None:
     st.session_state[LASSO] = []
     clear_highlight()
     clear_selection()
+    clear_edits()
 
 
 def is_default_store(path: str) -> bool:
@@ -357,7 +363,12 @@ def toggle_neighbour(sample_id: str, knn: list[str]) -> str:
 
 
 def handle_click(sample_id: str, knn_of) -> str:
-    """The map's click callback: ``knn_of(selected) -> list[str]`` gives the kNN list currently shown."""
+    """The map's click callback: ``knn_of(selected) -> list[str]`` gives the kNN list currently shown. While
+    the edit panel waits for an interpolation's end point, the click picks it instead."""
+    if st.session_state.get(EDIT_PICK):
+        st.session_state[EDIT_PICK] = False
+        st.session_state[EDIT_END] = sample_id
+        return "picked end"
     current = get_selection()
     sel, result = apply_click(current, sample_id, knn_of(current.selected) if current.selected else [])
     put_selection(sel)
@@ -367,6 +378,43 @@ def handle_click(sample_id: str, knn_of) -> str:
 def find_neighbours() -> None:
     """Recompute the kNN list of the selected point: clicked-away neighbours come back."""
     st.session_state[KNN_REMOVED] = []
+
+
+# --- edits (what if) ---------------------------------------------------------------------------------
+
+
+def pick_edit_end(on: bool = True) -> None:
+    """Make the next click on the map pick the interpolation's end point (or stop waiting for it)."""
+    st.session_state[EDIT_PICK] = bool(on)
+
+
+def edit_sets() -> dict[str, list[str]]:
+    return {k: list(v) for k, v in (st.session_state.get(EDIT_SETS) or {}).items()}
+
+
+def keep_edit_set(name: str, ids: list[str]) -> None:
+    """Keep `ids` (a lasso/box selection) as the steering set `name` ("A" or "B")."""
+    sets = edit_sets()
+    sets[name] = [str(s) for s in ids]
+    st.session_state[EDIT_SETS] = sets
+
+
+def edit_results() -> list[dict]:
+    return list(st.session_state.get(EDIT_RESULTS) or [])
+
+
+EDITS_REMEMBERED = 8
+
+
+def add_edit_result(record: dict) -> None:
+    """Remember an edit of this session (the panel shows the newest; the map links it to its parents)."""
+    records = [r for r in edit_results() if r.get("key") != record.get("key")]
+    st.session_state[EDIT_RESULTS] = [*records, record][-EDITS_REMEMBERED:]
+
+
+def clear_edits() -> None:
+    for key in (EDIT_PICK, EDIT_END, EDIT_SETS, EDIT_RESULTS, EDIT_JOB):
+        st.session_state.pop(key, None)
 
 
 # --- highlights passed in the URL (the Search page's "show on map") ----------------------------------

@@ -54,6 +54,8 @@ def scatter_map(
     knn: list[str] | None = None,
     manual: list[str] | None = None,
     trajectory: dict | None = None,
+    links: list[dict] | None = None,
+    edited: list[str] | None = None,
     highlight: list[str] | None = None,
     height: int = 620,
     point_size: float = 5.0,
@@ -70,6 +72,10 @@ def scatter_map(
     ``revision`` is plotly's uirevision: keep it fixed for one projection so zoom and pan survive reruns.
     ``trajectory``: ``{"ids": [...], "labels": [...]}``, points joined by a line in this order with a small
     label at each (the selected sample across the steps of an all-steps map), drawn in the SVG layer.
+    ``links``: ``[{"kind", "ids", "labels"}]``, the edits' links to their parents, drawn like the trajectory in
+    the SVG layer: ``interpolate``/``steer`` a path through the results in order, ``regenerate``/``patch`` a
+    dashed line from parent to result, ``set`` a dotted spoke to a member of a patch's set. ``edited``: the
+    edit results to mark.
     ``png_nonce``: increase it to make the browser download the map as PNG (drawn client-side), with ``title``
     (followed by the colouring's title) above it and the legend beside it.
     ``on_click``/``on_select`` are callbacks run before the script, like any widget's ``on_change``.
@@ -88,6 +94,10 @@ def scatter_map(
         "manual": list(manual or []),
         "trajectory": {"ids": list(trajectory["ids"]), "labels": [str(v) for v in trajectory["labels"]]}
         if trajectory else None,
+        "links": [{"kind": str(link["kind"]), "ids": [str(i) for i in link["ids"]],
+                   "labels": [str(v) for v in link.get("labels") or [""] * len(link["ids"])]}
+                  for link in links or []],
+        "edited": [str(i) for i in edited or []],
         "highlight": list(highlight) if highlight is not None else None,
         "height": int(height),
         "point_size": float(point_size),

@@ -7,6 +7,15 @@
 const INSTANCES = new WeakMap();
 const RED = "#e8412c";
 const BLUE = "#1f6feb";
+const PURPLE = "#8250df"; // edits (what if): their results and the links to their parents
+// How each kind of edit link is drawn: a path through results (labels at its points) or a plain connector.
+const LINK_STYLES = {
+  interpolate: { width: 2.5, dash: "", labels: true },
+  steer: { width: 2.5, dash: "", labels: true },
+  regenerate: { width: 2, dash: "5 3", labels: true },
+  patch: { width: 2, dash: "5 3", labels: true },
+  set: { width: 1, dash: "2 3", labels: false },
+};
 const JSON_CACHE = new Map(); // url -> Promise<object>, a few recent views only
 const JSON_CACHE_SIZE = 12;
 let plotlyPromise = null;
@@ -272,6 +281,14 @@ class MapView {
           hoverinfo: "none", showlegend: false, name: "trajectory" });
         ids.push(traj.map((p) => p.id));
       }
+      for (const link of this.linkPoints()) {
+        const style = LINK_STYLES[link.kind] || LINK_STYLES.patch;
+        traces.push({ type: "scattergl", mode: style.labels ? "lines+text" : "lines", x: link.points.map((p) => p.x), y: link.points.map((p) => p.y),
+          text: link.points.map((p) => p.label), textposition: "top right", textfont: { color: th.text, size: 10 },
+          line: { color: PURPLE, width: style.width, dash: style.dash ? "dash" : "solid" }, hoverinfo: "none", showlegend: false, name: "edits" });
+        ids.push(link.points.map((p) => p.id));
+      }
+      add(this.overlay(data.edited, { size: size + 5, symbol: "diamond-open", color: PURPLE, line: { width: 2, color: PURPLE } }, "edited"));
       add(this.overlay(data.knn, { size: size + 9, symbol: "circle-open", color: RED, line: { width: 1.5, color: RED } }, "neighbours"));
       add(this.overlay(data.manual, { size: size + 11, symbol: "circle-open", color: RED, line: { width: 3.5, color: RED } }, "manual"));
       add(this.overlay(data.selected ? [data.selected] : [], { size: size + 7, color: BLUE, line: { width: 2, color: "#ffffff" } }, "selected"));
@@ -322,6 +339,20 @@ class MapView {
     return out;
   }
 
+  // The edit links (what if), each {kind, points: [{id, x, y, label}]} with at least two points on the map.
+  linkPoints() {
+    const out = [];
+    for (const link of this.data.links || []) {
+      const points = [];
+      (link.ids || []).forEach((id, k) => {
+        const i = this.index.get(id);
+        if (i !== undefined) points.push({ id, x: this.points.x[i], y: this.points.y[i], label: link.labels ? String(link.labels[k] ?? "") : "" });
+      });
+      if (points.length > 1) out.push({ kind: link.kind, points });
+    }
+    return out;
+  }
+
   // The selected point (blue), its k nearest neighbours (thin red rings) and manual neighbours (thick red
   // rings), drawn in an SVG layer over the WebGL canvas at the points' current screen positions.
   drawRings() {
@@ -353,6 +384,33 @@ class MapView {
       }
     }
     this.wrap.dataset.trajectory = String(traj.length > 1 ? traj.length : 0);
+    // edits: a path through an interpolation's frames or a steering series by alpha, a dashed line from a
+    // parent to its result, thin dotted spokes from a patch result to its set; results as purple diamonds
+    const px = (p) => ({ ...p, cx: xa._offset + xa.l2p(p.x), cy: ya._offset + ya.l2p(p.y) });
+    const drawn = {};
+    for (const link of this.linkPoints()) {
+      const style = LINK_STYLES[link.kind] || LINK_STYLES.patch;
+      const pts = link.points.map(px);
+      const dash = style.dash ? ` stroke-dasharray="${style.dash}"` : "";
+      items.push(`<polyline class="dmv-edit dmv-edit-${escapeHTML(link.kind)}" points="${pts.map((p) => `${p.cx.toFixed(1)},${p.cy.toFixed(1)}`).join(" ")}" fill="none" stroke="${PURPLE}" stroke-width="${style.width}" stroke-opacity="0.9" stroke-linejoin="round"${dash}/>`);
+      if (style.labels) {
+        for (const p of pts) {
+          if (p.label) items.push(`<text class="dmv-traj-label dmv-edit-label" x="${(p.cx + 6).toFixed(1)}" y="${(p.cy - 6).toFixed(1)}">${escapeHTML(p.label)}</text>`);
+        }
+      }
+      drawn[link.kind] = (drawn[link.kind] || 0) + 1;
+    }
+    this.wrap.dataset.editLinks = Object.keys(drawn).sort().map((k) => `${k}:${drawn[k]}`).join(",");
+    let edited = 0;
+    for (const id of this.data.edited || []) {
+      const i = this.index.get(id);
+      if (i === undefined) continue;
+      const p = px({ x: this.points.x[i], y: this.points.y[i] });
+      const d = r + 4;
+      items.push(`<path class="dmv-edit-point" data-id="${escapeHTML(id)}" d="M${p.cx.toFixed(1)},${(p.cy - d).toFixed(1)} l${d},${d} l${-d},${d} l${-d},${-d} z" fill="none" stroke="${PURPLE}" stroke-width="2"/>`);
+      edited += 1;
+    }
+    this.wrap.dataset.edited = String(edited);
     const ring = (id, cls, radius, extra) => {
       const i = this.index.get(id);
       if (i === undefined) return;
@@ -373,7 +431,7 @@ class MapView {
     const th = this.theme();
     const highlight = Array.isArray(this.data.highlight) && this.data.highlight.length > 0 ? this.data.highlight : null;
     const { traces } = this.figure(th, highlight, true);
-    const names = { matches: "search / filter matches", trajectory: "trajectory", neighbours: "k nearest neighbours", manual: "manual neighbours", selected: "selected" };
+    const names = { matches: "search / filter matches", trajectory: "trajectory", edited: "edit results", neighbours: "k nearest neighbours", manual: "manual neighbours", selected: "selected" };
     for (const trace of traces.slice(1)) {
       if (names[trace.name] && trace.x.length) Object.assign(trace, { showlegend: true, name: names[trace.name], legendgroup: "marks" });
     }

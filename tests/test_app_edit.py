@@ -1,0 +1,332 @@
+"""AppTest: the Explore panel's what if (issue 13) on a small demo store, with the real `pipeline.edit.Editor`
+(the demo model on CPU) and the stand-in projection engine (`tests.app_fixtures.FakeProjector`, which maps
+every sample of the store, edit results included).
+
+The controls start real edits; the tests check what they wrote to the store (provenance), what the panel
+shows (results beside their parents, the equivalent command line, why an edit cannot be done) and what the map
+is given (the results marked, linked to their parents in order: frames, alphas, a patch's set).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests import app_fixtures as fx
+from tests.app_fixtures import app_test
+
+app_store = fx.app_store  # the synthetic store: a model this code cannot generate
+app_env = fx.app_env
+
+PER_CLASS = 6
+RUN = "demo-multistep"
+LAYERS = ["encoder_bottleneck", "midblock"]
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """A demo store: the multi-step run, 6 samples of each digit, two layers."""
+    import torch
+
+    from pipeline.adapters.edm import load_demo
+    from pipeline.generate import generate
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("edit-app") / "store"
+    adapter = load_demo(torch.device("cpu"), samples_per_class=PER_CLASS, x0_previews=True)
+    generate(adapter, root, 10 * PER_CLASS, LAYERS, run_id=RUN, batch_size=60, progress=False)
+    return root
+
+
+@pytest.fixture
+def demo_env(demo_store, monkeypatch, tmp_path):
+    from app import data
+
+    monkeypatch.setattr(data, "EDIT_WAIT_S", 120)  # an edit ends within the click's run (no polling in AppTest)
+    with fx.app_pointed_at(demo_store, monkeypatch, tmp_path) as fake:
+        yield fake
+
+
+def sid(k: int, j: int = 0) -> str:
+    """The j-th sample of digit k."""
+    return f"{RUN}-{k * PER_CLASS + j:08d}"
+
+
+def _map_data(at) -> dict:
+    (element,) = at.get("bidi_component")
+    proto = element.proto
+    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
+
+
+def _text(at) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
+
+
+def _codes(at) -> list[str]:
+    return [str(c.value) for c in at.code]
+
+
+def _samples(store, ids) -> pd.DataFrame:
+    from store import Store
+
+    return Store(store).samples(sample_ids=list(ids)).set_index("sample_id").loc[list(ids)]
+
+
+def _open(sample: str, **query):
+    at = app_test(query={"sel": sample, **query})
+    assert not at.exception, at.exception
+    return at
+
+
+# ------------------------------------------------------------------------------------------ controls
+
+
+def test_panel_says_where_the_generator_loads_from_and_shows_each_command(demo_env, demo_store):
+    at = _open(sid(2))
+    text = _text(at)
+    assert "What if" in text and "the shipped demo weights" in text
+    assert [t.label for t in at.tabs] == ["Regenerate", "Interpolate", "From neighbours", "Steer"]
+    codes = _codes(at)
+    seed = int(_samples(demo_store, [sid(2)])["seed"].iloc[0])
+    assert f"python -m pipeline edit --store {demo_store} regenerate --sample {sid(2)} --label 2 --seed {seed}" \
+        in codes
+    patch = next(c for c in codes if " patch " in c)
+    assert f"--sample {sid(2)} --layer midblock --set " in patch  # the map's layer, the panel's neighbours
+    # interpolation waits for an end point: no command yet, and the button says why it is off
+    assert at.button(key="edit_go_interpolate").proto.disabled
+    assert "Pick the end point on the map first." in text
+
+
+def test_regenerate_with_another_class_writes_a_result_beside_its_parent(demo_env, demo_store):
+    at = _open(sid(2, 1))
+    at.selectbox(key=f"edit_class_{sid(2, 1)}").set_value(7)
+    at.text_input(key=f"edit_seed_{sid(2, 1)}").set_value("4242")
+    at.run()
+    assert "--label 7 --seed 4242" in " ".join(_codes(at))
+    at.button(key="edit_go_regenerate").click().run()
+    assert not at.exception, at.exception
+    (record,) = at.session_state["dmd.edit_results"]
+    (result,) = record["ids"]
+    row = _samples(demo_store, [result]).iloc[0]
+    assert row["edit_op"] == "regenerate" and row["edit_parents"] == sid(2, 1)
+    assert int(row["class_id"]) == 7 and int(row["seed"]) == 4242 and row["run_id"] == f"edit-{RUN}"
+    # beside its parent in the panel, marked on the map with a line from the parent
+    keys = {b.key for b in at.button}
+    assert f"edit_sel_{result}" in keys and f"edit_sel_parent_{sid(2, 1)}" in keys
+    m = _map_data(at)
+    assert m["edited"] == [result]
+    assert {"kind": "regenerate", "ids": [sid(2, 1), result], "labels": ["", "regenerate"]} in m["links"]
+    # the result is on the map (placed with the others) and can be selected like any sample
+    assert result in m_ids(at)
+    at.button(key=f"edit_sel_{result}").click().run()
+    assert at.session_state["dmd.selected"] == result and at.query_params["sel"] == result
+    assert "This sample is the result of an edit: **regenerate**" in _text(at)
+
+
+def m_ids(at) -> list[str]:
+    from app import static_files
+
+    rel = _map_data(at)["points_url"].split("/app/static/", 1)[1]
+    return json.loads((static_files.STATIC_DIR / rel).read_text())["ids"]
+
+
+def test_interpolation_to_a_picked_end_point_is_a_path_through_its_frames(demo_env, demo_store):
+    from app import state
+
+    a, b = sid(3, 2), sid(8, 2)
+    at = _open(a)
+    at.button(key="edit_pick").click().run()
+    assert at.session_state[state.EDIT_PICK] is True
+    assert "Click a point on the map: it becomes the end point." in _text(at)
+    # the map's click callback, as the component calls it (AppTest cannot click a chart)
+    at.session_state[state.EDIT_PICK] = False
+    at.session_state[state.EDIT_END] = b
+    at.slider(key="edit_frames").set_value(5).run()
+    assert f"interpolate --from {a} --to {b} --frames 5" in " ".join(_codes(at))
+    at.button(key="edit_go_interpolate").click().run()
+    assert not at.exception, at.exception
+    frames = at.session_state["dmd.edit_results"][-1]["ids"]
+    meta = _samples(demo_store, frames)
+    assert meta["edit_frame"].tolist() == [0, 1, 2, 3, 4] and set(meta["edit_parents"]) == {f"{a},{b}"}
+    m = _map_data(at)
+    (path,) = [link for link in m["links"] if link["kind"] == "interpolate"]
+    assert path["ids"] == [a, *frames, b] and path["labels"] == ["", "0", "1", "2", "3", "4", ""]
+    assert sorted(m["edited"]) == sorted(frames)
+    # a share link to a frame restores it with its path (no session record needed)
+    again = app_test(query={"sel": frames[2], **{k: at.query_params[k] for k in at.query_params if k != "sel"}})
+    assert not again.exception and again.session_state["dmd.selected"] == frames[2]
+    m2 = _map_data(again)
+    assert m2["selected"] == frames[2]
+    assert [link["ids"] for link in m2["links"] if link["kind"] == "interpolate"] == [[a, *frames, b]]
+
+
+def test_interpolation_refuses_an_end_point_of_another_run_or_itself(demo_env):
+    from app import state
+
+    at = _open(sid(1))
+    at.session_state[state.EDIT_END] = sid(1)
+    at.run()
+    assert "The end point is the selected sample: pick another." in _text(at)
+    assert at.button(key="edit_go_interpolate").proto.disabled
+
+
+def test_steer_from_one_class_towards_another_is_a_path_by_alpha(demo_env, demo_store):
+    parent = sid(3, 4)
+    at = _open(parent)
+    at.selectbox(key=f"edit_class_A_{parent}").set_value(3)
+    at.selectbox(key=f"edit_class_B_{parent}").set_value(8)
+    at.text_input(key="edit_alphas").set_value("2, 0, 1").run()
+    cmd = next(c for c in _codes(at) if " steer " in c)
+    assert "--alpha 2,0,1" in cmd and f"--from-set {','.join(sid(3, j) for j in range(PER_CLASS))}" in cmd
+    at.button(key="edit_go_steer").click().run()
+    assert not at.exception, at.exception
+    ids = at.session_state["dmd.edit_results"][-1]["ids"]
+    meta = _samples(demo_store, ids)
+    assert meta["edit_alpha"].tolist() == [2.0, 0.0, 1.0]  # in the order asked
+    assert meta["edit_layer"].iloc[0] == "midblock"
+    (path,) = [link for link in _map_data(at)["links"] if link["kind"] == "steer"]
+    assert path["ids"] == [parent, ids[1], ids[2], ids[0]]  # by alpha
+    assert path["labels"] == ["", "α 0", "α 1", "α 2"]
+    # alpha 0 is the parent: the same point of the map (the stand-in maps activations linearly)
+    xy = {i: (x, y) for i, x, y in zip(*_points(at), strict=True)}
+    np.testing.assert_allclose(xy[ids[1]], xy[parent], atol=1e-3)
+    assert not np.allclose(xy[ids[0]], xy[parent], atol=1e-3)
+
+
+def _points(at):
+    from app import static_files
+
+    rel = _map_data(at)["points_url"].split("/app/static/", 1)[1]
+    p = json.loads((static_files.STATIC_DIR / rel).read_text())
+    return p["ids"], p["x"], p["y"]
+
+
+def test_steer_with_a_bad_alpha_list_says_why(demo_env):
+    at = _open(sid(4))
+    at.text_input(key="edit_alphas").set_value("0, half").run()
+    assert "α values are numbers separated by commas: 'half' is not a number" in _text(at)
+    assert at.button(key="edit_go_steer").proto.disabled
+
+
+def test_steer_sets_from_lasso_selections(demo_env, demo_store):
+    from app import state
+
+    parent = sid(5, 1)
+    at = _open(parent)
+    at.session_state[state.LASSO] = [sid(5, j) for j in range(3)]
+    at.run()
+    at.radio(key="edit_kind_A").set_value("lasso").run()
+    at.button(key="edit_take_A").click().run()
+    at.session_state[state.LASSO] = [sid(6, j) for j in range(3)]
+    at.run()
+    at.radio(key="edit_kind_B").set_value("lasso").run()
+    at.button(key="edit_take_B").click().run()
+    assert at.session_state[state.EDIT_SETS] == {
+        "A": [sid(5, j) for j in range(3)], "B": [sid(6, j) for j in range(3)]}
+    at.text_input(key="edit_alphas").set_value("1").run()
+    at.button(key="edit_go_steer").click().run()
+    assert not at.exception, at.exception
+    (result,) = at.session_state["dmd.edit_results"][-1]["ids"]
+    row = _samples(demo_store, [result]).iloc[0]
+    assert row["edit_from_set"] == ",".join(sid(5, j) for j in range(3))
+    assert row["edit_set"] == ",".join(sid(6, j) for j in range(3))
+
+
+def test_generate_from_the_neighbours_uses_the_panel_set_and_links_it(demo_env, demo_store):
+    parent = sid(6, 3)
+    at = _open(parent, k="4")
+    knn = list(at.session_state["dmd.knn_current"])
+    assert len(knn) == 4
+    at.button(key="edit_go_patch").click().run()
+    assert not at.exception, at.exception
+    (result,) = at.session_state["dmd.edit_results"][-1]["ids"]
+    row = _samples(demo_store, [result]).iloc[0]
+    assert row["edit_op"] == "patch" and row["edit_layer"] == "midblock"
+    assert row["edit_set"].split(",") == knn and row["edit_steps"] == "0,1,2,3"
+    links = _map_data(at)["links"]
+    assert {"kind": "patch", "ids": [parent, result], "labels": ["", "patch"]} in links
+    assert sorted(link["ids"][1] for link in links if link["kind"] == "set") == sorted(knn)
+    assert all(link["ids"][0] == result for link in links if link["kind"] == "set")
+
+
+def test_an_edit_that_fails_shows_the_message_and_the_command_not_a_traceback(demo_env, monkeypatch):
+    from pipeline import edit
+
+    def refuse(self, *args, **kwargs):
+        raise edit.EditError("layer midblock has no step 7 in this run")
+
+    monkeypatch.setattr(edit.Editor, "patch", refuse)
+    at = _open(sid(7), k="3")
+    at.button(key="edit_go_patch").click().run()
+    assert not at.exception
+    assert "The edit failed: layer midblock has no step 7 in this run" in _text(at)
+    assert any(c.startswith("python -m pipeline edit") and " patch " in c for c in _codes(at))
+    assert "dmd.edit_results" not in at.session_state or not at.session_state["dmd.edit_results"]
+
+
+def test_the_result_of_an_edit_is_not_edited_again(demo_env, demo_store):
+    from pipeline.edit import Editor
+
+    frames = Editor(demo_store, device="cpu").interpolate(sid(0, 5), sid(1, 5), 3)
+    at = _open(frames[1])
+    assert "the result of an edit (interpolate)" in _text(at)
+    assert not [b for b in at.button if (b.key or "").startswith("edit_go_")]
+    # its parents are one click away
+    at.button(key=f"edit_parent_{sid(0, 5)}").click().run()
+    assert at.session_state["dmd.selected"] == sid(0, 5)
+
+
+def test_a_model_this_code_cannot_generate_says_why_and_shows_the_command(app_env, app_store):
+    at = app_test(query={"sel": "digits-a-00000003"})
+    assert not at.exception
+    text = _text(at)
+    assert "Edits are not available for this sample" in text and "is not one this code can generate" in text
+    assert any(c.startswith(f"python -m pipeline edit --store {app_store} regenerate --sample digits-a-00000003")
+               for c in _codes(at))
+    assert not [b for b in at.button if (b.key or "").startswith("edit_go_")]
+
+
+# --------------------------------------------------------------------------------------- pure parts
+
+
+def test_command_lines_quote_and_order_their_arguments():
+    from app.edit_panel import command, parse_alphas
+
+    assert command("my store", "steer", {"sample_id": "a", "layer": "mid", "from_ids": ["b", "c"],
+                                         "to_ids": ["d"], "alphas": [0.0, 0.5, 2.0], "steps": [1, 3]}) == \
+        "python -m pipeline edit --store 'my store' steer --sample a --layer mid --from-set b,c --to-set d " \
+        "--alpha 0,0.5,2 --steps 1,3"
+    assert command("s", "regenerate", {"sample_id": "x", "prompt": "a red car", "seed": 3}) == \
+        "python -m pipeline edit --store s regenerate --sample x --prompt 'a red car' --seed 3"
+    assert parse_alphas("0, 0.5 1;2") == [0.0, 0.5, 1.0, 2.0]
+    for bad in ("", "0, nan", "1, x"):
+        with pytest.raises(ValueError):
+            parse_alphas(bad)
+
+
+def test_edit_links_order_frames_and_alphas_and_skip_what_the_view_lacks():
+    from app import data, views
+
+    ids = ["p", "q", "f2", "f0", "f1", "s1", "s0", "r"]
+    frame = pd.DataFrame({
+        "sample_id": ids, "label": ids, "category": ids, "seed": range(8), "run_id": "r", "index": range(8),
+        "edit_op": [None, None, "interpolate", "interpolate", "interpolate", "steer", "steer", "patch"],
+        "edit_parents": [None, None, "p,q", "p,q", "p,q", "p", "p", "gone"],
+        "edit_frame": [None, None, 2, 0, 1, None, None, None],
+        "edit_alpha": [None, None, None, None, None, 1.0, 0.5, None],
+        "edit_layer": [None, None, None, None, None, "mid", "mid", "mid"],
+        "edit_steps": None, "edit_from_set": [None] * 5 + ["a", "a", None],
+        "edit_set": [None] * 5 + ["b", "b", "p,q,missing"],
+    })
+    view = views.make_view(store_key="k", projection_key="p", model="m", layer="mid", step=0, sample_ids=ids,
+                           xy=np.zeros((8, 2)), samples=frame, quality={}, source="fit")
+    links = data.edit_links(view, ["f2", "f0", "f1", "s1", "s0", "r"])
+    assert {"kind": "interpolate", "ids": ["p", "f0", "f1", "f2", "q"], "labels": ["", "0", "1", "2", ""]} in links
+    assert {"kind": "steer", "ids": ["p", "s0", "s1"], "labels": ["", "α 0.5", "α 1"]} in links
+    # the patch's parent is not in the view: no line to it; spokes to the members that are
+    assert sorted(link["ids"][1] for link in links if link["kind"] == "set") == ["p", "q"]
+    assert not [link for link in links if link["kind"] == "patch"]
+    assert data.edit_family(view, "f1") == ["f2", "f0", "f1"] and data.edit_family(view, "p") == []
