@@ -51,6 +51,9 @@ class Recipe:
     guidance: float | None = None
     """Classifier-free guidance scale when `--guidance` is not given; None: the family samples without
     guidance and `generate` refuses `--guidance`."""
+    heun: bool = False
+    """True: sampled with EDM's 2nd-order Heun sampler (the EDM teachers), whose stochastic churn settings
+    `generate --s-churn/--s-min/--s-max/--s-noise` set (the loader then gets `churn=`); refused otherwise."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,22 @@ register(Family(
     default_layers=BOTTLENECK,
     recipe=Recipe(steps=1, fixed_steps=False, dtype="float32",
                   description="DMD2's ImageNet 64x64 class-conditional generator (1 step; needs --checkpoint)")))
+# The EDM teachers: the networks sampled with EDM's Heun sampler (18 steps, 35 calls; pipeline/sampling.py).
+# Their runs are stored under the student's model key (demo, imagenet: same network, same layers, one map),
+# marked kind `teacher` in the run's settings (pipeline/adapters/edm.py).
+register(Family(
+    "demo-teacher", loader=f"{_EDM}:demo_teacher_loader", layer_registry=f"{_EDM}:layer_info",
+    conditioning="class", default_layers=BOTTLENECK,
+    recipe=Recipe(steps=18, fixed_steps=False, dtype="float32", heun=True,
+                  description="the demo model as a teacher: EDM's Heun sampler, 18 steps (35 calls), stored "
+                              "under demo (--steps, --s-churn)")))
+register(Family(
+    "imagenet-teacher", loader=f"{_EDM}:imagenet_teacher_loader", layer_registry=f"{_EDM}:layer_info",
+    conditioning="class", default_layers=BOTTLENECK,
+    recipe=Recipe(steps=18, fixed_steps=False, dtype="float32", heun=True,
+                  description="EDM's ImageNet 64x64 network DMD2 distilled from (--checkpoint "
+                              "edm-imagenet-64x64-cond-adm.pkl, read without running its code): Heun, 18 steps, "
+                              "stored under imagenet")))
 register(Family(
     "sd15", loader=f"{_T2I}:loader", layer_registry=f"{_T2I}:layer_info", conditioning="prompt",
     default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -65,10 +66,69 @@ def _read_only_fs(path: Path) -> bool:
 
 
 def default_run_id(adapter: Adapter, seed: int, layers: dict[str, str], reduce: dict[str, str]) -> str:
+    """`<model>-s<seed>-<hash of what makes samples comparable>`; `<model>` is the registry family that built
+    the adapter (`demo-teacher` for a teacher run stored under `demo`)."""
     ident = adapter.identity()
     key = json.dumps({"id": ident, "seed": seed, "layers": sorted(layers), "reduce": reduce},
                      sort_keys=True, default=str)
-    return f"{adapter.name}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    prefix = getattr(adapter, "run_prefix", None) or adapter.name
+    return f"{prefix}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+_STEP_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(?:step|checkpoint_model|checkpoint|ckpt|iter)[_-]?(\d+)(?!\d)",
+                           re.IGNORECASE)
+
+
+def checkpoint_step_of(checkpoint: str | os.PathLike | None) -> int | None:
+    """The training step a checkpoint names, or None: a safetensors file's metadata `step` (train-demo's
+    snapshots write it), else the last step-like number of its path's last two parts: `demo-step00500.safetensors`,
+    DMD2's run folders `..._checkpoint_model_548000`, `checkpoint-2000/`, `ckpt_1000.pt`, `iter_300`."""
+    if not checkpoint:
+        return None
+    text = os.fspath(checkpoint)
+    path = Path(text)
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                step = (f.metadata() or {}).get("step")
+            if step is not None and str(step).isdigit():
+                return int(step)
+        except Exception:  # noqa: BLE001 - unreadable metadata: fall back to the name
+            pass
+    parts = [p for p in re.split(r"[/\\]", text.removeprefix("hf://")) if p][-2:]
+    for part in reversed(parts):
+        found = _STEP_IN_NAME.findall(part)
+        if found:
+            return int(found[-1])
+    return None
+
+
+def _checkpoint_step_setting(root, run_id: str, checkpoint, given: int | None) -> dict:
+    """{"checkpoint_step": N} for the manifest's settings: `given`, else what the checkpoint's name or metadata
+    says. An inferred step is left out when resuming a run written before steps were recorded (its settings
+    would no longer match); a given one is always recorded (a different one than the run's is an error)."""
+    if given is not None:
+        if isinstance(given, bool) or int(given) != given or given < 0:
+            raise ValueError(f"checkpoint_step must be an integer, 0 or more, got {given!r}")
+        return {"checkpoint_step": int(given)}
+    step = checkpoint_step_of(checkpoint)
+    if step is None:
+        return {}
+    from store import layout
+    from store.writer import read_manifest
+
+    try:
+        old = read_manifest(layout.run_manifest_path(Path(root), run_id))
+    except (OSError, ValueError):
+        old = None
+    if old is not None:
+        settings = old.get("settings")
+        settings = json.loads(settings) if isinstance(settings, str) else settings or {}
+        if "checkpoint_step" not in settings:
+            return {}
+    return {"checkpoint_step": step}
 
 
 @dataclass
@@ -116,12 +176,16 @@ def _barrier(world: int) -> None:
 def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers: list[str], *,
              seed: int = 0, batch_size: int = 16, reduce: str | dict[str, str] = "auto",
              run_id: str | None = None, progress: bool = True, settings: dict | None = None,
-             on_batch=None, fsync: bool = False) -> GenerateResult:
+             on_batch=None, fsync: bool = False, checkpoint_step: int | None = None) -> GenerateResult:
     """Generate samples 0..num_samples-1 of a run, skipping those already committed to the store.
 
     `on_batch(done, total)` is called after each committed batch (the app's progress bar). Files are always
     written atomically (a killed run leaves nothing half-visible); `fsync=True` also makes each batch
     survive a power cut, at the price of one fsync per file (about half the demo model's generation time).
+
+    `checkpoint_step` (the training step of the adapter's checkpoint; default: `checkpoint_step_of` its
+    checkpoint) goes into the manifest's settings as `checkpoint_step`, which orders the runs of several
+    checkpoints of one model (`store.Store.runs()`'s `checkpoint_step` column).
 
     Bad arguments (a sample count or batch size below 1, a store path that is a file) raise ValueError
     before anything is written. An error once the run has started (a full disk, say) leaves its manifest
@@ -139,15 +203,16 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
     shapes = adapter.layer_shapes()
     wanted = reduce if isinstance(reduce, dict) else {name: reduce for name in paths}
     reductions = {name: resolve_reduce(wanted.get(name, "auto"), shapes[name]) for name in paths}
-    run_id = run_id or default_run_id(adapter, seed, paths, reductions)
     ident = adapter.identity()
+    run_id = run_id or default_run_id(adapter, seed, paths, reductions)
+    step_setting = _checkpoint_step_setting(store_root, run_id, ident.get("checkpoint"), checkpoint_step)
     device = next(adapter.root.parameters()).device
     manifest = {
         "run_id": run_id, "model": adapter.name, "family": adapter.family,
         "checkpoint": ident.get("checkpoint"), "checkpoint_sha256": ident.get("checkpoint_sha256"),
         "base_model": ident.get("base_model"), "layers": list(paths), "reduce": reductions,
         # settings decide what a sample is; the batch size does not, so a resume may change it
-        "settings": {**ident.get("settings", {}), **(settings or {}), "layer_paths": paths,
+        "settings": {**ident.get("settings", {}), **step_setting, **(settings or {}), "layer_paths": paths,
                      "layer_shapes": {k: list(shapes[k]) for k in paths}},
         "seed": seed, "num_samples": num_samples,  # the writer records the code version
         "device": str(device),

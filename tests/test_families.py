@@ -20,7 +20,8 @@ from store import Store
 from tests.edm_fixtures import TINY_EDM
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN = ("demo", "imagenet", "sd15", "sdxl", "sdxl-4step", "sdxl-4step-lora")
+BUILTIN = tuple(families.MODELS)  # as imported, before any test registers a family
+EDM = ("demo", "imagenet", "demo-teacher", "imagenet-teacher")
 T2I = ("sd15", "sdxl", "sdxl-4step", "sdxl-4step-lora")
 
 
@@ -153,7 +154,7 @@ def test_shipped_fixed_steps_message_and_unknown_models(tmp_path, capsys):
     assert code == 2
     assert ("--steps does not apply to sdxl: its timesteps are fixed (sd15 and sdxl run 1, sdxl-4step and "
             "sdxl-4step-lora run 4)") in capsys.readouterr().err
-    valid = "choose one of demo, imagenet, sd15, sdxl, sdxl-4step, sdxl-4step-lora"
+    valid = "choose one of " + ", ".join(BUILTIN)
     with pytest.raises(ValueError, match=f"unknown model 'pixart'; {valid}$"):
         families.get_family("pixart")
     with pytest.raises(ValueError, match=f"unknown model 'pixart'; {valid}$"):
@@ -180,7 +181,7 @@ def test_register_checks_entries():
 
 
 def test_importing_the_registry_costs_no_torch():
-    code = ("import sys, pipeline.families as f; assert len(f.MODELS) == 6; "
+    code = (f"import sys, pipeline.families as f; assert len(f.MODELS) == {len(BUILTIN)}; "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -212,6 +213,29 @@ def test_demo_entry_agrees_with_its_adapter():
     assert all(c.class_id is not None and c.prompt is None for c in conditions)
     layers, shapes = fam.layers()
     assert layers == adapter.layers() and shapes == adapter.layer_shapes()
+
+
+def test_the_shipped_families_are_registered():
+    assert set(EDM) | set(T2I) <= set(BUILTIN)
+    assert BUILTIN[:2] == ("demo", "imagenet")
+
+
+def test_edm_teacher_entries_agree_with_their_adapter(monkeypatch):
+    from pipeline.adapters import edm
+
+    fam = families.get_family("demo-teacher")
+    adapter = build_adapter("demo-teacher")
+    assert fam.recipe.heun and not families.get_family("demo").recipe.heun
+    assert adapter.name == "demo" and adapter.sampler == "heun" and adapter.num_steps == fam.recipe.steps == 18
+    assert fam.layers() == families.get_family("demo").layers()  # the student's layers: one map holds both
+    fam = families.get_family("imagenet-teacher")
+    with pytest.raises(ValueError, match="--model imagenet-teacher needs --checkpoint"):
+        build_adapter("imagenet-teacher")
+    seen = {}
+    monkeypatch.setattr(edm, "load_imagenet_teacher", lambda checkpoint, device, **kw: seen.update(kw) or "built")
+    assert build_adapter("imagenet-teacher", checkpoint="edm.pkl") == "built"
+    assert seen["steps"] == fam.recipe.steps == 18 and seen["dtype"] == torch.float32
+    assert fam.layers() == families.get_family("imagenet").layers()
 
 
 def test_imagenet_entry_agrees_with_its_adapter(monkeypatch):

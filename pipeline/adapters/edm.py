@@ -3,6 +3,13 @@
 Both are the same architecture (EDMPrecond + DhariwalUNet); they differ in config, weights, class names
 and sampling schedule. ImageNet follows DMD2's 1-step recipe (input 80·z at sigma 80); the demo model is a
 multi-step denoiser sampled on a short Karras schedule.
+
+The teachers (`imagenet-teacher`: EDM's ImageNet-64 network, read from its pickle by pipeline/edm_pickle.py;
+`demo-teacher`: the demo weights) are the same adapter with `sampler="heun"`: EDM's 2nd-order Heun sampler
+(pipeline/sampling.py `heun_sample`; step i records the step's first network call). Their runs are stored
+under the student's model key (`imagenet`, `demo`: the same network and layers, so one map and one
+neighbour search hold both) with `kind: teacher`, the sampler and `model_family` in the run's settings, and
+run ids that start with the teacher's name.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import torch
 
 from pipeline.adapters.base import Adapter, Condition, seeded_normal, shapes_by_hooks, slerp
 from pipeline.models.edm import EDMPrecond
-from pipeline.sampling import edm_sample, karras_sigmas, to_uint8
+from pipeline.sampling import HEUN_STEPS, Churn, edm_sample, heun_sample, karras_sigmas, to_uint8
+
+SAMPLERS = ("multistep", "heun")
 
 
 class EDMAdapter(Adapter):
@@ -23,8 +32,18 @@ class EDMAdapter(Adapter):
     def __init__(self, net: EDMPrecond, config: dict, *, name: str, class_names: list[str],
                  sigmas: list[float], device: torch.device, checkpoint: str, checkpoint_sha256: str | None,
                  class_ids: list[int] | None = None, samples_per_class: int | None = None,
-                 dtype: torch.dtype = torch.float32, x0_previews: bool = False):
+                 dtype: torch.dtype = torch.float32, x0_previews: bool = False, sampler: str = "multistep",
+                 churn: Churn | None = None, family_name: str | None = None):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if churn is not None and churn.active and sampler != "heun":
+            raise ValueError("stochastic churn (s_churn > 0) applies to the Heun sampler only")
         self.name = name
+        self.sampler = sampler
+        self.churn = churn or Churn()
+        # the registry family that built it (demo-teacher stores under `demo`); names its runs
+        self.family_name = family_name or name
+        self.run_prefix = self.family_name
         self.config = dict(config)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -97,8 +116,11 @@ class EDMAdapter(Adapter):
         res, ch = self.config["img_resolution"], self.config["img_channels"]
         shape = (ch, res, res)
         z = seeded_normal(noise_seeds, shape)
-        eps = torch.stack([seeded_normal(noise_seeds, shape, stream=i + 1) for i in range(self.num_steps - 1)],
-                          dim=1) if self.num_steps > 1 else torch.zeros((len(noise_seeds), 0, *shape))
+        # multi-step: the re-noising of steps 1..S-1; Heun: the churn noise of steps 0..S-1 (none when
+        # deterministic). Both are streams i + 1 of each sample's seed.
+        draws = self.num_steps - 1 if self.sampler == "multistep" else self.num_steps if self.churn.active else 0
+        eps = torch.stack([seeded_normal(noise_seeds, shape, stream=i + 1) for i in range(draws)],
+                          dim=1) if draws > 0 else torch.zeros((len(noise_seeds), 0, *shape))
         labels = torch.zeros(len(conditions), int(self.config["label_dim"]))
         labels[torch.arange(len(conditions)), torch.tensor([c.class_id for c in conditions])] = 1.0
         return {"z": z, "eps": eps, "labels": labels}
@@ -123,23 +145,31 @@ class EDMAdapter(Adapter):
         z = inputs["z"].to(self.device)
         labels = inputs["labels"].to(self.device)
         eps = [inputs["eps"][:, i] for i in range(inputs["eps"].shape[1])]
+        def on_step(i: int, sigma: float):
+            return recorder.step(i, sigma=sigma)
+
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            denoised = edm_sample(self.net, z, labels, self.sigmas, renoise=eps,
-                                  on_step=lambda i, sigma: recorder.step(i, sigma=sigma),
-                                  on_denoised=keep_preview if self.x0_previews else None)
+            if self.sampler == "heun":
+                denoised = heun_sample(self.net, z, labels, self.sigmas, churn=self.churn,
+                                       churn_noise=eps if self.churn.active else None, on_step=on_step,
+                                       on_denoised=keep_preview if self.x0_previews else None)
+            else:
+                denoised = edm_sample(self.net, z, labels, self.sigmas, renoise=eps, on_step=on_step,
+                                      on_denoised=keep_preview if self.x0_previews else None)
         images = to_uint8(denoised)
         if self.x0_previews:
             self.last_previews = previews
         return images
 
     def identity(self) -> dict:
-        return {
-            "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "base_model": None,
-            "settings": {"config": self.config, "sigmas": self.sigmas, "class_ids": self.class_ids
-                         if len(self.class_ids) < int(self.config["label_dim"]) else "all",
-                         "samples_per_class": self.samples_per_class,
-                         "dtype": str(self.dtype).removeprefix("torch.")},
-        }
+        settings = {"config": self.config, "sigmas": self.sigmas, "class_ids": self.class_ids
+                    if len(self.class_ids) < int(self.config["label_dim"]) else "all",
+                    "samples_per_class": self.samples_per_class, "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.sampler == "heun":  # only then: the students' run ids stay what they were
+            settings.update(kind="teacher", sampler="heun", churn=self.churn.settings(),
+                            model_family=self.family_name)
+        return {"checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "base_model": None,
+                "settings": settings}
 
 
 SHIPPED_DEMO = "shipped demo weights"  # the checkpoint a demo run's manifest names when it used the shipped file
@@ -164,8 +194,28 @@ def load_imagenet(checkpoint: str, device: torch.device, *, steps: int = 1, dtyp
                       samples_per_class=samples_per_class, dtype=dtype, x0_previews=x0_previews)
 
 
+def load_imagenet_teacher(checkpoint: str, device: torch.device, *, steps: int = HEUN_STEPS,
+                          dtype=torch.float32, class_ids=None, samples_per_class=None, x0_previews: bool = False,
+                          churn: Churn | None = None) -> EDMAdapter:
+    """EDM's ImageNet-64 network (``edm-imagenet-64x64-cond-adm.pkl``, the teacher DMD2 distilled from), its
+    ``ema`` weights read without running the pickle's code, sampled with EDM's Heun sampler."""
+    from pipeline.checkpoints import resolve_checkpoint, sha256_of
+    from pipeline.edm_pickle import load_edm_network
+    from pipeline.imagenet_classes import class_name
+
+    path = resolve_checkpoint(checkpoint)
+    net, config = load_edm_network(path)
+    n = int(config["label_dim"])
+    names = [class_name(i) for i in range(n)] if n == 1000 else [f"class {i}" for i in range(n)]
+    return EDMAdapter(net, config, name="imagenet", class_names=names, sigmas=karras_sigmas(steps),
+                      device=device, checkpoint=checkpoint, checkpoint_sha256=sha256_of(path), class_ids=class_ids,
+                      samples_per_class=samples_per_class, dtype=dtype, x0_previews=x0_previews, sampler="heun",
+                      churn=churn, family_name="imagenet-teacher")
+
+
 def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int | None = None,
-              class_ids=None, samples_per_class=None, x0_previews: bool = False) -> EDMAdapter:
+              class_ids=None, samples_per_class=None, x0_previews: bool = False, sampler: str = "multistep",
+              churn: Churn | None = None, family_name: str | None = None) -> EDMAdapter:
     """The digits model the project trains and ships (pipeline/data/demo_edm.safetensors)."""
     from pipeline import demo_model
     from pipeline.checkpoints import load_into, load_state_dict_file, resolve_checkpoint, sha256_of
@@ -178,7 +228,8 @@ def load_demo(device: torch.device, *, checkpoint: str | None = None, steps: int
     return EDMAdapter(net, demo_model.DEMO_CONFIG, name="demo", class_names=list(DIGIT_NAMES),
                       sigmas=sigmas, device=device, checkpoint=str(checkpoint or SHIPPED_DEMO),
                       checkpoint_sha256=sha256_of(path), class_ids=class_ids,
-                      samples_per_class=samples_per_class, x0_previews=x0_previews)
+                      samples_per_class=samples_per_class, x0_previews=x0_previews, sampler=sampler, churn=churn,
+                      family_name=family_name)
 
 
 # -- the registry's entry points (pipeline/families.py) ------------------------------------------------
@@ -201,6 +252,30 @@ def imagenet_loader(model: str = "imagenet", *, checkpoint: str | None = None,
                          class_ids=class_ids, samples_per_class=samples_per_class, x0_previews=x0_previews)
 
 
+def demo_teacher_loader(model: str = "demo-teacher", *, checkpoint: str | None = None,
+                        device: torch.device | None = None, steps: int | None = None, class_ids=None,
+                        samples_per_class=None, x0_previews: bool = False, churn: Churn | None = None,
+                        **_other) -> EDMAdapter:
+    """Loader of `demo-teacher`: the demo weights (shipped unless `checkpoint`) sampled with EDM's Heun sampler,
+    18 steps unless `steps`; stored under `demo`, beside the students' runs."""
+    return load_demo(device or torch.device("cpu"), checkpoint=checkpoint, steps=steps or HEUN_STEPS,
+                     class_ids=class_ids, samples_per_class=samples_per_class, x0_previews=x0_previews,
+                     sampler="heun", churn=churn, family_name=model)
+
+
+def imagenet_teacher_loader(model: str = "imagenet-teacher", *, checkpoint: str | None = None,
+                            device: torch.device | None = None, steps: int | None = None,
+                            dtype: torch.dtype = torch.float32, class_ids=None, samples_per_class=None,
+                            x0_previews: bool = False, churn: Churn | None = None, **_other) -> EDMAdapter:
+    """Loader of `imagenet-teacher`: EDM's network pickle is required (NVIDIA publishes it; nothing is shipped)."""
+    if not checkpoint:
+        raise ValueError("--model imagenet-teacher needs --checkpoint: EDM's network pickle "
+                         "(edm-imagenet-64x64-cond-adm.pkl, a local file or hf://<owner>/<repo>/<path>)")
+    return load_imagenet_teacher(checkpoint, device or torch.device("cpu"), steps=steps or HEUN_STEPS,
+                                 dtype=dtype or torch.float32, class_ids=class_ids,
+                                 samples_per_class=samples_per_class, x0_previews=x0_previews, churn=churn)
+
+
 def layer_info(model: str, resolution: int | None = None) -> tuple[dict[str, str], dict[str, tuple]]:
     """Layer registry of the EDM families: layers and their (C, H, W) on the meta device. The networks have
     one image size, so `resolution` is ignored."""
@@ -212,7 +287,7 @@ def skeleton(model: str) -> EDMAdapter:
     """An adapter on the meta device (no weights, no memory), for listing layers and shapes."""
     from pipeline.models.edm import imagenet_config
 
-    if model == "imagenet":
+    if model in ("imagenet", "imagenet-teacher"):
         config, names = imagenet_config(), [f"class {i}" for i in range(1000)]
     else:
         from pipeline.demo_model import DEMO_CONFIG

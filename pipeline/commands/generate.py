@@ -49,6 +49,27 @@ def _guidance_defaults() -> str:
                      if f.recipe.guidance is not None) or "none takes it yet"
 
 
+def _heun_families() -> str:
+    return ", ".join(f.name for f in families.FAMILIES.values() if getattr(f.recipe, "heun", False)) or "none"
+
+
+CHURN_FLAGS = {"s_churn": "--s-churn", "s_min": "--s-min", "s_max": "--s-max", "s_noise": "--s-noise"}
+
+
+def _churn(args: argparse.Namespace, family) -> dict:
+    """`churn=Churn(...)` for a Heun family when a churn flag is given; a churn flag elsewhere is refused."""
+    given = {k: getattr(args, k, None) for k in CHURN_FLAGS if getattr(args, k, None) is not None}
+    if not given:
+        return {}
+    if not getattr(family.recipe, "heun", False):
+        flags = ", ".join(CHURN_FLAGS[k] for k in given)
+        raise ValueError(f"{flags} {'applies' if len(given) == 1 else 'apply'} to the models sampled with EDM's "
+                         f"Heun sampler ({_heun_families()}), not to {family.name}")
+    from pipeline.sampling import Churn
+
+    return {"churn": Churn(**given)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=MODELS, help=families.model_help())
     p.add_argument("--checkpoint", help="local file or folder, or hf://owner/repo/path (demo: shipped weights)")
@@ -72,6 +93,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance scale, for models sampled with guidance (the teachers; "
                         "default per model: " + _guidance_defaults() + ")")
     p.add_argument("--run-name", help="run id (default: derived from model, checkpoint, seed and settings)")
+    p.add_argument("--checkpoint-step", type=non_negative_int,
+                   help="the checkpoint's training step, recorded in the run's manifest so that runs of several "
+                        "checkpoints are ordered by it (default: read from the checkpoint: a 'step' in a "
+                        "safetensors file's metadata, or a name like ...step00500... or ...checkpoint_model_548000)")
+    heun = p.add_argument_group("EDM teachers (Heun sampler: " + _heun_families() + ")")
+    heun.add_argument("--s-churn", type=in_range(float, 0.0, 1e6), default=None,
+                      help="EDM's stochastic churn: noise added per step, gamma = min(S_churn/steps, sqrt(2)-1) "
+                           "(default 0: the deterministic sampler)")
+    heun.add_argument("--s-min", type=in_range(float, 0.0, 1e6), default=None,
+                      help="churn only at sigmas >= S_min (default 0)")
+    heun.add_argument("--s-max", type=in_range(float, 0.0, 1e9), default=None,
+                      help="churn only at sigmas <= S_max (default: no limit)")
+    heun.add_argument("--s-noise", type=in_range(float, 0.0, 1e6), default=None,
+                      help="scale of the churn noise (default 1)")
     t2i = p.add_argument_group("text-to-image models")
     t2i.add_argument("--base-model", help="hub id or local diffusers folder of the base components")
     t2i.add_argument("--prompt-file", help="txt (one per line), csv, jsonl or parquet with a prompt column")
@@ -100,6 +135,7 @@ def _prepare(args: argparse.Namespace):
     elif guidance is not None:
         raise ValueError(f"--guidance does not apply to {args.model}: it samples without classifier-free "
                          f"guidance (models that take it: {_guidance_defaults()})")
+    t2i.update(_churn(args, family))
     if family.conditioning == "prompt":
         from pipeline.prompts import PromptSet
 
@@ -146,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = generate(adapter, args.store, num, layers, seed=args.seed, batch_size=args.batch_size,
-                          reduce=args.reduce, run_id=args.run_name, progress=not args.quiet, fsync=args.fsync)
+                          reduce=args.reduce, run_id=args.run_name, progress=not args.quiet, fsync=args.fsync,
+                          checkpoint_step=getattr(args, "checkpoint_step", None))
     except known as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
