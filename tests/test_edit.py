@@ -335,3 +335,101 @@ def test_verify_checks_the_provenance(store_root, editor, tmp_path):
     assert sorted(ref for _p, _s, ref in report.missing_refs) == ["gone-00000003", "gone-00000007"]
     assert any("MISSING  gone-00000007 (named by the edit provenance of e-00000000" in line
                for line in report.lines())
+
+
+# -- the generator cache the app shares between sessions ---------------------------------------------------
+
+def test_two_threads_editing_through_one_cache_load_once_and_make_the_same_images(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import pipeline.adapters as adapters
+    from pipeline.adapters.edm import load_demo
+    from pipeline.edit import Editor, GeneratorCache
+    from pipeline.generate import generate
+
+    roots = [tmp_path / "alone", tmp_path / "together"]
+    for root in roots:
+        generate(load_demo(torch.device("cpu"), samples_per_class=2), root, 20, ["midblock"], run_id="r",
+                 progress=False)
+    loads, inside, most = [], [0], [0]
+    real = adapters.build_adapter
+
+    def slow_counted_load(*args, **kwargs):
+        loads.append(args[0])
+        time.sleep(0.3)  # both threads ask while it loads
+        adapter = real(*args, **kwargs)
+
+        def enter(_m, _i):
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+
+        def leave(_m, _i, _o):
+            inside[0] -= 1
+
+        adapter.root.register_forward_pre_hook(enter)
+        adapter.root.register_forward_hook(leave)
+        return adapter
+
+    monkeypatch.setattr(adapters, "build_adapter", slow_counted_load)
+
+    def work(editor, k):
+        if k == 0:
+            return editor.steer("r-00000006", "midblock", ["r-00000007", "r-00000012"], ["r-00000016"], [0.5, 1, 2])
+        return editor.patch_many(["r-00000001", "r-00000003"], "midblock", ["r-00000010", "r-00000011"])
+
+    alone = Editor(roots[0], device="cpu")
+    expected = [[image(roots[0], x) for x in work(alone, k)] for k in (0, 1)]
+    assert len(loads) == 1
+
+    cache = GeneratorCache()
+    results: list = [None, None]
+    errors: list = []
+    start = threading.Barrier(2)
+
+    def thread(k):
+        try:
+            start.wait()
+            results[k] = work(Editor(roots[1], device="cpu", generators=cache), k)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thread, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert len(loads) == 2 and len(cache) == 1  # one load for this cache, shared by both threads
+    assert most[0] == 1  # never two samplings through the shared module at once
+    for k in (0, 1):
+        got = [image(roots[1], x) for x in results[k]]
+        assert len(got) == len(expected[k])
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected[k], strict=True))
+
+
+def test_the_cache_loads_each_key_once_and_retries_a_failed_load():
+    import threading
+
+    from pipeline.edit import GeneratorCache
+
+    cache, calls = GeneratorCache(), []
+
+    def load():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return object()
+
+    with pytest.raises(OSError):
+        cache.get_or_load(("m",), load)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get_or_load(("m",), load))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 2 and len({id(g) for g in got}) == 1 and ("m",) in cache
+    assert cache.lock(("m",)) is cache.lock(("m",)) and cache.lock(("m",)) is not cache.lock(("n",))
+    with cache.lock(("m",)), cache.lock(("m",)):  # re-entrant: an edit's set recompute inside the edit
+        pass
