@@ -225,7 +225,7 @@ def test_cli_generate_writes_a_teacher_run(bases, tmp_path, capsys):
     store = tmp_path / "store"
     code = main(["generate", "--model", "sd15-teacher", "--base-model", str(bases["sd15"]), "--store", str(store),
                  "--num-samples", "3", "--batch-size", "2", "--steps", "3", "--guidance", "2.5",
-                 "--layers", "midblock", "--device", "cpu", "--dtype", "float32", "--quiet"])
+                 "--layers", "midblock", "--device", "cpu", "--dtype", "float32", "--x0-previews", "--quiet"])
     assert code == 0, capsys.readouterr().err
     st = Store(store)
     assert st.models() == ["sd15"]  # beside the student's runs: one map for both
@@ -237,6 +237,7 @@ def test_cli_generate_writes_a_teacher_run(bases, tmp_path, capsys):
     assert settings["steps"] == 3 and settings["guidance_scale"] == 2.5 and manifest["family"] == "sd15"
     assert settings["timesteps"] == [667, 334, 334, 1]
     assert list(st.steps("sd15", "midblock").step) == [0, 1, 2, 3]
+    assert sorted(st.previews(samples.sample_id[0])) == [0, 1, 2, 3]
 
 
 def test_cli_refuses_guidance_for_a_model_without_it(tmp_path, capsys):
@@ -260,3 +261,12 @@ def test_cli_without_base_model_offline_is_one_clear_error(tmp_path):
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: ") and "stabilityai/stable-diffusion-xl-base-1.0" in err and "--base-model" in err
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.parquet"))
+
+
+def test_teacher_layers_are_the_students():
+    """The same UNet architecture: same names and shapes, so the runs share the student's map."""
+    from pipeline.families import get_family
+
+    for teacher_name, student in (("sd15-teacher", "sd15"), ("sdxl-teacher", "sdxl")):
+        assert get_family(teacher_name).layers(256) == get_family(student).layers(256)
+        assert get_family(teacher_name).default_layers == get_family(student).default_layers
