@@ -130,6 +130,11 @@ plot.on('plotly_unhover', () => { box.style.display = 'none'; });
 def _font(size: int):
     from PIL import ImageFont
 
+    for name in ("DejaVuSans.ttf", "LiberationSans-Regular.ttf"):  # wide coverage (σ, accents) where installed
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            pass
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
@@ -151,14 +156,17 @@ def _fit(draw, text: str, font, width: int) -> str:
 
 
 def map_png(x, y, codes, names: Sequence[str], colors: Sequence[str], title: str, *, subtitle: str = "",
-            legend_title: str = "", size: tuple[int, int] = PNG_SIZE, point_radius: int = 3) -> bytes:
+            legend_title: str = "", size: tuple[int, int] = PNG_SIZE, point_radius: int | None = None) -> bytes:
     """The map as a PNG: the points coloured by category, a title (and subtitle) on top and a legend at the
     right (a swatch, name and count per category, most frequent first when they do not all fit). Points are
-    drawn in a fixed shuffled order so that no category is always painted over the others."""
+    drawn in a fixed shuffled order so that no category is always painted over the others; their radius
+    (default) shrinks as their number grows."""
     from PIL import Image, ImageDraw
 
     width, height = size
     x, y, codes = np.asarray(x, dtype=float), np.asarray(y, dtype=float), np.asarray(codes, dtype=np.int64)
+    if point_radius is None:
+        point_radius = 5 if len(x) <= 500 else 3 if len(x) <= 5000 else 2
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     title_font, text_font, small = _font(22), _font(14), _font(13)
