@@ -168,16 +168,16 @@ class T2ITeacherAdapter(T2IAdapter):
 
     # -- edits: the students' edits replay DMD2's loop, which is not how a teacher samples ------------------
     def condition(self, class_id=None, prompt=None):
-        raise EditUnsupported(self.name)
+        raise EditUnsupported(self.family_name)
 
     def edit_inputs(self, noise_seeds, conditions):
-        raise EditUnsupported(self.name)
+        raise EditUnsupported(self.family_name)
 
     def mix_inputs(self, a, b, t):
-        raise EditUnsupported(self.name)
+        raise EditUnsupported(self.family_name)
 
     def sample_inputs(self, inputs, recorder):
-        raise EditUnsupported(self.name)
+        raise EditUnsupported(self.family_name)
 
     def identity(self) -> dict:
         ident = super().identity()
