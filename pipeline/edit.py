@@ -232,8 +232,9 @@ class Editor:
         if index in rows:
             return rows[index]
         for part in layout.list_parts(layout.samples_dir(self.root, model, run_id)):
-            if part.name in seen:
-                continue
+            span = layout.parse_part_name(part.name)
+            if part.name in seen or (span is not None and not span[0] <= index <= span[1]):
+                continue  # a big run: only the part that holds the sample is read
             try:
                 names = set(pq.read_schema(part).names)
                 t = pq.read_table(part, columns=[c for c in _PARENT_COLUMNS if c in names])
@@ -653,13 +654,8 @@ class Editor:
         from store import layout
 
         keys, seen = self._keys.setdefault((model, run_id), ({}, set()))
-        for part in layout.list_parts(layout.samples_dir(self.root, model, run_id)):
-            if part.name in seen:
-                continue
-            try:
-                t = pq.read_table(part, columns=["sample_id", "edit_key"])
-            except Exception:  # noqa: BLE001 - a damaged commit record: its batch is not done
-                continue
+        new = [p for p in layout.list_parts(layout.samples_dir(self.root, model, run_id)) if p.name not in seen]
+        for part, t in _read_parts(new, ["sample_id", "edit_key"]):
             seen.add(part.name)
             for sid, key in zip(t["sample_id"].to_pylist(), t["edit_key"].to_pylist(), strict=True):
                 if key is not None:
@@ -729,6 +725,25 @@ def _sample_row(job: _Job, adapter: Adapter) -> dict:
 
     row = {k: v for k, v in job.row.items() if k.startswith("edit_")}
     return {**generated_row(job.row["seed"], job.row["condition"], adapter), **row, "edit_key": job.key}
+
+
+def _read_parts(parts: list[Path], columns: list[str]) -> list[tuple[Path, object]]:
+    """(part, table of `columns`) for each readable part, read on a few threads (an edit run has many small
+    parts); a damaged part (its batch is not done) is left out."""
+    def read(part):
+        try:
+            return part, pq.read_table(part, columns=columns, use_threads=False)
+        except Exception:  # noqa: BLE001 - a damaged commit record: its batch is not done
+            return part, None
+
+    if len(parts) < 8:
+        done = [read(p) for p in parts]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            done = list(pool.map(read, parts))
+    return [(p, t) for p, t in done if t is not None]
 
 
 @contextlib.contextmanager

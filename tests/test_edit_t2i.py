@@ -27,7 +27,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def root(files, tmp_path_factory):
-    """One store with a 1-step SD v1.5 run and a 4-step SDXL run (with x0 previews)."""
+    """One store with a 1-step SD v1.5 run and 4-step SDXL runs, full UNet and LoRA (with x0 previews)."""
     from pipeline.generate import generate
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -36,6 +36,8 @@ def root(files, tmp_path_factory):
              progress=False)
     generate(build(files, "sdxl-4step", seeds_per_prompt=2, x0_previews=True), root, N, LAYERS, run_id="xl",
              batch_size=N, progress=False)
+    generate(build(files, "sdxl-4step-lora", seeds_per_prompt=2, x0_previews=True), root, N, LAYERS,
+             run_id="lo", batch_size=N, progress=False)
     return root
 
 
@@ -58,7 +60,7 @@ def rows(root, ids):
     return Store(root).samples(sample_ids=ids).set_index("sample_id").loc[ids]
 
 
-RUNS = {"sd15": "sd", "sdxl-4step": "xl"}
+RUNS = {"sd15": "sd", "sdxl-4step": "xl", "sdxl-4step-lora": "lo"}
 
 
 @pytest.mark.parametrize("model", list(RUNS))
@@ -74,7 +76,7 @@ def test_end_frames_alpha_zero_and_a_self_patch_are_the_parents_bit_for_bit(root
     assert np.array_equal(image(root, steered[0]), image(root, a))
     assert np.array_equal(image(root, patched), image(root, a))
     assert not np.array_equal(image(root, steered[1]), image(root, a))
-    if model == "sdxl-4step":  # every step's x0 preview as well
+    if model != "sd15":  # every step's x0 preview as well
         from store import Store
 
         assert sorted(Store(root).previews(steered[0])) == [0, 1, 2, 3]
