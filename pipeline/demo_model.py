@@ -7,7 +7,9 @@ RGB. It is trained with EDM's denoising loss and sampled on a short Karras sched
 the 1-step case being DMD2's recipe (one call at sigma = 80).
 
 ``python -m pipeline train-demo`` (or ``python -m pipeline.demo_model``) trains it deterministically: 2,000
-Adam steps, about 4 minutes on 2 idle Xeon cores (0.13 s a step). The shipped ``data/demo_edm.safetensors``
+Adam steps, about 4 minutes on 2 idle Xeon cores (0.13 s a step). It keeps snapshots of the weights at 250, 500 and 1,000
+steps beside the final file (``snapshot_path``: ``demo_edm-step00250.safetensors``, ...; each file's metadata
+records its ``step``), so that runs of each checkpoint show the model over training. The shipped ``data/demo_edm.safetensors``
 was trained with the same recipe on a GPU (``train_demo(device="cuda")``, noted in the file's metadata): the
 same model up to floating-point differences, not the same bits. A full CPU run on a 2-core machine that was
 also running the test suite took 416 s, and its samples were recognised as well (100% at 4 steps, 90.0% at
@@ -32,6 +34,7 @@ from pipeline.sampling import edm_sample, karras_sigmas, to_uint8
 __all__ = [
     "DEMO_CONFIG",
     "DEMO_SIGMAS",
+    "DEMO_SNAPSHOTS",
     "DEMO_TRAIN",
     "DEMO_WEIGHTS",
     "digit_accuracy",
@@ -39,6 +42,8 @@ __all__ = [
     "digits_dataset",
     "evaluate_demo",
     "load_demo_model",
+    "snapshot_path",
+    "snapshots_of",
     "train_demo",
 ]
 
@@ -78,6 +83,30 @@ DEMO_TRAIN = dict(
 """Training hyper-parameters. Sigmas follow EDM's log-normal distribution (``p_mean``/``p_std``, shifted up
 from EDM's -1.2/1.2) for most of a batch; a ``uniform_fraction`` is log-uniform on [sigma_min, sigma_max] so
 that every sigma a sampler may start from or pass through, 80 included, is trained on."""
+
+
+DEMO_SNAPSHOTS: tuple[int, ...] = (250, 500, 1000)
+"""Training steps at which `train_demo` keeps a snapshot of the EMA weights beside the final file (which is the
+last step, 2,000), so that runs of each show the model over training."""
+
+
+def snapshot_path(out: str | Path, step: int) -> Path:
+    """Where `train_demo(out)` writes its snapshot at `step`: `<out stem>-step<step:05d>.safetensors` beside
+    `out`. `generate --checkpoint` reads the step back (from the file's metadata, or this name)."""
+    out = Path(out)
+    return out.with_name(f"{out.name.removesuffix('.safetensors')}-step{int(step):05d}.safetensors")
+
+
+def snapshots_of(out: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the snapshots written beside `out`, in training order."""
+    out = Path(out)
+    stem = out.name.removesuffix(".safetensors")
+    found = []
+    for path in out.parent.glob(f"{stem}-step*.safetensors"):
+        digits = path.name[len(stem) + len("-step"):].removesuffix(".safetensors")
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return sorted(found)
 
 
 def digits_dataset(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,6 +158,7 @@ def train_demo(
     device: str | torch.device = "cpu",
     config: dict | None = None,
     log_every: int = 250,
+    snapshots=DEMO_SNAPSHOTS,
     **overrides,
 ) -> Path:
     """Train the demo network with EDM's denoising loss and Adam; write the EMA weights as safetensors.
@@ -137,8 +167,10 @@ def train_demo(
     overridable by keyword) and seeded draws, all on the CPU. ``minutes`` is an optional safety cap; stopping
     on it makes the result depend on the machine's speed, and says so. ``config`` replaces ``DEMO_CONFIG``
     (tests train tiny networks; the weights then only load into that config).
+
+    At each step count in ``snapshots`` (those below the last step) the EMA weights so far are also written, to
+    ``snapshot_path(out, step)``; every file records its step in its metadata (``step``).
     """
-    from safetensors.torch import save_file
 
     hp = {**DEMO_TRAIN, **overrides}
     unknown = set(overrides) - set(DEMO_TRAIN)
@@ -158,6 +190,13 @@ def train_demo(
         ema.load_state_dict(net.state_dict())
         opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=(0.9, 0.99))
         sd = config["sigma_data"]
+        keep = sorted({int(k) for k in snapshots or ()})
+        if any(k < 1 for k in keep):
+            raise ValueError(f"snapshot steps must be 1 or more, got {keep}")
+        keep = [k for k in keep if k < hp["steps"]]
+        out = Path(out)
+        meta = {"config": repr(config), "train": repr(hp), "seed": str(seed), "device": str(device)}
+        done = 0
         start, running = time.monotonic(), 0.0
         for step in range(hp["steps"]):
             if minutes is not None and time.monotonic() - start > minutes * 60:
@@ -183,23 +222,33 @@ def train_demo(
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
                     p_ema.lerp_(p, 1 - decay)
+            done = step + 1
+            if done in keep:
+                _save_weights(ema, snapshot_path(out, done), {**meta, "step": str(done)})
             running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
             if log_every and (step + 1) % log_every == 0:
                 print(
                     f"step {step + 1}/{hp['steps']}  loss {running:.4f}  {time.monotonic() - start:.0f}s",
                     flush=True,
                 )
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        state = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
-        meta = {"config": repr(config), "train": repr(hp), "seed": str(seed), "device": str(device)}
-        save_file(state, str(tmp), metadata=meta)
-        tmp.replace(out)
-        print(f"trained in {time.monotonic() - start:.0f}s; wrote {out}")
+        _save_weights(ema, out, {**meta, "step": str(done)})
+        kept = [k for k in keep if k <= done]
+        print(f"trained in {time.monotonic() - start:.0f}s; wrote {out}"
+              + (f" and snapshots at steps {', '.join(map(str, kept))}" if kept else ""))
         return out
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _save_weights(net: torch.nn.Module, path: Path, meta: dict) -> None:
+    """The network's state dict as safetensors, written atomically (a temporary file renamed over `path`)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
 
 
 @cache
