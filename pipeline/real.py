@@ -13,8 +13,8 @@ layer's map and neighbour search:
 The call goes through the adapter's own sampler (`EDMAdapter.sample_inputs`, `T2IAdapter.denoise`), on a
 one-step schedule at that noise level set for the call (`_one_step`). The activations are tagged with a
 sampling step (`NoiseLevel.step`): by default the step of the model's schedule that samples at that noise level
-(the demo's 4-step schedule ends at σ = 0.002, its step 3), so a real run lands on the same map as that step of
-the generated runs; else step 0.
+(within 0.1%: the demo's 4-step schedule samples at σ = 0.47 in its step 2 and ends at σ = 0.002, its step 3), so
+a real run lands on the same map as that step of the generated runs; else step 0.
 
 Sample i is item i of the source's listing (pipeline/sources.py), so a rerun resumes from the last whole batch
 and gives the same samples; an unreadable image is reported and skipped (its index stays empty, and a rerun
@@ -128,7 +128,7 @@ def noise_level(adapter: Adapter, sigma: float | None = None, timestep: int | No
     sigma = float(sigma)
     if not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")
-    matches = [i for i, s in enumerate(schedule) if math.isclose(s, sigma, rel_tol=1e-6)]
+    matches = [i for i, s in enumerate(schedule) if math.isclose(s, sigma, rel_tol=1e-3)]  # 0.47 ~ 0.46998
     default_step = matches[0] if matches else 0
     return NoiseLevel(sigma, default_step if step is None else int(step))
 
@@ -201,10 +201,10 @@ def _encode_latents(adapter, images, seeds, conditions, level, at, denoised):
 
 
 def to_uint8_hwc(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] float (B, 3, H, W) to uint8 (B, H, W, 3) as generation stores images ((x + 1)·127.5, truncated)."""
-    from pipeline.sampling import to_uint8
-
-    return to_uint8(torch.from_numpy(np.asarray(images, dtype=np.float32)))
+    """[-1, 1] float (B, 3, H, W) to uint8 (B, H, W, 3), rounded: an image read from a file (x / 127.5 - 1) is
+    stored with exactly its prepared pixel values."""
+    pixels = np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5)
+    return np.clip(pixels, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
 
 
 def default_run_id(adapter: Adapter, source: Source, level: NoiseLevel, seed: int, layers: dict[str, str],

@@ -68,6 +68,7 @@ class Store:
         self._skip_lock = threading.Lock()
         self.skipped: list[str] = []
         self._ids_cache: dict[tuple, pa.Table] = {}
+        self._kinds: tuple[tuple, dict[str, str]] | None = None  # (manifest files' stats, run_id -> kind)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -189,6 +190,29 @@ class Store:
                 row[k] = json.loads(row[k])
         return row
 
+    def run_kinds(self) -> dict[str, str]:
+        """run_id -> what its samples are (`schema.run_kind` of its manifest's settings: generated, real, edit,
+        teacher), for every run with a manifest. Cached until a manifest file changes."""
+        files = self._run_files()
+        stamp = tuple((str(p), *_stat(p)) for p in files)
+        cached = self._kinds
+        if cached is not None and cached[0] == stamp:
+            return dict(cached[1])
+        runs = self.runs()
+        kinds = {str(r): schema.run_kind(s) for r, s in zip(runs["run_id"], runs["settings"], strict=True)} \
+            if len(runs) and "settings" in runs.columns else {}
+        self._kinds = (stamp, kinds)
+        return dict(kinds)
+
+    def _run_kind_sql(self) -> str:
+        """`run_kind` as a SQL expression of `run_id` (runs without a manifest hold generated samples)."""
+        special = {r: k for r, k in self.run_kinds().items() if k != schema.GENERATED_KIND}
+        default = _sql_text(schema.GENERATED_KIND)
+        if not special:
+            return f"{default} AS run_kind"
+        cases = " ".join(f"WHEN {_sql_text(r)} THEN {_sql_text(k)}" for r, k in sorted(special.items()))
+        return f"CAST(CASE run_id {cases} ELSE {default} END AS VARCHAR) AS run_kind"
+
     def models(self) -> list[str]:
         """Models with at least one committed sample."""
         return [m for m in layout.models_in(self.root, layout.SAMPLES)
@@ -267,7 +291,8 @@ class Store:
             where.append("sample_id IN (SELECT UNNEST($ids))")
             params["ids"] = sample_ids
         absent = self._absent_sample_columns(files, [c for c in cols if c in schema.SAMPLE_OPTIONAL])
-        select = ", ".join(_null_of(c) if c in absent else _q(c) for c in cols)
+        derived = {"run_kind": self._run_kind_sql} if "run_kind" in cols else {}
+        select = ", ".join(derived[c]() if c in derived else _null_of(c) if c in absent else _q(c) for c in cols)
         cond = f"WHERE {' AND '.join(where)}" if where else ""
 
         def sql(src):
@@ -625,7 +650,8 @@ class Store:
             for layer in layout.layers_in(self.root, model):
                 acts.extend(p for _, p in self._activation_parts(model, layer))
         runs = self._run_files()
-        sample_cols = {f.name: f.type for f in schema.SAMPLES} | {"model": pa.string(), "run_id": pa.string()}
+        sample_cols = {f.name: f.type for f in schema.SAMPLES} | {"model": pa.string(), "run_id": pa.string(),
+                                                                  "run_kind": pa.string()}
         act_cols = {f.name: f.type for f in schema.ACTIVATION_META} | {
             "dtype": pa.string(), "vector": "FLOAT[]", "model": pa.string(), "layer": pa.string(),
             "run_id": pa.string()}
@@ -638,6 +664,7 @@ class Store:
                 if name == "samples":  # parts from before an optional column: give it as null
                     star += "".join(f", {_null_of(c)}" for c in sorted(
                         self._absent_sample_columns(files, schema.SAMPLE_OPTIONAL)))
+                    star += f", {self._run_kind_sql()}"  # derived from the manifests
                 cur.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {star} FROM {src}")
             else:
                 select = ", ".join(f"CAST(NULL AS {t if isinstance(t, str) else _DUCK_TYPES[t]}) AS {_q(c)}"
@@ -664,6 +691,19 @@ def _null_of(column: str) -> str:
     return f"CAST(NULL AS {_DUCK_TYPES[typ]}) AS {_q(column)}"
 
 
+def _sql_text(text: str) -> str:
+    """A SQL string literal of `text` (quotes doubled)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except FileNotFoundError:
+        return 0, 0
+
+
 def _read_parquet(files: Sequence[Path], hive: bool = True) -> str:
     lst = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
     return f"read_parquet({lst}, {_HIVE})" if hive else f"read_parquet({lst}, union_by_name=true)"
@@ -681,7 +721,8 @@ def _empty_frame(sch: pa.Schema) -> pd.DataFrame:
 
 
 def _empty_samples(cols: Sequence[str]) -> pd.DataFrame:
-    types = {f.name: f.type for f in schema.SAMPLES} | {"model": pa.string(), "run_id": pa.string()}
+    types = {f.name: f.type for f in schema.SAMPLES} | {"model": pa.string(), "run_id": pa.string(),
+                                                        "run_kind": pa.string()}
     return pa.schema([(c, types[c]) for c in cols]).empty_table().to_pandas()
 
 

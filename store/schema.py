@@ -5,6 +5,7 @@ Partition values (model, layer, run_id) are never columns in the files: they com
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -41,6 +42,7 @@ class SampleColumn:
     role: str  # a key of SAMPLE_ROLES
     doc: str  # what it means (the Search page lists it)
     stored: bool = True  # False: a partition value (model=, run_id= folders), not a column of the files
+    derived: bool = False  # not stored either: the reader derives it (from the run manifests), so old stores have it
     optional: bool = False  # added after the first stores: a part without it reads it as null
     given: bool = False  # a caller may give it per sample in `RunWriter.write_batch`
     color: str | None = None  # "category" or "numeric": the map can be coloured by it
@@ -54,6 +56,8 @@ class SampleColumn:
         if self.color == "numeric" and self.role != "numeric" or self.color == "category" \
                 and self.role not in ("group", "label"):
             raise ValueError(f"samples column {self.name!r}: a {self.role} column cannot colour as {self.color}")
+        if self.derived and self.stored:
+            raise ValueError(f"samples column {self.name!r}: a derived column is not stored (stored=False)")
         if not self.title:
             object.__setattr__(self, "title", self.name)
 
@@ -89,7 +93,12 @@ class SampleVocabulary:
 
     @property
     def partitions(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if not c.stored)
+        return tuple(c.name for c in self.columns if not c.stored and not c.derived)
+
+    @property
+    def derived(self) -> tuple[str, ...]:
+        """Columns the reader derives at read time (never in the files, never given by a writer)."""
+        return tuple(c.name for c in self.columns if c.derived)
 
     @property
     def table(self) -> tuple[str, ...]:
@@ -168,6 +177,10 @@ SAMPLE_VOCAB = SampleVocabulary((
         ("edit_key", pa.string(), "ref", "the edit's identity, a hash of its inputs: asking for the same "
          "edit again adds nothing", {}),
     )),
+    # Derived when read, from the run's manifest (`run_kind` below), so every store has it, old ones included.
+    SampleColumn("run_kind", pa.string(), "group", "what the run's samples are: generated, real (real images "
+                 "encoded), edit or teacher; from the run's manifest", stored=False, derived=True, color="category",
+                 title="run kind"),
 ))
 
 SAMPLES = SAMPLE_VOCAB.arrow
@@ -252,6 +265,23 @@ RUNS = pa.schema(
 )
 
 RUN_STATUSES = ("running", "complete", "interrupted")
+
+# What a run's samples are (the samples' derived `run_kind`): `settings.kind` in its manifest, which the runs
+# that are not generated samples of the model set (pipeline/real.py, pipeline/edit.py, the teachers); a run
+# without it, or without a manifest, holds generated samples.
+GENERATED_KIND = "generated"
+RUN_KINDS = (GENERATED_KIND, "real", "edit", "teacher")
+
+
+def run_kind(settings) -> str:
+    """The kind of a run from its manifest's settings (a dict, its JSON text, or None)."""
+    if isinstance(settings, (str, bytes)):
+        try:
+            settings = json.loads(settings)
+        except ValueError:
+            return GENERATED_KIND
+    kind = settings.get("kind") if isinstance(settings, dict) else None
+    return str(kind) if isinstance(kind, str) and kind else GENERATED_KIND
 # Fields that make a run what it is: reopening a run with different values is an error.
 IDENTITY_FIELDS = ("model", "checkpoint_sha256", "layers", "reduce", "settings", "seed")
 JSON_FIELDS = ("reduce", "settings")
