@@ -69,6 +69,16 @@ def teacher(model: str) -> dict:
     return TEACHERS[model]
 
 
+def check_options(steps, guidance) -> tuple[int, float]:
+    """(steps, guidance) as numbers, or ValueError: at least 1 step, guidance 1 (none) or more."""
+    steps, guidance = int(steps), float(guidance)
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    if not math.isfinite(guidance) or guidance < 1:
+        raise ValueError(f"--guidance must be 1 (no guidance) or more, got {guidance:g}")
+    return steps, guidance
+
+
 def layer_info(model: str, resolution: int | None = None):
     """The teacher's layers and shapes: those of its base architecture (the same UNet as the students')."""
     return student.layer_info(teacher(model)["student"], resolution)
@@ -79,11 +89,7 @@ class T2ITeacherAdapter(T2IAdapter):
 
     def __init__(self, *, scheduler, steps: int, guidance: float, zero_negative: bool, family_name: str,
                  **kwargs):
-        steps, guidance = int(steps), float(guidance)
-        if steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {steps}")
-        if not math.isfinite(guidance) or guidance < 1:
-            raise ValueError(f"--guidance must be 1 (no guidance) or more, got {guidance:g}")
+        steps, guidance = check_options(steps, guidance)
         self.scheduler = scheduler
         self.steps, self.guidance, self.zero_negative = steps, guidance, bool(zero_negative)
         sched = self._fresh_scheduler()
@@ -272,6 +278,7 @@ def build_teacher(model: str, base_model: str | None = None, prompts: PromptSet 
     recipe = families.get_family(model).recipe if model in families.MODELS else None
     steps = steps if steps is not None else (recipe.steps if recipe else 25)
     guidance = guidance if guidance is not None else t["guidance"]
+    steps, guidance = check_options(steps, guidance)  # before minutes of loading
     device = torch.device(device or "cpu")
     dtype = _pick_dtype(device, dtype)
     base_model = base_model or s["base_model"]
