@@ -170,6 +170,55 @@ def parse_steps(text: str | None) -> list[int] | None:
     return steps
 
 
+class _SetMeans:
+    """The means of an edit's sets at one layer, step by step: kept from an earlier edit, recomputed before the
+    edit (`prepare`), or, when every member is of the parent's run and the batch stays small, computed in the
+    edit's own batch: the members' rows ride along after the edit's rows (nothing changes them), and the hook
+    takes their means at each step before it edits the other rows. One forward pass instead of two."""
+
+    def __init__(self, editor: Editor, parent: Parent, sets, layer: str, steps: list[int], edit_rows: int):
+        self.editor, self.sets, self.layer, self.steps = editor, list(sets), layer, list(steps)
+        self.memos = [editor._memo(ms, layer, steps) for ms, _ in self.sets]
+        self.means: list[dict[int, torch.Tensor]] | None = None
+        self.members: list[Parent] = []  # rows appended to the edit's batch (fused)
+        if all(m in editor._means for m in self.memos):
+            self.means = [editor._means[m] for m in self.memos]
+            return
+        members = {m.sample_id: m for ms, _ in self.sets for m in ms}
+        if all(m.run_id == parent.run_id for m in members.values()) and len(members) + edit_rows <= SET_BATCH:
+            self.members = list(members.values())
+            self.weights = torch.zeros(len(self.sets), len(self.members))
+            at = {sid: k for k, sid in enumerate(members)}
+            for j, (ms, _what) in enumerate(self.sets):
+                distinct = {m.sample_id for m in ms}
+                for sid in distinct:
+                    self.weights[j, at[sid]] = 1.0 / len(distinct)
+            self._captured: dict[int, torch.Tensor] = {}
+
+    def prepare(self) -> None:
+        """Before the edit: recompute the sets that the edit's batch will not (or say that it will)."""
+        if self.means is None and not self.members:
+            self.means = self.editor.sets_activations(self.sets, self.layer, self.steps)
+        elif self.members:
+            self.editor._say_recomputing(self.sets, self.layer, ", in the edit's batch")
+
+    def at(self, step: int, out: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """Each set's mean at `step`; `out` is the layer's output for the whole batch, the first n the edit's."""
+        if not self.members:
+            return [m[step] for m in self.means]
+        rows = out[n:].detach().to("cpu", torch.float32)
+        means = torch.tensordot(self.weights, rows, dims=([1], [0]))  # (sets, C, H, W)
+        self._captured[step] = means
+        return list(means)
+
+    def finish(self) -> None:
+        """After the edit's batch: keep the means it took, for the Editor's next edits with these sets."""
+        if self.members and self.means is None:
+            self.means = [{s: v[j] for s, v in self._captured.items()} for j in range(len(self.sets))]
+            for memo, means in zip(self.memos, self.means, strict=True):
+                self.editor._means[memo] = means
+
+
 class Editor:
     """Runs edits on the samples of the store at `root`.
 
@@ -425,14 +474,17 @@ class Editor:
             self._set_means(todo, memos, layer, list(steps))
         return [self._means[m] for m in memos]
 
-    def _set_means(self, todo, memos, layer: str, steps: list[int]) -> None:
-        for _k, ms, what in todo:
+    def _say_recomputing(self, sets, layer: str, where: str = "") -> None:
+        for ms, what in sets:
             by_run = {m.run_id: m for m in ms}
             stored = {_json(m.manifest.get("reduce")).get(layer) for m in by_run.values()}
             kept = ", ".join(sorted({str(v) if v else "not stored" for v in stored}))
             n = len({m.sample_id for m in ms})
             self.progress(f"{what}: recomputing the full activations of {n} sample{'s' if n != 1 else ''} at "
-                          f"{layer} (the store keeps {kept}, float16)")
+                          f"{layer} (the store keeps {kept}, float16){where}")
+
+    def _set_means(self, todo, memos, layer: str, steps: list[int]) -> None:
+        self._say_recomputing([(ms, what) for _k, ms, what in todo], layer)
         members: dict[str, Parent] = {}
         for _k, ms, _what in todo:
             members.update({m.sample_id: m for m in ms})
@@ -579,22 +631,25 @@ class Editor:
                           edit_parents=p.sample_id, edit_layer=layer, edit_steps=",".join(map(str, steps)),
                           edit_set=",".join(ids), parent=p))
                 for p in parents]
-        means: dict[int, torch.Tensor] = {}
-
-        def prepare(_todo):
-            means.update(self.set_activations(members, layer, steps))
-
-        def replace(step, out):
-            if step not in means:
-                return None
-            return means[step].to(out.device, out.dtype).expand_as(out).contiguous()
+        sets = _SetMeans(self, parent, [(members, "set")], layer, steps, len(jobs))
 
         def compute(todo, recorder):
-            inputs = self._inputs([j.row["parent"] for j in todo], adapter)
-            with Intervention(adapter.root, paths, {layer: replace}) as edit:
-                return adapter.sample_inputs(inputs, tag(edit, recorder))
+            n = len(todo)
 
-        return self._run(parent, adapter, jobs, compute, prepare)
+            def replace(step, out):
+                if step not in steps:
+                    return None
+                (mean,) = sets.at(step, out, n)
+                mean = mean.to(out.device, out.dtype).expand_as(out[:n])
+                return torch.cat([mean, out[n:]]) if sets.members else mean.contiguous()
+
+            inputs = self._inputs([j.row["parent"] for j in todo] + sets.members, adapter)
+            with Intervention(adapter.root, paths, {layer: replace}) as edit:
+                images = adapter.sample_inputs(inputs, tag(edit, recorder))
+            sets.finish()
+            return images
+
+        return self._run(parent, adapter, jobs, compute, lambda _todo: sets.prepare())
 
     def steer(self, sample_id: str, layer: str, from_ids: Sequence[str], to_ids: Sequence[str],
               alphas: Sequence[float], steps: Sequence[int] | None = None) -> list[str]:
@@ -616,27 +671,30 @@ class Editor:
                           edit_layer=layer, edit_steps=",".join(map(str, steps)), edit_set=",".join(ids_b),
                           edit_from_set=",".join(ids_a), edit_alpha=float(al)))
                 for al in alphas]
-        direction: dict[int, torch.Tensor] = {}
-
-        def prepare(_todo):
-            mean_a, mean_b = self.sets_activations([(set_a, "from-set"), (set_b, "to-set")], layer, steps)
-            direction.update({s: mean_b[s] - mean_a[s] for s in steps})
+        sets = _SetMeans(self, parent, [(set_a, "from-set"), (set_b, "to-set")], layer, steps, len(jobs))
 
         def compute(todo, recorder):
+            n = len(todo)
             alpha = torch.tensor([j.row["edit_alpha"] for j in todo], dtype=torch.float32)
 
             def add(step, out):
-                if step not in direction:
+                if step not in steps:
                     return None
+                mean_a, mean_b = sets.at(step, out, n)
+                direction = (mean_b - mean_a).to(out.device, out.dtype)
                 scale = alpha.to(out.device).reshape(-1, *([1] * (out.ndim - 1)))
                 # alpha = 0 adds nothing at all (not even -0.0 rounding): the parent bit for bit
-                return torch.where(scale == 0, out, out + scale * direction[step].to(out.device, out.dtype))
+                mine = out[:n]
+                edited = torch.where(scale == 0, mine, mine + scale * direction)
+                return torch.cat([edited, out[n:]]) if sets.members else edited
 
-            inputs = self._inputs([parent] * len(todo), adapter)
+            inputs = self._inputs([parent] * n + sets.members, adapter)
             with Intervention(adapter.root, paths, {layer: add}) as edit:
-                return adapter.sample_inputs(inputs, tag(edit, recorder))
+                images = adapter.sample_inputs(inputs, tag(edit, recorder))
+            sets.finish()
+            return images
 
-        return self._run(parent, adapter, jobs, compute, prepare)
+        return self._run(parent, adapter, jobs, compute, lambda _todo: sets.prepare())
 
     # -- writing ----------------------------------------------------------------------------------------
     def _ckpt(self, adapter: Adapter) -> str | None:

@@ -201,6 +201,31 @@ def test_a_patch_says_it_recomputes_the_set(store_root):
     assert any("recomputing the full activations of 3 samples at midblock" in m for m in messages)
 
 
+def test_sets_taken_in_the_edits_batch_equal_sets_recomputed_before(store_root):
+    from pipeline.edit import Editor
+
+    messages: list[str] = []
+    fused = Editor(store_root, device="cpu", progress=messages.append)
+    set_a, set_b = of_class(1, 4), of_class(7, 3)
+    fused.steer(sid(2 * PER_CLASS + 9), "midblock", set_a, set_b, [1.5, 0])
+    assert [m for m in messages if "recomputing" in m] == [
+        "from-set: recomputing the full activations of 4 samples at midblock (the store keeps full, float16), "
+        "in the edit's batch",
+        "to-set: recomputing the full activations of 3 samples at midblock (the store keeps full, float16), "
+        "in the edit's batch"]
+    before = Editor(store_root, device="cpu")
+    means = before.sets_activations([(before.parents(set_a), "a"), (before.parents(set_b), "b")], "midblock",
+                                    [0, 1, 2, 3])
+    kept = [fused.set_activations(fused.parents(ids), "midblock", [0, 1, 2, 3]) for ids in (set_a, set_b)]
+    for got, want in zip(kept, means, strict=True):
+        assert sorted(got) == [0, 1, 2, 3]
+        for step in range(4):
+            torch.testing.assert_close(got[step], want[step], rtol=1e-5, atol=1e-5)
+    messages.clear()
+    fused.patch(sid(2 * PER_CLASS + 9), "midblock", set_a)  # the means are kept: nothing recomputed
+    assert not [m for m in messages if "recomputing" in m]
+
+
 # -- meaning ------------------------------------------------------------------------------------------------
 
 def test_steering_from_3_towards_8_raises_the_probability_of_8(store_root, editor):
