@@ -123,6 +123,14 @@ class Churn:
         out["s_max"] = None if math.isinf(self.s_max) else self.s_max
         return out
 
+    @classmethod
+    def from_settings(cls, settings: dict | None) -> Churn:
+        """The inverse of `settings()`: what a run's manifest recorded (None or {}: the deterministic sampler)."""
+        values = dict(settings or {})
+        if values.get("s_max") is None:
+            values["s_max"] = math.inf
+        return cls(**{k: float(v) for k, v in values.items() if k in cls.__dataclass_fields__})
+
 
 def heun_sample(
     net: torch.nn.Module,
