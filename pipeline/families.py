@@ -1,7 +1,9 @@
 """The model-family registry: what the project knows about each model, one entry per model.
 
 A family is what `--model` names and what the store keys its data on (demo, imagenet, sd15, sdxl, sdxl-4step,
-sdxl-4step-lora). Its entry declares
+sdxl-4step-lora), except the teachers (demo-teacher, imagenet-teacher, sd15-teacher, sdxl-teacher): they store
+under their student's key, the same network and layers, so that one map holds both, and name themselves in
+each run's settings (`model_family`, with `kind: teacher`). Its entry declares
 
 * `loader`: builds the adapter, `loader(name, checkpoint=, device=, steps=, dtype=, class_ids=,
   samples_per_class=, x0_previews=, **extra) -> Adapter`; a loader ignores the options that do not apply to
