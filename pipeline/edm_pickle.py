@@ -163,14 +163,22 @@ class _Unpickler(pickle.Unpickler):
 def read_edm_pickle(path: str | os.PathLike):
     """Unpickle ``path`` with the restricted unpickler: dicts, tensors and inert stand-ins only."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        if head == b"PK\x03\x04" or path.suffix == ".safetensors":
+            raise PickleRefused(f"{path} is a {'safetensors' if path.suffix == '.safetensors' else 'torch.save'} "
+                                "weights file, not EDM's network pickle: a state dict (e.g. DMD2's "
+                                "pytorch_model.bin) loads with --model imagenet")
+        try:
             return _Unpickler(f).load()
-    except PickleRefused as exc:
-        raise PickleRefused(f"{path}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            RuntimeError) as exc:
-        raise PickleRefused(f"{path} is not a readable EDM network pickle: {type(exc).__name__}: {exc}") from None
+        except PickleRefused as exc:
+            raise PickleRefused(f"{path}: {exc}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: say so, never a traceback
+            raise PickleRefused(f"{path} is not a readable EDM network pickle: {type(exc).__name__}: {exc}") \
+                from None
 
 
 def _network(data, path) -> PersistentObject:

@@ -191,6 +191,11 @@ def test_churn_flags_and_teacher_errors_are_clear(tmp_path, capsys):
     assert main(base + ["--model", "imagenet-teacher", "--checkpoint", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not a readable EDM network pickle" in err and "Traceback" not in err
+    zipped = tmp_path / "pytorch_model.bin"
+    torch.save({"model.x": torch.zeros(1)}, zipped)
+    assert main(base + ["--model", "imagenet-teacher", "--checkpoint", str(zipped)]) == 2
+    assert "not EDM's network pickle: a state dict (e.g. DMD2's pytorch_model.bin) loads with --model imagenet" \
+        in capsys.readouterr().err
 
 
 def test_imagenet_teacher_from_an_edm_pickle(tmp_path):
@@ -200,7 +205,7 @@ def test_imagenet_teacher_from_an_edm_pickle(tmp_path):
     path = tmp_path / "edm-imagenet-tiny-cond-adm.pkl"
     write_edm_pickle(net, path)
     store = tmp_path / "s"
-    assert main(["generate", "--model", "imagenet-teacher", "--checkpoint", str(path), "--store", str(store),
+    assert main(["generate", "--model", "imagenet-teacher", "--checkpoint", str(tmp_path), "--store", str(store),
                  "--num-samples", "3", "--steps", "2", "--layers", "midblock", "--quiet"]) == 0
     st = Store(store)
     runs = st.runs()

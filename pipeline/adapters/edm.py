@@ -199,11 +199,17 @@ def load_imagenet_teacher(checkpoint: str, device: torch.device, *, steps: int =
                           churn: Churn | None = None) -> EDMAdapter:
     """EDM's ImageNet-64 network (``edm-imagenet-64x64-cond-adm.pkl``, the teacher DMD2 distilled from), its
     ``ema`` weights read without running the pickle's code, sampled with EDM's Heun sampler."""
+    from pathlib import Path
+
     from pipeline.checkpoints import resolve_checkpoint, sha256_of
     from pipeline.edm_pickle import load_edm_network
     from pipeline.imagenet_classes import class_name
 
-    path = resolve_checkpoint(checkpoint)
+    folder = Path(str(checkpoint)).expanduser()
+    pickles = sorted(folder.glob("*.pkl")) if folder.is_dir() else []
+    if len(pickles) > 1:
+        raise ValueError(f"{folder} holds several pickles ({', '.join(p.name for p in pickles)}): give one file")
+    path = pickles[0] if pickles else resolve_checkpoint(checkpoint)
     net, config = load_edm_network(path)
     n = int(config["label_dim"])
     names = [class_name(i) for i in range(n)] if n == 1000 else [f"class {i}" for i in range(n)]
