@@ -169,8 +169,8 @@ def render_report(store, model: str, layer: str, step: int | None = None, *, fea
                    feature=feature, method=method, thumb_of=thumb_of, cka_layers=cka_layers)
     page = _page(title, context, fig, thumbs, sep, clu, out, cka, runs, per_run, absent)
     png = figures.map_png(proj.xy[:, 0], proj.xy[:, 1], codes, names, colors, title,
-                          subtitle=f"{proj.params.method} map of the {proj.params.feature.id} activations · "
-                                   f"store {Path(store.root).name}", legend_title=f"colour: {by}")
+                          subtitle=f"{proj.params.method} map of the activations ({_feature_id(proj)}) · store "
+                                   f"{Path(store.root).name}", legend_title=f"colour: {by}")
     say(1.0, "done")
     return Report(page.encode(), png, title, tuple(absent))
 
@@ -189,6 +189,16 @@ class _Progress:
         """A callback for one stage: its 0..1 mapped into [lo, hi], its messages prefixed by the stage."""
         return lambda fraction, message: self(lo + (hi - lo) * max(0.0, min(1.0, float(fraction))),
                                               f"{stage}: {message}")
+
+
+def _feature_id(proj) -> str:
+    """The features the map was made from, resolved ("full+pca50" rather than "auto") where it says."""
+    from pipeline.features import FeatureError, FeatureSpec
+
+    try:
+        return FeatureSpec.parse(proj.meta["feature_resolved"]).id
+    except (KeyError, TypeError, FeatureError):
+        return proj.params.feature.id
 
 
 def _open(store):
@@ -328,11 +338,17 @@ def _heat(matrix: pd.DataFrame, caption: str, lo: float = 0.0, hi: float = 1.0) 
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
+def _short(sample_id: str) -> str:
+    """A sample's caption: "run #index" (its id, in full, is the image's title)."""
+    run, _, index = str(sample_id).rpartition("-")
+    return f"<small>{_e(run)} #{int(index)}</small>" if run and index.isdigit() else f"<small>{_e(sample_id)}</small>"
+
+
 def _img(thumb: bytes | None, alt: str) -> str:
     if not thumb:
         return '<div class="noimg">no image</div>'
     mime = "image/png" if thumb[:4] == b"\x89PNG" else "image/webp"
-    return f'<img src="data:{mime};base64,{base64.b64encode(thumb).decode()}" alt="{_e(alt)}">'
+    return f'<img src="data:{mime};base64,{base64.b64encode(thumb).decode()}" alt="{_e(alt)}" title="{_e(alt)}">'
 
 
 def _absent(absent: Sequence[str], prefix: str) -> str:
@@ -347,7 +363,7 @@ def _page(title, c, fig, thumbs, sep, clu, out, cka, runs, per_run, absent) -> s
         "store": Path(c["store"].root).resolve(), "model": c["model"], "layer": c["layer"], "step": step,
         "sigma": _num(float(sigma), 4) if sigma is not None and pd.notna(sigma) else "–",
         "timestep": _num(float(timestep), 1) if timestep is not None and pd.notna(timestep) else "–",
-        "samples": f"{len(proj):,}", "features": proj.params.feature.id,
+        "samples": f"{len(proj):,}", "features": _feature_id(proj),
         "map": f"{proj.params.method} ({proj.params.estimator().tag()}, {proj.params.metric})",
         "classes by": by, "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -385,14 +401,16 @@ def _page(title, c, fig, thumbs, sep, clu, out, cka, runs, per_run, absent) -> s
                     "the samples nearest the centre (medoids).</p>")
         named = clu.table[clu.table["cluster"] != -1]
         shown = pd.concat([named.head(CLUSTERS_SHOWN), clu.table[clu.table["cluster"] == -1]])
+        body.append('<div class="cards">')
         for row in shown.itertuples(index=False):
-            imgs = "".join(f"<figure>{_img(c['thumb_of'].get(m), m)}<figcaption>{_e(m)}</figcaption></figure>"
-                           for m in row.medoids)
-            words = f" · words: {_e(', '.join(row.words))}" if len(row.words) else ""
-            head = "Noise: samples in no dense region" if row.cluster == -1 else f"#{row.cluster} {_e(row.name)}"
+            imgs = "".join(f'<figure class="medoid" data-sample="{_e(m)}">{_img(c["thumb_of"].get(m), m)}'
+                           f"<figcaption>{_short(m)}</figcaption></figure>" for m in row.medoids)
+            words = f"<br>words: {_e(', '.join(row.words))}" if len(row.words) else ""
+            head = "Noise (in no dense region)" if row.cluster == -1 else f"Cluster {row.cluster} · {_e(row.name)}"
             body.append(f'<div class="cluster"><h3>{head}</h3><p>{row.size:,} samples · majority {_e(row.majority)} '
                         f"({row.purity:.0%}) · spread {row.spread:.3g}{words}</p>"
                         f'<div class="gallery">{imgs}</div></div>')
+        body.append("</div>")
         if len(clu.table) > len(shown):
             body.append(f"<p>… and {len(clu.table) - len(shown):,} smaller clusters (not shown).</p>")
     body.append(_absent(absent, "clusters:"))
@@ -407,7 +425,7 @@ def _page(title, c, fig, thumbs, sep, clu, out, cka, runs, per_run, absent) -> s
             body.append(f'<figure class="outlier" data-sample="{_e(row.sample_id)}">'
                         f"{_img(c['thumb_of'].get(row.sample_id), row.sample_id)}"
                         f"<figcaption>#{row.rank} · LOF {row.lof:.2f}<br>kdist {row.kdist:.3g}<br>"
-                        f"{_e(row[1])}<br><small>{_e(row.sample_id)}</small></figcaption></figure>")
+                        f"{_e(row[1])}<br>{_short(row.sample_id)}</figcaption></figure>")
         body.append("</div>")
     body.append(_absent(absent, "outliers:"))
     sections.append("".join(body) + "</section>")
@@ -470,7 +488,9 @@ th.rowh {{ text-align: right; white-space: nowrap; background: none; }} th.corne
 .gallery {{ display: flex; flex-wrap: wrap; gap: 10px; }} figure {{ margin: 0; width: 112px; font-size: 11px; text-align: center; }}
 figure img, .noimg {{ width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; border: 1px solid #ddd; border-radius: 4px; background: #fafafa; }}
 .noimg {{ display: inline-flex; align-items: center; justify-content: center; color: #999; }}
-figcaption {{ word-break: break-all; }} .cluster {{ border-top: 1px solid #f0f0f0; }}
+figcaption {{ word-break: break-word; }}
+.cards {{ display: flex; flex-wrap: wrap; gap: 12px; }} .cluster {{ width: 370px; border: 1px solid #eee; border-radius: 6px; padding: 4px 10px 10px; }}
+.cluster h3 {{ margin: 6px 0 2px; }} .cluster p {{ margin: 0 0 6px; color: #444; }}
 dl.facts, dl.manifest {{ display: grid; grid-template-columns: max-content auto; gap: 2px 14px; }} dt {{ color: #666; }} dd {{ margin: 0; word-break: break-all; }}
 pre {{ font-size: 12px; background: #f8f8f8; padding: 8px; max-height: 360px; overflow: auto; }}
 </style></head>
