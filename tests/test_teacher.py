@@ -238,3 +238,19 @@ def test_regenerating_a_teacher_sample_reproduces_it(tmp_path):
                                                  seed=int(sample["seed"]))
     st = Store(store)
     assert st.images([sample.sample_id]) == st.images(ids)
+
+
+def test_demo_teacher_has_the_seeds_and_classes_of_the_demo_1step_run():
+    """What `python -m pipeline demo` relies on to put a teacher run beside its 1-step run: the same seed and
+    samples_per_class give the same classes and the same start noise, sample by sample."""
+    from pipeline.adapters.edm import demo_teacher_loader, load_demo
+
+    one = load_demo(torch.device("cpu"), steps=1, samples_per_class=3)
+    teacher = demo_teacher_loader(samples_per_class=3)
+    indices = np.arange(30)
+    assert one.conditions(indices, seed=0) == teacher.conditions(indices, seed=0)
+    seeds = [sample_seed(0, int(i)) for i in indices]
+    conds = one.conditions(indices, seed=0)
+    a, b = one.edit_inputs(seeds, conds), teacher.edit_inputs(seeds, conds)
+    assert torch.equal(a["z"], b["z"]) and torch.equal(a["labels"], b["labels"])
+    assert b["eps"].shape[1] == 0  # the deterministic teacher draws no other noise
