@@ -22,6 +22,10 @@ class DemoBuild:
     stage: str = ""  # after the runs: which default map is being computed
     error: str | None = None
     finished: bool = False
+    ready: bool = False  # the first runs and maps are in: the app shows its map while the extra runs are added
+    extra_run: str = ""  # the extra run being added (real digits, ...) and its progress
+    extra_done: int = 0
+    extra_total: int = 0
     started_at: float = 0.0
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -41,6 +45,7 @@ class DemoBuild:
                 return False
             self.path, self.done, self.total, self.runs_finished, self.stage = path, 0, 0, 0, ""
             self.error, self.finished, self.started_at = None, False, time.time()
+            self.ready, self.extra_run, self.extra_done, self.extra_total = False, "", 0, 0
             self._thread = threading.Thread(target=self._run, args=(builder, path), daemon=True,
                                             name="demo-store-build")
             self._thread.start()
@@ -54,13 +59,36 @@ class DemoBuild:
     def _on_map(self, i: int, n: int, layer: str) -> None:
         self.stage = f"computing the first maps · {layer} ({i + 1} of {n})"
 
+    def _on_ready(self, _runs) -> None:
+        self.ready = True
+
+    def _on_extra(self, run: str, done: int, total: int) -> None:
+        self.extra_run, self.extra_done, self.extra_total = run, done, total
+
+    @property
+    def adding(self) -> bool:
+        """The first map is shown and the extra runs are still being added."""
+        return self.ready and not self.finished
+
+    def extra_label(self) -> str:
+        what = EXTRA_RUN_TITLES.get(self.extra_run, f"the run {self.extra_run}" if self.extra_run else "runs")
+        if self.extra_total and self.extra_done >= self.extra_total:
+            return f"placing the {what} on the maps"
+        total = f"{self.extra_total:,}" if self.extra_total else "?"
+        return f"adding {what} for comparison · {self.extra_done:,} / {total}"
+
     def _run(self, builder, path: str) -> None:
         try:
-            builder(path, progress=False, on_batch=self._on_batch, on_map=self._on_map)
+            builder(path, progress=False, on_batch=self._on_batch, on_map=self._on_map, extras=True,
+                    on_ready=self._on_ready, on_extra=self._on_extra)
         except Exception as exc:  # shown in the page, with the command to run it by hand
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.finished = True
+
+
+EXTRA_RUN_TITLES = {"demo-real": "real digits"}
+"""How the progress names the demo's extra runs (pipeline.demo.DEMO_EXTRAS), by run id."""
 
 
 def _demo_builder():
@@ -110,5 +138,26 @@ def _demo_progress(path: str) -> None:
         frac = build.done / build.total if build.total else 0.0
         label = f"run {min(build.runs_finished + 1, 2)} of 2 · {build.done:,} / {build.total or '?'} samples"
         st.progress(min(1.0, frac), text=label)
+    if build.finished or build.ready:  # ready: the first map is cached; the extra runs follow in the background
+        st.rerun(scope="app")
+
+
+def demo_extras_status() -> None:
+    """After a first start has shown its map: the progress of the demo's extra runs (real digits ...) while
+    they are added in the background, and a rerun of the page once they are in, so that its map shows them;
+    why they failed, if they did. Draws nothing otherwise (any other store, or a later start)."""
+    build = demo_build()
+    if build.adding:
+        _extras_progress()
+    elif build.ready and build.error:
+        st.caption(f":orange[The demo's comparison runs could not be added: {build.error}.] Add them with "
+                   f"`python -m pipeline demo --store {build.path}`.")
+
+
+@st.fragment(run_every=1.0)
+def _extras_progress() -> None:
+    build = demo_build()
     if build.finished:
         st.rerun(scope="app")
+    frac = build.extra_done / build.extra_total if build.extra_total else 0.0
+    st.progress(min(1.0, frac), text=build.extra_label())

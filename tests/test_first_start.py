@@ -1,11 +1,12 @@
 """First start: the demo build reports every batch (the app's progress bar moves), and it caches the map the
-app opens on, so the first map needs no fit."""
+app opens on, so the first map needs no fit. The real-digits run comes after that first map is ready, with its
+own progress, and is moved into the store whole; the cached maps then hold it too."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.demo import build_demo_store
+from pipeline.demo import DEMO_REAL_RUN, STAGING, build_demo_extras, build_demo_store
 from pipeline.project import ProjectionParams, Projector
 from store import Store
 
@@ -13,20 +14,46 @@ from store import Store
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("first-start")
-    batches, maps = [], []
-    runs = build_demo_store(root, samples_per_class=4, batch_size=10, progress=False,
-                            on_batch=lambda done, total: batches.append((done, total)),
-                            on_map=lambda i, n, layer: maps.append((i, n, layer)))
-    return root, runs, batches, maps
+    batches, maps, events = [], [], []
+
+    def on_batch(done, total):
+        batches.append((done, total))
+        events.append("batch")
+
+    def on_map(i, n, layer):
+        maps.append((i, n, layer))
+        events.append("map")
+
+    runs = build_demo_store(root, samples_per_class=4, batch_size=10, progress=False, on_batch=on_batch,
+                            on_map=on_map, extras=True, on_ready=lambda ids: events.append(("ready", tuple(ids))),
+                            on_extra=lambda run, done, total: events.append(("extra", run, done, total)))
+    return root, runs, batches, maps, events
 
 
 def test_every_batch_is_reported_even_without_a_progress_bar(demo):
-    _, runs, batches, _ = demo
-    assert len(runs) == 2
+    _, runs, batches, _, _ = demo
+    assert runs == ["demo-multistep", "demo-1step", DEMO_REAL_RUN]
     # two runs of 40 samples in batches of 10: 10, 20, 30, 40 each (and 40 again when the run closes)
     per_run = [b for b in batches if b[1] == 40]
     assert [d for d, _ in per_run if d < 40] == [10, 20, 30, 10, 20, 30]
     assert all(d <= t for d, t in batches) and batches[-1] == (40, 40)
+
+
+def test_the_real_digits_come_after_the_first_maps_with_their_own_progress(demo):
+    from pipeline.demo_model import digits_dataset
+    from store.verify import verify
+
+    root, _, _, _, events = demo
+    ready = events.index(("ready", ("demo-multistep", "demo-1step")))
+    assert "map" in events[:ready] and "map" not in events[ready:] and "batch" not in events[ready:]
+    assert events[ready + 1:] == [("extra", DEMO_REAL_RUN, d, 40) for d in (10, 20, 30, 40)]
+    store = Store(root)
+    frame = store.samples(run_ids=[DEMO_REAL_RUN])
+    _, labels = digits_dataset(16)
+    assert frame["class_id"].tolist() == labels[:40].tolist() and set(frame["run_kind"]) == {"real"}
+    assert store.manifest(DEMO_REAL_RUN)["status"] == "complete"
+    assert store.steps("demo", "midblock").query("step == 3")["sigma"].tolist() == [pytest.approx(0.002)]
+    assert not (root / STAGING).exists() and verify(root).ok  # built aside, moved in whole, nothing left over
 
 
 def test_the_map_the_app_opens_on_is_cached_by_the_build(demo, monkeypatch):
@@ -34,14 +61,24 @@ def test_the_map_the_app_opens_on_is_cached_by_the_build(demo, monkeypatch):
     from app.state import ViewSettings
     from pipeline.methods import umap as U
 
-    root, _, _, maps = demo
+    root, _, _, maps, _ = demo
     store = Store(root)
     assert [m[2] for m in maps] == store.layers("demo") and maps[0][:2] == (0, len(store.layers("demo")))
     # the app's default view asks for exactly these parameters, at the last step, for all runs
     assert ProjectionParams.coerce(data.projection_params(ViewSettings())) == ProjectionParams()
     monkeypatch.setattr(U, "umap_layout", lambda *a, **k: pytest.fail("the first map needed a fit"))
     for layer in store.layers("demo"):
-        assert Projector().project(store, "demo", layer, None, ProjectionParams()).source == "cache"
+        proj = Projector().project(store, "demo", layer, None, ProjectionParams())
+        assert proj.source == "cache"
+        # the last step's map holds the multi-step run's samples and the real digits recorded at that step
+        assert sum(s.startswith(DEMO_REAL_RUN) for s in proj.sample_ids) == 40 and len(proj.sample_ids) == 80
+
+
+def test_a_second_build_of_the_extras_adds_nothing(demo):
+    root, _, _, _, _ = demo
+    before = Store(root).samples(columns=["sample_id"])["sample_id"].tolist()
+    assert build_demo_extras(root, samples_per_class=4, batch_size=10, progress=False, maps=False) == [DEMO_REAL_RUN]
+    assert Store(root).samples(columns=["sample_id"])["sample_id"].tolist() == before
 
 
 def test_the_app_build_names_its_stage(tmp_path):
@@ -52,3 +89,7 @@ def test_the_app_build_names_its_stage(tmp_path):
     assert (build.done, build.total, build.stage) == (300, 1500, "")
     build._on_map(1, 3, "midblock")
     assert build.stage == "computing the first maps · midblock (2 of 3)"
+    assert not build.ready
+    build._on_ready(["demo-multistep", "demo-1step"])
+    build._on_extra(DEMO_REAL_RUN, 500, 1500)
+    assert build.ready and build.extra_label() == "adding real digits for comparison · 500 / 1,500"
