@@ -134,6 +134,30 @@ class Parent:
 
 
 @dataclass(frozen=True)
+class GeneratorSource:
+    """What defines a loaded generator: two runs (or sessions) with the same source share one module."""
+
+    model: str
+    checkpoint: str | None  # None: the shipped demo weights
+    checkpoint_sha256: str | None  # the hash the run recorded (None when --checkpoint overrides it)
+    base_model: str | None  # text-to-image models
+    device: str
+    dtype: str
+    steps: int | None
+    x0_previews: bool
+    resolution: int | None  # text-to-image models
+
+    @property
+    def key(self) -> tuple:
+        return dataclasses.astuple(self)
+
+    def describe(self) -> str:
+        """e.g. 'sdxl-4step from hf://tianweiy/DMD2/... (base stabilityai/...) on cuda, float16'."""
+        base = f" (base {self.base_model})" if self.base_model else ""
+        return f"{self.model} from {self.checkpoint or 'its shipped weights'}{base} on {self.device}, {self.dtype}"
+
+
+@dataclass(frozen=True)
 class Regeneration:
     """One request of `Editor.regenerate_many`: a sample, and what changes (None: as it was)."""
 
@@ -306,6 +330,7 @@ class Editor:
         for sid in ids:
             try:
                 run, index = layout.split_sample_id(sid)
+                layout.check_name("run_id", run)
             except ValueError:
                 unknown.append(sid)
                 continue
@@ -333,12 +358,10 @@ class Editor:
         return [found[s] for s in sample_ids]
 
     # -- generators -------------------------------------------------------------------------------------
-    def adapter(self, parent: Parent) -> Adapter:
-        """The generator of `parent`'s run, built from its manifest (and the overrides), from the cache."""
-        if parent.run_id in self._adapters:
-            return self._adapters[parent.run_id][0]
+    def generator_source(self, parent: Parent) -> GeneratorSource:
+        """What `parent`'s run is generated with (its manifest, and this Editor's overrides), without loading
+        it: `.key` is its key in the GeneratorCache, `.describe()` says where it loads from."""
         from pipeline import families
-        from pipeline.adapters import build_adapter
         from pipeline.adapters.edm import SHIPPED_DEMO
 
         family = families.get_family(parent.model) if parent.model in families.MODELS else None
@@ -348,38 +371,46 @@ class Editor:
         settings = parent.settings
         sigmas = settings.get("sigmas")
         checkpoint = self.checkpoint or parent.manifest.get("checkpoint")
-        if checkpoint == SHIPPED_DEMO:
-            checkpoint = None
-        stored_sha = parent.manifest.get("checkpoint_sha256")
-        dtype = getattr(torch, settings.get("dtype") or "float32", torch.float32)
-        steps = len(sigmas) if sigmas else None
-        x0_previews = bool(sigmas) and len(sigmas) > 1
-        options: dict = {}
-        if family.conditioning == "prompt":
-            options = dict(base_model=self.base_model or parent.manifest.get("base_model"),
-                           resolution=settings.get("resolution"))
-        # what defines a generator: the same key is the same loaded module, whichever run or session asks
-        key = (parent.model, checkpoint, None if self.checkpoint else stored_sha, options.get("base_model"),
-               str(self.device), str(dtype), steps, x0_previews, options.get("resolution"))
+        prompted = family.conditioning == "prompt"
+        return GeneratorSource(
+            model=parent.model, checkpoint=None if checkpoint == SHIPPED_DEMO else checkpoint,
+            checkpoint_sha256=None if self.checkpoint else parent.manifest.get("checkpoint_sha256"),
+            base_model=(self.base_model or parent.manifest.get("base_model")) if prompted else None,
+            device=str(self.device), dtype=settings.get("dtype") or "float32",
+            steps=len(sigmas) if sigmas else None, x0_previews=bool(sigmas) and len(sigmas) > 1,
+            resolution=settings.get("resolution") if prompted else None)
+
+    def adapter(self, parent: Parent) -> Adapter:
+        """The generator of `parent`'s run, built from its manifest (and the overrides), from the cache."""
+        if parent.run_id in self._adapters:
+            return self._adapters[parent.run_id][0]
+        from pipeline.adapters import build_adapter
+
+        source = self.generator_source(parent)
+        sigmas = parent.settings.get("sigmas")
 
         def load() -> Adapter:
-            self.progress(f"loading {parent.model} ({checkpoint or 'shipped weights'}) for run {parent.run_id}")
+            self.progress(f"loading {source.describe()} for run {parent.run_id}")
+            options = {} if source.base_model is None and source.resolution is None else \
+                dict(base_model=source.base_model, resolution=source.resolution)
             try:
-                return build_adapter(parent.model, checkpoint=checkpoint, device=self.device, steps=steps,
-                                     dtype=dtype, x0_previews=x0_previews, **options)
+                return build_adapter(source.model, checkpoint=source.checkpoint, device=self.device,
+                                     steps=source.steps, dtype=getattr(torch, source.dtype, torch.float32),
+                                     x0_previews=source.x0_previews, **options)
             except EditUnsupported as exc:
                 raise EditError(str(exc)) from None
 
-        adapter = self.generators.get_or_load(key, load)
+        adapter = self.generators.get_or_load(source.key, load)
         ident = adapter.identity()
         got = ident.get("settings", {}).get("sigmas")
         if sigmas is not None and got is not None and not np.allclose(got, sigmas, rtol=1e-6, atol=0):
             raise EditError(f"run {parent.run_id}: cannot rebuild its sampling schedule (sigmas {sigmas}, "
                             f"the loader gives {got})")
-        if not self.checkpoint and stored_sha and ident.get("checkpoint_sha256") != stored_sha:
-            raise EditError(f"run {parent.run_id}: the checkpoint {checkpoint or '(shipped)'} is not the one it "
-                            f"was generated with (sha256 {stored_sha[:12]}...); give --checkpoint")
-        self._adapters[parent.run_id] = (adapter, key)
+        stored_sha = source.checkpoint_sha256
+        if stored_sha and ident.get("checkpoint_sha256") != stored_sha:
+            raise EditError(f"run {parent.run_id}: the checkpoint {source.checkpoint or '(shipped)'} is not the one "
+                            f"it was generated with (sha256 {stored_sha[:12]}...); give --checkpoint")
+        self._adapters[parent.run_id] = (adapter, source.key)
         return adapter
 
     def _using(self, parent: Parent):
@@ -535,7 +566,10 @@ class Editor:
     def regenerate_many(self, requests: Iterable[Regeneration | Mapping]) -> list[str]:
         """Several regenerations (Regeneration objects, or mappings with sample_id and any of label, prompt,
         seed): one forward batch and one write per parent run; one result id per request, in order."""
-        reqs = [r if isinstance(r, Regeneration) else Regeneration(**dict(r)) for r in requests]
+        try:
+            reqs = [r if isinstance(r, Regeneration) else Regeneration(**dict(r)) for r in requests]
+        except TypeError as exc:
+            raise EditError(f"a regeneration takes sample_id and any of label, prompt, seed: {exc}") from None
         if not reqs:
             raise EditError("no regenerations asked for")
         parents = self.parents([r.sample_id for r in reqs])

@@ -230,3 +230,21 @@ def test_the_command_on_a_text_to_image_store(root, capsys):
         assert main(["edit", "--store", str(root), "--quiet", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and err.count("error:") == 1, err
+
+
+def test_the_generator_source_says_where_it_loads_from_and_keys_the_cache(root, files):
+    from pipeline.edit import Editor, GeneratorCache
+
+    cache, messages = GeneratorCache(), []
+    ed = Editor(root, device="cpu", generators=cache, progress=messages.append)
+    (parent,) = ed.parents(["lo-00000000"])
+    source = ed.generator_source(parent)
+    assert (source.model, source.checkpoint, source.base_model) == ("sdxl-4step-lora", str(files.lora),
+                                                                    str(files.sdxl))
+    assert (source.steps, source.x0_previews, source.resolution, source.dtype) == (4, True, 16, "float32")
+    assert source.key not in cache
+    ed.adapter(parent)
+    assert cache.keys() == [source.key]
+    assert messages == [f"loading {source.describe()} for run lo"] and str(files.sdxl) in source.describe()
+    again = Editor(root, device="cpu", generators=cache, progress=messages.append)
+    assert again.adapter(again.parents(["lo-00000003"])[0]) is ed.adapter(parent) and len(messages) == 1
