@@ -1,0 +1,95 @@
+"""Browser tests: the Analysis page in headless Chromium. A click on a confusion cell highlights that cell's
+samples on the map; a click on a facet bar filters the map to exactly that bar's samples and puts the filter in
+the URL."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from tests.browser import harness as h
+
+pytestmark = pytest.mark.browser
+
+# Vega-Lite draws each bar or cell as an SVG path whose aria-label lists its fields: "field: value; ..."
+MARKS = """(chart) => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] path[aria-label]')]
+  .map((el, i) => { const f = {}; for (const part of el.getAttribute('aria-label').split('; ')) {
+      const at = part.indexOf(': '); f[part.slice(0, at)] = part.slice(at + 2); }
+    el.dataset.mark = String(i); return f; })"""
+
+
+def _open(page, server) -> dict:
+    """Explore first (it draws the map the Analysis page shows), then Analysis; the page's URL values."""
+    page.goto(server.url)
+    h.wait_map(page)
+    page.goto(server.url + "analysis")
+    h.wait_map(page)
+    page.wait_for_selector("[data-testid='stVegaLiteChart'] path[aria-label*=\"neighbour's class\"]",
+                           timeout=60_000)
+    return dict(parse_qsl(urlsplit(page.url).query))
+
+
+def _marks(page) -> list[dict]:
+    return page.evaluate(MARKS, None)
+
+
+def _click_mark(page, predicate) -> dict:
+    marks = _marks(page)
+    i, fields = next((i, m) for i, m in enumerate(marks) if predicate(m))
+    page.click(f"[data-mark='{i}']")
+    return fields
+
+
+def _highlight(page) -> list[str]:
+    return page.evaluate("() => window.dmvMap.data.highlight || []")
+
+
+def test_a_click_on_a_confusion_cell_highlights_its_samples(page, app_server, browser_store):
+    from pipeline import analysis
+    from store import Store
+
+    q = _open(page, app_server)
+    sep = analysis.class_separation(Store(browser_store), q["model"], q["layer"], int(q["step"]), k=10)
+    a, b = sep.pairs.loc[0, "class_a"], sep.pairs.loc[0, "class_b"]  # the most-mixed pair
+    expected = set(sep.cell(a, b))
+    assert expected and not _highlight(page)
+    _click_mark(page, lambda m: m.get("class") == a and m.get("neighbour's class") == b)
+    page.wait_for_function("(n) => (window.dmvMap.data.highlight || []).length === n", arg=len(expected),
+                           timeout=30_000)
+    assert set(_highlight(page)) == expected
+    page.wait_for_function("() => location.search.includes('cell=')")
+    assert dict(parse_qsl(urlsplit(page.url).query))["cell"] == f"{a}~{b}"
+    page.wait_for_selector(f"text=samples with neighbours in {b}")
+
+
+def test_a_click_on_a_facet_bar_filters_the_map_and_the_url(page, app_server, browser_store):
+    from store import Store
+
+    q = _open(page, app_server)
+    before = page.evaluate("() => window.dmvMap.points.ids.slice()")
+    samples = Store(browser_store).samples(model=q["model"]).set_index("sample_id")
+    runs = samples.loc[before, "run_id"]
+    column, value = ("run_id", runs.iloc[-1]) if runs.nunique() > 1 else ("label", samples.loc[before[0], "label"])
+    expected = {s for s in before if samples.loc[s, column] == value}
+    assert 0 < len(expected) < len(before)
+    title = "run" if column == "run_id" else "class"
+    _click_mark(page, lambda m: m.get(title) == value and "whole" in m)  # the bar of the whole view
+    page.wait_for_function("(n) => window.dmvMap.points && window.dmvMap.points.ids.length === n",
+                           arg=len(expected), timeout=30_000)
+    assert set(page.evaluate("() => window.dmvMap.points.ids")) == expected
+    page.wait_for_function("(p) => new URLSearchParams(location.search).get(p) !== null", arg=f"f.{column}")
+    assert dict(parse_qsl(urlsplit(page.url).query))[f"f.{column}"] == value
+    chip = page.get_by_role("button", name=f"{title}: {value}")  # the active filter, shown
+    chip.wait_for()
+    # reloading the URL restores the filter
+    page.reload()
+    h.wait_map(page)
+    page.wait_for_function("(n) => window.dmvMap.points && window.dmvMap.points.ids.length === n", arg=len(expected),
+                           timeout=30_000)
+    page.get_by_role("button", name=f"{title}: {value}").click()  # removable: the whole map comes back
+    page.wait_for_function("(n) => window.dmvMap.points && window.dmvMap.points.ids.length === n", arg=len(before),
+                           timeout=30_000)
+    time.sleep(0.5)
+    assert f"f.{column}" not in page.url
