@@ -249,6 +249,8 @@ class Editor:
     `checkpoint`, `base_model` and `device` override what a run manifest says (a checkpoint whose hash
     differs from the run's gives a separate edit run). `progress(message)` hears what takes time.
     `generators`: the process-wide cache to take generators from (default: one of this Editor's own).
+    An Editor keeps what it has read and recomputed (parents, edit keys, set means) for its next edits and is
+    used by one thread at a time: threads and sessions share the GeneratorCache, each with its own Editor.
     """
 
     def __init__(self, root: str | os.PathLike, *, checkpoint: str | None = None, base_model: str | None = None,
