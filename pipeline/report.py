@@ -294,7 +294,7 @@ def _per_run(store, model, layer, step, feature, meta, runs, k, by, absent) -> p
                 absent.append(f"class separation of run {run}: {exc}")
         rows.append(row)
     if len(at_step) < 2:
-        absent.append(f"per-run class separation: only {len(at_step)} run(s) of {model} recorded step {step}")
+        absent.append(f"per-run class separation: only one run of {model} recorded step {step}")
     return pd.DataFrame(rows)
 
 

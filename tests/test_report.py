@@ -269,7 +269,7 @@ def test_the_planted_outlier_leads_the_gallery_and_the_shared_cluster_is_the_mos
     pairs = table(section(page, "separation"), "pairs")
     assert sorted(pairs.loc[0, ["class_a", "class_b"]]) == ["b", "d"]
     assert "CKA: it compares layers, and synth recorded one layer only (mid) at step 0" in section(page, "cka")
-    assert "only 1 run(s)" in section(page, "runs")
+    assert "only one run of synth recorded step 0" in section(page, "runs")
     assert sum(a.startswith(("CKA", "per-run", "comparison")) for a in report.absent) == 3
 
 
