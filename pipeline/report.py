@@ -280,7 +280,10 @@ def _per_run(store, model, layer, step, feature, meta, runs, k, by, absent) -> p
     at_step = [r for r in runs["run_id"] if here.get(r, 0) > 0]
     for run in runs["run_id"]:
         row = {"run": run, "samples": int(total.get(run, 0)), f"at step {step}": int(here.get(run, 0))}
-        if len(at_step) >= 2 and run in at_step:
+        if len(at_step) >= 2 and run in at_step and here[run] < analysis.MIN_SAMPLES:
+            absent.append(f"class separation of run {run}: it has {here[run]} sample(s) at step {step}, too few "
+                          f"to measure (at least {analysis.MIN_SAMPLES})")
+        elif len(at_step) >= 2 and run in at_step:
             try:
                 sep = analysis.class_separation(store, model, layer, step=step, feature=feature, run_ids=[run],
                                                 k=min(k, int(here[run]) - 1), by=by)

@@ -243,17 +243,23 @@ def planted(tmp_path_factory):
     colours = {"a": (200, 40, 40), "b": (40, 160, 40), "c": (40, 40, 200), "d": (200, 160, 0)}
     images = [_tile(colours[c]) for c in labels]
     images[13] = _tile((255, 255, 255))
-    manifest = dict(run_id="p1", model="synth", family="synthetic", checkpoint="none", checkpoint_sha256="0" * 64,
-                    layers=["mid"], reduce={"mid": "mean"}, settings={"steps": 1}, seed=0, num_samples=n,
-                    code_version="test", device="cpu")
+    _write(root, "p1", X, labels, images)
+    return root
+
+
+def _write(root, run_id, X, labels, images) -> None:
+    """A run of model "synth" whose layer "mid" holds exactly the rows of X (channel means) at step 0."""
+    n = len(X)
+    manifest = dict(run_id=run_id, model="synth", family="synthetic", checkpoint="none",
+                    checkpoint_sha256="0" * 64, layers=["mid"], reduce={"mid": "mean"}, settings={"steps": 1},
+                    seed=0, num_samples=n, code_version="test", device="cpu")
     w = RunWriter(root, manifest)
-    samples = [dict(seed=i, class_id=names.index(c), class_name=c, label=c, category=c, num_steps=1)
+    samples = [dict(seed=i, class_id="abcd".index(c), class_name=c, label=c, category=c, num_steps=1)
                for i, c in enumerate(labels)]
     w.write_batch(list(range(n)), samples, images,
-                  {"mid": [dict(step=0, timestep=None, sigma=1.0, reduce="mean", layer_shape=(8, 2, 2),
+                  {"mid": [dict(step=0, timestep=None, sigma=1.0, reduce="mean", layer_shape=(X.shape[1], 2, 2),
                                 array=X.astype(np.float32))]})
     w.finish()
-    return root
 
 
 def test_the_planted_outlier_leads_the_gallery_and_the_shared_cluster_is_the_most_mixed_pair(planted):
@@ -293,3 +299,24 @@ def test_a_text_to_image_store_is_reported_by_category(tmp_path_factory):
     img = np.asarray(Image.open(io.BytesIO(report.png)).convert("RGB"))
     colours = {tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in figures.PALETTE[:4]}
     assert colours <= {tuple(p) for p in img[:, -figures.LEGEND_WIDTH:].reshape(-1, 3)}
+
+
+def test_a_run_too_small_to_measure_is_named_and_the_others_are_compared(planted, tmp_path):
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(planted, root)
+    rng = np.random.default_rng(3)
+    _write(root, "p2", rng.normal(size=(2, 8)), ["a", "b"], [_tile((9, 9, 9))] * 2)
+    _write(root, "p3", rng.normal(size=(12, 8)) * 5, ["a", "b", "c"] * 4, [_tile((9, 9, 9))] * 12)
+    store = Store(root)
+    report = render_report(store, "synth", "mid", method="pca")
+    runs = table(section(report.html.decode(), "runs"), "runs").set_index("run")
+    assert runs["at step 0"].tolist() == ["80", "2", "12"]
+    assert runs.loc["p2", "mean purity"] == "–"
+    assert "class separation of run p2: it has 2 sample(s) at step 0, too few to measure" in \
+        section(report.html.decode(), "runs")
+    for run in ("p1", "p3"):
+        sep = analysis.class_separation(store, "synth", "mid", step=0, run_ids=[run], k=10, by="label")
+        want = np.average(sep.table["purity"], weights=sep.table["samples"])
+        assert float(runs.loc[run, "mean purity"]) == pytest.approx(want, abs=6e-4)
