@@ -166,6 +166,16 @@ def test_an_edit_result_is_no_parent_but_a_regenerated_sample_is(store_root, edi
     (again,) = editor.regenerate(sid(8))
     (twice,) = editor.regenerate(again)  # a regenerated sample is its seed and label: it regenerates exactly
     assert np.array_equal(image(store_root, twice), image(store_root, sid(8)))
+    # and a set member: from the edit run, so recomputed before the edit rather than in its batch
+    messages: list[str] = []
+    editor.progress = messages.append
+    try:
+        (patched,) = editor.patch(sid(8), "midblock", [again], steps=[1, 2])
+    finally:
+        editor.progress = lambda _m: None
+    assert any("recomputing the full activations of 1 sample at midblock" in m and "batch" not in m
+               for m in messages), messages
+    assert np.array_equal(image(store_root, patched), image(store_root, sid(8)))
 
 
 def test_an_edit_killed_before_its_commit_leaves_nothing_and_reruns(store_root, editor, monkeypatch):
