@@ -25,6 +25,7 @@ FILTERS = "ana.filters"  # the active facet filters (app.facets.Filters)
 CELL = "ana.cell"  # (class a, class b) of the confusion cell whose samples are highlighted, or None
 CLUSTER = "ana.cluster"  # the cluster whose samples are highlighted, or None
 MAP_ASKED = "ana.map_asked"  # projection keys this session asked the page to compute
+REPORTS_ASKED = "ana.reports_asked"  # report job keys this session asked for
 EXPLORE_URL_PATH = "explore"  # app.navigation's url_path of Explore
 COLORS = {"class": "class / category", "cluster": "cluster", "lof": "outlier score (LOF)",
           "kdist": "distance to the k-th neighbour"}
@@ -380,7 +381,29 @@ def clusters_job(path: str, view: ViewSettings, a: AnalysisSettings, ids: list[s
     return _start(key, work, holder)
 
 
-JOB_TITLES = {"analysis-knn": "Class separation and outliers", "analysis-clusters": "Clusters"}
+def report_key(path: str, view: ViewSettings) -> tuple:
+    return ("analysis-report", data.resolve(path), data.version(path, view.model, view.layer), view.model,
+            view.layer, view.step, view.feature, view.method)
+
+
+def report_job(path: str, view: ViewSettings, holder: str | None = None) -> data.Job:
+    """The shareable report of this model, layer and step (`pipeline.report.render_report`: one
+    self-contained HTML file and a PNG of the map), as a job: result a `Report`."""
+    from pipeline import report
+
+    def work(job: data.Job):
+        return report.render_report(data.open_store(path), view.model, view.layer, view.step,
+                                    feature=view.feature, method=view.method, progress=_reporter(job))
+
+    return _start(report_key(path, view), work, holder)
+
+
+def report_name(view: ViewSettings) -> str:
+    return f"report-{view.model}-{view.layer}-step{view.step}"
+
+
+JOB_TITLES = {"analysis-knn": "Class separation and outliers", "analysis-clusters": "Clusters",
+              "analysis-report": "Report"}
 
 
 # ---------------------------------------------------------------------------------------------- tables

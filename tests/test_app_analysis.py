@@ -33,10 +33,11 @@ def _open(query: dict | None = None, explore_first: bool = True):
     return _settle(at)
 
 
-def _settle(at, timeout: float = 60):
+def _settle(at, timeout: float = 120):
     """Rerun until no analysis job is running (their first short wait may end before they do)."""
     deadline = time.time() + timeout
-    while time.time() < deadline and not at.exception and any("computing…" in str(c.value) for c in at.caption):
+    while time.time() < deadline and not at.exception and any(
+            w in str(c.value) for c in at.caption for w in ("computing…", "building…")):
         time.sleep(0.2)
         at.run()
     assert not at.exception, at.exception
@@ -215,6 +216,22 @@ def test_the_prompt_model_is_analysed_by_category(app_env):
     assert sorted(table["class"]) == ["animals", "food", "vehicles"]
     assert "classes by **category**" in _texts(at)
     assert "words" in _table(at, "ana_clusters").columns  # prompt words name clusters
+
+
+def test_the_report_button_builds_the_report_as_a_job_and_offers_both_files(app_env, app_store):
+    from app import analysis_view as av
+    from app import data, state
+
+    at = _open({"model": "digits", "layer": "midblock", "step": "2", "method": "pca"})  # PCA: no UMAP fit here
+    assert not at.get("download_button")
+    next(b for b in at.button if b.key == "make_report").click().run()
+    _settle(at)
+    labels = [el.proto.label for el in at.get("download_button")]
+    assert labels == ["HTML", "PNG"]
+    job = data.jobs().find(av.report_key(str(app_store), at.session_state[state.VIEW]))
+    assert job is not None and not job.error
+    assert job.result.html.lstrip().lower().startswith(b"<!doctype html") and b"midblock" in job.result.html
+    assert job.result.png.startswith(b"\x89PNG")
 
 
 # ------------------------------------------------------------------------------ a tiny text-to-image store

@@ -246,6 +246,50 @@ def map_section(path: str, view_s: ViewSettings, full, sub, color_url: str, hl, 
                     f"[open in Explore ↗]({av.explore_link(view_s, clicked)})")
 
 
+# ---------------------------------------------------------------------------------------------- report
+
+def _ask_report(key: tuple) -> None:
+    st.session_state[av.REPORTS_ASKED] = {*(st.session_state.get(av.REPORTS_ASKED) or ()), key}
+
+
+def report_job(path: str, view_s: ViewSettings) -> data.Job | None:
+    """The report job of this view once this session asked for it (the Report button), else None."""
+    if view_s.step == state.ALL_STEPS:
+        return None
+    key = av.report_key(path, view_s)
+    if key not in (st.session_state.get(av.REPORTS_ASKED) or ()):
+        return None
+    return av.report_job(path, view_s, holder=_session())
+
+
+def report_box(path: str, view_s: ViewSettings, job: data.Job | None) -> None:
+    """The Report button; once built, the HTML and the PNG as downloads."""
+    if view_s.step == state.ALL_STEPS:
+        st.button("Report", icon=":material/summarize:", disabled=True, key="report_all_steps",
+                  help="A report is of one step: choose a step in the sidebar.")
+        return
+    if job is None or (not job.running and job.error == "cancelled"):
+        st.button("Report", icon=":material/summarize:", key="make_report", width="stretch",
+                  on_click=_ask_report, args=(av.report_key(path, view_s),),
+                  help="One self-contained HTML file to share (it opens offline: the map with hover thumbnails, "
+                       "class separation, clusters, outliers, CKA of the layers, the runs and their manifests) "
+                       "and a PNG of the map. Of every run of this model, layer and step, without filters.")
+        return
+    if job.running:
+        st.caption("Report: building… (progress above)")
+    elif job.error:
+        st.error(f"The report failed: {job.error}")
+    else:
+        name = av.report_name(view_s)
+        c1, c2 = st.columns(2, gap="small")
+        c1.download_button("HTML", data=job.result.html, file_name=f"{name}.html", mime="text/html",
+                           icon=":material/download:", key="dl_report_html", width="stretch",
+                           help="The report: one file that opens offline")
+        c2.download_button("PNG", data=job.result.png, file_name=f"{name}.png", mime="image/png",
+                           icon=":material/download:", key="dl_report_png", width="stretch",
+                           help="The map with its legend and title")
+
+
 # --------------------------------------------------------------------------------------------- sections
 
 def separation_section(sep) -> None:
@@ -362,7 +406,11 @@ def main() -> None:
     url = av.load_url_once()
     view_s, a = sidebar(path, status, url)
     step_text = "all steps" if view_s.step == state.ALL_STEPS else f"step {view_s.step}"
-    st.markdown(f"### {view_s.model} · {view_s.layer} · {step_text}")
+    head, report_col = st.columns([5, 2], vertical_alignment="center")
+    head.markdown(f"### {view_s.model} · {view_s.layer} · {step_text}")
+    rep_job = report_job(path, view_s)
+    with report_col:
+        report_box(path, view_s, rep_job)
 
     wanted, explore_ids, error = av.map_request(path, view_s)
     if error:
@@ -406,7 +454,7 @@ def main() -> None:
     done = lambda job: job is not None and not job.running and not job.error  # noqa: E731
     sep, out = knn_job.result if done(knn_job) else (None, None)
     clu = clu_job.result if done(clu_job) else None
-    running = tuple(j.key for j in (map_job, knn_job, clu_job) if j is not None and j.running)
+    running = tuple(j.key for j in (map_job, knn_job, clu_job, rep_job) if j is not None and j.running)
     if running:
         _progress(running)
 
