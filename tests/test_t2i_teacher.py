@@ -214,6 +214,9 @@ def test_refuses_bad_options(bases):
         teacher(bases, "sd15", guidance=0.5)
     with pytest.raises(ValueError, match="not --checkpoint"):
         loader("sd15-teacher", checkpoint="unet.bin", base_model=str(bases["sd15"]))
+    with pytest.raises(ValueError, match="beside sdxl, sdxl-4step, sdxl-4step-lora"):
+        teacher(bases, "sdxl", store_as="sd15")
+    assert teacher(bases, "sdxl", store_as="sdxl-4step").name == "sdxl-4step"
     with pytest.raises(EditUnsupported):  # the students' edits replay DMD2's loop, not the teacher's
         teacher(bases, "sd15").edit_inputs(SEEDS, [])
 

@@ -26,8 +26,8 @@ second timestep twice to warm up, so SD v1.5 at 25 steps records 26 calls (and t
 
 Store: a teacher's runs go under its student's model key (`sd15`, `sdxl`: the same UNet and layers, so one
 map and one neighbour search hold both), with `kind: teacher` and `model_family` (the teacher's name) in the
-run's settings and run ids that start with the teacher's name. `sdxl-teacher` goes beside the 1-step `sdxl`;
-the 4-step students share its architecture but keep their own maps.
+run's settings and run ids that start with the teacher's name. `sdxl-teacher` goes beside the 1-step `sdxl`
+by default; `build_teacher(..., store_as="sdxl-4step")` puts it beside a 4-step student instead.
 
 Noise: the start latent is N(0, I) per sample from its seed (as the students'); stochastic schedulers get one
 generator per sample, seeded from the sample's seed, so a sample does not depend on its batch.
@@ -266,8 +266,12 @@ def _unet_weights(source: BaseSource) -> tuple[str, str | None]:
 def build_teacher(model: str, base_model: str | None = None, prompts: PromptSet | None = None,
                   seeds_per_prompt: int = 1, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None, resolution: int | None = None, steps: int | None = None,
-                  guidance: float | None = None, x0_previews: bool = False) -> T2ITeacherAdapter:
-    """Build `model` (sd15-teacher, sdxl-teacher) from its base model (default: the base DMD2 used)."""
+                  guidance: float | None = None, x0_previews: bool = False,
+                  store_as: str | None = None) -> T2ITeacherAdapter:
+    """Build `model` (sd15-teacher, sdxl-teacher) from its base model (default: the base DMD2 used).
+
+    `store_as`: the student whose model key (and map) the runs join, default the teacher's own student;
+    any student of the same base architecture (sdxl-teacher: sdxl, sdxl-4step or sdxl-4step-lora)."""
     from diffusers import UNet2DConditionModel
 
     from pipeline import families
@@ -275,6 +279,11 @@ def build_teacher(model: str, base_model: str | None = None, prompts: PromptSet 
     t = teacher(model)
     s = spec(t["student"])
     family = s["family"]
+    store_as = store_as or t["student"]
+    if store_as not in student.model_specs() or spec(store_as)["family"] != family:
+        same = [m for m, v in student.model_specs().items() if v["family"] == family]
+        raise ValueError(f"{model} can be stored beside {', '.join(same)} (the same {family} UNet), "
+                         f"not {store_as!r}")
     recipe = families.get_family(model).recipe if model in families.MODELS else None
     steps = steps if steps is not None else (recipe.steps if recipe else 25)
     guidance = guidance if guidance is not None else t["guidance"]
@@ -291,7 +300,7 @@ def build_teacher(model: str, base_model: str | None = None, prompts: PromptSet 
     where, sha = _unet_weights(source)
     return T2ITeacherAdapter(
         scheduler=scheduler, steps=steps, guidance=guidance, zero_negative=_zero_negative(source, family),
-        family_name=model, name=t["student"], family=family, unet=unet, vae=vae, tokenizers=tokenizers,
+        family_name=model, name=store_as, family=family, unet=unet, vae=vae, tokenizers=tokenizers,
         text_encoders=encoders,
         alphas_cumprod=ddim.alphas_cumprod, prompts=prompts, seeds_per_prompt=seeds_per_prompt, device=device,
         dtype=dtype, resolution=resolution, checkpoint=where, checkpoint_sha256=sha, base_model=base_model,
