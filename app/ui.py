@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,8 +80,10 @@ class DemoBuild:
 
     def _run(self, builder, path: str) -> None:
         try:
-            builder(path, progress=False, on_batch=self._on_batch, on_map=self._on_map, extras=True,
-                    on_ready=self._on_ready, on_extra=self._on_extra)
+            extras = dict(extras=True, on_ready=self._on_ready, on_extra=self._on_extra)
+            accepted = inspect.signature(builder).parameters
+            builder(path, progress=False, on_batch=self._on_batch, on_map=self._on_map,
+                    **{k: v for k, v in extras.items() if k in accepted})  # a builder without extra runs: none
         except Exception as exc:  # shown in the page, with the command to run it by hand
             self.error = f"{type(exc).__name__}: {exc}"
         finally:

@@ -375,3 +375,37 @@ def test_real_digits_shown_to_the_demo_network_come_back_as_the_same_digits():
     assert digit_accuracy(right, labels) >= 0.95
     assert digit_accuracy(noisy, labels) <= digit_accuracy(right, labels) - 0.05
     assert digit_accuracy(wrong, labels) >= 0.8
+
+
+# -- the app: Overview lists the kind of each run, Explore colours by it --------------------------------------
+
+@pytest.fixture
+def mixed_store(tmp_path):
+    """A tiny model's generated run (3 steps) and a real run recorded at its last step."""
+    from pipeline.generate import generate
+
+    root = tmp_path / "mixed"
+    adapter = tiny_edm_adapter()
+    generate(adapter, root, 20, ["midblock"], seed=0, batch_size=10, run_id="tiny-gen", progress=False)
+    encode_real(adapter, open_source("digits", class_names=adapter.class_names), root, ["midblock"],
+                num_samples=20, batch_size=10, run_id="tiny-real", progress=False)
+    return root
+
+
+def test_overview_lists_each_runs_kind_and_explore_colours_by_it(mixed_store, monkeypatch, tmp_path):
+    from tests.app_fixtures import app_pointed_at, app_test
+
+    with app_pointed_at(mixed_store, monkeypatch, tmp_path):
+        at = app_test("app_pages/overview.py")
+        assert not at.exception
+        runs = at.dataframe[0].value
+        assert dict(zip(runs["run"], runs["run kind"], strict=True)) == {"tiny-gen": "generated", "tiny-real": "real"}
+        per_run = next(d.value for d in at.dataframe if list(d.value.columns) == ["run", "run kind", "samples"])
+        assert per_run.values.tolist() == [["tiny-gen", "generated", 20], ["tiny-real", "real", 20]]
+
+        at = app_test(query={"model": "tiny", "layer": "midblock"})
+        assert not at.exception
+        colour = at.selectbox(key="w_color")
+        assert "run kind" in colour.options  # the menu names it by its declared title
+        colour.set_value("run_kind").run()
+        assert not at.exception and at.selectbox(key="w_color").value == "run_kind"

@@ -1,5 +1,6 @@
-"""Overview: the store in use, its runs and manifests, models, layers, steps, sample counts, a grid of
-samples per class or category, and the storage footprint per layer (with a button that removes stale caches)."""
+"""Overview: the store in use, its runs (with their kind: generated, real, edit, teacher) and manifests, models,
+layers, steps, sample counts, a grid of samples per class or category, and the storage footprint per layer (with a
+button that removes stale caches)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app import data, state, ui
+from store.schema import run_kind
 
 GRID_PER_CATEGORY = 12
 GRID_CATEGORIES_PER_PAGE = 10
@@ -48,6 +50,7 @@ by_layer = data.storage_frame(resolved, version, "layer")
 samples = {m: data.model_samples(path, m) for m in status.models}
 
 st.caption(f"Store `{resolved}`")
+ui.demo_extras_status()  # a first start still adding the demo's real digits: their progress
 warning_slot = st.empty()  # filled at the end, once every read has reported its corrupt parts
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Models", len(status.models))
@@ -58,8 +61,10 @@ c4.metric("Size on disk", data.human_bytes(float(by_kind["bytes"].sum()) if len(
 # ---------------------------------------------------------------------------------------------- runs
 st.subheader("Runs")
 if len(runs):
+    run_kinds = [run_kind(settings) for settings in runs["settings"]]
     table = pd.DataFrame({
         "run": runs["run_id"],
+        "run kind": run_kinds,
         "model": runs["model"],
         "status": runs["status"],
         "samples": [f"{int(d):,} / {int(n):,}" if pd.notna(n) else f"{int(d):,}"
@@ -84,7 +89,8 @@ for tab, model in zip(tabs, status.models, strict=True):
     with tab:
         frame = samples[model]
         layers = data.model_layers(path, model)
-        per_run = frame.groupby("run_id").size().rename("samples").reset_index()
+        per_run = frame.groupby(["run_id", "run_kind"]).size().rename("samples").reset_index() \
+            .rename(columns={"run_id": "run", "run_kind": "run kind"})
         left, right = st.columns([1, 2])
         with left:
             st.markdown(f"**{len(frame):,} samples** in {len(per_run)} run(s)")
