@@ -137,7 +137,7 @@ class Parent:
 class GeneratorSource:
     """What defines a loaded generator: two runs (or sessions) with the same source share one module."""
 
-    model: str
+    model: str  # the registry family that builds it: a teacher's (demo-teacher), not the store key it is under
     checkpoint: str | None  # None: the shipped demo weights
     checkpoint_sha256: str | None  # the hash the run recorded (None when --checkpoint overrides it)
     base_model: str | None  # text-to-image models
@@ -146,6 +146,7 @@ class GeneratorSource:
     steps: int | None
     x0_previews: bool
     resolution: int | None  # text-to-image models
+    options: tuple = ()  # (name, value) of the family's own sampling settings: EDM churn, guidance
 
     @property
     def key(self) -> tuple:
@@ -366,21 +367,30 @@ class Editor:
         from pipeline import families
         from pipeline.adapters.edm import SHIPPED_DEMO
 
-        family = families.get_family(parent.model) if parent.model in families.MODELS else None
+        settings = parent.settings
+        # a teacher's run is stored under its student's key and names its own family in its settings
+        name = settings.get("model_family") if settings.get("model_family") in families.MODELS else parent.model
+        family = families.get_family(name) if name in families.MODELS else None
         if family is None:
             raise EditError(f"sample {parent.sample_id}: model {parent.model!r} is not one this code knows "
                             f"({', '.join(families.MODELS)})")
-        settings = parent.settings
         sigmas = settings.get("sigmas")
         checkpoint = self.checkpoint or parent.manifest.get("checkpoint")
         prompted = family.conditioning == "prompt"
+        options: dict = {}
+        if settings.get("churn"):
+            options["churn"] = json.dumps(settings["churn"], sort_keys=True)
+        if family.recipe.guidance is not None:  # a guided teacher: the base model's UNet, no checkpoint of its own
+            options.update(guidance=settings.get("guidance_scale", family.recipe.guidance),
+                           steps=settings.get("steps"))
+            checkpoint = self.checkpoint
         return GeneratorSource(
-            model=parent.model, checkpoint=None if checkpoint == SHIPPED_DEMO else checkpoint,
+            model=name, checkpoint=None if checkpoint == SHIPPED_DEMO else checkpoint,
             checkpoint_sha256=None if self.checkpoint else parent.manifest.get("checkpoint_sha256"),
             base_model=(self.base_model or parent.manifest.get("base_model")) if prompted else None,
             device=str(self.device), dtype=settings.get("dtype") or "float32",
             steps=len(sigmas) if sigmas else None, x0_previews=bool(sigmas) and len(sigmas) > 1,
-            resolution=settings.get("resolution") if prompted else None)
+            resolution=settings.get("resolution") if prompted else None, options=tuple(sorted(options.items())))
 
     def adapter(self, parent: Parent) -> Adapter:
         """The generator of `parent`'s run, built from its manifest (and the overrides), from the cache."""
@@ -395,9 +405,19 @@ class Editor:
             self.progress(f"loading {source.describe()} for run {parent.run_id}")
             options = {} if source.base_model is None and source.resolution is None else \
                 dict(base_model=source.base_model, resolution=source.resolution)
+            steps = source.steps
+            for name, value in source.options:
+                if name == "churn":
+                    from pipeline.sampling import Churn
+
+                    options["churn"] = Churn.from_settings(json.loads(value))
+                elif name == "steps":
+                    steps = value
+                else:
+                    options[name] = value
             try:
                 return build_adapter(source.model, checkpoint=source.checkpoint, device=self.device,
-                                     steps=source.steps, dtype=getattr(torch, source.dtype, torch.float32),
+                                     steps=steps, dtype=getattr(torch, source.dtype, torch.float32),
                                      x0_previews=source.x0_previews, **options)
             except EditUnsupported as exc:
                 raise EditError(str(exc)) from None
@@ -440,7 +460,10 @@ class Editor:
             if text is None or not text.strip():
                 raise EditError(f"sample {parent.sample_id}: no prompt to condition on" if prompt is None
                                 else "--prompt is empty")
-            cond = adapter.condition(prompt=text)
+            try:
+                cond = adapter.condition(prompt=text)
+            except ValueError as exc:  # a family without edits
+                raise EditError(str(exc)) from None
             index, category = (parent.prompt_index, parent.category) if text == parent.prompt \
                 else self._run_prompts(parent).get(text, (None, None))
             return dataclasses.replace(cond, prompt_index=index, category=category)

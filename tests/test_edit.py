@@ -468,3 +468,33 @@ def test_the_cache_loads_each_key_once_and_retries_a_failed_load():
     assert cache.lock(("m",)) is cache.lock(("m",)) and cache.lock(("m",)) is not cache.lock(("n",))
     with cache.lock(("m",)), cache.lock(("m",)):  # re-entrant: an edit's set recompute inside the edit
         pass
+
+
+def test_a_teacher_run_is_edited_with_its_own_sampler(tmp_path):
+    """A teacher's run is stored under its student's key (demo) and names its family (demo-teacher) in its
+    settings: edits rebuild that family, EDM's Heun sampler with the run's churn, and reproduce its samples."""
+    from pipeline.adapters.edm import demo_teacher_loader, load_demo
+    from pipeline.edit import Editor
+    from pipeline.generate import generate
+    from pipeline.hooks import tag
+    from pipeline.sampling import Churn
+
+    teacher = demo_teacher_loader(samples_per_class=1, steps=6, x0_previews=True,
+                                  churn=Churn(s_churn=20.0, s_min=0.05, s_max=50.0))
+    generate(teacher, tmp_path, 10, ["midblock"], run_id="teach", progress=False)
+    editor = Editor(tmp_path, device="cpu")
+    (parent,) = editor.parents(["teach-00000003"])
+    assert parent.model == "demo"
+    source = editor.generator_source(parent)
+    assert source.model == "demo-teacher" and source.steps == 6 and dict(source.options)["churn"]
+    (same,) = editor.regenerate("teach-00000003")
+    steered = editor.steer("teach-00000003", "midblock", ["teach-00000001"], ["teach-00000008"], [0, 2])
+    frames = editor.interpolate("teach-00000003", "teach-00000005", 3)
+    ref = image(tmp_path, "teach-00000003")
+    for sid_ in (same, steered[0], frames[0]):
+        assert np.array_equal(image(tmp_path, sid_), ref)
+    assert np.array_equal(image(tmp_path, frames[-1]), image(tmp_path, "teach-00000005"))
+    assert not np.array_equal(image(tmp_path, steered[1]), ref)
+    # the student's sampler on the same seed and label makes another image: the teacher's was used
+    demo = load_demo(torch.device("cpu"), steps=6)
+    assert not np.array_equal(demo.sample([parent.seed], [demo.condition(class_id=parent.class_id)], tag())[0], ref)
