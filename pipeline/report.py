@@ -317,10 +317,14 @@ def _num(value, digits: int = 3) -> str:
     return _e(value)
 
 
+def _cell(value) -> str:
+    """A table cell: text left-aligned (class "t"), numbers right-aligned."""
+    return f'<td class="t">{_num(value)}</td>' if isinstance(value, str) else f"<td>{_num(value)}</td>"
+
+
 def _table(frame: pd.DataFrame, cls: str = "") -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_num(v)}</td>" for v in row) + "</tr>"
-                   for row in frame.itertuples(index=False))
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in frame.itertuples(index=False))
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -484,7 +488,7 @@ h1 {{ font-size: 22px; margin: 20px 0 6px; }} h2 {{ font-size: 18px; border-bott
 h3 {{ font-size: 15px; margin: 16px 0 4px; }}
 nav a {{ margin-right: 14px; }} .note {{ color: #555; }} .absent {{ color: #8a4b00; background: #fff5e6; padding: 6px 10px; border-radius: 4px; }}
 table {{ border-collapse: collapse; margin: 8px 0; }} th, td {{ padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }}
-th {{ background: #f6f6f6; }} td:first-child, th:first-child {{ text-align: left; }}
+th {{ background: #f6f6f6; }} td:first-child, th:first-child, td.t {{ text-align: left; }}
 table.heat td.cell {{ min-width: 34px; text-align: center; border: 1px solid #fff; }} table.heat caption {{ caption-side: bottom; color: #555; text-align: left; }}
 th.rot {{ height: 110px; white-space: nowrap; vertical-align: bottom; background: none; }} th.rot span {{ writing-mode: vertical-rl; transform: rotate(180deg); }}
 th.rowh {{ text-align: right; white-space: nowrap; background: none; }} th.corner {{ background: none; }}

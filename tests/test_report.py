@@ -63,7 +63,7 @@ def table(html: str, cls: str) -> pd.DataFrame:
 
     found = re.search(rf'<table class="{cls}"><thead><tr>(.*?)</tr></thead><tbody>(.*?)</tbody>', html, re.S)
     head = [h.unescape(x) for x in re.findall(r"<th>(.*?)</th>", found.group(1))]
-    rows = [[h.unescape(x) for x in re.findall(r"<td>(.*?)</td>", r)]
+    rows = [[h.unescape(x) for x in re.findall(r"<td(?: class=\"t\")?>(.*?)</td>", r)]
             for r in re.findall(r"<tr>(.*?)</tr>", found.group(2))]
     return pd.DataFrame(rows, columns=head)
 
