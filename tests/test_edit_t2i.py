@@ -248,3 +248,27 @@ def test_the_generator_source_says_where_it_loads_from_and_keys_the_cache(root, 
     assert messages == [f"loading {source.describe()} for run lo"] and str(files.sdxl) in source.describe()
     again = Editor(root, device="cpu", generators=cache, progress=messages.append)
     assert again.adapter(again.parents(["lo-00000003"])[0]) is ed.adapter(parent) and len(messages) == 1
+
+
+def test_a_guided_teacher_run_is_refused_by_its_own_family(files, tmp_path, capsys):
+    """A teacher's run is stored under the student's key (sd15) but was sampled with guidance by the base UNet:
+    the Editor rebuilds the teacher (not the student, whose images would not be its samples), which says that
+    it has no edits."""
+    from pipeline.__main__ import main
+    from pipeline.adapters.t2i_teacher import build_teacher
+    from pipeline.edit import Editor
+    from pipeline.generate import generate
+    from pipeline.prompts import PromptSet
+
+    teacher = build_teacher("sd15-teacher", base_model=str(files.sd15), prompts=PromptSet.from_lists(PROMPTS),
+                            device="cpu", dtype=torch.float32, steps=2)
+    generate(teacher, tmp_path, 2, ["mid"], run_id="te", progress=False)
+    editor = Editor(tmp_path, device="cpu")
+    (parent,) = editor.parents(["te-00000001"])
+    source = editor.generator_source(parent)
+    assert parent.model == "sd15" and source.model == "sd15-teacher" and source.checkpoint is None
+    assert dict(source.options)["steps"] == 2 and dict(source.options)["guidance"] == teacher.guidance
+    assert main(["edit", "--store", str(tmp_path), "--quiet", "regenerate", "--sample", "te-00000001",
+                 "--prompt", "a castle at night"]) == 2
+    err = capsys.readouterr().err
+    assert "are not supported for model 'sd15-teacher'" in err and "Traceback" not in err, err
