@@ -19,6 +19,7 @@ import contextlib
 import html
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,7 +66,8 @@ def png_path_for(html_path: str | os.PathLike) -> Path:
 
 
 def write_report(store, model: str, layer: str, step: int | None = None, *, out: str | os.PathLike,
-                 feature=None, method: str = "umap", progress: Progress | None = None) -> tuple[Path, Path]:
+                 feature=None, method: str = "umap", progress: Progress | None = None,
+                 cancel: threading.Event | None = None) -> tuple[Path, Path]:
     """Render the report and write it to ``out`` (HTML) and `png_path_for(out)` (PNG), each atomically (a
     reader sees the old file or the new one, never a part). Returns (html path, png path)."""
     from store.atomic import staging_path
@@ -81,7 +83,8 @@ def write_report(store, model: str, layer: str, step: int | None = None, *, out:
         raise ReportError(f"cannot create the folder of {str(out)!r}: {exc.strerror or exc}") from None
     if not os.access(out.parent, os.W_OK):
         raise ReportError(f"cannot write the report: the folder {str(out.parent)!r} is not writable")
-    report = render_report(store, model, layer, step, feature=feature, method=method, progress=progress)
+    report = render_report(store, model, layer, step, feature=feature, method=method, progress=progress,
+                           cancel=cancel)
     png = png_path_for(out)
     for path, data in ((png, report.png), (out, report.html)):
         tmp = staging_path(path)
@@ -94,15 +97,16 @@ def write_report(store, model: str, layer: str, step: int | None = None, *, out:
 
 
 def render_report(store, model: str, layer: str, step: int | None = None, *, feature=None, method: str = "umap",
-                  progress: Progress | None = None) -> Report:
+                  progress: Progress | None = None, cancel: threading.Event | None = None) -> Report:
     """The report of (model, layer, step) of `store` (a `store.Store` or its folder); `step` None is the
     last recorded, a negative step counts from the last. `feature` and `method` choose the activation
     features (None: the layer's default) and the map's projection method. `progress(fraction, message)` is
-    called as it works. Raises `ReportError`."""
+    called as it works. Setting `cancel` stops the work at the next stage or map epoch with
+    `pipeline.project.Cancelled`. Raises `ReportError`."""
     from pipeline import analysis, compare
-    from pipeline.project import ProjectionError, ProjectionParams, default_projector
+    from pipeline.project import Cancelled, ProjectionError, ProjectionParams, default_projector
 
-    say = _Progress(progress)
+    say = _Progress(progress, cancel)
     store = _open(store)
     step = _resolve(store, model, layer, step)
     absent: list[str] = []
@@ -112,7 +116,10 @@ def render_report(store, model: str, layer: str, step: int | None = None, *, fea
     say(0.0, f"map of {model}/{layer} at step {step} ({method})")
     try:
         params = ProjectionParams(feature=feature, method=method)
-        proj = default_projector().project(store, model, layer, step, params, progress=say.within(0.0, 0.35, "map"))
+        proj = default_projector().project(store, model, layer, step, params, progress=say.within(0.0, 0.35, "map"),
+                                           cancel=cancel)
+    except Cancelled:
+        raise
     except ProjectionError as exc:
         raise ReportError(f"no map of {model}/{layer} at step {step}: {exc}") from None
     ids = np.asarray(proj.sample_ids).astype(str)
@@ -178,10 +185,16 @@ def render_report(store, model: str, layer: str, step: int | None = None, *, fea
 # -- helpers -------------------------------------------------------------------------------------------------
 
 class _Progress:
-    def __init__(self, callback: Progress | None):
-        self.callback = callback
+    """Reports progress, and raises `Cancelled` at any report once `cancel` is set."""
+
+    def __init__(self, callback: Progress | None, cancel: threading.Event | None = None):
+        self.callback, self.cancel = callback, cancel
 
     def __call__(self, fraction: float, message: str) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            from pipeline.project import Cancelled
+
+            raise Cancelled("cancelled")
         if self.callback is not None:
             self.callback(max(0.0, min(1.0, float(fraction))), message)
 

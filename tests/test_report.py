@@ -320,3 +320,23 @@ def test_a_run_too_small_to_measure_is_named_and_the_others_are_compared(planted
         sep = analysis.class_separation(store, "synth", "mid", step=0, run_ids=[run], k=10, by="label")
         want = np.average(sep.table["purity"], weights=sep.table["samples"])
         assert float(runs.loc[run, "mean purity"]) == pytest.approx(want, abs=6e-4)
+
+
+def test_a_cancelled_report_stops_at_the_next_stage(demo):
+    import threading
+
+    from pipeline.project import Cancelled
+
+    cancel, seen = threading.Event(), []
+
+    def progress(fraction, message):
+        seen.append(message)
+        if message == "clusters":
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        render_report(Store(demo), "demo", "midblock", progress=progress, cancel=cancel)
+    assert seen[-1] == "clusters" and not any(m.startswith("outliers") for m in seen)
+    cancel.set()
+    with pytest.raises(Cancelled):  # set before: not even the map starts
+        render_report(Store(demo), "demo", "encoder_bottleneck", step=1, cancel=cancel)
