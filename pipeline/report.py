@@ -153,7 +153,7 @@ def render_report(store, model: str, layer: str, step: int | None = None, *, fea
     say(0.9, "runs")
     runs = store.runs()
     runs = runs[runs["model"] == model].sort_values("run_id").reset_index(drop=True)
-    per_run = _per_run(store, model, layer, step, feature, meta, runs, k, by, absent)
+    per_run = _per_run(store, model, layer, step, feature, meta, runs, k, by, absent, say)
     absent.append(f"comparison metrics between runs: {CROSS_RUN_ABSENT}")
 
     say(0.95, "thumbnails and the page")
@@ -281,7 +281,7 @@ def _categories(meta: pd.DataFrame, by: str) -> tuple[np.ndarray, list[str], lis
     return values.map(code_of).to_numpy(dtype=np.int64), order, colors
 
 
-def _per_run(store, model, layer, step, feature, meta, runs, k, by, absent) -> pd.DataFrame:
+def _per_run(store, model, layer, step, feature, meta, runs, k, by, absent, say: _Progress) -> pd.DataFrame:
     """Per run of the model: its samples, those at this step, and its class separation measured on its own
     samples (mean kNN purity, its chance level, mean silhouette), where two or more runs have this step."""
     from pipeline import analysis
@@ -297,6 +297,7 @@ def _per_run(store, model, layer, step, feature, meta, runs, k, by, absent) -> p
             absent.append(f"class separation of run {run}: it has {here[run]} sample(s) at step {step}, too few "
                           f"to measure (at least {analysis.MIN_SAMPLES})")
         elif len(at_step) >= 2 and run in at_step:
+            say(0.9 + 0.05 * at_step.index(run) / len(at_step), f"runs: class separation of {run}")
             try:
                 sep = analysis.class_separation(store, model, layer, step=step, feature=feature, run_ids=[run],
                                                 k=min(k, int(here[run]) - 1), by=by)
