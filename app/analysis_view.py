@@ -154,9 +154,19 @@ def clear_filters() -> None:
     set_filters(())
 
 
-def on_facet_select(key: str, facet: facets.Facet) -> None:
+def filters_tag(filters: facets.Filters) -> str:
+    """A short name of a set of filters: part of each facet chart's key, so a chart is drawn anew after every
+    change and an event knows which filters it was drawn for."""
+    return _digest([repr(f) for f in filters])[:8]
+
+
+def on_facet_select(key: str, facet: facets.Facet, tag: str) -> None:
     """A facet chart's selection event (Vega-Lite): a clicked bar toggles its value, a clicked bin or a
-    brushed range becomes the column's range."""
+    brushed range becomes the column's range. An event of a chart drawn for other filters than the current
+    ones is stale (a click sent again by a rerun that was interrupted) and changes nothing: a toggle applied
+    twice would undo itself."""
+    if tag != filters_tag(get_filters()):
+        return
     event = st.session_state.get(key) or {}
     selection = (event.get("selection") or {}) if hasattr(event, "get") else {}
     for name in ("pick", "brush"):

@@ -182,7 +182,7 @@ def _bars_chart(bars: pd.DataFrame, facet: facets.Facet) -> tuple[alt.LayerChart
 
 def facets_panel(frame: pd.DataFrame) -> None:
     filters = av.get_filters()
-    tag = abs(hash(filters)) % 10**8  # a new chart after every change: no stale selection
+    tag = av.filters_tag(filters)  # a new chart after every change: no stale selection
     with st.container(height=MAP_HEIGHT, border=False, key="ana_facets"):
         st.caption("Grey: the whole map · colour: the selection (the other facets' filters). Click a bar to "
                    "filter (again to remove it); drag across a histogram for a range.")
@@ -190,7 +190,7 @@ def facets_panel(frame: pd.DataFrame) -> None:
             bars = facets.distribution(frame, facet, filters)
             key = f"facet_{facet.column}_{tag}"
             chart, height = _bars_chart(bars, facet)
-            st.altair_chart(chart, key=key, on_select=lambda k=key, f=facet: av.on_facet_select(k, f),
+            st.altair_chart(chart, key=key, on_select=lambda k=key, f=facet: av.on_facet_select(k, f, tag),
                             selection_mode=["pick", "brush"] if facet.kind == "numeric" else ["pick"],
                             width="stretch", height=height)
 

@@ -93,3 +93,30 @@ def test_a_click_on_a_facet_bar_filters_the_map_and_the_url(page, app_server, br
                            timeout=30_000)
     time.sleep(0.5)
     assert f"f.{column}" not in page.url
+
+
+def analysis_screenshot(page, base_url: str, out, timeout: float = 900) -> None:
+    """docs/screenshots/analysis.png: the Analysis page of a store's first model (Explore's map first), filtered
+    to one run by a click on the run facet (when there are several), the most-mixed cell of its confusion
+    heatmap clicked (its samples highlighted), the class separation below. For tests/browser/make_screenshots.py."""
+    page.goto(base_url)
+    h.wait_map(page, timeout=timeout)
+    page.goto(base_url.rstrip("/") + "/analysis")
+    h.wait_map(page, timeout=timeout)
+    page.wait_for_selector("[data-testid='stVegaLiteChart'] path[aria-label*=\"neighbour's class\"]",
+                           timeout=timeout * 1000)
+    runs = [m["run"] for m in _marks(page) if "run" in m and "whole" in m]
+    if len(runs) > 1:
+        _click_mark(page, lambda m: m.get("run") == runs[-1] and "whole" in m)
+        page.wait_for_function("() => new URLSearchParams(location.search).get('f.run_id') !== null")
+        page.wait_for_selector("[data-testid='stVegaLiteChart'] path[aria-label*=\"neighbour's class\"]",
+                               timeout=timeout * 1000)
+        time.sleep(1.5)
+    marks = _marks(page)
+    off = [m for m in marks if "neighbour's class" in m and m["class"] != m["neighbour's class"]]
+    worst = max(off, key=lambda m: float(m.get("share", 0)))
+    _click_mark(page, lambda m: m is not None and m.get("class") == worst["class"]
+                and m.get("neighbour's class") == worst["neighbour's class"])
+    page.wait_for_function("() => (window.dmvMap.data.highlight || []).length > 0", timeout=60_000)
+    time.sleep(2.5)
+    page.screenshot(path=str(out), full_page=True)
