@@ -224,9 +224,6 @@ def test_imagenet_teacher_from_an_edm_pickle(tmp_path):
     assert np.array_equal(stored, to_uint8(direct))
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/edit.py builds a run's generator from its store key (demo), not from "
-                   "settings['model_family'] (demo-teacher), so it regenerates a teacher run with the multi-step "
-                   "sampler; remove this mark once Editor.adapter uses model_family")
 def test_regenerating_a_teacher_sample_reproduces_it(tmp_path):
     from pipeline.edit import Editor
 
