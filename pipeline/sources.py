@@ -191,8 +191,12 @@ def _class_folder(root: Path, folders: list[Path], class_names: list[str] | None
         if cid in ids:
             problems.append((f"{folder.name}/", f"class {cid} again (also {ids[cid]}/): skipped"))
             continue
+        try:
+            files, _ = _listing(folder)
+        except SourceError as exc:  # e.g. a folder this user may not read
+            problems.append((f"{folder.name}/", str(exc)))
+            continue
         ids[cid] = folder.name
-        files, _ = _listing(folder)
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         per_class.append([Item(f"{folder.name}/{f.name}", class_id=cid, path=f) for f in images])
     per_class.sort(key=lambda items: items[0].class_id if items else -1)

@@ -153,6 +153,29 @@ def test_edm_images_are_noised_at_sigma_with_per_sample_seeds_and_stored_with_la
     assert (stored == 40).all()
 
 
+def test_an_imagenet_folder_by_wordnet_id_is_labelled_with_imagenet_classes(tmp_path):
+    """A 1000-class network (ImageNet's label space, tiny otherwise): WordNet-id and index folders."""
+    from pipeline.adapters.edm import EDMAdapter
+    from pipeline.imagenet_classes import class_name
+    from pipeline.models.edm import EDMPrecond
+    from tests.edm_fixtures import TINY_EDM
+
+    config = {**TINY_EDM, "label_dim": 1000}
+    torch.manual_seed(0)
+    adapter = EDMAdapter(EDMPrecond(**config), config, name="imagenet", sigmas=[80.0],
+                         class_names=[class_name(i) for i in range(1000)], device=torch.device("cpu"),
+                         checkpoint="random init", checkpoint_sha256="seed0")
+    root = tmp_path / "imagenet"
+    _png(root / "n01440764" / "a.JPEG", _framed(50, 64, 80))
+    _png(root / "207" / "b.png", _framed(60, 80, 64))
+    _png(root / "n99999999" / "c.png", _framed(70))  # a WordNet id of no ImageNet class
+    result = encode_real(adapter, open_source(str(root), class_names=adapter.class_names), tmp_path / "s",
+                         ["midblock"], sigma=0.5, progress=False, on_skip=lambda *a: None)
+    assert [n for n, _ in result.skipped] == ["n99999999/"]
+    frame = Store(tmp_path / "s").samples()
+    assert frame["label"].tolist() == ["0: tench", "207: golden retriever"] and (frame["width"] == 8).all()
+
+
 def test_the_same_seed_gives_the_same_run_and_a_killed_run_resumes(tmp_path):
     adapter = tiny_edm_adapter()
     src = open_source("digits", class_names=adapter.class_names)
