@@ -42,6 +42,7 @@ class Facet:
     column: str
     title: str
     kind: str  # "category" or "numeric"
+    integer: bool = False  # a number column of whole numbers: its bins and ranges are whole numbers too
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,14 @@ def facets_for(frame: pd.DataFrame) -> list[Facet]:
             out.append(Facet(col, vocab[col].title, "category"))
     for col in vocab.numeric:
         if col not in _NOT_FACETS and varies(col):
-            out.append(Facet(col, vocab[col].title, "numeric"))
+            out.append(Facet(col, vocab[col].title, "numeric", integer=_whole(frame[col])))
     return out
+
+
+def _whole(col: pd.Series) -> bool:
+    x = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+    x = x[np.isfinite(x)]
+    return bool(len(x)) and bool(np.all(np.mod(x, 1) == 0))
 
 
 # ------------------------------------------------------------------------------------------ filtering
@@ -192,7 +199,12 @@ def from_selection(filters: Filters, facet: Facet, selection: Mapping) -> Filter
     if isinstance(selection, Mapping):  # an interval: {field: [low, high]}
         for ends in selection.values():
             if isinstance(ends, list | tuple) and len(ends) == 2 and facet.kind == "numeric":
-                return set_range(filters, facet.column, float(ends[0]), float(ends[1]))
+                low, high = sorted(float(e) for e in ends)
+                if facet.integer:  # the whole numbers inside the brush
+                    low, high = math.ceil(low), math.floor(high)
+                    if low > high:
+                        return filters
+                return set_range(filters, facet.column, low, high)
         return filters
     for point in selection or []:
         if facet.kind == "category" and "value" in point and point["value"] != OTHER:
@@ -204,13 +216,17 @@ def from_selection(filters: Filters, facet: Facet, selection: Mapping) -> Filter
 
 # ------------------------------------------------------------------------------------------ the bars
 
-def _edges(x: np.ndarray, integer: bool) -> np.ndarray:
+def _bins(x: np.ndarray, integer: bool) -> list[tuple[float, float]]:
+    """Closed (low, high) bins over the finite values ``x``: whole-number ranges for whole numbers (one value
+    each when there are at most MAX_BINS), else MAX_BINS equal widths."""
     lo, hi = float(np.min(x)), float(np.max(x))
-    if integer and hi - lo + 1 <= MAX_BINS:  # one bar per whole number
-        return np.arange(lo - 0.5, hi + 1.5)
+    if integer:
+        width = max(1, math.ceil((hi - lo + 1) / MAX_BINS))
+        return [(a, a + width - 1) for a in np.arange(lo, hi + 1, width, dtype=float)]
     if hi == lo:
-        return np.array([lo - 0.5, hi + 0.5])
-    return np.linspace(lo, hi, MAX_BINS + 1)
+        return [(lo, hi)]
+    edges = np.linspace(lo, hi, MAX_BINS + 1)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
 def distribution(frame: pd.DataFrame, facet: Facet, filters: Filters) -> pd.DataFrame:
@@ -238,16 +254,12 @@ def distribution(frame: pd.DataFrame, facet: Facet, filters: Filters) -> pd.Data
     if not finite.any():
         return pd.DataFrame(columns=["low", "high", "value", "whole", "selected", "active"])
     integer = bool(np.all(np.mod(x[finite], 1) == 0))
-    edges = _edges(x[finite], integer)
+    bins = _bins(x[finite], integer)
     rows = []
-    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-        last = i == len(edges) - 2
-        if integer and b - a == 1.0:
-            lo, hi = a + 0.5, a + 0.5  # the one whole number of the bin
-            inside = x == lo
-        else:
-            lo, hi = float(a), float(b)
-            inside = (x >= a) & ((x <= b) if last else (x < b))
+    for i, (lo, hi) in enumerate(bins):
+        # closed for whole numbers and the last bin; else half-open (a range filter keeps both ends: a
+        # value on an inner edge is counted in the next bin and kept by both)
+        inside = (x >= lo) & ((x <= hi) if integer or i == len(bins) - 1 else (x < hi))
         active = own is None or (own.numeric and lo <= own.high and hi >= own.low)
         rows.append(dict(low=lo, high=hi, value=_num(lo) if lo == hi else f"{_num(lo)}–{_num(hi)}",
                          whole=int(inside.sum()), selected=int((inside & others).sum()), active=active))

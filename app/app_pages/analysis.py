@@ -166,8 +166,8 @@ def _bars_chart(bars: pd.DataFrame, facet: facets.Facet) -> tuple[alt.LayerChart
                                                                              tooltip=tip).add_params(pick)
         height = 20 * len(bars) + 85
     else:
-        bars = bars.assign(x0=bars["low"].where(bars["low"] != bars["high"], bars["low"] - 0.5),
-                           x1=bars["high"].where(bars["low"] != bars["high"], bars["high"] + 0.5))
+        pad = 0.5 if facet.integer else 0.0  # a whole-number bin covers its values' unit widths
+        bars = bars.assign(x0=bars["low"] - pad, x1=bars["high"] + pad)
         pick = alt.selection_point(name="pick", fields=["low", "high"], on="click", empty=False)
         brush = alt.selection_interval(name="brush", encodings=["x"])
         x = alt.X("x0:Q", bin="binned", title=None, axis=alt.Axis(tickCount=5, format="~s"))

@@ -120,3 +120,28 @@ def analysis_screenshot(page, base_url: str, out, timeout: float = 900) -> None:
     page.wait_for_function("() => (window.dmvMap.data.highlight || []).length > 0", timeout=60_000)
     time.sleep(2.5)
     page.screenshot(path=str(out), full_page=True)
+
+
+def test_a_brushed_range_on_a_histogram_filters_the_map_to_that_range(page, app_server, browser_store):
+    from store import Store
+
+    q = _open(page, app_server)
+    before = page.evaluate("() => window.dmvMap.points.ids.slice()")
+    samples = Store(browser_store).samples(model=q["model"]).set_index("sample_id").loc[before]
+    chart = page.locator("[data-testid='stVegaLiteChart']:has(path[aria-label*='index in run'])").first
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    y = box["y"] + box["height"] * 0.45
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.55, y, steps=8)
+    page.mouse.up()
+    page.wait_for_function("() => new URLSearchParams(location.search).get('f.index') !== null", timeout=30_000)
+    low, high = (float(v) for v in dict(parse_qsl(urlsplit(page.url).query))["f.index"].split(".."))
+    assert low.is_integer() and high.is_integer() and low <= high  # whole numbers: a whole-number range
+    expected = set(samples.index[(samples["index"] >= low) & (samples["index"] <= high)])
+    assert 0 < len(expected) < len(before)
+    page.wait_for_function("(n) => window.dmvMap.points && window.dmvMap.points.ids.length === n",
+                           arg=len(expected), timeout=30_000)
+    assert set(page.evaluate("() => window.dmvMap.points.ids")) == expected
+    page.get_by_role("button", name=f"index in run: {int(low)} – {int(high)}").wait_for()
