@@ -222,7 +222,7 @@ def map_known(path: str, view: ViewSettings, wanted: list[str] | None) -> bool:
         from pipeline.project import ProjectionParams, projection_key
 
         runs = sorted(view.runs) or None
-        version = data.open_store(path).data_version(view.model, view.layer, runs)
+        version = data.version(path, view.model, view.layer, runs)
         params = ProjectionParams.coerce(data.projection_params(view))
         pkey = projection_key(version, view.model, view.layer, view.step, params,
                               filter_id(filter_description(runs, wanted)))
@@ -281,9 +281,18 @@ def _aligned(full: views.View, sub: views.View, coloring: views.Coloring) -> vie
 def color_file(path: str, full: views.View, sub: views.View, color: str, clusters=None, outliers=None,
                result_key: tuple | None = None) -> str:
     """The colour file of the map: class, cluster or an outlier score (falls back to the class while its
-    analysis computes)."""
+    analysis computes); written once per map, colouring and result (reruns are free)."""
+    if color == "cluster" and clusters is None or color in ("lof", "kdist") and outliers is None:
+        color, result_key = "class", None
+    return _color_file(sub.key, color, repr(result_key), full, sub, clusters, outliers)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _color_file(sub_key: str, color: str, result: str, _full: views.View, _sub: views.View, _clusters,
+                _outliers) -> str:
+    full, sub, clusters, outliers = _full, _sub, _clusters, _outliers
     coloring = class_coloring(full)
-    tag = hashlib.sha1(repr(result_key).encode()).hexdigest()[:12]
+    tag = hashlib.sha1(result.encode()).hexdigest()[:12]
     if color == "cluster" and clusters is not None:
         names = cluster_names(clusters)
         values = clusters.assignments.set_index("sample_id")["cluster"].map(names)
@@ -419,9 +428,15 @@ JOB_TITLES = {"analysis-knn": "Class separation and outliers", "analysis-cluster
 # ---------------------------------------------------------------------------------------------- tables
 
 def thumb_data_urls(path: str, sample_ids: list[str]) -> list[str | None]:
+    """Thumbnails as data URLs for a table or the gallery (read once per store version and set of ids)."""
+    return list(_thumbs(data.resolve(path), tuple(_bare(s) for s in sample_ids), data.store_version(path)))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _thumbs(resolved: str, ids: tuple, version: str) -> tuple:
     from app.compare_view import thumb_data_urls as urls
 
-    return urls(path, [_bare(s) for s in sample_ids])
+    return tuple(urls(resolved, list(ids)))
 
 
 def _bare(some_id: str) -> str:

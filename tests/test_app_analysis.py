@@ -103,6 +103,19 @@ def test_page_is_listed_and_renders_the_three_analyses(app_env, app_store):
         assert target.path == "explore"
         assert q == {"model": "digits", "layer": "midblock", "step": "2",
                      "sel": out.loc[out["rank"] == rank, "sample_id"].iloc[0]}
+    # a link opens Explore with that sample selected
+    from streamlit.testing.v1 import AppTest
+
+    from app import state
+
+    href = links[0].split("](", 1)[1].rstrip(")")
+    explore = AppTest.from_file(fx.ENTRY, default_timeout=60)
+    for k, v in parse_qsl(urlsplit(href).query):
+        explore.query_params[k] = v
+    explore.run()
+    assert not explore.exception
+    assert explore.session_state[state.SELECTED] == out.loc[out["rank"] == 1, "sample_id"].iloc[0]
+    assert any("Neighbours" in str(m.value) for m in explore.markdown)  # its selection panel
     # the map is Explore's (one projection, not refitted) and colours by class
     m = _map(at)
     assert m["revision"] and len(_static(m["points_url"])["ids"]) == 180
