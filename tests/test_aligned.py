@@ -1,0 +1,133 @@
+"""pipeline.aligned: maps aligned across steps and layers keep sample identity, move less between
+consecutive frames than independent UMAP fits, are cached under explicit keys and refuse bad requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import aligned
+from pipeline.aligned import (
+    AlignedError,
+    AlignedParams,
+    Cancelled,
+    aligned_layers,
+    aligned_steps,
+    frame_displacement,
+)
+from pipeline.features import load_features
+from tests.app_fixtures import build_app_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from store import Store
+
+    return Store(build_app_store(tmp_path_factory.mktemp("aligned") / "store", per_run=80))
+
+
+@pytest.fixture(scope="module")
+def steps_map(store):
+    aligned.clear_cache()
+    return aligned_steps(store, "digits", "midblock", params={"n_epochs": 100})
+
+
+def test_step_frames_hold_the_same_samples_in_the_same_order(store, steps_map):
+    m = steps_map
+    assert m.axis == "steps" and m.frames == (0, 1, 2) and m.source == "fit"
+    assert m.xy.shape == (3, len(m.sample_ids), 2) and np.isfinite(m.xy).all()
+    ids = load_features(store, "digits", "midblock", 0).sample_ids
+    assert sorted(m.sample_ids) == sorted(ids)  # every sample is in every frame, once
+    long = m.long()
+    assert (long.groupby("frame")["sample_id"].apply(list).map(lambda x: x == list(m.sample_ids))).all()
+
+
+def test_consecutive_frames_are_closer_than_independent_fits(store, steps_map):
+    import umap
+
+    m = steps_map
+    indep = []
+    for s in m.frames:
+        f = load_features(store, "digits", "midblock", s)
+        rows = [list(f.sample_ids).index(i) for i in m.sample_ids]
+        indep.append(umap.UMAP(random_state=0, n_epochs=100).fit_transform(f.X[rows]))
+    ours, theirs = frame_displacement(m.xy), frame_displacement(np.stack(indep))
+    assert (ours < 0.5 * theirs).all(), (ours, theirs)
+    # and not by collapsing: each frame still separates the classes (same-class neighbours in the map)
+    labels = np.array([int(i.rsplit("-", 1)[-1]) % 10 for i in m.sample_ids])
+    for f in range(len(m.frames)):
+        d = np.linalg.norm(m.xy[f][:, None] - m.xy[f][None], axis=2)
+        np.fill_diagonal(d, np.inf)
+        assert (labels[d.argmin(axis=1)] == labels).mean() > 0.8
+
+
+def test_cached_and_reopened_without_refit(store, steps_map, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("refitted")
+
+    monkeypatch.setattr(aligned, "fit_aligned", boom)
+    t0 = time.perf_counter()
+    again = aligned_steps(store, "digits", "midblock", params={"n_epochs": 100})
+    assert again.source == "cache" and again.key == steps_map.key
+    aligned.clear_cache()  # a fresh process: from the store
+    reopened = aligned_steps(store, "digits", "midblock", params={"n_epochs": 100})
+    assert time.perf_counter() - t0 < 1.0
+    assert reopened.source == "cache" and list(reopened.sample_ids) == list(steps_map.sample_ids)
+    np.testing.assert_array_equal(reopened.xy, steps_map.xy)
+    assert reopened.frames == steps_map.frames
+    assert len(list((store.root / "caches" / "aligned").rglob("*.parquet"))) >= 1
+
+
+def test_parameters_and_data_are_in_the_key(store, steps_map):
+    from pipeline.aligned import aligned_key
+
+    p = AlignedParams(n_epochs=100)
+    base = aligned_key("steps", "digits", ["midblock"], [0, 1, 2], {"midblock": "v1"}, p, {})
+    assert base != aligned_key("steps", "digits", ["midblock"], [0, 1, 2], {"midblock": "v2"}, p, {})
+    assert base != aligned_key("steps", "digits", ["midblock"], [0, 1, 2], {"midblock": "v1"},
+                               AlignedParams(n_epochs=100, alignment_regularisation=0.1), {})
+    assert base != aligned_key("steps", "digits", ["midblock"], [0, 2], {"midblock": "v1"}, p, {})
+
+
+def test_layers_in_forward_order_at_the_last_common_step(store):
+    m = aligned_layers(store, "digits", params={"n_epochs": 60})
+    assert m.axis == "layers" and m.frames == ("encoder_bottleneck", "midblock") and m.step == 2
+    assert m.xy.shape[0] == 2 and np.isfinite(m.xy).all()
+
+
+def test_bad_requests_are_clear_errors(store):
+    with pytest.raises(AlignedError, match="only 1 step.*multi-step"):
+        aligned_steps(store, "words", "mid_block")
+    with pytest.raises(AlignedError, match="unknown layer"):
+        aligned_steps(store, "digits", "nope")
+    with pytest.raises(AlignedError, match="unknown model"):
+        aligned_steps(store, "nope", "midblock")
+    with pytest.raises(AlignedError, match="step 7 is not recorded"):
+        aligned_steps(store, "digits", "midblock", steps=[0, 7])
+    with pytest.raises(AlignedError, match="at least 2 layers"):
+        aligned_layers(store, "digits", layers=["midblock"])
+    with pytest.raises(AlignedError, match="not recorded by every layer"):
+        aligned_layers(store, "digits", step=9)
+    with pytest.raises(AlignedError, match="alignment_regularisation"):
+        AlignedParams(alignment_regularisation=-1)
+    with pytest.raises(AlignedError, match="unknown aligned-map parameter"):
+        AlignedParams.coerce({"bogus": 1})
+
+
+def test_progress_and_cancel(store):
+    seen = []
+    cancel = threading.Event()
+
+    def progress(f, msg):
+        seen.append((f, msg))
+        if "epoch" in msg:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        aligned_steps(store, "digits", "encoder_bottleneck", params={"n_epochs": 50, "seed": 3},
+                      progress=progress, cancel=cancel)
+    assert seen and all(0 <= f <= 1 for f, _ in seen)
+    assert not list((store.root / "caches" / "aligned" / "model=digits" / "layer=encoder_bottleneck").glob("*"))
