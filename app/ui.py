@@ -27,6 +27,7 @@ class DemoBuild:
     extra_run: str = ""  # the extra run being added (real digits, ...) and its progress
     extra_done: int = 0
     extra_total: int = 0
+    extras_grace_s: float = 5.0  # after the first map is ready, before the extra runs take the cores
     started_at: float = 0.0
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,6 +63,8 @@ class DemoBuild:
 
     def _on_ready(self, _runs) -> None:
         self.ready = True
+        # called in the build's thread: the extra runs start once the page has had time to draw its first map
+        time.sleep(self.extras_grace_s)
 
     def _on_extra(self, run: str, done: int, total: int) -> None:
         self.extra_run, self.extra_done, self.extra_total = run, done, total

@@ -84,7 +84,7 @@ def test_a_second_build_of_the_extras_adds_nothing(demo):
 def test_the_app_build_names_its_stage(tmp_path):
     from app.ui import DemoBuild
 
-    build = DemoBuild()
+    build = DemoBuild(extras_grace_s=0.0)
     build._on_batch(300, 1500)
     assert (build.done, build.total, build.stage) == (300, 1500, "")
     build._on_map(1, 3, "midblock")
