@@ -192,7 +192,10 @@ def test_a_chosen_pair_highlights_its_samples_and_colours_follow_the_choice(app_
     assert dict(at.query_params)["acol"] == "lof"
 
 
-def test_kmeans_uses_the_chosen_k(app_env):
+def test_kmeans_uses_the_chosen_k_and_a_chosen_cluster_is_highlighted(app_env, app_store):
+    from pipeline import analysis
+    from store import Store
+
     at = _open()
     at.radio(key="ana_method").set_value("kmeans").run()
     at.slider(key="ana_nc").set_value(4).run()
@@ -200,6 +203,26 @@ def test_kmeans_uses_the_chosen_k(app_env):
     assert len(_table(at, "ana_clusters")) == 4
     assert "k-means on 180 samples" in _texts(at)
     assert dict(at.query_params)["cm"] == "kmeans" and dict(at.query_params)["ck"] == "4"
+    at.selectbox(key="ana_cluster_pick").set_value(1).run()
+    _settle(at)
+    clu = analysis.clusters(Store(app_store), "digits", "midblock", 2, method="kmeans", n_clusters=4)
+    members = set(clu.assignments.loc[clu.assignments["cluster"] == 1, "sample_id"])
+    assert set(_map(at)["highlight"]) == members and dict(at.query_params)["clu"] == "1"
+
+
+def test_explore_settings_carry_over_to_the_analysis_page(app_env):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(fx.ENTRY, default_timeout=60)
+    for k, v in {"model": "digits", "layer": "encoder_bottleneck", "step": "1", "runs": "digits-b"}.items():
+        at.query_params[k] = v
+    at.run()  # Explore, opened from a link
+    at.switch_page(ANALYSIS).run()  # then the menu: no query of its own
+    _settle(at)
+    assert "digits · encoder_bottleneck · step 1" in _texts(at)
+    assert at.multiselect(key="ana_runs").value == ["digits-b"]
+    assert len(_static(_map(at)["points_url"])["ids"]) == 60  # Explore's map of run b, found, not refitted
+    assert _table(at, "ana_sep_table")["samples"].sum() == 60
 
 
 def test_without_a_map_the_page_says_so_and_computes_it_when_asked(app_env):
