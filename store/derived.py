@@ -43,6 +43,7 @@ KINDS = {
     "features": "a PCA feature matrix (sample_id, vector)",
     "compare": "a layer-comparison table (CKA, neighbour agreement)",
     "analysis": "a table of a layer's analysis (class separation, clusters, outliers; pipeline/analysis.py)",
+    "distribution": "a table of metrics between two runs on a layer (precision, recall, FD; pipeline/distribution.py)",
     "aligned": "aligned 2-D maps across steps or layers (frame, sample_id, x, y; pipeline/aligned.py)",
     "lineage": "pointer: the latest map of a lineage (what appended samples are placed into)",
     "family": "pointer: the latest map of a min_dist family (what a warm start continues)",
