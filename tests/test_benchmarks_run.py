@@ -32,6 +32,8 @@ def run(script: str, *args: str) -> str:
      [r"^fresh +\d+\.\d ms$", r"^edit_ratio_interpolate=\d+\.\d\d$", r"^edit_ratio_patch=\d+\.\d\d$"]),
     ("bench_analysis.py", ["--n", "2000", "--repeat", "1"],
      [r"^class separation +\d+\.\d\ds +\d", r"^clusters hdbscan +\d", r"^analysis_ratio=\d+\.\d\d$"]),
+    ("bench_compare.py", ["--n", "400", "--dim", "64", "--repeat", "1"],
+     [r"^precision +\d", r"^fd +\d", r"^same numbers: yes$", r"^compare_ratio=\d+\.\d\d$"]),
 ])
 def test_benchmark_prints_its_result_lines(script, args, expected, tmp_path):
     out = run(script, *args, *(["--dir", str(tmp_path)] if script == "bench_generate.py" else []))
