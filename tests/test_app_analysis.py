@@ -129,7 +129,8 @@ def test_a_facet_filter_from_the_url_narrows_the_map_and_the_analyses_to_exactly
 
     samples = Store(app_store).samples(model="digits")
     at = _open({"model": "digits", "layer": "midblock", "step": "2", "f.run_id": "digits-b",
-                "f.label": "3: three~5: five"})
+                "f.label": "3: three~5: five", "f.nope": "x"})
+    assert "Filters not used (no such facet here): `nope`" in _texts(at)  # said, then left out
     expected = set(samples.loc[samples["run_id"].eq("digits-b") & samples["label"].isin(["3: three", "5: five"]),
                                "sample_id"])
     assert len(expected) == 12
@@ -138,7 +139,7 @@ def test_a_facet_filter_from_the_url_narrows_the_map_and_the_analyses_to_exactly
     assert "12 of 180 points" in _texts(at)
     assert _table(at, "ana_sep_table")["samples"].sum() == 12  # the analyses measure the same samples
     q = dict(at.query_params)
-    assert q["f.run_id"] == "digits-b" and q["f.label"] == "3: three~5: five"
+    assert q["f.run_id"] == "digits-b" and q["f.label"] == "3: three~5: five" and "f.nope" not in q
     # the active filters are shown and removable: removing the label filter widens to the whole run
     chip = next(b for b in at.button if b.key == "rm_filter_label")
     chip.click().run()

@@ -440,9 +440,12 @@ def main() -> None:
         ids = frame["sample_id"].to_numpy()
     columns = {f.column for f in facets.facets_for(frame)}
     unknown = [f for f in av.get_filters() if f.column not in columns]
-    if unknown:
-        st.caption("Filters dropped (no such facet here): " + ", ".join(f"`{f.column}`" for f in unknown))
+    if unknown:  # a link's filter on a column this view does not vary in (or does not have)
+        st.caption("Filters not used (no such facet here): " + ", ".join(f"`{f.column}`" for f in unknown))
         av.set_filters(tuple(f for f in av.get_filters() if f.column in columns))
+    if url.get("filter_problems"):
+        st.caption("Filters of the link not used: " + "; ".join(url["filter_problems"]))
+        url["filter_problems"] = []
     keep = facets.mask(frame, av.get_filters())
     scope = av.scope(ids, frame, explore_ids)
     if scope is not None and len(scope) < 3:
