@@ -56,7 +56,7 @@ class NoiseLevel:
 
     sigma: float
     step: int
-    timestep: int | None = None
+    timestep: int | float | None = None
     alpha_bar: float | None = None
 
     def settings(self) -> dict:
@@ -105,12 +105,12 @@ def noise_level(adapter: Adapter, sigma: float | None = None, timestep: int | No
                 raise ValueError(f"give --timestep: {adapter.name} samples in one step at t={schedule[0]}, where "
                                  "an image is mostly noise (e.g. --timestep 250)")
             timestep = schedule[-1]
-        if isinstance(timestep, bool) or int(timestep) != timestep:
-            raise ValueError(f"timestep must be an integer, got {timestep!r}")
-        timestep = int(timestep)
-        if timestep in schedule:
+        if timestep in schedule:  # a teacher's scheduler may step at fractional timesteps
             ab = float(adapter.alpha_bars[schedule.index(timestep)])
         else:
+            if isinstance(timestep, bool) or int(timestep) != timestep:
+                raise ValueError(f"timestep must be an integer, got {timestep!r}")
+            timestep = int(timestep)
             alphas = _alphas_cumprod(adapter)
             if not 0 <= timestep < len(alphas):
                 raise ValueError(f"timestep {timestep} is out of range: 0..{len(alphas) - 1}")
@@ -195,8 +195,12 @@ def _encode_latents(adapter, images, seeds, conditions, level, at, denoised):
     noise = adapter.step_noise(list(seeds), 0).to(device)
     x_t = math.sqrt(ab) * latents + math.sqrt(1 - ab) * noise
     embeds, pooled = adapter.encode([c.prompt for c in conditions])
+    from pipeline.adapters.t2i import T2IAdapter
+
+    # DMD2's loop of the base class, also for a teacher (whose own loop is its scheduler's with guidance): the
+    # recorded call is the UNet's conditional pass at x_t either way
     with _one_step(adapter, timesteps=[level.timestep], alpha_bars=[ab], sigmas=[level.sigma], num_steps=1):
-        x0, _ = adapter.denoise(list(seeds), embeds, pooled, at, noise_fn=lambda _k: x_t)
+        x0, _ = T2IAdapter.denoise(adapter, list(seeds), embeds, pooled, at, noise_fn=lambda _k: x_t)
     return adapter.decode(x0) if denoised else None
 
 
@@ -211,7 +215,8 @@ def default_run_id(adapter: Adapter, source: Source, level: NoiseLevel, seed: in
                    reduce: dict[str, str]) -> str:
     key = json.dumps({"id": adapter.identity(), "source": source.identity(), "level": level.settings(),
                       "seed": seed, "layers": sorted(layers), "reduce": reduce}, sort_keys=True, default=str)
-    return f"real-{adapter.name}-{source.kind}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    name = getattr(adapter, "family_name", None) or adapter.name  # a teacher's runs are named after it
+    return f"real-{name}-{source.kind}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def _condition(adapter: Adapter, item) -> Condition:

@@ -432,3 +432,24 @@ def test_overview_lists_each_runs_kind_and_explore_colours_by_it(mixed_store, mo
         assert "run kind" in colour.options  # the menu names it by its declared title
         colour.set_value("run_kind").run()
         assert not at.exception and at.selectbox(key="w_color").value == "run_kind"
+
+
+def test_a_teacher_encodes_real_images_with_its_conditional_unet_pass(tmp_path, files, captions):
+    """sd15-teacher (the base UNet, its own scheduler and guidance when sampling): a real image's record is the
+    conditional UNet pass at x_t, as a teacher run records it; the run is named after the teacher."""
+    from pipeline.adapters import build_adapter
+    from pipeline.prompts import PromptSet
+    from tests.t2i_fixtures import build
+
+    teacher = build_adapter("sd15-teacher", base_model=str(files.sd15), prompts=PromptSet.from_lists(["x"]),
+                            steps=4, guidance=1.75)
+    result = encode_real(teacher, open_source(str(captions)), tmp_path, ["mid"], timestep=500, seed=2,
+                         reduce="full", progress=False, on_skip=lambda *a: None)
+    assert result.run_id.startswith("real-sd15-teacher-captions-") and result.encoded == 3
+    assert Store(tmp_path).manifest(result.run_id)["settings"]["kind"] == "real"
+    # the student's UNet differs, the images and noise do not: another record of the same x_t
+    student = encode_real(build(files, "sd15"), open_source(str(captions)), tmp_path, ["mid"], timestep=500,
+                          seed=2, reduce="full", progress=False, on_skip=lambda *a: None)
+    mids = [Store(tmp_path).activations("sd15", "mid", step=0, run_ids=[r]).matrix
+            for r in (result.run_id, student.run_id)]
+    assert mids[0].shape == mids[1].shape and not np.allclose(mids[0], mids[1], atol=1e-3)
