@@ -5,7 +5,8 @@ The HTML holds, in order: the interactive map (`pipeline.project`, coloured by c
 for prompt models; hovering a point shows its thumbnail), the class separation (`pipeline.analysis`: per-class
 kNN purity and silhouette, the confusion heatmap, the most-mixed pairs), the clusters with their medoid
 images, the outlier gallery, the CKA of the layers recorded at that step (`pipeline.compare`), the runs of
-the model side by side, and their manifests. Every result comes from the same cached functions the app and
+the model side by side with the distribution metrics between them (`pipeline.distribution`: each run that
+recorded the step against the `real` run, or the first run when there is none), and their manifests. Every result comes from the same cached functions the app and
 the command line use, so a second report of the same data reads them from the store's cache.
 
 A part that cannot be computed for this store (one layer only: no CKA; too few samples) is replaced by a
@@ -38,9 +39,6 @@ K = 10  # neighbours of the class separation and the outlier scores (fewer on a 
 OUTLIERS_SHOWN = 24
 CLUSTERS_SHOWN = 30
 CONFUSION_CLASSES_SHOWN = 30  # a wider confusion matrix keeps the classes of the most-mixed pairs
-CROSS_RUN_ABSENT = ("pipeline/ has no cross-run metric yet (pipeline.compare compares the layers of one run "
-                    "set, not runs): this section shows each run's counts and its class separation measured "
-                    "on its own samples, not a measure between runs")
 
 
 class ReportError(ValueError):
@@ -154,9 +152,9 @@ def render_report(store, model: str, layer: str, step: int | None = None, *, fea
     runs = store.runs()
     runs = runs[runs["model"] == model].sort_values("run_id").reset_index(drop=True)
     per_run = _per_run(store, model, layer, step, feature, meta, runs, k, by, absent, say)
-    absent.append(f"comparison metrics between runs: {CROSS_RUN_ABSENT}")
+    between = _between_runs(store, model, layer, step, feature, meta, runs, absent, say.within(0.95, 0.97, "runs"))
 
-    say(0.95, "thumbnails and the page")
+    say(0.97, "thumbnails and the page")
     thumbs = store.thumbs(list(ids)) if len(ids) <= figures.MAX_HTML_THUMBS else None
     thumb_of = dict(zip(ids, thumbs, strict=True)) if thumbs is not None else {}
     wanted = ([m for ms in clu.table["medoids"] for m in ms] if clu is not None else []) + (
@@ -174,7 +172,7 @@ def render_report(store, model: str, layer: str, step: int | None = None, *, fea
                       f"this one has {len(ids):,}")
     context = dict(store=store, model=model, layer=layer, step=step, at=at, proj=proj, by=by, k=k,
                    feature=feature, method=method, thumb_of=thumb_of, cka_layers=cka_layers)
-    page = _page(title, context, fig, thumbs, sep, clu, out, cka, runs, per_run, absent)
+    page = _page(title, context, fig, thumbs, sep, clu, out, cka, runs, per_run, between, absent)
     png = figures.map_png(proj.xy[:, 0], proj.xy[:, 1], codes, names, colors, title,
                           subtitle=f"{proj.params.method} map of the activations ({_feature_id(proj)}) · store "
                                    f"{Path(store.root).name}", legend_title=f"colour: {by}")
@@ -315,6 +313,37 @@ def _per_run(store, model, layer, step, feature, meta, runs, k, by, absent, say:
     return pd.DataFrame(rows)
 
 
+def _between_runs(store, model, layer, step, feature, meta, runs, absent, say: Progress) -> pd.DataFrame | None:
+    """The distribution metrics (`pipeline.distribution`, k = its default, overall) of every run that recorded
+    this step against a reference: the run of kind ``real`` among them, else the first. None (the reason in
+    `absent`) when fewer than two runs recorded the step; a run too small to measure is named in `absent`."""
+    from pipeline import distribution
+    from store.schema import run_kind
+
+    here = meta.groupby("run_id").size()
+    at_step = [r for r in runs["run_id"] if here.get(r, 0) > 0]
+    if len(at_step) < 2:
+        absent.append(f"comparison metrics between runs: only one run of {model} recorded step {step}")
+        return None
+    kinds = dict(zip(runs["run_id"], (run_kind(s) for s in runs["settings"]), strict=True))
+    ref = next((r for r in at_step if kinds.get(r) == "real"), at_step[0])
+    others = [r for r in at_step if r != ref]
+    rows = []
+    for i, other in enumerate(others):
+        say(i / len(others), f"metrics of {other} against {ref}")
+        try:
+            rows.append(distribution.compare_runs(store, model, layer, [ref, other], step=step, per_class=False,
+                                                  feature=feature))
+        except distribution.DistributionError as exc:
+            absent.append(f"comparison metrics of run {other} against {ref}: {exc}")
+    if not rows:
+        return None
+    table = pd.concat(rows, ignore_index=True)
+    table = table[table["class"] == distribution.ALL]
+    return table.drop(columns=["class", "step_a", "step_b"]).rename(
+        columns={"run_a": "reference", "run_b": "run"}).reset_index(drop=True)
+
+
 # -- the page ------------------------------------------------------------------------------------------------
 
 def _e(value) -> str:
@@ -376,7 +405,7 @@ def _absent(absent: Sequence[str], prefix: str) -> str:
     return "".join(f'<p class="absent">Not in this report — {_e(a)}</p>' for a in absent if a.startswith(prefix))
 
 
-def _page(title, c, fig, thumbs, sep, clu, out, cka, runs, per_run, absent) -> str:
+def _page(title, c, fig, thumbs, sep, clu, out, cka, runs, per_run, between, absent) -> str:
     proj, by, step = c["proj"], c["by"], c["step"]
     sections = []
     sigma, timestep = c["at"].get("sigma"), c["at"].get("timestep")
@@ -467,6 +496,17 @@ def _page(title, c, fig, thumbs, sep, clu, out, cka, runs, per_run, absent) -> s
             f"{_e(c['layer'])} at step {step}, and, where two or more runs recorded this step, the class separation "
             "measured on each run's own samples.</p>", _table(per_run, "runs")]
     body.append(_absent(absent, "per-run") + _absent(absent, "class separation of run"))
+    body.append("<h3>Distributions compared</h3>")
+    if between is not None:
+        from pipeline.distribution import DEFAULT_K
+
+        body.append(f'<p class="note">Each run against the reference run {_e(between["reference"].iloc[0])}, '
+                    f"in the activation space of {_e(c['layer'])} at step {step} (k = {DEFAULT_K}). Precision: "
+                    "the share of the run's samples inside the reference's k-NN manifold (realistic); recall: the "
+                    "share of the reference's inside the run's (covered); density about 1 and coverage near 1 "
+                    "when the run is distributed like the reference; fd: the Fréchet distance of the features; "
+                    "diversity: the mean pairwise distance within a class, averaged over classes.</p>")
+        body.append(_table(between, "between"))
     body.append(_absent(absent, "comparison metrics"))
     sections.append("".join(body) + "</section>")
 

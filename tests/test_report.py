@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import analysis, compare, figures
+from pipeline import analysis, compare, distribution, figures
 from pipeline.__main__ import main
-from pipeline.report import CROSS_RUN_ABSENT, ReportError, render_report, write_report
+from pipeline.report import ReportError, render_report, write_report
 from store import RunWriter, Store
 
 
@@ -25,6 +25,7 @@ def _fresh_memo():
 
     analysis.clear_cache()
     compare.clear_cache()
+    distribution.clear_cache()
     FEATURE_CACHE.clear()
     yield
 
@@ -34,7 +35,7 @@ def demo(tmp_path_factory):
     from pipeline.demo import build_demo_store
 
     root = tmp_path_factory.mktemp("report-demo")
-    build_demo_store(root, samples_per_class=4, batch_size=10, progress=False)
+    build_demo_store(root, samples_per_class=4, batch_size=10, progress=False, extras=True)  # with demo-real
     return root
 
 
@@ -108,7 +109,15 @@ def test_every_section_holds_the_analyses_values(demo, demo_report):
     at_step = pd.Series([s.rsplit("-", 1)[0] for s in ids]).value_counts()
     assert runs["at step 3"].astype(int).to_dict() == {r: int(at_step.get(r, 0)) for r in store.runs()["run_id"]}
     assert runs.loc["demo-1step", "at step 3"] == "0"  # the 1-step run has step 0 only
-    assert CROSS_RUN_ABSENT.split(":")[0] in section(page, "runs")
+    between = table(section(page, "runs"), "between")
+    want = distribution.compare_runs(store, "demo", "midblock", ["demo-real", "demo-multistep"], step=3,
+                                     per_class=False)
+    assert between["reference"].tolist() == ["demo-real"]  # the real run is the reference
+    assert between["run"].tolist() == ["demo-multistep"]  # the 1-step run has no step 3
+    for metric in distribution.METRICS:
+        assert float(between.loc[0, metric]) == pytest.approx(want.loc[0, metric], rel=1e-3, abs=6e-4)
+    assert between.loc[0, "n_a"] == "40" and between.loc[0, "n_b"] == "40"
+    assert not any(a.startswith("comparison metrics") for a in demo_report.absent)
     manifests = section(page, "manifests")
     for run in store.runs().itertuples():
         assert f"<h3>{run.run_id}</h3>" in manifests and run.checkpoint_sha256 in manifests
@@ -152,7 +161,7 @@ def test_a_second_report_reads_every_analysis_from_the_store(demo, demo_report, 
 
     for module, name in ((analysis, "separation_tables"), (analysis, "cluster_labels"),
                          (analysis, "outlier_scores"), (analysis, "knn_graph"), (compare, "cka_matrix"),
-                         (U, "umap_layout")):
+                         (U, "umap_layout"), (distribution, "distribution_table")):
         monkeypatch.setattr(module, name, fail)
     again = render_report(Store(demo), "demo", "midblock")
     strip = lambda b: re.sub(r"<dd>\d{4}-\d\d-\d\d \d\d:\d\d UTC</dd>", "", b.decode())  # noqa: E731
@@ -168,7 +177,12 @@ def test_runs_at_a_step_both_recorded_are_compared_by_their_own_class_separation
                                         by="label")
         want = np.average(sep.table["purity"], weights=sep.table["samples"])
         assert float(runs.loc[run, "mean purity"]) == pytest.approx(want, abs=6e-4)
-    assert any(a.startswith("comparison metrics between runs") for a in report.absent)
+    between = table(section(report.html.decode(), "runs"), "between")  # no real run at step 0: the first is the reference
+    assert between[["reference", "run"]].values.tolist() == [["demo-1step", "demo-multistep"]]
+    want = distribution.compare_runs(store, "demo", "encoder_bottleneck", ["demo-1step", "demo-multistep"], step=0,
+                                     per_class=False)
+    assert float(between.loc[0, "precision"]) == pytest.approx(want.loc[0, "precision"], abs=6e-4)
+    assert float(between.loc[0, "fd"]) == pytest.approx(want.loc[0, "fd"], rel=1e-3, abs=6e-4)
     assert not any(a.startswith("per-run") for a in report.absent)
 
 
@@ -276,6 +290,7 @@ def test_the_planted_outlier_leads_the_gallery_and_the_shared_cluster_is_the_mos
     assert sorted(pairs.loc[0, ["class_a", "class_b"]]) == ["b", "d"]
     assert "CKA: it compares layers, and synth recorded one layer only (mid) at step 0" in section(page, "cka")
     assert "only one run of synth recorded step 0" in section(page, "runs")
+    assert "comparison metrics between runs: only one run of synth recorded step 0" in report.absent
     assert sum(a.startswith(("CKA", "per-run", "comparison")) for a in report.absent) == 3
 
 
@@ -316,6 +331,10 @@ def test_a_run_too_small_to_measure_is_named_and_the_others_are_compared(planted
     assert runs.loc["p2", "mean purity"] == "–"
     assert "class separation of run p2: it has 2 sample(s) at step 0, too few to measure" in \
         section(report.html.decode(), "runs")
+    between = table(section(report.html.decode(), "runs"), "between")
+    assert between[["reference", "run"]].values.tolist() == [["p1", "p3"]]
+    assert "comparison metrics of run p2 against p1: run &#x27;p2&#x27; has 2 sample(s) at step 0 of &#x27;mid&#x27;" \
+        in section(report.html.decode(), "runs")
     for run in ("p1", "p3"):
         sep = analysis.class_separation(store, "synth", "mid", step=0, run_ids=[run], k=10, by="label")
         want = np.average(sep.table["purity"], weights=sep.table["samples"])
