@@ -366,6 +366,11 @@ def test_run_kind_is_derived_from_the_manifests_so_old_stores_read_it(tmp_path):
     (tmp_path / "runs" / "enc.parquet").unlink()
     assert set(Store(tmp_path).samples(run_ids=["enc"])["run_kind"]) == {"generated"}
     assert store.run_kinds()["gen"] == "generated" and "enc" not in store.run_kinds()
+    # searchable like any samples column
+    from store.search import SafeSearch
+
+    with SafeSearch(store) as search:
+        assert sorted(search.where("run_kind = 'edit'").sample_ids) == ["ed-00000000", "ed-00000001"]
     # the map can be coloured by it, titled "run kind"
     assert "run_kind" in views.coloring_keys(frame) and views.coloring_title("run_kind") == "run kind"
 
