@@ -11,8 +11,9 @@ Metrics of a set B (evaluated) against a reference set A, both rows of one featu
   at least one b (robust to outliers of B).
 * **fd**: the Fréchet distance of the two Gaussians fitted to the features, FID's formula
   |μa − μb|² + tr Σa + tr Σb − 2 tr (Σa^½ Σb Σa^½)^½, computed in the symmetric eigen form (stable for
-  singular covariances). With more dimensions than samples, both sets are first expressed in an orthonormal
-  basis of the span of their centred rows: every term is unchanged, and the matrices are n × n, not d × d.
+  singular covariances). With more dimensions than samples in a set, the last trace is computed without any
+  d × d matrix: it is the sum of the singular values of Ca Cbᵀ / √((na − 1)(nb − 1)) (C: the centred rows),
+  the same number, exact for any rank.
 * **diversity_a, diversity_b**: intra-class diversity, the mean pairwise distance of a set's samples of one
   class; on the ``all`` row, the mean of that over the classes with two or more samples.
 
@@ -167,17 +168,17 @@ def frechet_distance(A: np.ndarray, B: np.ndarray) -> float:
         raise DistributionError(f"the Fréchet distance needs two or more samples per set, got {len(A)} and {len(B)}")
     mu = A.mean(axis=0) - B.mean(axis=0)
     Ca, Cb = A - A.mean(axis=0), B - B.mean(axis=0)
-    if A.shape[1] > len(A) + len(B):  # the covariances live in the span of the centred rows: work there
-        Q, _ = np.linalg.qr(np.concatenate([Ca, Cb]).T)
-        Ca, Cb = Ca @ Q, Cb @ Q
-    Sa = Ca.T @ Ca / (len(A) - 1)
-    Sb = Cb.T @ Cb / (len(B) - 1)
-    w, V = np.linalg.eigh(Sa)
-    root = (V * np.sqrt(np.clip(w, 0.0, None))) @ V.T
-    middle = root @ Sb @ root
-    ev = np.linalg.eigvalsh((middle + middle.T) / 2)
-    fd = float(mu @ mu + np.trace(Sa) + np.trace(Sb) - 2.0 * np.sqrt(np.clip(ev, 0.0, None)).sum())
-    return max(fd, 0.0)
+    na, nb = len(A) - 1, len(B) - 1
+    trace_a, trace_b = float(np.einsum("ij,ij->", Ca, Ca)) / na, float(np.einsum("ij,ij->", Cb, Cb)) / nb
+    if A.shape[1] > min(len(A), len(B)):
+        # the nonzero eigenvalues of Σa Σb are the squared singular values of Ca Cbᵀ / √(na nb)
+        cross = float(np.linalg.svd(Ca @ Cb.T / np.sqrt(na * nb), compute_uv=False).sum())
+    else:
+        w, V = np.linalg.eigh(Ca.T @ Ca / na)
+        root = (V * np.sqrt(np.clip(w, 0.0, None))) @ V.T
+        middle = root @ (Cb.T @ Cb / nb) @ root
+        cross = float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum())
+    return max(float(mu @ mu) + trace_a + trace_b - 2.0 * cross, 0.0)
 
 
 # -- one pair of sets, overall and per class (pure) ----------------------------------------------------------
