@@ -160,7 +160,46 @@ def two_runs(tmp_path_factory):
     write_clustered_run(root, range(80, 160), run_id="r2", num_samples=80)
     write_clustered_run(root, range(40), run_id="r3", model="other", num_samples=40)
     write_clustered_run(root, range(4), run_id="r4", num_samples=4)
+    _one_step_run(root, range(200, 260), "r5")
     return root
+
+
+def _one_step_run(root, indices, run_id):
+    """A run of model demo that recorded step 0 only (like a 1-step student beside a 2-step run)."""
+    from store import RunWriter
+    from tests.feature_fixtures import CLASSES, LAYERS, clustered_vector
+
+    manifest = dict(run_id=run_id, model="demo", family="edm", checkpoint="local:/tmp/ckpt.pkl",
+                    checkpoint_sha256="cd" * 32, layers=list(LAYERS), reduce={"mid": "full", "enc": "mean"},
+                    settings={"steps": 1}, seed=3, num_samples=len(indices), code_version="test", device="cpu")
+    w = RunWriter(root, manifest)
+    idx = list(indices)
+    samples = [dict(seed=100 + i, class_id=i % CLASSES, class_name=f"c{i % CLASSES}", category=f"c{i % CLASSES}",
+                    label=f"{i % CLASSES}: c{i % CLASSES}", num_steps=1) for i in idx]
+    acts = {layer: [dict(step=0, timestep=None, sigma=80.0, reduce=red, layer_shape=lshape,
+                         array=np.stack([clustered_vector(layer, i, 1) for i in idx]))]
+            for layer, (lshape, red, _) in LAYERS.items()}
+    w.write_batch(idx, samples, None, acts)
+    w.finish()
+
+
+def test_runs_of_different_step_counts_are_compared_at_their_own_last_step_or_a_shared_one(two_runs):
+    from pipeline.features import load_features
+
+    store = Store(two_runs)
+
+    def features(run, step):
+        return load_features(store, "demo", "enc", step, "mean", run_ids=[run]).X.astype(np.float64)
+
+    last = D.compare_runs(store, "demo", "enc", ["r1", "r5"], per_class=False)
+    assert (last.loc[0, "step_a"], last.loc[0, "step_b"]) == (1, 0)
+    assert last.loc[0, "fd"] == pytest.approx(plain_fd(features("r1", 1), features("r5", 0)), rel=1e-4)
+    first = D.compare_runs(store, "demo", "enc", ["r1", "r5"], step=0, per_class=False)
+    assert (first.loc[0, "step_a"], first.loc[0, "step_b"]) == (0, 0)
+    assert first.loc[0, "fd"] == pytest.approx(plain_fd(features("r1", 0), features("r5", 0)), rel=1e-4)
+    assert first.loc[0, "fd"] != pytest.approx(last.loc[0, "fd"], rel=1e-3)
+    with pytest.raises(D.DistributionError, match=r"run 'r5': step 1 not recorded for demo/enc; valid steps: \[0\]"):
+        D.compare_runs(store, "demo", "enc", ["r1", "r5"], step=1)
 
 
 def test_compare_runs_measures_the_runs_in_one_feature_space(two_runs):
@@ -184,7 +223,7 @@ def test_compare_runs_measures_the_runs_in_one_feature_space(two_runs):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(runs=["r1", "nope"]), "unknown run 'nope'; runs of model 'demo': ['r1', 'r2', 'r4']"),
+    (dict(runs=["r1", "nope"]), "unknown run 'nope'; runs of model 'demo': ['r1', 'r2', 'r4', 'r5']"),
     (dict(runs=["r1", "r3"]), "run 'r3' is of model 'other', not 'demo'"),
     (dict(runs=["r1"]), "need two or more runs"),
     (dict(runs=["r1", "r1"]), "given more than once"),
