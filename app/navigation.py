@@ -27,6 +27,8 @@ class PageSpec:
 PAGES = (
     PageSpec("explore.py", "Explore", ":material/scatter_plot:", "explore", default=True),
     PageSpec("compare.py", "Compare layers", ":material/compare:", "compare-layers"),
+    PageSpec("motion.py", "Motion", ":material/animation:", "motion"),
+    PageSpec("inside.py", "Inside", ":material/grid_on:", "inside"),
     PageSpec("analysis.py", "Analysis", ":material/insights:", "analysis"),
     PageSpec("overview.py", "Overview", ":material/dashboard:", "overview"),
     PageSpec("search.py", "Search", ":material/search:", "search"),

@@ -381,3 +381,23 @@ def spatial_view(store, sample_ids: Sequence[str], layer: str, step: int | None 
     hi = float(max(n.max() for n in norms))
     return SpatialView(maps=fm, pca=pca, norms=norms, colours=[pca_colours(m, pca) for m in fm.maps],
                        norm_range=(lo, hi), summary=channel_summary(fm.maps[0], top=top))
+
+
+def nearest_samples(store, model: str, layer: str, step: int | None, sample_id: str, k: int = 5,
+                    run_ids=None, metric: str = "cosine") -> list[str]:
+    """The `k` samples nearest to `sample_id` in the activation space of (layer, step) (the layer's default
+    features, `pipeline.features`), nearest first: the neighbours a view shows beside the selected sample."""
+    from pipeline.features import load_features
+    from pipeline.neighbors import exact_knn
+
+    try:
+        f = load_features(store, model, layer, -1 if step is None else int(step), run_ids=run_ids)
+    except (ValueError, OSError) as e:
+        raise SpatialError(f"no neighbours of {sample_id} at {layer}: {e}") from None
+    rows = np.flatnonzero(np.asarray(f.sample_ids).astype(str) == str(sample_id))
+    if not len(rows):
+        raise SpatialError(f"sample {sample_id} has no activations of {model}/{layer} at step {f.step}")
+    want = min(int(k) + 1, len(f.sample_ids))
+    idx, _ = exact_knn(f.X[rows[:1]], f.X, want, metric)
+    ids = [str(f.sample_ids[i]) for i in idx[0] if str(f.sample_ids[i]) != str(sample_id)]
+    return ids[:int(k)]

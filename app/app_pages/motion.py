@@ -1,0 +1,186 @@
+"""Motion: the map moving through the denoising steps of a layer, or through the network's layers at a step,
+on one aligned layout (`pipeline.aligned`), played in the browser; the frames side by side below; in depth
+mode the CKA of consecutive layers beside the animation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import data, state, ui
+from app import motion_view as mv
+
+HEIGHT = 600
+
+
+def _init(key: str, value, valid=None) -> None:
+    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
+        st.session_state[key] = value
+
+
+def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings:
+    sb = st.sidebar
+    sb.subheader("Motion")
+    models = list(status.models)
+    explore = state.get_view()
+    start = url.get("model") if url.get("model") in models else explore.model if explore.model in models \
+        else models[0]
+    _init("mot_model", start, lambda v: v in models)
+    model = sb.selectbox("Model", models, key="mot_model")
+    runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
+    _init("mot_runs", [r for r in url.get("runs", []) if r in runs_all], lambda v: all(r in runs_all for r in v))
+    runs = sb.multiselect("Runs", runs_all, key="mot_runs", placeholder="all runs",
+                          help="Leave empty for every run of the model (a step alignment keeps the samples "
+                               "recorded at every step).")
+    layers_all = data.model_layers(path, model)
+    if not layers_all:
+        st.info(f"Model **{model}** has no stored activations.", icon=":material/info:")
+        st.stop()
+    _init("mot_mode", url.get("mode", "steps"), lambda v: v in mv.MODES)
+    mode = sb.radio("Move through", mv.MODES, key="mot_mode", horizontal=True,
+                    format_func={"steps": "denoising steps", "layers": "layers (depth)"}.get,
+                    help="Steps: one layer's map at every sampling step. Layers: every chosen layer's map at one "
+                         "step, encoder to decoder.")
+    layer_default = url.get("layer") if url.get("layer") in layers_all else \
+        explore.layer if explore.layer in layers_all else layers_all[-1]
+    _init("mot_layer", layer_default, lambda v: v in layers_all)
+    wanted = [x for x in url.get("layers", []) if x in layers_all]
+    _init("mot_layers", wanted if len(wanted) >= 2 else list(layers_all), lambda v: all(x in layers_all for x in v))
+    layer, layers, step = st.session_state["mot_layer"], tuple(st.session_state["mot_layers"]), 0
+    if mode == "steps":
+        layer = sb.selectbox("Layer", layers_all, key="mot_layer")
+    else:
+        chosen = sb.multiselect("Layers", layers_all, key="mot_layers", placeholder="choose two or more",
+                                help="The layer sequence, in network order (default: every recorded layer).")
+        layers = tuple(x for x in layers_all if x in chosen)
+        steps = None
+        for x in layers or layers_all:
+            frame = data.model_steps(path, model, x)
+            steps = frame if steps is None else steps[steps["step"].isin(frame["step"])]
+        values = [int(s) for s in steps["step"]] or [0]
+        _init("mot_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
+        step = sb.select_slider("Step", values, key="mot_step") if len(values) > 1 else values[0]
+    _init("mot_k", min(max(int(url.get("k", mv.DEFAULT_K)), 0), 30))
+    k = sb.slider("Neighbours highlighted", 0, 30, key="mot_k",
+                  help="The selected sample's nearest samples in activation space (at the last frame), ringed "
+                       "in every frame.")
+    _init("mot_speed", url.get("speed", "normal"), lambda v: v in mv.SPEEDS)
+    speed = sb.select_slider("Speed", list(mv.SPEEDS), key="mot_speed",
+                             help="Time per frame when playing (the positions are interpolated in between).")
+    return mv.MotionSettings(model=model, runs=tuple(runs), mode=mode, layer=layer, step=int(step),
+                             layers=layers, k=int(k), speed=speed)
+
+
+@st.fragment(run_every=0.5)
+def _progress(keys: tuple) -> None:
+    jobs = [data.jobs().find(key) for key in keys]
+    if all(job is None or not job.running for job in jobs):
+        st.rerun(scope="app")
+    for job in jobs:
+        if job is not None and job.running:
+            st.progress(job.progress, text=f"{'Aligning maps' if 'motion' in job.key[0] else 'CKA'}… {job.message}")
+            if st.button("Cancel", key=f"mot_cancel_{abs(hash(job.key))}", icon=":material/close:"):
+                job.cancel.set()
+    st.caption("The aligned maps are fitted once and cached: a second visit opens at once.")
+
+
+def _wait(jobs: list[data.Job]) -> bool:
+    failed = [j for j in jobs if not j.running and j.error]
+    if failed:
+        for job in failed:
+            if job.error == "cancelled":
+                st.warning("Cancelled. Change a control or press Retry to compute it again.")
+            else:
+                st.error(job.error)
+        if st.button("Retry", key="mot_retry"):  # a failed or cancelled job is started afresh when asked again
+            st.rerun()
+        return False
+    if any(j.running for j in jobs):
+        _progress(tuple(j.key for j in jobs))
+        return False
+    return True
+
+
+def _on_select(key: str) -> None:
+    sid = mv.clicked(st.session_state.get(key))
+    if sid:
+        state.select(sid)
+
+
+def main() -> None:
+    path = state.store_path()
+    status = data.store_status(path)
+    st.title("Motion")
+    if not status.ok:
+        ui.no_store_panel(status)
+    url = mv.load_url_once()
+    if url.get("sel") and not st.session_state.get("mot.sel_loaded"):
+        st.session_state["mot.sel_loaded"] = True
+        state.select(url["sel"])
+    s = sidebar(path, status, url)
+    all_layers = data.model_layers(path, s.model)
+    selected = state.get_selection().selected
+
+    if s.mode == "layers" and len(s.layers) < 2:
+        st.info("Choose at least two layers in the sidebar.", icon=":material/layers:")
+        mv.sync_url(mv.to_params(s, all_layers, selected))
+        return
+    if s.mode == "steps":
+        steps = data.model_steps(path, s.model, s.layer)
+        if len(steps) < 2:
+            st.info(f"**{s.model}** records one step only at {s.layer}: nothing moves between steps. Choose "
+                    "*layers (depth)*, or a multi-step model.", icon=":material/info:")
+            mv.sync_url(mv.to_params(s, all_layers, selected))
+            return
+    job = mv.aligned_job(path, s)
+    jobs = [job]
+    cka = mv.cka_job(path, s) if s.mode == "layers" else None
+    if cka is not None:
+        jobs.append(cka)
+    if not _wait(jobs):
+        mv.sync_url(mv.to_params(s, all_layers, selected))
+        return
+    maps = job.result
+    if selected and selected not in set(maps.sample_ids):
+        selected = None
+    near = mv.neighbours(path, s, maps, selected) if s.k else []
+    labels = mv.labels_of(path, s.model, maps.sample_ids)
+    colours, legend = mv.colours_for(labels)
+    what = f"{s.layer}, steps {maps.frames[0]}–{maps.frames[-1]}" if s.mode == "steps" else \
+        f"{len(maps.frames)} layers at step {s.step}"
+    st.markdown(f"### {s.model} · {what}")
+    src = "from the cache" if maps.source == "cache" else f"aligned in {maps.seconds:.1f} s"
+    dropped = int(maps.meta.get("dropped", 0))
+    st.caption(f"{len(maps):,} samples in every frame · {src} · AlignedUMAP (n_neighbors "
+               f"{maps.params.n_neighbors}, alignment {maps.params.alignment_regularisation:g})"
+               + (f" · {dropped:,} samples not recorded in every frame are left out" if dropped else ""))
+
+    fig = mv.animated_figure(maps, colours, legend, labels.to_numpy(), selected, near, s.speed, HEIGHT)
+    if s.mode == "layers":
+        left, right = st.columns([3, 1], gap="medium")
+    else:
+        left, right = st.container(), None
+    with left:
+        st.plotly_chart(fig, key="mot_anim", width="stretch", on_select=lambda: _on_select("mot_anim"),
+                        selection_mode="points", config={"displaylogo": False, "scrollZoom": True})
+    if right is not None:
+        with right:
+            st.plotly_chart(mv.cka_figure(mv.consecutive(cka.result, s.layers), HEIGHT), key="mot_cka",
+                            width="stretch", config={"displaylogo": False})
+    st.caption("▶ Play moves every point to its position in the next frame (the browser interpolates); drag the "
+               "slider to scrub. Click a point to select it: it and its neighbours stay marked in every frame.")
+    if selected:
+        st.markdown(f"Selected **{labels.get(selected, selected)}** · `{selected}`"
+                    + (f" · {len(near)} neighbours ringed" if near else ""))
+    st.markdown("#### Every frame side by side")
+    multiples = mv.small_multiples(maps, colours, labels.to_numpy(), selected, near)
+    st.plotly_chart(multiples, key="mot_multiples", width="stretch", on_select=lambda: _on_select("mot_multiples"),
+                    selection_mode="points", config={"displaylogo": False})
+    mv.sync_url(mv.to_params(s, all_layers, state.get_selection().selected))
+    if s.mode == "layers" and cka is not None:
+        table = mv.consecutive(cka.result, s.layers)
+        st.dataframe(pd.DataFrame({"layers": table["pair"], "CKA": table["cka"].round(3)}), hide_index=True,
+                     key="mot_cka_table")
+
+
+main()

@@ -1,0 +1,335 @@
+"""What the Motion page reads and remembers: its URL state, the background jobs of its aligned maps
+(`pipeline.aligned`) and of the consecutive-layer CKA (`pipeline.compare`), and the figures it draws.
+
+The animation is one plotly figure with a frame per step (or layer): the browser plays it, interpolating every
+point's position between frames (plotly transitions), so nothing reruns in Python while it plays. The
+selected sample and its neighbours are their own traces, present in every frame, so they stay highlighted
+as they move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from app import data, state
+
+SEP = "~"
+MODES = ("steps", "layers")
+SPEEDS = {"slow": 1600, "normal": 800, "fast": 350}  # ms per frame
+DEFAULT_K = 8
+URL_LOADED = "mot.url_loaded"
+URL_VALUES = "mot.url"
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
+OTHER = "#c8c8c8"
+
+
+@dataclass(frozen=True)
+class MotionSettings:
+    """Everything that defines the page's view; all of it round-trips through the URL."""
+
+    model: str
+    runs: tuple[str, ...]
+    mode: str  # "steps" | "layers"
+    layer: str  # the layer animated over its steps
+    step: int  # the step whose layers are animated
+    layers: tuple[str, ...]  # the layer sequence (network order)
+    k: int = DEFAULT_K
+    speed: str = "normal"
+
+
+# ------------------------------------------------------------------------------------------------- URL
+
+def load_url_once() -> dict:
+    if not st.session_state.get(URL_LOADED):
+        st.session_state[URL_LOADED] = True
+        st.session_state[URL_VALUES] = parse_params({k: st.query_params.get(k) for k in st.query_params})
+    return st.session_state.get(URL_VALUES) or {}
+
+
+def parse_params(q: dict) -> dict:
+    """The page's query parameters; malformed values are left out (the URL is user input)."""
+    out: dict = {}
+    for name in ("model", "layer", "sel"):
+        if q.get(name):
+            out[name] = str(q[name])
+    if q.get("mode") in MODES:
+        out["mode"] = q["mode"]
+    if q.get("speed") in SPEEDS:
+        out["speed"] = q["speed"]
+    for name in ("runs", "layers"):
+        if q.get(name):
+            out[name] = [p for p in str(q[name]).split(SEP) if p]
+    for name in ("step", "k"):
+        try:
+            if q.get(name) not in (None, ""):
+                out[name] = int(q[name])
+        except ValueError:
+            continue
+    return out
+
+
+def to_params(s: MotionSettings, all_layers: list[str], selected: str | None) -> dict[str, str]:
+    params = {"model": s.model, "mode": s.mode}
+    if s.mode == "steps":
+        params["layer"] = s.layer
+    else:
+        params["step"] = str(s.step)
+        if list(s.layers) != list(all_layers):
+            params["layers"] = SEP.join(s.layers)
+    if s.runs:
+        params["runs"] = SEP.join(s.runs)
+    if s.k != DEFAULT_K:
+        params["k"] = str(s.k)
+    if s.speed != "normal":
+        params["speed"] = s.speed
+    if selected:
+        params["sel"] = selected  # Explore's selection parameter: a link opens the same sample there
+    path = state.store_path()
+    if not state.is_default_store(path):
+        params["store"] = path
+    return params
+
+
+def sync_url(params: dict) -> None:
+    current = {k: st.query_params.get(k) for k in st.query_params}
+    if current != params:
+        st.query_params.from_dict(params)
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+def _start(key: tuple, work) -> data.Job:
+    job = data.jobs().get_or_start(key, work)
+    if job.running and job.thread is not None:
+        job.thread.join(data.JOB_WAIT_S)
+    return job
+
+
+def _versions(path: str, model: str, layers, runs) -> tuple:
+    return tuple(data.version(path, model, layer, list(runs) or None) for layer in layers)
+
+
+def aligned_job(path: str, s: MotionSettings, refit: int = 0) -> data.Job:
+    """The aligned maps of the view (`pipeline.aligned`), as a background job with progress and cancel."""
+    from pipeline import aligned
+
+    runs = list(s.runs) or None
+    if s.mode == "steps":
+        key = ("motion-steps", data.resolve(path), _versions(path, s.model, [s.layer], s.runs), s.model, s.layer,
+               s.runs, refit)
+
+        def work(job: data.Job):
+            return aligned.aligned_steps(data.open_store(path), s.model, s.layer, run_ids=runs,
+                                         progress=job.report, cancel=job.cancel, refit=bool(refit))
+    else:
+        key = ("motion-layers", data.resolve(path), _versions(path, s.model, s.layers, s.runs), s.model,
+               s.layers, s.step, s.runs, refit)
+
+        def work(job: data.Job):
+            return aligned.aligned_layers(data.open_store(path), s.model, list(s.layers), s.step, run_ids=runs,
+                                          progress=job.report, cancel=job.cancel, refit=bool(refit))
+
+    return _start(key, work)
+
+
+def cka_job(path: str, s: MotionSettings) -> data.Job:
+    """CKA of the layer sequence (`pipeline.compare.layer_similarity`), for its consecutive pairs."""
+    from pipeline import compare
+
+    key = ("compare-cka", data.resolve(path), _versions(path, s.model, s.layers, s.runs), s.model, s.layers,
+           s.step, s.runs)
+
+    def work(job: data.Job):
+        return compare.layer_similarity(data.open_store(path), s.model, list(s.layers), s.step,
+                                        run_ids=list(s.runs) or None, progress=job.report)
+
+    return _start(key, work)
+
+
+def consecutive(cka: pd.DataFrame, layers) -> pd.DataFrame:
+    """(pair, to, cka): the CKA of each layer with the next one in the sequence."""
+    layers = list(layers)
+    rows = [(f"{a} → {b}", b, float(cka.loc[a, b])) for a, b in zip(layers[:-1], layers[1:], strict=True)]
+    return pd.DataFrame(rows, columns=["pair", "to", "cka"])
+
+
+def neighbours(path: str, s: MotionSettings, maps, sample_id: str | None) -> list[str]:
+    """The selected sample's nearest samples in activation space at the last frame (the final step, or the last
+    layer), among the map's samples; highlighted in every frame."""
+    if not sample_id or sample_id not in set(maps.sample_ids):
+        return []
+    from pipeline.spatial import SpatialError, nearest_samples
+
+    layer = s.layer if s.mode == "steps" else maps.frames[-1]
+    step = maps.frames[-1] if s.mode == "steps" else s.step
+    try:
+        near = nearest_samples(data.open_store(path), s.model, layer, step, sample_id, s.k + 20,
+                               run_ids=list(s.runs) or None)
+    except SpatialError:
+        return []
+    inside = set(maps.sample_ids)
+    return [x for x in near if x in inside][:s.k]
+
+
+# -------------------------------------------------------------------------------------------- colouring
+
+def labels_of(path: str, model: str, ids) -> pd.Series:
+    """The label each point is coloured by: the class (class models) or the prompt's category (text models)."""
+    samples = data.model_samples(path, model).set_index("sample_id")
+    col = "category" if "category" in samples and samples["category"].notna().any() else "label"
+    return samples[col].reindex(list(ids)).fillna("(none)").astype(str)
+
+
+def colours_for(labels: pd.Series) -> tuple[list[str], dict[str, str]]:
+    order = sorted(labels.unique(), key=lambda v: (len(v), v))
+    legend = {v: PALETTE[i % len(PALETTE)] if i < len(PALETTE) else OTHER for i, v in enumerate(order)}
+    return [legend[v] for v in labels], legend
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+def _range(values: np.ndarray) -> list[float]:
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = 0.05 * (hi - lo or 1.0)
+    return [lo - pad, hi + pad]
+
+
+def _frame_traces(xy, ids, colours, hover, sel_rows, nb_rows, size) -> list[go.Scatter]:
+    return [
+        go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=ids, hovertext=hover,
+                   hovertemplate="%{hovertext}<br>%{customdata}<extra></extra>",
+                   marker={"color": colours, "size": size, "opacity": 0.75, "line": {"width": 0}},
+                   name="samples", showlegend=False),
+        go.Scatter(x=xy[nb_rows, 0], y=xy[nb_rows, 1], mode="markers", customdata=ids[nb_rows],
+                   hovertext=hover[nb_rows], hovertemplate="neighbour: %{hovertext}<br>%{customdata}<extra></extra>",
+                   marker={"size": size + 7, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#222"}},
+                   name="neighbours", showlegend=bool(len(nb_rows))),
+        go.Scatter(x=xy[sel_rows, 0], y=xy[sel_rows, 1], mode="markers", customdata=ids[sel_rows],
+                   hovertext=hover[sel_rows], hovertemplate="selected: %{hovertext}<br>%{customdata}<extra></extra>",
+                   marker={"size": size + 11, "symbol": "star", "color": "#111", "line": {"width": 1.5,
+                                                                                            "color": "white"}},
+                   name="selected", showlegend=bool(len(sel_rows))),
+    ]
+
+
+def animated_figure(maps, colours: list[str], legend: dict[str, str], hover, selected: str | None,
+                    near: list[str], speed: str = "normal", height: int = 600, title: str = "") -> go.Figure:
+    """One frame per step (or layer), played in the browser with interpolated positions."""
+    ids = np.asarray(maps.sample_ids, dtype=object)
+    hover = np.asarray(hover, dtype=object)
+    row = {sid: i for i, sid in enumerate(ids)}
+    sel_rows = np.array([row[selected]] if selected in row else [], dtype=int)
+    nb_rows = np.array([row[x] for x in near if x in row], dtype=int)
+    size = 5 if len(ids) > 2000 else 7
+    names = [_frame_name(maps, f) for f in range(len(maps.frames))]
+    ms = SPEEDS.get(speed, SPEEDS["normal"])
+    fig = go.Figure(data=_frame_traces(maps.xy[0], ids, colours, hover, sel_rows, nb_rows, size))
+    for label, colour in legend.items():  # legend entries only (not animated)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker={"color": colour, "size": 9},
+                                 name=label, showlegend=True, hoverinfo="skip"))
+    fig.frames = [go.Frame(name=names[f], traces=[0, 1, 2],
+                           data=_frame_traces(maps.xy[f], ids, colours, hover, sel_rows, nb_rows, size))
+                  for f in range(len(maps.frames))]
+    play = {"frame": {"duration": ms, "redraw": False}, "fromcurrent": True, "mode": "immediate",
+            "transition": {"duration": int(ms * 0.85), "easing": "cubic-in-out"}}
+    pause = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate", "transition": {"duration": 0}}
+    fig.update_layout(
+        height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        title={"text": title, "x": 0.01} if title else None,
+        xaxis={"range": _range(maps.xy[:, :, 0]), "showticklabels": False, "zeroline": False, "showgrid": False},
+        yaxis={"range": _range(maps.xy[:, :, 1]), "showticklabels": False, "zeroline": False, "showgrid": False,
+               "scaleanchor": "x"},
+        plot_bgcolor="white", hovermode="closest", uirevision=maps.key, dragmode="pan",
+        legend={"itemsizing": "constant", "font": {"size": 11}},
+        updatemenus=[{"type": "buttons", "direction": "left", "x": 0.0, "y": -0.02, "xanchor": "left",
+                      "yanchor": "top", "pad": {"t": 8, "r": 8}, "showactive": False,
+                      "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
+                                  {"label": "❚❚ Pause", "method": "animate", "args": [[None], pause]}]}],
+        sliders=[{"active": 0, "x": 0.2, "len": 0.8, "y": -0.02, "yanchor": "top", "pad": {"t": 8},
+                  "currentvalue": {"prefix": "step " if maps.axis == "steps" else "layer ", "font": {"size": 14}},
+                  "transition": {"duration": int(ms * 0.6), "easing": "cubic-in-out"},
+                  "steps": [{"label": n, "method": "animate",
+                             "args": [[n], {"frame": {"duration": 0, "redraw": False}, "mode": "immediate",
+                                            "transition": {"duration": int(ms * 0.6), "easing": "cubic-in-out"}}]}
+                            for n in names]}],
+    )
+    return fig
+
+
+def _frame_name(maps, f: int) -> str:
+    return str(maps.frames[f])
+
+
+def small_multiples(maps, colours: list[str], hover, selected: str | None, near: list[str],
+                    columns: int = 4, height_each: int = 250) -> go.Figure:
+    """Every frame side by side, same alignment: the selected sample and its neighbours marked in each; a click
+    in any of them selects that sample in all."""
+    ids = np.asarray(maps.sample_ids, dtype=object)
+    hover = np.asarray(hover, dtype=object)
+    row = {sid: i for i, sid in enumerate(ids)}
+    sel_rows = np.array([row[selected]] if selected in row else [], dtype=int)
+    nb_rows = np.array([row[x] for x in near if x in row], dtype=int)
+    f_count = len(maps.frames)
+    cols = min(columns, f_count)
+    rows = int(np.ceil(f_count / cols))
+    prefix = "step " if maps.axis == "steps" else ""
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"{prefix}{x}" for x in maps.frames],
+                        horizontal_spacing=0.02, vertical_spacing=0.08)
+    for f in range(f_count):
+        r, c = f // cols + 1, f % cols + 1
+        xy = maps.xy[f]
+        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=ids, hovertext=hover,
+                                   hovertemplate="%{hovertext}<br>%{customdata}<extra></extra>",
+                                   marker={"color": colours, "size": 3.5, "opacity": 0.7}, showlegend=False),
+                      row=r, col=c)
+        fig.add_trace(go.Scattergl(x=xy[nb_rows, 0], y=xy[nb_rows, 1], mode="markers", customdata=ids[nb_rows],
+                                   hoverinfo="skip", showlegend=False,
+                                   marker={"size": 9, "color": "rgba(0,0,0,0)", "line": {"width": 1.5,
+                                                                                         "color": "#222"}}),
+                      row=r, col=c)
+        fig.add_trace(go.Scattergl(x=xy[sel_rows, 0], y=xy[sel_rows, 1], mode="markers",
+                                   customdata=ids[sel_rows], hoverinfo="skip", showlegend=False,
+                                   marker={"size": 12, "symbol": "star", "color": "#111"}), row=r, col=c)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(height=rows * height_each + 40, margin={"l": 5, "r": 5, "t": 30, "b": 5},
+                      plot_bgcolor="white", uirevision=maps.key + "-multiples", dragmode="pan")
+    return fig
+
+
+def cka_figure(frame: pd.DataFrame, height: int = 600) -> go.Figure:
+    """Consecutive-layer CKA as a line down the layer sequence (beside the depth animation)."""
+    fig = go.Figure(go.Scatter(x=frame["cka"], y=frame["pair"], mode="lines+markers+text",
+                               text=[f"{v:.2f}" for v in frame["cka"]], textposition="middle right",
+                               line={"color": "#4e79a7", "width": 2}, marker={"size": 8},
+                               hovertemplate="%{y}<br>CKA %{x:.3f}<extra></extra>"))
+    fig.update_layout(height=height, margin={"l": 10, "r": 30, "t": 30, "b": 10},
+                      title={"text": "CKA with the next layer", "x": 0.01, "font": {"size": 14}},
+                      xaxis={"range": [0, 1.1], "title": "linear CKA"},
+                      yaxis={"autorange": "reversed"}, plot_bgcolor="white")
+    return fig
+
+
+def clicked(event) -> str | None:
+    """The sample id of a plotly selection event's first point (a click), if any."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        try:
+            points = event.selection.points
+        except AttributeError:
+            return None
+    for p in points or []:
+        cd = p.get("customdata") if isinstance(p, dict) else None
+        if isinstance(cd, list):
+            cd = cd[0] if cd else None
+        if cd:
+            return str(cd)
+    return None

@@ -1,0 +1,113 @@
+"""AppTest: the Motion page (aligned maps animated across steps or layers, small multiples, consecutive-layer
+CKA), on the synthetic app store with the real aligned-map engine (pipeline.aligned)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests import app_fixtures as fx
+
+app_store = fx.app_store
+app_env = fx.app_env
+
+MOTION = "app_pages/motion.py"
+
+
+def _open(query: dict):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(fx.ENTRY, default_timeout=180)
+    at.run()
+    at.query_params.clear()
+    for k, v in query.items():
+        at.query_params[k] = v
+    at = at.switch_page(MOTION).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _figures(at) -> dict:
+    return {i: json.loads(c.proto.spec) for i, c in enumerate(at.get("plotly_chart"))}
+
+
+def _text(at) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
+
+
+def _xy(trace) -> np.ndarray:
+    from tests.test_app_compare import _array
+
+    return np.column_stack([_array(trace["x"]), _array(trace["y"])])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh():
+    from pipeline import aligned
+
+    aligned.clear_cache()
+    yield
+
+
+def test_steps_animate_with_points_keeping_identity(app_env):
+    at = _open({"model": "digits", "mode": "steps", "layer": "midblock", "sel": "digits-a-00000003", "k": "5"})
+    figs = _figures(at)
+    anim = figs[0]
+    frames = anim["frames"]
+    assert [f["name"] for f in frames] == ["0", "1", "2"]
+    ids = [f["data"][0]["customdata"] for f in frames]
+    assert all(x == ids[0] for x in ids) and len(ids[0]) == 180  # every sample in every frame, same order
+    xy = [_xy(f["data"][0]) for f in frames]
+    assert not np.allclose(xy[0], xy[2])  # the points move
+    # the selected sample (from the URL, Explore's parameter) and its neighbours are marked in every frame
+    for f in frames:
+        assert f["data"][2]["customdata"] == ["digits-a-00000003"]
+        assert len(f["data"][1]["customdata"]) == 5
+    sel_xy = [_xy(f["data"][2])[0] for f in frames]
+    row = ids[0].index("digits-a-00000003")
+    for f, p in zip(frames, sel_xy, strict=True):
+        np.testing.assert_allclose(_xy(f["data"][0])[row], p)
+    menu = anim["layout"]["updatemenus"][0]["buttons"]
+    assert menu[0]["method"] == "animate" and menu[0]["args"][1]["transition"]["duration"] > 0
+    assert [s["label"] for s in anim["layout"]["sliders"][0]["steps"]] == ["0", "1", "2"]
+    # small multiples: one panel per step
+    assert len(figs[1]["data"]) == 3 * 3
+    assert at.query_params["sel"] == ["digits-a-00000003"] or at.query_params["sel"] == "digits-a-00000003"
+    # speed changes the frame duration of Play, nothing else
+    slow = at.select_slider(key="mot_speed").set_value("slow").run()
+    assert _figures(slow)[0]["layout"]["updatemenus"][0]["buttons"][0]["args"][1]["frame"]["duration"] == 1600
+
+
+def test_second_visit_is_from_the_cache(app_env):
+    import streamlit as st
+
+    from pipeline import aligned
+
+    _open({"model": "digits", "mode": "steps", "layer": "encoder_bottleneck"})
+    st.cache_resource.clear()  # a fresh server: no finished jobs, no maps in memory; the store keeps them
+    aligned.clear_cache()
+    at = _open({"model": "digits", "mode": "steps", "layer": "encoder_bottleneck"})
+    assert "from the cache" in _text(at)
+
+
+def test_depth_mode_animates_layers_beside_consecutive_cka(app_env, app_store):
+    from pipeline import compare
+    from store import Store
+
+    at = _open({"model": "digits", "mode": "layers", "step": "1"})
+    figs = _figures(at)
+    assert [f["name"] for f in figs[0]["frames"]] == ["encoder_bottleneck", "midblock"]
+    cka = figs[1]["data"][0]
+    expected = compare.layer_similarity(Store(app_store), "digits", ["encoder_bottleneck", "midblock"], 1)
+    from tests.test_app_compare import _array
+
+    assert _array(cka["x"])[0] == pytest.approx(expected.loc["encoder_bottleneck", "midblock"])
+    assert "2 layers at step 1" in _text(at)
+
+
+def test_a_one_step_model_says_why_nothing_moves(app_env):
+    at = _open({"model": "words", "mode": "steps"})
+    assert "one step only" in _text(at)
+    assert not at.get("plotly_chart")
