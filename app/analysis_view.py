@@ -26,6 +26,7 @@ CELL = "ana.cell"  # (class a, class b) of the confusion cell whose samples are 
 CLUSTER = "ana.cluster"  # the cluster whose samples are highlighted, or None
 MAP_ASKED = "ana.map_asked"  # projection keys this session asked the page to compute
 REPORTS_ASKED = "ana.reports_asked"  # report job keys this session asked for
+CANCELLED = "ana.cancelled"  # job keys this session cancelled: not started again until asked
 EXPLORE_URL_PATH = "explore"  # app.navigation's url_path of Explore
 COLORS = {"class": "class / category", "cluster": "cluster", "lof": "outlier score (LOF)",
           "kdist": "distance to the k-th neighbour"}
@@ -340,7 +341,27 @@ def scope(view_ids, frame: pd.DataFrame, explore_ids: list[str] | None) -> list[
     return ids
 
 
+def cancel(key: tuple, holder: str) -> None:
+    """Stop waiting for a job (it stops when no session waits for it) and do not start it again here."""
+    st.session_state[CANCELLED] = {*(st.session_state.get(CANCELLED) or ()), key}
+    data.jobs().release(key, holder)
+
+
+def resume(key: tuple) -> None:
+    st.session_state[CANCELLED] = {k for k in (st.session_state.get(CANCELLED) or ()) if k != key}
+
+
+def cancelled(key: tuple) -> bool:
+    return key in (st.session_state.get(CANCELLED) or ())
+
+
 def _start(key: tuple, work, holder: str | None) -> data.Job:
+    """The job of `key`, started (or found) for `holder`; a job this session cancelled comes back as such,
+    without starting again."""
+    if cancelled(key):
+        import time
+
+        return data.Job(key=key, error="cancelled", started=time.time(), finished=time.time())
     job = data.jobs().get_or_start(key, work, holder)
     if job.running and job.thread is not None:
         job.thread.join(data.JOB_WAIT_S)

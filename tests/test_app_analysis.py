@@ -17,7 +17,7 @@ app_env = fx.app_env
 ANALYSIS = "app_pages/analysis.py"
 
 
-def _open(query: dict | None = None, explore_first: bool = True):
+def _open(query: dict | None = None, settle: bool = True):
     """A session on the Analysis page. AppTest runs the default page (Explore) first, which draws its map (the
     page then finds it); the page's query is put back before the switch (it reads the URL on its first run)."""
     from streamlit.testing.v1 import AppTest
@@ -30,7 +30,7 @@ def _open(query: dict | None = None, explore_first: bool = True):
     for k, v in (query or {}).items():
         at.query_params[k] = v
     at.switch_page(ANALYSIS).run()
-    return _settle(at)
+    return _settle(at) if settle else at
 
 
 def _settle(at, timeout: float = 120):
@@ -296,3 +296,41 @@ def test_a_tiny_text_to_image_store(t2i_store, monkeypatch, tmp_path):
         assert len(_table(at, "ana_clusters")) >= 1
         assert len([m for m in at.markdown if "open in Explore" in str(m.value)]) == 12
         assert len(_static(_map(at)["points_url"])["ids"]) == 16
+
+
+def test_a_cancelled_analysis_stays_cancelled_until_asked_again(app_env, monkeypatch):
+    import threading
+
+    from app import data
+    from pipeline import analysis
+
+    real, release = analysis.class_separation, threading.Event()
+
+    def slow(*args, progress=None, **kwargs):  # works in steps, reporting progress, until released
+        while not release.wait(0.05):
+            progress(0.1, "slow")  # the page's progress callback stops a cancelled job here
+        return real(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(analysis, "class_separation", slow)
+    monkeypatch.setattr(data, "JOB_WAIT_S", 0.2)
+    at = _open(settle=False)
+    keys = data.jobs().jobs.keys()  # (an LRU: keys() is a list, it does not iterate)
+    knn_key = next(k for k in keys if k[0] == "analysis-knn")
+    cancel = [b for b in at.button if b.key == f"cancel_{abs(hash(knn_key))}"]
+    assert cancel, "the running analysis shows a Cancel button"
+    started = len(data.jobs().jobs)
+    cancel[0].click().run()
+    deadline = time.time() + 20
+    while "Class separation: cancelled." not in _texts(at) and time.time() < deadline:
+        time.sleep(0.2)
+        at.run()
+    assert "Class separation: cancelled." in _texts(at)
+    keys = data.jobs().jobs.keys()
+    knn = [data.jobs().find(k) for k in keys if k[0] == "analysis-knn"]
+    assert knn and all(j.error == "cancelled" and not j.running for j in knn)  # the worker stopped
+    at.run()
+    assert "Class separation: cancelled." in _texts(at) and len(data.jobs().jobs) == started  # not restarted
+    release.set()
+    next(b for b in at.button if b.key.startswith("resume_")).click().run()
+    _settle(at)
+    assert len(_table(at, "ana_sep_table")) == 10

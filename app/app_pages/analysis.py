@@ -127,8 +127,8 @@ def _progress(keys: tuple) -> None:
             bar, stop = st.columns([6, 1], vertical_alignment="bottom")
             title = av.JOB_TITLES.get(job.key[0], "Projecting the map")
             bar.progress(job.progress, text=f"{title}… {job.message} · {time.time() - job.started:.0f} s")
-            if stop.button("Cancel", key=f"cancel_{hash(job.key)}", icon=":material/close:", width="stretch"):
-                data.jobs().release(job.key, _session())
+            if stop.button("Cancel", key=f"cancel_{abs(hash(job.key))}", icon=":material/close:", width="stretch"):
+                av.cancel(job.key, _session())
                 st.rerun(scope="app")
 
 
@@ -141,8 +141,9 @@ def _result(job: data.Job | None, what: str):
         return None
     if job.error:
         if job.error == "cancelled":
-            st.info(f"{what}: cancelled. Change a parameter or reload the page to compute it again.",
-                    icon=":material/block:")
+            st.info(f"{what}: cancelled.", icon=":material/block:")
+            st.button(f"Compute {what.lower()} after all", key=f"resume_{abs(hash(job.key))}_{what}",
+                      icon=":material/play_arrow:", on_click=av.resume, args=(job.key,))
         else:
             st.error(f"{what} failed: {job.error}")
         return None
@@ -250,6 +251,7 @@ def map_section(path: str, view_s: ViewSettings, full, sub, color_url: str, hl, 
 
 def _ask_report(key: tuple) -> None:
     st.session_state[av.REPORTS_ASKED] = {*(st.session_state.get(av.REPORTS_ASKED) or ()), key}
+    av.resume(key)
 
 
 def report_job(path: str, view_s: ViewSettings) -> data.Job | None:
@@ -419,7 +421,12 @@ def main() -> None:
         st.caption(f"Explore's filter applies: {len(explore_ids):,} samples"
                    + (" (the map is projected on them only)" if wanted is not None else ""))
     full, map_job = None, None
-    if av.map_known(path, view_s, wanted):
+    map_key = data.projection_job_key(path, view_s, wanted, 0)
+    if av.cancelled(map_key):
+        st.info("The map: cancelled. The tables below do not need it.", icon=":material/block:")
+        st.button("Compute the map after all", key="resume_map", icon=":material/play_arrow:", on_click=av.resume,
+                  args=(map_key,))
+    elif av.map_known(path, view_s, wanted):
         map_job = data.request_projection(path, view_s, wanted, 0, holder=_session())
         if not map_job.running and map_job.error:
             st.error(f"The map failed: {map_job.error}")
