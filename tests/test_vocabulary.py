@@ -24,7 +24,7 @@ def _samples(n: int = 6, extra: dict | None = None) -> pd.DataFrame:
         "index": i, "seed": 100 + i, "class_id": i % 3, "class_name": [f"c{k % 3}" for k in i],
         "prompt": None, "prompt_index": i % 2, "category": [f"cat{k % 2}" for k in i],
         "label": [f"{k % 3}: c{k % 3}" for k in i], "num_steps": 1 + i % 2, "image_path": "images/x.parquet",
-        "width": 8 + i % 2, "height": 8 + i % 2,
+        "width": 8 + i % 2, "height": 8 + i % 2, "run_kind": [f"kind{k % 2}" for k in i],
     })
     for name in VOCAB.optional:  # a reader gives the columns that older parts lack as null
         frame[name] = None
