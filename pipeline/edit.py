@@ -349,6 +349,9 @@ class Editor:
             found[sid] = Parent(sid, run, manifest["model"], int(r["seed"]),
                                 None if cid is None else int(cid), _text(r.get("prompt")), _text(r.get("label")),
                                 manifest, None if pidx is None else int(pidx), _text(r.get("category")))
+            if _json(manifest.get("settings")).get("kind") == "real":
+                raise EditError(f"sample {sid} is a real image encoded by the network (run {run}), not generated from "
+                                "its seed: edits start from (and sets are recomputed from) generated samples")
             op = _text(r.get("edit_op"))
             if op not in (None, "regenerate"):  # a regenerated sample is its seed and condition again
                 raise EditError(f"sample {sid} is the result of an edit ({op}), which its seed and label cannot "

@@ -323,6 +323,8 @@ def mixed_root(tmp_path_factory):
              progress=False)
     with RunWriter(root, {"run_id": "p", "model": "sd15", "layers": [], "seed": 0}) as w:
         w.write_batch([0], [{"seed": 1, "prompt": "a red car", "label": "a red car"}], None, {})
+    with RunWriter(root, {"run_id": "r", "model": "demo", "layers": [], "seed": 0, "settings": {"kind": "real"}}) as w:
+        w.write_batch([0], [{"seed": 1, "class_id": 3, "label": "3"}], None, {})
     return root
 
 
@@ -343,6 +345,9 @@ def mixed_root(tmp_path_factory):
      "model demo is conditioned on a class label, not a prompt: use --label"),
     (["regenerate", "--sample", "d-00000001", "--label", "12"], "label 12 is out of range for model 'demo'"),
     (["--device", "nope", "regenerate", "--sample", "d-00000001"], "on device nope:"),
+    (["regenerate", "--sample", "r-00000000", "--label", "3"], "sample r-00000000 is a real image encoded by"),
+    (["patch", "--sample", "d-00000001", "--layer", "midblock", "--set", "d-00000002,r-00000000"],
+     "sample r-00000000 is a real image encoded by"),
 ])
 def test_the_command_refuses_with_one_line_and_exit_2(mixed_root, capsys, argv, message):
     from pipeline.__main__ import main
