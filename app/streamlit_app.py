@@ -14,7 +14,7 @@ from app import threads  # noqa: E402, F401  (first: one BLAS thread, set before
 # isort: split
 import streamlit as st  # noqa: E402
 
-from app import auth, data, navigation, state  # noqa: E402
+from app import auth, data, navigation, state, ui  # noqa: E402
 
 st.set_page_config(page_title="DMD2 visualizer", page_icon="🧭", layout="wide",
                    initial_sidebar_state="expanded")
@@ -37,6 +37,7 @@ with st.sidebar:
         st.caption(f"{len(status.models)} model(s): {', '.join(status.models)}")
     else:
         st.caption(f":orange[store {status.kind}]")
+    ui.demo_extras_status()  # the demo's comparison runs, added in the background after the first map
 auth.account_box()
 
 page.run()
