@@ -110,8 +110,8 @@ def class_column(frame: pd.DataFrame) -> str:
 
 
 def facets_for(frame: pd.DataFrame) -> list[Facet]:
-    """The facets of a view's samples, in the page's order: class, run, step, other named groups, numbers; a
-    column with one value (nothing to filter) is left out."""
+    """The facets of a view's samples, in the page's order: class (and the prompt, for prompt models), run,
+    step, other named groups, numbers; a column with one value (nothing to filter) is left out."""
     vocab = schema.SAMPLE_VOCAB
     out: list[Facet] = []
 
@@ -119,10 +119,13 @@ def facets_for(frame: pd.DataFrame) -> list[Facet]:
         return col in frame.columns and frame[col].nunique(dropna=False) > 1
 
     klass = class_column(frame)
-    for col in (klass, "run_id", "step"):
+    if varies(klass):
+        out.append(Facet(klass, "class" if klass == "label" else vocab[klass].title, "category"))
+    if klass == "category" and varies("label"):  # prompt models: the prompt itself (the most frequent ones)
+        out.append(Facet("label", "prompt", "category"))
+    for col in ("run_id", "step"):
         if varies(col):
-            out.append(Facet(col, "class" if col == "label" else vocab[col].title if col in vocab.names else col,
-                             "category"))
+            out.append(Facet(col, vocab[col].title if col in vocab.names else col, "category"))
     for col, kind in vocab.colors.items():
         if kind == "category" and col not in ("label", "category", "run_id") and varies(col):
             out.append(Facet(col, vocab[col].title, "category"))

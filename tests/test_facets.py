@@ -31,7 +31,8 @@ def test_facets_are_the_columns_that_vary_in_the_page_order():
     assert got == [("label", "category"), ("run_id", "category"), ("index", "numeric"), ("seed", "numeric"),
                    ("width", "numeric")]  # num_steps is constant, class_id repeats the class
     prompts = frame().assign(prompt="a photo")
-    assert F.facets_for(prompts)[0].column == "category"  # prompt models: the category is the class
+    got = [(f.column, f.title) for f in F.facets_for(prompts)[:2]]
+    assert got == [("category", "category"), ("label", "prompt")]  # prompt models: the category is the class
 
 
 def test_a_clicked_bar_keeps_exactly_its_samples_and_a_second_click_widens_then_removes():
