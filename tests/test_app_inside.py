@@ -1,0 +1,104 @@
+"""AppTest: the Inside page (feature maps over the images of the selected sample and its neighbours, a clicked
+location's correspondence, channel histogram and top channels) on a small demo store."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import app_fixtures as fx
+
+app_store = fx.app_store
+app_env = fx.app_env
+
+INSIDE = "app_pages/inside.py"
+RUN = "demo-multistep"
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """The demo model, 3 samples of each digit: 'midblock' stored full, 'encoder_bottleneck' as channel means."""
+    import torch
+
+    from pipeline.adapters.edm import load_demo
+    from pipeline.generate import generate
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("inside-app") / "store"
+    adapter = load_demo(torch.device("cpu"), samples_per_class=3, x0_previews=True)
+    generate(adapter, root, 30, ["encoder_bottleneck", "midblock"], run_id=RUN, batch_size=30, progress=False,
+             reduce={"encoder_bottleneck": "mean", "midblock": "full"})
+    return root
+
+
+@pytest.fixture
+def demo_env(demo_store, monkeypatch, tmp_path):
+    with fx.app_pointed_at(demo_store, monkeypatch, tmp_path) as fake:
+        yield fake
+
+
+def _open(query: dict):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(fx.ENTRY, default_timeout=120)
+    at.run()
+    at.query_params.clear()
+    for k, v in query.items():
+        at.query_params[k] = v
+    at = at.switch_page(INSIDE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _text(at) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
+
+
+def _captions(at) -> list[str]:
+    out = []
+    for el in at.get("image"):
+        for img in el.proto.imgs:
+            out.append(img.caption)
+    return out
+
+
+def sid(i: int) -> str:
+    return f"{RUN}-{i:08d}"
+
+
+def test_stored_maps_of_the_selection_and_its_neighbours(demo_env):
+    at = _open({"sel": sid(4), "layer": "midblock", "k": "3"})
+    text = _text(at)
+    assert "64 channels at 4×4" in text and "read from the store" in text
+    caps = _captions(at)
+    assert caps.count("channel norm") == 4 and caps.count("PCA colours") == 4 and caps.count("image") == 4
+    # the selected sample's own vector at the clicked location: similarity 1 there
+    sims = [c for c in caps if c.startswith("similarity")]
+    assert len(sims) == 4 and sims[0] == "similarity · max 1.00"
+    assert sum(c.startswith("#") for c in caps) == 6  # the top channels
+    assert at.query_params["sel"] in ([sid(4)], sid(4))
+
+
+def test_a_location_chosen_lands_in_the_url_and_moves_the_marker(demo_env):
+    at = _open({"sel": sid(4), "layer": "midblock", "k": "2"})
+    at.number_input(key="ins_row").set_value(0).run()
+    at.number_input(key="ins_col").set_value(3).run()
+    assert not at.exception
+    assert "row 0, column 3" in _text(at)
+    at_param = at.query_params["at"]
+    assert (at_param[0] if isinstance(at_param, list) else at_param) == "0,3"
+
+
+def test_a_layer_kept_as_means_is_recomputed_and_said_so(demo_env):
+    at = _open({"sel": sid(7), "layer": "encoder_bottleneck", "k": "1"})
+    assert "recomputed from the seeds for 2 of 2" in _text(at)
+    assert _captions(at).count("PCA colours") == 2
+
+
+def test_no_selection_offers_a_picker(demo_env):
+    at = _open({})
+    assert "Select a sample on **Explore**" in _text(at)
+
+
+def test_a_sample_that_cannot_be_recomputed_is_a_clear_error(app_env):
+    at = _open({"sel": "digits-a-00000001", "layer": "midblock", "k": "1"})
+    assert at.error and "cannot recompute" in at.error[0].value
