@@ -334,3 +334,21 @@ def test_a_cancelled_analysis_stays_cancelled_until_asked_again(app_env, monkeyp
     next(b for b in at.button if b.key.startswith("resume_")).click().run()
     _settle(at)
     assert len(_table(at, "ana_sep_table")) == 10
+
+
+def test_a_map_of_every_step_has_a_step_facet_and_links_to_points(app_env):
+    from app import analysis_view as av
+    from app import facets
+
+    at = _open({"model": "digits", "layer": "midblock", "step": "all"})
+    assert len(_static(_map(at)["points_url"])["ids"]) == 540  # 180 samples x 3 steps
+    assert "540 points (samples × steps)" in _texts(at)
+    at.session_state[av.FILTERS] = facets.from_selection((), facets.Facet("step", "step", "category"),
+                                                         [{"value": "1"}])
+    at.run()
+    _settle(at)
+    ids = _static(_map(at)["points_url"])["ids"]
+    assert len(ids) == 180 and all(i.endswith("@1") for i in ids)
+    assert dict(at.query_params)["f.step"] == "1"
+    link = next(str(m.value) for m in at.markdown if "open in Explore" in str(m.value))
+    assert "step=all" in link and "%40" in link  # a point of the map of every step: '<sample>@<step>'

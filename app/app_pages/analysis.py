@@ -294,8 +294,14 @@ def report_box(path: str, view_s: ViewSettings, job: data.Job | None) -> None:
 
 # --------------------------------------------------------------------------------------------- sections
 
-def separation_section(sep) -> None:
-    st.caption(f"{sep.n_samples:,} samples · classes by **{sep.by}** · k = {sep.k} · activation space. Purity: "
+def _counted(n: int, all_steps: bool) -> str:
+    """How many were measured: samples, or in a map of every step points (each sample once per step; a step
+    facet narrows the map, the analyses keep every step of the samples that pass)."""
+    return f"{n:,} points (samples × steps)" if all_steps else f"{n:,} samples"
+
+
+def separation_section(sep, all_steps: bool = False) -> None:
+    st.caption(f"{_counted(sep.n_samples, all_steps)} · classes by **{sep.by}** · k = {sep.k} · activation space. Purity: "
                "the share of a sample's k nearest neighbours in its own class (chance: the class's share); "
                "silhouette on a fixed subset of at most 2,000 samples.")
     left, right = st.columns([2, 3], gap="large")
@@ -353,10 +359,10 @@ def separation_section(sep) -> None:
             c2.button("Clear", key="clear_cell", on_click=av.set_cell, args=(None,), type="tertiary")
 
 
-def clusters_section(path: str, clu) -> None:
+def clusters_section(path: str, clu, all_steps: bool = False) -> None:
     named = clu.table[clu.table["cluster"] >= 0]
     noise = int(clu.table.loc[clu.table["cluster"] < 0, "size"].sum())
-    st.caption(f"{clu.method.upper() if clu.method == 'hdbscan' else 'k-means'} on {clu.n_samples:,} samples in "
+    st.caption(f"{clu.method.upper() if clu.method == 'hdbscan' else 'k-means'} on {_counted(clu.n_samples, all_steps)} in "
                f"activation space: {len(named)} clusters" + (f", {noise:,} noise samples (-1)" if noise else "")
                + ". Named by their majority class when it holds more than half, else by their top prompt words; "
                "medoids: the samples nearest the centre; spread: mean distance to the centre.")
@@ -489,10 +495,10 @@ def main() -> None:
     tabs = st.tabs(["Class separation", "Clusters", "Outliers"])
     with tabs[0]:
         if knn_job is not None and (got := _result(knn_job, "Class separation")) is not None:
-            separation_section(got[0])
+            separation_section(got[0], view_s.step == state.ALL_STEPS)
     with tabs[1]:
         if clu_job is not None and (got := _result(clu_job, "Clusters")) is not None:
-            clusters_section(path, got)
+            clusters_section(path, got, view_s.step == state.ALL_STEPS)
     with tabs[2]:
         if knn_job is not None and (got := _result(knn_job, "Outliers")) is not None:
             on_map = set(full.expand(full.sample_ids.tolist())) if full is not None else None
