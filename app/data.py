@@ -568,7 +568,7 @@ def distances(path: str, view: views.View, settings, sample_id: str, others: lis
 # the projection jobs), on one process-wide generator per run, shared by sessions. The results are samples of
 # the store: once written, the data version changes and the map places them (transform, not refit).
 
-EDIT_WAIT_S = 1.5  # how long a click waits for an edit before the panel shows its progress instead
+EDIT_WAIT_S = 2.0  # how long a click waits for an edit before the panel shows its progress instead
 _EDIT_STAGES = (("loading", 0.1), ("recomputing", 0.3), ("generating", 0.6))  # Editor.progress -> fraction
 
 
@@ -716,9 +716,10 @@ def generator_job(path: str, sample_id: str, run_id: str, start: bool = True) ->
     return jobs().get_or_start(key, work)
 
 
-def run_edit(path: str, op: str, args: dict, holder: str | None = None) -> Job:
+def run_edit(path: str, op: str, args: dict, holder: str | None = None, then=None) -> Job:
     """Start (or find) the edit `op` (an `Editor` method: regenerate, interpolate, patch, steer) with `args`;
-    waits up to `EDIT_WAIT_S` for it. Its result is the list of result sample ids; its error a message."""
+    waits up to `EDIT_WAIT_S` for it. Its result is the list of result sample ids; its error a message.
+    `then()` runs in the job once the results are written (the page places them into its map there)."""
     import json
 
     key = ("edit", resolve(path), op, json.dumps(args, sort_keys=True, default=str))
@@ -727,6 +728,9 @@ def run_edit(path: str, op: str, args: dict, holder: str | None = None) -> Job:
         with _EditorFor(path, job) as editor:
             ids = list(getattr(editor, op)(**args))
         _version.clear()  # the results show on the next run, not after the data version's time to live
+        if then is not None:
+            job.report(0.8, "placing the results into the map")
+            then()
         job.report(1.0, f"{len(ids)} result{'s' if len(ids) != 1 else ''}")
         return ids
 

@@ -23,6 +23,7 @@ SET_MAX = 20  # samples a class contributes to a steering set (the set is recomp
 ALPHAS = "0, 0.5, 1, 2"
 FRAMES = 8
 THUMBS_PER_ROW = 4
+PLACE_WAIT_S = 60.0  # an edit's job waits this long for the map to place its results (then the page shows it)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -117,12 +118,13 @@ def panel(path: str, view: views.View, settings, sel: state.Selection, neighbour
             st.warning(f"Edits are not available for this sample: {source.why_not}.", icon=":material/block:")
             if source.run_id and not str(source.why_not).startswith(sample):
                 _show_command(path, "regenerate", {"sample_id": sample})
+            _results(path, view, settings)  # the session's newest edit stays in view (a result selected)
             return
         if not _generator(path, source):
             return
         samples = data.model_samples(path, view.model)
         regenerate, interpolate, neighbours_tab, steer = st.tabs(
-            ["Regenerate", "Interpolate", "From neighbours", "Steer"])
+            ["Regenerate", "Interpolate", "From neighbours", "Steer"], key="edit_tab", on_change="rerun")
         with regenerate:
             _regenerate(path, source, samples)
         with interpolate:
@@ -131,7 +133,7 @@ def panel(path: str, view: views.View, settings, sel: state.Selection, neighbour
             _from_neighbours(path, source, samples, settings, neighbours)
         with steer:
             _steer(path, source, samples, settings)
-        _results(path, view, settings, source)
+        _results(path, view, settings)
 
 
 def _provenance(path: str, view: views.View, sample: str) -> None:
@@ -200,7 +202,19 @@ def _start(path: str, op: str, args: dict, title: str, parents: list[str]) -> No
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
-    job = data.run_edit(path, op, args, holder=ctx.session_id if ctx is not None else "local")
+    holder = ctx.session_id if ctx is not None else "local"
+    request = st.session_state.get(state.PROJECTION_REQUEST)
+    place = None
+    if request is not None:  # place the results into the map at once, in the edit's job: no wait for a rerun
+        settings, wanted, refit = request
+
+        def place():
+            job = data.request_projection(path, settings, wanted, refit, holder=holder)
+            if job.thread is not None:
+                job.thread.join(PLACE_WAIT_S)
+
+    st.session_state[state.EDIT_ERROR] = None
+    job = data.run_edit(path, op, args, holder=holder, then=place)
     st.session_state[state.EDIT_JOB] = {"key": job.key, "op": op, "title": title, "parents": parents,
                                         "command": command(path, op, args)}
 
@@ -255,19 +269,20 @@ def _interpolate(path, source: data.EditSource, samples) -> None:
     end = st.session_state.get(state.EDIT_END)
     end = sample_of(end) if end else None
     picking = bool(st.session_state.get(state.EDIT_PICK))
-    c1, c2 = st.columns([3, 2], vertical_alignment="center")
     if picking:
-        c1.info("Click a point on the map: it becomes the end point.", icon=":material/ads_click:")
-        c2.button("Stop picking", key="edit_pick_stop", on_click=state.pick_edit_end, args=(False,))
+        st.info("Click a point on the map: it becomes the end point.", icon=":material/ads_click:")
+        st.button("Stop picking", key="edit_pick_stop", on_click=state.pick_edit_end, args=(False,),
+                  width="stretch")
     else:
         if end:
             r = samples.loc[samples["sample_id"] == end]
             label = r["label"].iloc[0] if len(r) else end
-            c1.markdown(f"End point: **{label}**  \n:gray[{end}]")
+            st.markdown(f"From this sample to **{label}**  \n:gray[{end}]")
         else:
-            c1.markdown("End point: none yet")
-        c2.button("Pick the end point", key="edit_pick", icon=":material/ads_click:", on_click=state.pick_edit_end,
-                  help="Then click a point on the map (a click there no longer edits the neighbours until then).")
+            st.markdown("From this sample to an end point picked on the map.")
+        st.button("Pick the end point" if not end else "Pick another end point", key="edit_pick",
+                  icon=":material/ads_click:", on_click=state.pick_edit_end, width="stretch",
+                  help="Then click a point on the map (until then a click there does not change the neighbours).")
     frames = st.slider("Frames (both ends included)", 2, 16, FRAMES, key="edit_frames")
     why = None
     if not end:
@@ -366,24 +381,40 @@ def _steer(path, source: data.EditSource, samples, settings) -> None:
 # -------------------------------------------------------------------------------------------- results
 
 
-def _results(path: str, view: views.View, settings, source: data.EditSource) -> None:
+def settle(rerun: bool) -> None:
+    """Take in the edit this session waits for once it has ended: its results become the session's newest edit
+    (or its error is kept for the panel). Called first thing in a run; `rerun`: this run is a fragment's,
+    whose map predates the results, so the whole page runs again (the projection places the new samples)."""
+    waiting = st.session_state.get(state.EDIT_JOB)
+    if waiting is None:
+        return
+    job = data.jobs().find(waiting["key"])
+    if job is not None and job.running:
+        return
+    st.session_state[state.EDIT_JOB] = None
+    if job is None:
+        return
+    if job.error:
+        st.session_state[state.EDIT_ERROR] = {"error": job.error, "command": waiting["command"]}
+        return
+    state.add_edit_result({"key": job.key, "op": waiting["op"], "title": waiting["title"],
+                           "parents": waiting["parents"], "ids": list(job.result or []),
+                           "seconds": (job.finished or time.time()) - job.started})
+    if rerun:
+        st.rerun(scope="app")
+
+
+def _results(path: str, view: views.View, settings) -> None:
     waiting = st.session_state.get(state.EDIT_JOB)
     if waiting is not None:
-        job = data.jobs().find(waiting["key"])
-        if job is not None and job.running:
-            _progress(waiting["key"])
-            return
-        st.session_state[state.EDIT_JOB] = None
-        if job is not None and job.error:
-            st.error(f"The edit failed: {job.error}", icon=":material/error:")
-            st.caption("The same edit from the command line:")
-            st.code(waiting["command"], language="bash", wrap_lines=True)
-            return
-        if job is not None:
-            state.add_edit_result({"key": job.key, "op": waiting["op"], "title": waiting["title"],
-                                   "parents": waiting["parents"], "ids": list(job.result or []),
-                                   "seconds": (job.finished or time.time()) - job.started})
-            st.rerun(scope="app")  # the map places the new samples (the store's data version changed)
+        _progress(waiting["key"])
+        return
+    failed = st.session_state.get(state.EDIT_ERROR)
+    if failed:
+        st.error(f"The edit failed: {failed['error']}", icon=":material/error:")
+        st.caption("The same edit from the command line:")
+        st.code(failed["command"], language="bash", wrap_lines=True)
+        return
     records = state.edit_results()
     if records:
         _result_grid(path, view, settings, records[-1])
@@ -400,7 +431,7 @@ def _progress(job_key: tuple) -> None:
 def _result_grid(path: str, view: views.View, settings, record: dict) -> None:
     """The newest edit of this session: its parents, then its results (a click selects one on the map)."""
     ids = record["ids"]
-    st.markdown(f"**Results** · {record['title']}  \n:gray[{len(ids)} sample{'s' if len(ids) != 1 else ''} in "
+    st.markdown(f"**Results** · {record['title']}  \n:gray[{len(ids)} sample{'s' if len(ids) != 1 else ''}, "
                 f"{record.get('seconds', 0):.1f} s]")
     samples = data.model_samples(path, view.model).set_index("sample_id")
     present = [s for s in ids if s in samples.index]
@@ -412,28 +443,24 @@ def _result_grid(path: str, view: views.View, settings, record: dict) -> None:
         c1, c2 = st.columns([3, 2], vertical_alignment="center")
         c1.caption(f"The results are in run {', '.join(hidden)}, which the Runs filter hides from the map.")
         c2.button("Show that run", key="edit_show_run", on_click=_show_runs, args=(hidden,))
-    elif not [view.locate(s) for s in present if view.locate(s)]:
-        st.caption("The map places them in a moment…")
     parents = record.get("parents") or []
     labels = _result_labels(samples, present, record["op"])
     urls = data.thumb_urls(path, [*parents, *present])
     p_urls, r_urls = urls[:len(parents)], urls[len(parents):]
     with st.container(key="edit_results"):
-        left, right = st.columns([1, THUMBS_PER_ROW], gap="small")
-        with left:
-            st.caption("parent" + ("s" if len(parents) > 1 else ""))
-            for parent, url in zip(parents, p_urls, strict=True):
+        cols = st.columns(THUMBS_PER_ROW, gap="small")
+        names = ["from", "to"] if record["op"] == "interpolate" else ["parent"]
+        for c, parent, url, name in zip(cols, parents, p_urls, names, strict=False):
+            with c:
                 st.image(url, width=56)
-                _select_button(view, parent, "edit_sel_parent_")
-        with right:
-            st.caption("results")
-            for lo in range(0, len(present), THUMBS_PER_ROW):
-                cols = st.columns(THUMBS_PER_ROW, gap="small")
-                for c, sid, url, label in zip(cols, present[lo:lo + THUMBS_PER_ROW], r_urls[lo:lo + THUMBS_PER_ROW],
-                                              labels[lo:lo + THUMBS_PER_ROW], strict=False):
-                    with c:
-                        st.image(url, width=56)
-                        _select_button(view, sid, "edit_sel_", label)
+                _select_button(view, parent, "edit_sel_parent_", name)
+        for lo in range(0, len(present), THUMBS_PER_ROW):
+            cols = st.columns(THUMBS_PER_ROW, gap="small")
+            for c, sid, url, label in zip(cols, present[lo:lo + THUMBS_PER_ROW], r_urls[lo:lo + THUMBS_PER_ROW],
+                                          labels[lo:lo + THUMBS_PER_ROW], strict=False):
+                with c:
+                    st.image(url, width=56)
+                    _select_button(view, sid, "edit_sel_", label)
 
 
 def _result_labels(samples: pd.DataFrame, ids: list[str], op: str) -> list[str]:
@@ -441,11 +468,11 @@ def _result_labels(samples: pd.DataFrame, ids: list[str], op: str) -> list[str]:
     for s in ids:
         r = samples.loc[s]
         if op == "interpolate" and pd.notna(r.get("edit_frame")):
-            out.append(f"frame {int(r['edit_frame'])}")
+            out.append(f"#{int(r['edit_frame'])}")
         elif op == "steer" and pd.notna(r.get("edit_alpha")):
             out.append(f"α {float(r['edit_alpha']):g}")
         else:
-            out.append(str(r["label"]) if pd.notna(r["label"]) else s)
+            out.append(str(r["label"]).split(":")[0] if pd.notna(r["label"]) else s)
     return out
 
 

@@ -80,6 +80,7 @@ def current_view(path: str, settings: ViewSettings, refit: int) -> tuple[views.V
     if st.session_state.get(CANCELLED) == key:  # cancelled here: the last map stays until asked again
         return _previous_map(path, settings, cancelled=key)
     job = data.request_projection(path, settings, wanted, refit, holder=sid)
+    st.session_state[state.PROJECTION_REQUEST] = (settings, wanted, refit)  # edits place their results into it
     waiting = st.session_state.get(WAITING)
     if waiting is not None and waiting != job.key:
         data.jobs().release(waiting, sid)  # a newer request supersedes the older one
@@ -169,6 +170,7 @@ def main() -> None:
     if not status.ok:
         st.title("Explore")
         ui.no_store_panel(status)
+    edit_panel.settle(rerun=False)  # an edit that ended: its results are in this run's map
     settings, refit = sidebar_controls(path, status)
     state.set_view(settings)
     view, drawn, busy = current_view(path, settings, refit)
@@ -180,6 +182,7 @@ def main() -> None:
 
 @st.fragment
 def body(path: str, view: views.View, settings: ViewSettings, busy: bool = False) -> None:
+    edit_panel.settle(rerun=True)  # an edit that ended: the whole page runs again (the map places its results)
     sel = state.get_selection()
     if sel.selected and sel.selected not in view.position and view.locate(sel.selected):
         # the same sample in a view of all steps (its last step) or of one step: keep it selected

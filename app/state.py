@@ -36,7 +36,9 @@ EDIT_PICK = "dmd.edit_pick"  # True: the next click on the map picks the interpo
 EDIT_END = "dmd.edit_end"  # the interpolation's end point (a sample id)
 EDIT_SETS = "dmd.edit_sets"  # steering sets kept from lasso selections: {"A": [ids], "B": [ids]}
 EDIT_RESULTS = "dmd.edit_results"  # this session's edits, newest last: [{op, parents, ids, title}]
-EDIT_JOB = "dmd.edit_job"  # key of the edit job this session waits for
+EDIT_JOB = "dmd.edit_job"  # the edit job this session waits for: {key, op, title, parents, command}
+EDIT_ERROR = "dmd.edit_error"  # the last edit's failure: {error, command}
+PROJECTION_REQUEST = "dmd.projection_request"  # (settings, filter ids, refit) of the map drawn: edits place into it
 STORE_VIEWS = "dmd.store_views"  # resolved store path -> the view state left there (restored on coming back)
 
 FEATURES = ("auto", "mean", "full", "pca")  # pipeline.features names; auto: the per-layer default
@@ -413,7 +415,7 @@ def add_edit_result(record: dict) -> None:
 
 
 def clear_edits() -> None:
-    for key in (EDIT_PICK, EDIT_END, EDIT_SETS, EDIT_RESULTS, EDIT_JOB):
+    for key in (EDIT_PICK, EDIT_END, EDIT_SETS, EDIT_RESULTS, EDIT_JOB, EDIT_ERROR):
         st.session_state.pop(key, None)
 
 
