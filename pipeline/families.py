@@ -217,6 +217,15 @@ register(Family(
     recipe=Recipe(steps=18, fixed_steps=False, dtype="float32", heun=True,
                   description="the demo model as a teacher: EDM's Heun sampler, 18 steps (35 calls), stored "
                               "under demo (--steps, --s-churn)")))
+# The DMD2-distilled demo student (pipeline/distill.py, `train-demo-student`): 1 step at sigma = 80, stored under
+# demo with kind `student`, beside the teacher, the naive 1-step (demo --steps 1) and the real digits.
+register(Family(
+    "demo-student", loader=f"{_EDM}:demo_student_loader", layer_registry=f"{_EDM}:layer_info",
+    conditioning="class", default_layers=BOTTLENECK,
+    # 1 step only, refused otherwise by its loader (not fixed_steps: that message lists the T2I generators)
+    recipe=Recipe(steps=1, fixed_steps=False, dtype="float32",
+                  description="the demo model distilled to 1 step with DMD2's recipe (train-demo-student), "
+                              "stored under demo")))
 register(Family(
     "imagenet-teacher", loader=f"{_EDM}:imagenet_teacher_loader", layer_registry=f"{_EDM}:layer_info",
     conditioning="class", default_layers=BOTTLENECK,

@@ -269,6 +269,44 @@ def demo_teacher_loader(model: str = "demo-teacher", *, checkpoint: str | None =
                      sampler="heun", churn=churn, family_name=model)
 
 
+SHIPPED_DEMO_STUDENT = "shipped demo student weights"  # a demo-student run's checkpoint when it used the shipped file
+
+
+class DemoStudentAdapter(EDMAdapter):
+    """The DMD2-distilled demo student (pipeline/distill.py): one call at sigma = 80, stored under `demo` with
+    `kind: student` and `model_family` in its run settings, beside the teacher's and the naive 1-step's runs."""
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        ident["settings"].update(kind="student", model_family=self.family_name)
+        return ident
+
+
+def demo_student_loader(model: str = "demo-student", *, checkpoint: str | None = None,
+                        device: torch.device | None = None, steps: int | None = None, class_ids=None,
+                        samples_per_class=None, x0_previews: bool = False, **_other) -> EDMAdapter:
+    """Loader of `demo-student`: the distilled 1-step student (pipeline/data/demo_student.safetensors unless
+    `checkpoint`), sampled as DMD2 samples its generator: one call at sigma = 80; stored under `demo`."""
+    from pipeline import demo_model, distill
+    from pipeline.checkpoints import load_into, load_state_dict_file, resolve_checkpoint, sha256_of
+
+    if steps not in (None, 1):
+        raise ValueError(f"demo-student is a 1-step generator; it takes no --steps (got {steps})")
+    shipped = checkpoint in (None, "", SHIPPED_DEMO_STUDENT)
+    path = distill.DEMO_STUDENT_WEIGHTS if shipped else resolve_checkpoint(checkpoint)
+    if shipped and not path.is_file():
+        raise FileNotFoundError(f"demo student weights not found at {path}: run "
+                                "`python -m pipeline train-demo-student`")
+    with torch.device("meta"):
+        net = EDMPrecond(**demo_model.DEMO_CONFIG)
+    load_into(net, load_state_dict_file(path))
+    return DemoStudentAdapter(net, demo_model.DEMO_CONFIG, name="demo", class_names=list(DIGIT_NAMES),
+                              sigmas=[distill.STUDENT_SIGMA], device=device or torch.device("cpu"),
+                              checkpoint=SHIPPED_DEMO_STUDENT if shipped else str(checkpoint),
+                              checkpoint_sha256=sha256_of(path), class_ids=class_ids,
+                              samples_per_class=samples_per_class, x0_previews=x0_previews, family_name=model)
+
+
 def imagenet_teacher_loader(model: str = "imagenet-teacher", *, checkpoint: str | None = None,
                             device: torch.device | None = None, steps: int | None = None,
                             dtype: torch.dtype = torch.float32, class_ids=None, samples_per_class=None,
