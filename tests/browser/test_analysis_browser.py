@@ -95,6 +95,28 @@ def test_a_click_on_a_facet_bar_filters_the_map_and_the_url(page, app_server, br
     assert f"f.{column}" not in page.url
 
 
+def test_an_outlier_opens_selected_in_explore(page, app_server, browser_store):
+    from pipeline import analysis
+    from store import Store
+
+    q = _open(page, app_server)
+    page.get_by_role("tab", name="Outliers").click()
+    link = page.get_by_role("link", name="open in Explore").first
+    link.wait_for()
+    out = analysis.outliers(Store(browser_store), q["model"], q["layer"], int(q["step"]), k=10)
+    first = out.loc[out["rank"] == 1, "sample_id"].iloc[0]
+    with page.context.expect_page() as opened:  # a new tab, as every link out of a page
+        link.click()
+    explore = opened.value
+    try:
+        h.wait_map(explore)
+        h.wait_selected(explore, first)
+        explore.wait_for_selector(h.PANEL)
+        assert dict(parse_qsl(urlsplit(explore.url).query))["sel"] == first
+    finally:
+        explore.close()
+
+
 def analysis_screenshot(page, base_url: str, out, timeout: float = 900) -> None:
     """docs/screenshots/analysis.png: the Analysis page of a store's first model (Explore's map first), filtered
     to one run by a click on the run facet (when there are several), the most-mixed cell of its confusion
