@@ -186,7 +186,7 @@ def click_figure(picture: np.ndarray, map_hw, location) -> go.Figure:
                                      "color": "rgba(255,255,255,0.01)"},
                              hovertemplate="row %{customdata[0]}, column %{customdata[1]}<extra></extra>",
                              showlegend=False))
-    fig.update_layout(width=W + 10, height=H + 10, margin={"l": 5, "r": 5, "t": 5, "b": 5}, dragmode=False,
+    fig.update_layout(width=W + 10, height=H + 10, margin={"l": 5, "r": 5, "t": 5, "b": 5},
                       xaxis={"visible": False, "range": [0, W]},
                       yaxis={"visible": False, "range": [H, 0], "scaleanchor": "x"})
     return fig
@@ -199,7 +199,9 @@ def clicked_location(event) -> tuple[int, int] | None:
         return None
     for p in points or []:
         cd = p.get("customdata") if isinstance(p, dict) else None
-        if isinstance(cd, list | tuple) and len(cd) >= 2:
+        if isinstance(cd, dict):  # a typed array comes back as {"0": row, "1": col}
+            cd = [cd.get("0", cd.get(0)), cd.get("1", cd.get(1))]
+        if isinstance(cd, list | tuple) and len(cd) >= 2 and None not in cd[:2]:
             return int(cd[0]), int(cd[1])
     return None
 
