@@ -182,13 +182,18 @@ def neighbours(path: str, s: MotionSettings, maps, sample_id: str | None) -> lis
 
 def labels_of(path: str, model: str, ids) -> pd.Series:
     """The label each point is coloured by: the class (class models) or the prompt's category (text models)."""
-    samples = data.model_samples(path, model).set_index("sample_id")
+    samples = data.model_samples(path, model)
     col = "category" if "category" in samples and samples["category"].notna().any() else "label"
-    return samples[col].reindex(list(ids)).fillna("(none)").astype(str)
+    if "class_id" in samples and samples["class_id"].notna().any():  # legend in class order, not by name
+        samples = samples.sort_values("class_id", kind="stable")
+    out = samples.set_index("sample_id")[col].reindex(list(ids)).fillna("(none)").astype(str)
+    out.attrs["order"] = list(dict.fromkeys(samples[col].dropna().astype(str)))
+    return out
 
 
 def colours_for(labels: pd.Series) -> tuple[list[str], dict[str, str]]:
-    order = sorted(labels.unique(), key=lambda v: (len(v), v))
+    known = [v for v in labels.attrs.get("order", []) if v in set(labels)]
+    order = known + sorted(set(labels) - set(known))
     legend = {v: PALETTE[i % len(PALETTE)] if i < len(PALETTE) else OTHER for i, v in enumerate(order)}
     return [legend[v] for v in labels], legend
 
@@ -247,13 +252,14 @@ def animated_figure(maps, colours: list[str], legend: dict[str, str], hover, sel
         yaxis={"range": _range(maps.xy[:, :, 1]), "showticklabels": False, "zeroline": False, "showgrid": False,
                "scaleanchor": "x"},
         plot_bgcolor="white", hovermode="closest", uirevision=maps.key, dragmode="pan",
-        legend={"itemsizing": "constant", "font": {"size": 11}},
+        legend={"itemsizing": "constant", "font": {"size": 11}, "x": 1.01, "y": 0.9},
         updatemenus=[{"type": "buttons", "direction": "left", "x": 0.0, "y": -0.02, "xanchor": "left",
                       "yanchor": "top", "pad": {"t": 8, "r": 8}, "showactive": False,
                       "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
                                   {"label": "❚❚ Pause", "method": "animate", "args": [[None], pause]}]}],
         sliders=[{"active": 0, "x": 0.2, "len": 0.8, "y": -0.02, "yanchor": "top", "pad": {"t": 8},
-                  "currentvalue": {"prefix": "step " if maps.axis == "steps" else "layer ", "font": {"size": 14}},
+                  "currentvalue": {"prefix": "step " if maps.axis == "steps" else "layer ", "font": {"size": 14},
+                                   "xanchor": "right"},
                   "transition": {"duration": int(ms * 0.6), "easing": "cubic-in-out"},
                   "steps": [{"label": n, "method": "animate",
                              "args": [[n], {"frame": {"duration": 0, "redraw": False}, "mode": "immediate",
@@ -306,14 +312,15 @@ def small_multiples(maps, colours: list[str], hover, selected: str | None, near:
 
 def cka_figure(frame: pd.DataFrame, height: int = 600) -> go.Figure:
     """Consecutive-layer CKA as a line down the layer sequence (beside the depth animation)."""
-    fig = go.Figure(go.Scatter(x=frame["cka"], y=frame["pair"], mode="lines+markers+text",
+    fig = go.Figure(go.Scatter(x=frame["cka"], y=[f"→ {b}" for b in frame["to"]], customdata=frame["pair"],
+                               mode="lines+markers+text",
                                text=[f"{v:.2f}" for v in frame["cka"]], textposition="middle right",
                                line={"color": "#4e79a7", "width": 2}, marker={"size": 8},
-                               hovertemplate="%{y}<br>CKA %{x:.3f}<extra></extra>"))
+                               hovertemplate="%{customdata}<br>CKA %{x:.3f}<extra></extra>"))
     fig.update_layout(height=height, margin={"l": 10, "r": 30, "t": 30, "b": 10},
-                      title={"text": "CKA with the next layer", "x": 0.01, "font": {"size": 14}},
-                      xaxis={"range": [0, 1.1], "title": "linear CKA"},
-                      yaxis={"autorange": "reversed"}, plot_bgcolor="white")
+                      title={"text": "CKA with the layer before", "x": 0.01, "font": {"size": 14}},
+                      xaxis={"range": [0, 1.3], "title": "linear CKA", "tickvals": [0, 0.5, 1]},
+                      yaxis={"autorange": "reversed", "automargin": True}, plot_bgcolor="white")
     return fig
 
 
