@@ -184,13 +184,21 @@ def _generator(path: str, source: data.EditSource) -> bool:
         st.button("Load it now", key="edit_load", icon=":material/download:",
                   on_click=data.generator_job, args=(path, source.sample_id, source.run_id))
     elif job.running:
-        st.caption(f"Generator of run `{source.run_id}`: loading {source.model} from {where}… "
-                   f"({job.message}, {time.time() - job.started:.0f} s)")
+        _loading(job.key, f"Generator of run `{source.run_id}`: loading {source.model} from {where}…")
     else:
         device = (job.result or {}).get("device") or "?"
         st.caption(f"Generator of run `{source.run_id}`: {source.model} from {where}, on {device}. Results are "
                    f"samples of run `{edit_run(source.run_id)}`.")
     return True
+
+
+@st.fragment(run_every=0.5)
+def _loading(job_key: tuple, text: str) -> None:
+    """The generator loading, with its time; the page runs again once it has loaded (or failed)."""
+    job = data.jobs().find(job_key)
+    if job is None or not job.running:
+        st.rerun(scope="app")
+    st.caption(f"{text} ({job.message}, {time.time() - job.started:.0f} s)")
 
 
 def _show_command(path: str, op: str, args: dict) -> None:
