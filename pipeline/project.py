@@ -73,6 +73,7 @@ __all__ = [
     "ProjectionError",
     "Projector",
     "projection_key",
+    "PER_RUN",
     "compute_knn",
     "place_points",
     "umap_layout",
@@ -91,6 +92,7 @@ TRANSFORM_MAX_NEW = 1.0  # place appended samples while they are at most this sh
 QUALITY_K = 10
 QUALITY_SAMPLE = 2000
 KEY_VERSION = 2  # 2: the method and its own parameters in the key
+PER_RUN = "per-run"  # the step of a joint map whose runs are each at their own step (`Projector.project_runs`)
 
 
 class ProjectionError(ValueError):
@@ -195,10 +197,23 @@ def projection_key(data_version: str, model: str, layer: str, step: int | str, p
                    filter_id_: str = "all") -> str:
     """Cache key of a projection: a readable prefix (step or ``sall``, feature, the method and its parameters)
     and a short hash of the canonical JSON of exactly these inputs (model and layer are also its place)."""
-    p = params
-    seed = "none" if p.seed is None else p.seed
-    prefix = f"s{step_token(step)}-{p.feature.id}-{p.estimator().tag()}-{p.metric}-seed{seed}-{p.backend}"
+    prefix = _key_prefix(f"s{step_token(step)}", params)
     return f"{prefix}-{digest(_payload(data_version, model, layer, step, params, filter_id_))[:16]}"
+
+
+def _key_prefix(step_part: str, p: ProjectionParams) -> str:
+    seed = "none" if p.seed is None else p.seed
+    return f"{step_part}-{p.feature.id}-{p.estimator().tag()}-{p.metric}-seed{seed}-{p.backend}"
+
+
+def runs_projection_key(data_version: str, model: str, layer: str, run_steps: Mapping[str, int],
+                        params: ProjectionParams) -> str:
+    """Cache key of a joint map of runs each at its own step (`Projector.project_runs`): the payload of
+    `projection_key` with the step replaced by every run's step (so no map of one step shares it)."""
+    runs = {str(r): int(s) for r, s in sorted(run_steps.items())}
+    payload = _payload(data_version, model, layer, 0, params, filter_id(filter_description(runs)))
+    payload["step"] = {PER_RUN: runs}
+    return f"{_key_prefix('sruns', params)}-{digest(payload)[:16]}"
 
 
 def _lineage_id(model, layer, step, params, filter_id_) -> str:
@@ -337,6 +352,101 @@ class Projector:
                 return hit
             return self._compute(store, model, layer, step, params, run_ids, sample_ids, version, filt, key,
                                  family, refit, report, t0)
+
+    def project_runs(self, store, model: str, layer: str, steps: Mapping[str, int | str | None],
+                     params: ProjectionParams | Mapping | None = None, progress: Progress | None = None,
+                     refit: bool = False, force: bool | None = None,
+                     cancel: threading.Event | None = None) -> Projection:
+        """One joint map of several runs, each at its own step: `steps` maps run id -> step (a step number,
+        a negative one counting from that run's own last step, None or ``"last"``: its last), e.g. a 1-step
+        student at step 0 beside an 18-step teacher at step 17. Where every run lands on one step this is
+        ``project(step, run_ids=runs)``: the same map, key and cache. Otherwise the points are each run's
+        samples at its step (ids: sample ids; ``step`` is `PER_RUN`, ``meta["run_steps"]`` says which), the
+        feature's standardisation and PCA and the layout are fitted on their union so positions are
+        comparable, and the map is cached under `runs_projection_key`. Such a map is fitted or read from the
+        cache (no placement of appended samples, no warm start), and has no activation-space neighbours
+        (``features`` is None). Raises `ProjectionError` naming a run that lacks its step."""
+        from pipeline.run_pairs import RunPairsError, resolve_run_steps
+
+        t0 = time.perf_counter()
+        params = ProjectionParams.coerce(params)
+        refit = bool(refit or force)
+        report = _Report(progress, cancel)
+        self._validate_target(store, model, layer)
+        try:
+            resolved = resolve_run_steps(store, model, layer, steps)
+        except RunPairsError as e:
+            raise ProjectionError(str(e)) from None
+        if len(set(resolved.values())) == 1:
+            return self.project(store, model, layer, next(iter(resolved.values())), params,
+                                run_ids=list(resolved), progress=progress, refit=refit, cancel=cancel)
+        runs = sorted(resolved)
+        version = store.data_version(model, layer, runs)
+        key = runs_projection_key(version, model, layer, resolved, params)
+        if not refit and (hit := self._cached(store, model, layer, key, t0)) is not None:
+            report(1.0, "cached")
+            return hit
+        with self._lock_for(key):
+            if not refit and (hit := self._cached(store, model, layer, key, t0)) is not None:
+                report(1.0, "cached")
+                return hit
+            return self._compute_runs(store, model, layer, resolved, params, version, key, report, t0)
+
+    def _compute_runs(self, store, model, layer, resolved: dict[str, int], params, version, key, report,
+                      t0) -> Projection:
+        from pipeline.features import resolve_spec, to_features
+        from pipeline.neighbors import map_quality
+
+        method = params.estimator()
+        ids, blocks, shape, reduce = [], [], None, ""
+        for i, run in enumerate(sorted(resolved)):
+            report(0.3 * i / len(resolved), f"loading {run} at step {resolved[run]}")
+            try:  # the stored vectors as they are: the feature is fitted on all runs together below
+                f = load_features(store, model, layer, resolved[run], FeatureSpec(kind="full"), [run])
+            except ValueError as e:  # a FeatureError, or the store's own message
+                raise ProjectionError(f"run {run!r}: {e}") from None
+            if shape is not None and tuple(f.stored_shape) != shape:
+                raise ProjectionError(f"run {run!r} stores vectors of shape {tuple(f.stored_shape)} for {layer!r}, "
+                                      f"the others {shape}: they cannot share one map")
+            shape, reduce = tuple(f.stored_shape), f.reduce
+            ids.append(np.asarray(f.sample_ids).astype(str))
+            blocks.append(f.X)
+        sample_ids = np.concatenate(ids)
+        fewest, message = _too_few(method)
+        if len(sample_ids) < fewest:
+            raise ProjectionError(message(len(sample_ids)))
+        spec = resolve_spec(params.feature, shape)
+        report(0.3, "features of the runs together")
+        X = to_features(np.concatenate(blocks), shape, spec)
+        n, knn = len(sample_ids), None
+        need = method.knn_k(n)
+        method.progress = report.within(0.45, 0.9)
+        if need is not None:
+            k = min(max(need, KNN_MIN_K), n)
+            report(0.35, f"nearest neighbours of {n:,} points (k={k})")
+            knn = compute_knn(X, k, params.metric, params.seed, params.backend)
+        report(0.45, f"{method.title} layout of {n:,} points")
+        xy = method.fit_transform(X, knn)
+        report(0.9, "measuring map quality")
+        quality = map_quality(X, xy, k=QUALITY_K, sample=QUALITY_SAMPLE, metric=params.metric,
+                              knn_indices=None if knn is None else knn[0])
+        seconds = time.perf_counter() - t0
+        meta = {
+            "model": model, "layer": layer, "step": PER_RUN, "run_steps": dict(sorted(resolved.items())),
+            "data_version": version, "filter": filter_description(sorted(resolved)), "params": params.to_dict(),
+            "feature_resolved": spec.to_dict(), "stored_shape": list(shape), "reduce": reduce, "n": n, "key": key,
+            "source": "fit", "quality": quality, "seconds": round(seconds, 3),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), "versions": _versions(),
+        }
+        proj = Projection(sample_ids=sample_ids, xy=np.asarray(xy, np.float32), params=params, key=key,
+                          quality=quality, source="fit", model=model, layer=layer, step=PER_RUN,
+                          data_version=version, seconds=seconds, meta=meta)
+        report(0.97, "saving")
+        store.derived.write("projection", model, layer, key, proj.frame(), sources={layer: version},
+                            run_ids=sorted(resolved), meta=meta)
+        self._projections.put(key, replace(proj, source="cache"))
+        report(1.0, f"done (fit, {seconds:.1f} s)")
+        return proj
 
     # -- steps -----------------------------------------------------------------------------------------------
 
@@ -556,7 +666,8 @@ def _from_stored(key: str, frame: pd.DataFrame, meta: dict) -> Projection:
     ids = frame["sample_id"].to_numpy(dtype=object)
     return Projection(sample_ids=ids, xy=xy, params=params, key=key,
                       quality=dict(meta.get("quality") or {}), source="cache", model=meta["model"],
-                      layer=meta["layer"], step=step_token(meta["step"]), data_version=str(meta.get("data_version", "")),
+                      layer=meta["layer"], step=PER_RUN if meta["step"] == PER_RUN else step_token(meta["step"]),
+                      data_version=str(meta.get("data_version", "")),
                       meta=meta)
 
 
