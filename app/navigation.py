@@ -27,6 +27,7 @@ class PageSpec:
 PAGES = (
     PageSpec("explore.py", "Explore", ":material/scatter_plot:", "explore", default=True),
     PageSpec("compare.py", "Compare layers", ":material/compare:", "compare-layers"),
+    PageSpec("compare_runs.py", "Compare runs", ":material/compare_arrows:", "compare-runs"),
     PageSpec("motion.py", "Motion", ":material/animation:", "motion"),
     PageSpec("inside.py", "Inside", ":material/grid_on:", "inside"),
     PageSpec("analysis.py", "Analysis", ":material/insights:", "analysis"),

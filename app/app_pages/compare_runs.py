@@ -1,0 +1,309 @@
+"""Compare runs: does a run cover another's distribution, per class, in one layer's activation space? Two or
+more runs of one model (real images, a teacher, students, checkpoints over training) on one joint map, coloured
+by run, samples that share seed and class linked by thin lines; the precision, recall, density, coverage,
+Fréchet distance and diversity of each run against the first (`pipeline.distribution.compare_runs`) per class,
+as bars; a class of the table filters the map; checkpoint runs one at a time on a slider."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pandas as pd
+import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from app import compare_runs_view as cv
+from app import data, state, static_files, ui
+from app.components.scatter_map import scatter_map
+from app.explore_sidebar import default_layer
+from pipeline import run_pairs
+
+MAP_HEIGHT = 560
+METHOD_TITLES = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
+BOUNDED = ("precision", "recall", "coverage")  # shares: bars from 0 to 1
+
+
+def _init(key: str, value, valid=None) -> None:
+    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
+        st.session_state[key] = value
+
+
+def _session() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "local"
+
+
+def _sigma(value) -> str:
+    return "" if value is None or pd.isna(value) else f"σ {float(value):.3g}"
+
+
+# ---------------------------------------------------------------------------------------------- sidebar
+
+def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Settings:
+    sb = st.sidebar
+    sb.subheader("Runs to compare")
+    models = list(status.models)
+    _init("cr_model", url.model if url.model in models else models[0], lambda v: v in models)
+    model = sb.selectbox("Model", models, key="cr_model")
+    layers = data.model_layers(path, model)
+    if not layers:
+        st.warning(f"Model **{model}** has no stored activations.")
+        st.stop()
+    _init("cr_layer", url.layer if url.layer in layers else default_layer(layers, model), lambda v: v in layers)
+    layer = sb.selectbox("Layer", layers, key="cr_layer",
+                         help="Runs of one model share its layers: real images, teachers, students, checkpoints.")
+    table = cv.run_steps(path, model, layer)
+    with_layer = table["run_id"].drop_duplicates().tolist()
+    manifests, kinds, _ = cv.runs_info(path, model)
+    ordered = run_pairs.default_runs(manifests, kinds, with_layer, include_edits=True)
+    default = run_pairs.default_runs(manifests, kinds, with_layer)
+    wanted = [r for r in url.runs if r in with_layer] if url.runs and model == (url.model or model) else default
+    _init("cr_runs", wanted, lambda v: all(r in with_layer for r in v))
+    runs = sb.multiselect("Runs (the first is the reference)", ordered, key="cr_runs",
+                          format_func=lambda r: f"{r} ({kinds.get(r, 'generated')})",
+                          help="The metrics measure each run against the first; real images first by default.")
+    steps = run_pairs.shared_steps(table, runs) if runs else []
+    step_options = [run_pairs.LAST, *(str(s) for s in steps)]
+    sigma_of = table.drop_duplicates("step").set_index("step")["sigma"]
+    _init("cr_step", url.step if url.step in step_options else run_pairs.LAST, lambda v: v in step_options)
+    step = sb.selectbox("Step", step_options, key="cr_step",
+                        format_func=lambda v: "each run's last step" if v == run_pairs.LAST else
+                        f"step {v} of every run ({_sigma(sigma_of.get(int(v)))})",
+                        help="Each run's last step: the samples each run ends on (a 1-step run at step 0, an "
+                             "18-step teacher at step 17). A step number: that step of every run (only steps "
+                             "every selected run recorded are offered).")
+    sb.subheader("Map and metrics")
+    _init("cr_method", url.method, lambda v: v in cv.METHODS)
+    method = sb.radio("Projection", cv.METHODS, key="cr_method", horizontal=True, format_func=METHOD_TITLES.get,
+                      help="One map fitted on all the runs' samples together, so positions are comparable "
+                           "(feature, metric and the method's parameters: Explore's).")
+    _init("cr_links", url.links)
+    links = sb.toggle("Link samples that share seed and class", key="cr_links",
+                      help="Thin lines between the samples of different runs with the same seed and class (or "
+                           "prompt). Real images are not linked: their seed drew only the noise added to them.")
+    _init("cr_k", url.k)
+    k = sb.slider("Neighbours k (manifolds)", *cv.K_RANGE, key="cr_k",
+                  help="Precision, recall, density and coverage use each sample's k-th nearest neighbour "
+                       "within its own run as the radius of its ball (k = 5 in the papers).")
+    return cv.Settings(model=model, layer=layer, runs=tuple(runs), step=step, method=method, links=bool(links),
+                       k=int(k), over_training=url.over_training, checkpoint=url.checkpoint)
+
+
+def checkpoint_slider(s: cv.Settings, plan: run_pairs.CheckpointPlan) -> cv.Settings:
+    """The checkpoint runs over training: one at a time (beside the other runs) on a slider, or all at once."""
+    _init("cr_over", s.over_training)
+    over = st.toggle(f"One checkpoint at a time ({len(plan.sequence)} checkpoint runs, in training order)",
+                     key="cr_over")
+    if not over:
+        return replace(s, over_training=False)
+    positions = list(plan.positions)
+    _init("cr_ckpt", s.checkpoint if s.checkpoint in positions else positions[0], lambda v: v in positions)
+    chosen = st.select_slider("Checkpoint", positions, key="cr_ckpt",
+                              format_func=lambda r: f"step {plan.step_of(r):,} · {r}",
+                              help="Redraws the joint map and the metrics with this checkpoint beside "
+                                   + (", ".join(plan.fixed) if plan.fixed else f"the first, {plan.sequence[0]}"))
+    return replace(s, over_training=True, checkpoint=chosen)
+
+
+# --------------------------------------------------------------------------------------------- progress
+
+@st.fragment(run_every=0.5)
+def _progress(keys: tuple) -> None:
+    jobs = [data.jobs().find(key) for key in keys]
+    if all(job is None or not job.running for job in jobs):
+        st.rerun(scope="app")
+    for job in jobs:
+        if job is not None and job.running:
+            bar, stop = st.columns([6, 1], vertical_alignment="bottom")
+            title = cv.JOB_TITLES.get(job.key[0], "Computing")
+            bar.progress(job.progress, text=f"{title}… {job.message} · {time.time() - job.started:.0f} s")
+            if stop.button("Cancel", key=f"cr_cancel_{abs(hash(job.key))}", icon=":material/close:", width="stretch"):
+                cv.cancel(job.key, _session())
+                st.rerun(scope="app")
+
+
+def _result(job: data.Job, what: str):
+    if job.running:
+        st.caption(f"{what}: computing… (progress above)")
+        return None
+    if job.error:
+        if job.error == "cancelled":
+            st.info(f"{what}: cancelled.", icon=":material/block:")
+            st.button(f"Compute {what.lower()} after all", key=f"cr_resume_{abs(hash(job.key))}",
+                      icon=":material/play_arrow:", on_click=cv.resume, args=(job.key,))
+        else:
+            st.error(f"{what} failed: {job.error}")
+        return None
+    return job.result
+
+
+# ------------------------------------------------------------------------------------------------ parts
+
+def runs_section(path: str, s: cv.Settings, runs: list[str], steps: dict[str, int]) -> None:
+    table = cv.run_table(path, s.model, s.layer, runs, steps)
+    st.dataframe(table, hide_index=True, width="stretch", key="cr_runs_table",
+                 column_config={"σ": st.column_config.NumberColumn("σ", format="%.4g"),
+                                "samples": st.column_config.NumberColumn("samples", format="%d")})
+    where = "each run's last step" if s.step == run_pairs.LAST else f"step {s.step} of every run"
+    if len(set(steps.values())) > 1:
+        st.caption(f"Measured at {where}: the runs are at **different steps** (and noise levels σ), so the map "
+                   "is one fit on each run's samples at its own step, and the metrics compare them there. A 1-step "
+                   "run's only step sees pure noise (σ 80 on the demo): choose a shared step to compare like "
+                   "with like.")
+    else:
+        st.caption(f"Measured at {where}: every run at step {next(iter(steps.values()))}.")
+
+
+def _on_table_select(key: str, table: pd.DataFrame) -> None:
+    event = st.session_state.get(key) or {}
+    rows = ((event.get("selection") or {}).get("rows") or []) if hasattr(event, "get") else []
+    if rows and 0 <= rows[0] < len(table):
+        cls = str(table["class"].iloc[rows[0]])
+        cv.set_class(None if cls == "all" else cls)
+
+
+def metrics_section(table: pd.DataFrame, runs: list[str]) -> None:
+    st.markdown(f"**Each run against {runs[0]}**, per class: click a row to show its class on the map; click a "
+                "column's header to sort.")
+    top = lambda cols: max(float(table[list(cols)].max().max()), 1e-9) if len(table) else 1.0  # noqa: E731
+    config = {m: st.column_config.ProgressColumn(m, format="%.3f", min_value=0.0, max_value=1.0) for m in BOUNDED}
+    config["density"] = st.column_config.ProgressColumn("density", format="%.3f", min_value=0.0,
+                                                        max_value=max(top(["density"]), 1.0))
+    config["fd"] = st.column_config.ProgressColumn("fd", format="%.4g", min_value=0.0, max_value=top(["fd"]))
+    for m in ("diversity_a", "diversity_b"):
+        config[m] = st.column_config.ProgressColumn(m, format="%.4g", min_value=0.0,
+                                                    max_value=top(["diversity_a", "diversity_b"]))
+    key = f"cr_metrics_{cv._digest([cv.get_class(), *runs])}"  # drawn anew (no stale selection) after a change
+    st.dataframe(table, hide_index=True, width="stretch", key=key, column_config=config,
+                 height=min(38 + 35 * len(table), 560), on_select=lambda: _on_table_select(key, table),
+                 selection_mode="single-row")
+    st.caption("precision: the share of the run inside the reference's k-NN manifold (realistic) · recall: the "
+               "share of the reference inside the run's (covered) · density ≈ 1 when distributed alike · "
+               "coverage: the share of the reference's balls holding a sample of the run · fd: the Fréchet "
+               "distance of the layer's features · diversity: mean pairwise distance within a class (_a: the "
+               "reference, _b: the run). A class with k or fewer samples in a run has no manifold metrics.")
+
+
+def class_picker(classes: list[str]) -> None:
+    current = cv.get_class()
+    options = [cv.ALL, *classes]
+    if current is not None and current not in options:
+        options.append(current)
+    st.session_state["cr_class_pick"] = current or cv.ALL
+    st.selectbox("Class on the map", options, key="cr_class_pick",
+                 format_func=lambda c: "every class" if c == cv.ALL else c,
+                 on_change=lambda: cv.set_class(st.session_state["cr_class_pick"]))
+
+
+def map_section(path: str, s: cv.Settings, full, sub, runs_all: list[str], groups) -> None:
+    links, n_links = cv.links_for(sub, groups) if s.links else ([], 0)
+    data.thumb_export(data.resolve(path)).request_once(full.key, full.samples())
+    scatter_map(
+        plotly_url=static_files.plotly_js_url(),
+        points_url=static_files.view_url(sub.store_key, sub.points_file),
+        color_url=static_files.view_url(sub.store_key, cv.color_file(sub, runs_all)),
+        meta_url=static_files.view_url(sub.store_key, sub.meta_file),
+        thumb_base=static_files.thumb_base_url(sub.store_key),
+        revision=full.key,  # one projection: zoom and pan survive the class filter
+        links=links or None,
+        height=MAP_HEIGHT,
+        point_size=state.get_view().point_size,
+        filename=f"compare-runs-{s.model}-{s.layer}",
+        key="compare_runs_map",
+    )
+    counts = sub.frame["run_id"].astype(str).value_counts()
+    bits = [f"{len(sub):,} of {len(full):,} samples" if len(sub) != len(full) else f"{len(full):,} samples",
+            ", ".join(f"{r}: {counts.get(r, 0):,}" for r in runs_all if r in counts),
+            f"{METHOD_TITLES.get(s.method, s.method)} ({'from the cache' if full.source == 'cache' else full.source})"]
+    if s.links:
+        bits.append("no samples share seed and class here" if not n_links else f"{n_links:,} link lines"
+                     if len(links) == n_links else f"{len(links):,} of {n_links:,} link lines (choose a class "
+                                                   "to see all of its)")
+    st.caption(" · ".join(bits) + "  \nHover for a preview · coloured by run")
+
+
+def exports_box(path: str, s: cv.Settings, sub, table: pd.DataFrame | None, runs_all: list[str],
+                steps: dict[str, int], groups) -> None:
+    stem = cv.file_stem(s, list(steps), cv.get_class())
+    box = st.container(key="cr_exports")
+    box.markdown("**Export**")
+    box.download_button("Metrics (CSV)", data=cv.metrics_csv(table) if table is not None else b"",
+                       file_name=f"{stem}-metrics.csv", mime="text/csv", icon=":material/table:",
+                       key="cr_dl_csv", width="stretch", disabled=table is None,
+                       help="The table of metrics: every pair and class")
+    if sub is None:
+        return
+    cls = cv.get_class()
+    box.download_button("Map (PNG)", data=lambda: cv.map_png(sub, runs_all, steps, cls), file_name=f"{stem}.png",
+                       mime="image/png", icon=":material/image:", key=f"cr_dl_png_{sub.key}", width="stretch",
+                       help="The map coloured by run, with its legend and title")
+    box.download_button("Map (HTML)", data=lambda: cv.map_html(path, sub, runs_all, steps, cls,
+                                                              groups if s.links else []),
+                       file_name=f"{stem}.html", mime="text/html", icon=":material/language:",
+                       key=f"cr_dl_html_{sub.key}", width="stretch",
+                       help="A standalone interactive map (opens offline) with hover thumbnails and the link lines")
+
+
+# ----------------------------------------------------------------------------------------------- page
+
+def main() -> None:
+    path = state.store_path()
+    status = data.store_status(path)
+    st.title("Compare runs")
+    if not status.ok:
+        ui.no_store_panel(status)
+    url = cv.load_url_once()
+    s = sidebar(path, status, url)
+    if len(s.runs) < 2:
+        st.info("Choose two or more runs of this model in the sidebar: the first is the reference.",
+                icon=":material/compare_arrows:")
+        cv.sync_url(s)
+        return
+    _, _, checkpoints = cv.runs_info(path, s.model)
+    plan = run_pairs.checkpoint_plan(s.runs, checkpoints)
+    runs_all = list(s.runs)
+    if plan.active:
+        s = checkpoint_slider(s, plan)
+    runs = plan.runs_at(plan.positions.index(s.checkpoint)) if plan.active and s.over_training else runs_all
+    st.markdown(f"### {s.model} · {s.layer} · {len(runs)} runs")
+    request = {r: (-1 if s.step == run_pairs.LAST else int(s.step)) for r in runs}
+    try:
+        steps = run_pairs.resolve_run_steps(None, s.model, s.layer, request, table=cv.run_steps(path, s.model, s.layer))
+    except run_pairs.RunPairsError as exc:
+        st.error(str(exc))
+        cv.sync_url(s)
+        return
+    runs_section(path, s, runs, steps)
+
+    map_job = cv.map_job(path, s, runs, steps, holder=_session())
+    metrics_job = cv.metrics_job(path, s, runs, holder=_session())
+    running = tuple(j.key for j in (map_job, metrics_job) if j.running and not cv.cancelled(j.key))
+    if running:
+        _progress(running)
+    table = metrics_job.result if not metrics_job.running and not metrics_job.error else None
+    classes = [c for c in pd.unique(table["class"].astype(str)) if c != "all"] if table is not None else []
+    groups = cv.link_groups(path, s.model, runs) if s.links else []
+
+    left, right = st.columns([5, 2], gap="medium")
+    sub = None
+    with left:
+        proj = _result(map_job, "The joint map")
+        if proj is not None:
+            full = cv.view_of(path, s, map_job, steps)
+            sub = cv.class_view(path, full, cv.get_class())
+            if not len(sub):
+                st.warning(f"No sample of class {cv.get_class()!r} on this map.")
+            else:
+                map_section(path, s, full, sub, runs_all, groups)
+    with right:
+        if classes or cv.get_class():
+            class_picker(classes)
+        exports_box(path, s, sub, table, runs_all, steps, groups)
+    got = _result(metrics_job, "The metrics")
+    if got is not None:
+        metrics_section(got, runs)
+    cv.sync_url(s)
+
+
+main()
