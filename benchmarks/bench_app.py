@@ -9,6 +9,12 @@ cold first map includes writing them (the thumbnail export runs in the backgroun
 app, the map component and the browser, not a UMAP fit (``benchmarks/bench_project.py`` measures those).
 Hover and click are timed inside the page, from the input event to the frame that shows the result.
 Targets: hover preview < 100 ms, click to updated neighbour panel < 1 s.
+
+The Motion page's step animation (``--animation-points``, default 3,000; 0 skips it): a synthetic store of that
+many samples at 4 steps, its aligned step maps fitted by the real engine (``pipeline.aligned``, printed as
+``aligned_first_s``; a fresh server, so numba compiles first), then Play pressed and the frames the browser
+draws counted while the points move, printed as ``step_animation_fps=`` (target >= 20). ``--sizes`` with no
+value skips the Explore part.
 """
 
 from __future__ import annotations
@@ -91,11 +97,71 @@ def measure(store: Path, n: int, repeats: int, browser) -> dict:
     return out
 
 
+ANIMATION_STEPS = (14.6, 5.0, 1.5, 0.3)  # four sampling steps, like the demo's multi-step run
+_PLOT = ("[...document.querySelectorAll('.js-plotly-plot')].find(p => p._transitionData && "
+         "p._transitionData._frames && p._transitionData._frames.length)")
+_WATCH_FRAMES = f"""(limitMs) => {{
+  const gd = {_PLOT};
+  const pts = gd.querySelectorAll('.scatterlayer .trace:first-child .point');
+  const probe = [pts[0], pts[Math.floor(pts.length / 2)], pts[pts.length - 1]];
+  window.__anim = new Promise(resolve => {{
+    const t0 = performance.now(); let last = null; const changes = [];
+    const tick = (t) => {{
+      const now = probe.map(p => p.getAttribute('transform')).join('|');
+      if (last !== null && now !== last) changes.push(t);
+      last = now;
+      if (performance.now() - t0 < limitMs) requestAnimationFrame(tick);
+      else resolve({{changes, points: pts.length}});
+    }};
+    requestAnimationFrame(tick);
+  }});
+}}"""
+
+
+def animation_store(workdir: Path, n: int) -> Path:
+    from tests.app_fixtures import _write_class_run
+
+    root = workdir / f"steps-{n}"
+    if not (root / "samples").is_dir():
+        t = time.perf_counter()
+        _write_class_run(root, "points", f"steps-{n}", ("midblock",), n, ANIMATION_STEPS, seed=11, image_size=24,
+                         batch=1000)
+        print(f"built a {n:,}-sample, {len(ANIMATION_STEPS)}-step store in {time.perf_counter() - t:.1f}s: {root}",
+              flush=True)
+    return root
+
+
+def measure_animation(workdir: Path, n: int, browser) -> dict:
+    """Seconds to the first aligned step maps, and the frames per second the browser draws while Play moves the
+    points (the median interval between frames in which the points moved)."""
+    store = animation_store(workdir, n)
+    out: dict = {}
+    with h.AppServer(store, log=Path(f"/tmp/bench_app_motion_{n}.log")) as server:
+        context = browser.new_context(viewport=h.VIEWPORT)
+        page = context.new_page()
+        t = time.perf_counter()
+        page.goto(server.url + "motion?model=points&mode=steps&layer=midblock&k=0&speed=normal")
+        page.wait_for_function(f"() => !!({_PLOT})", timeout=900_000)
+        out["aligned_first_s"] = time.perf_counter() - t
+        time.sleep(1.0)
+        page.evaluate(_WATCH_FRAMES, 4500)
+        page.locator(".updatemenu-button", has_text="Play").first.click()
+        got = page.evaluate("() => window.__anim")
+        changes = got["changes"]
+        gaps = [b - a for a, b in zip(changes, changes[1:], strict=False) if b - a < 250]  # within a transition
+        out["points"] = got["points"]
+        out["moving_frames"] = len(changes)
+        out["step_animation_fps"] = 1000.0 / statistics.median(gaps) if gaps else 0.0
+        context.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dmd2viz-bench"))
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--animation-points", type=int, default=3000)
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -114,7 +180,15 @@ def main() -> int:
                   f" · hover→preview median {r['hover_median_s'] * 1000:.0f} ms (max {r['hover_max_s'] * 1000:.0f})"
                   f" · click→panel median {r['click_median_s'] * 1000:.0f} ms (max {r['click_max_s'] * 1000:.0f})",
                   flush=True)
+        if args.animation_points:
+            r = measure_animation(args.workdir, args.animation_points, browser)
+            print(f"motion: {r['points']:,} points, aligned step maps after {r['aligned_first_s']:.1f}s "
+                  f"(aligned_first_s, includes the page), {r['moving_frames']} frames with motion; "
+                  f"step_animation_fps={r['step_animation_fps']:.1f} (target >= 20: "
+                  f"{'met' if r['step_animation_fps'] >= 20 else 'MISSED'})", flush=True)
         browser.close()
+    if not results:
+        return 0
     if len(args.sizes) >= 2:
         a, b = args.sizes[0], args.sizes[-1]
         print(f"ratios {b // 1000}k/{a // 1000}k:", " ".join(
