@@ -340,8 +340,15 @@ def _steer(path, source: data.EditSource, samples, settings) -> None:
     run = samples[(samples["run_id"] == source.run_id)]
     if "edit_op" in run:
         run = run[run["edit_op"].isna()]
-    options = _class_options(run) if source.conditioning != "prompt" else {}
     row = samples.loc[samples["sample_id"] == source.sample_id].iloc[0]
+    if source.conditioning == "prompt":  # sets by prompt category
+        column, group = "category", "a category"
+        options = {c: str(c) for c in sorted(run["category"].dropna().unique())}
+        own = row["category"] if pd.notna(row["category"]) else next(iter(options), None)
+    else:
+        column, group = "class_id", "a class"
+        options = _class_options(run)
+        own = int(row["class_id"]) if pd.notna(row["class_id"]) else next(iter(options), None)
     lasso = [sample_of(s) for s in st.session_state.get(state.LASSO) or []]
     kept = state.edit_sets()
     sets, names = {}, {}
@@ -350,14 +357,13 @@ def _steer(path, source: data.EditSource, samples, settings) -> None:
         with col:
             kinds = ["class", "lasso"] if options else ["lasso"]
             kind = st.radio(f"Set {name} ({what})", kinds, horizontal=True, key=f"edit_kind_{name}",
-                            format_func={"class": "a class", "lasso": "a lasso set"}.get)
+                            format_func={"class": group, "lasso": "a lasso set"}.get)
             if kind == "class":
-                own = int(row["class_id"]) if pd.notna(row["class_id"]) else next(iter(options))
                 default = own if name == "A" else next((c for c in options if c != own), own)
-                cid = st.selectbox(f"Class {name}", list(options), index=list(options).index(default)
+                cid = st.selectbox(f"Set {name}", list(options), index=list(options).index(default)
                                    if default in options else 0, format_func=options.get,
                                    key=f"edit_class_{name}_{source.sample_id}", label_visibility="collapsed")
-                ids = run.loc[run["class_id"] == cid, "sample_id"].head(SET_MAX).tolist()
+                ids = run.loc[run[column] == cid, "sample_id"].head(SET_MAX).tolist()
                 sets[name], names[name] = ids, options[cid]
                 st.caption(f"{len(ids)} samples of {options[cid]} in run {source.run_id}")
             else:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.browser
 
 FRAMES = 8
 RUN = "demo-multistep"
-SHOT = os.environ.get("DMD2VIZ_EDIT_SCREENSHOT")  # also write the panel's screenshot there (docs/screenshots)
+SHOTS = os.environ.get("DMD2VIZ_EDIT_SCREENSHOTS")  # a folder (docs/screenshots): the map and panel shots go there
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +111,14 @@ def test_interpolation_from_the_panel_draws_its_path_on_the_map(chromium, edit_s
         page.locator(".dmv-wrap").screenshot(path=str(tmp_path / "edit-map.png"))
         panel.scroll_into_view_if_needed()
         panel.screenshot(path=str(tmp_path / "edit-panel.png"))
-        if SHOT:  # the map with the path beside the panel's results, in a window tall enough for both
-            page.set_viewport_size({"width": 1500, "height": 2300})
-            page.locator(".dmv-wrap").scroll_into_view_if_needed()
+        if SHOTS:  # the map with the path and the whole panel, in a window tall enough for the panel
+            page.set_viewport_size({"width": 1500, "height": 2800})
             time.sleep(1.0)
-            Path(SHOT).parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=SHOT)
+            Path(SHOTS).mkdir(parents=True, exist_ok=True)
+            page.evaluate("() => document.querySelector('.dmv-wrap').scrollIntoView({block: 'center'})")
+            time.sleep(0.5)  # (clear of the app's sticky header)
+            page.locator(".dmv-wrap").screenshot(path=str(Path(SHOTS) / "explore-edit-map.png"))
+            panel.screenshot(path=str(Path(SHOTS) / "explore-edit-panel.png"))
             page.set_viewport_size(h.VIEWPORT)
 
         # a frame is selected from the panel like any sample; the share link brings it back with its path
