@@ -311,15 +311,17 @@ def class_view(path: str, view: views.View, cls: str | None) -> views.View:
 
 def color_file(view: views.View, runs_all: list[str]) -> str:
     """The colour file of the map by run: each run's colour fixed by its place among all selected runs (a run
-    keeps its colour when the checkpoint slider moves)."""
+    keeps its colour when the checkpoint slider moves); the legend lists the runs on the map."""
     return _color_file(view.key, tuple(runs_all), view)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _color_file(view_key: str, runs_all: tuple, _view: views.View) -> str:
     colors = run_pairs.run_colors(runs_all)
-    coloring = views.Coloring(f"runs-{_digest(runs_all)}", "run", "category", _view.frame["run_id"].astype(str),
-                              order=runs_all, colors=tuple(colors[r] for r in runs_all))
+    values = _view.frame["run_id"].astype(str)
+    shown = tuple(r for r in runs_all if r in set(values))  # the legend names the runs on the map
+    coloring = views.Coloring(f"runs-{_digest(runs_all)}", "run", "category", values, order=shown,
+                              colors=tuple(colors[r] for r in shown))
     return views.write_color_file(_view, coloring)
 
 

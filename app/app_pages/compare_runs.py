@@ -175,6 +175,8 @@ def metrics_section(table: pd.DataFrame, runs: list[str]) -> None:
         config[m] = st.column_config.ProgressColumn(m, format="%.4g", min_value=0.0,
                                                     max_value=top(["diversity_a", "diversity_b"]))
     key = f"cr_metrics_{cv._digest([cv.get_class(), *runs])}"  # drawn anew (no stale selection) after a change
+    first = ["class", "run_b"]  # what a row is, then its bars; the reference (run_a) is the same on every row
+    table = table[first + [c for c in table.columns if c not in first and c != "run_a"] + ["run_a"]]
     st.dataframe(table, hide_index=True, width="stretch", key=key, column_config=config,
                  height=min(38 + 35 * len(table), 560), on_select=lambda: _on_table_select(key, table),
                  selection_mode="single-row")
@@ -219,7 +221,7 @@ def map_section(path: str, s: cv.Settings, full, sub, runs_all: list[str], group
     if s.links:
         bits.append("no samples share seed and class here" if not n_links else f"{n_links:,} link lines"
                      if len(links) == n_links else f"{len(links):,} of {n_links:,} link lines (choose a class "
-                                                   "to see all of its)")
+                                                   "to see all of them)")
     st.caption(" · ".join(bits) + "  \nHover for a preview · coloured by run")
 
 
