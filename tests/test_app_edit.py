@@ -330,3 +330,55 @@ def test_edit_links_order_frames_and_alphas_and_skip_what_the_view_lacks():
     assert sorted(link["ids"][1] for link in links if link["kind"] == "set") == ["p", "q"]
     assert not [link for link in links if link["kind"] == "patch"]
     assert data.edit_family(view, "f1") == ["f2", "f0", "f1"] and data.edit_family(view, "p") == []
+
+
+# ------------------------------------------------------------------------------- text-to-image model
+
+
+@pytest.fixture(scope="module")
+def t2i_store(tmp_path_factory):
+    """A store with one run of the tiny SD v1.5 model of t2i_fixtures: two seeds of each of four prompts."""
+    import torch
+
+    from pipeline.generate import generate
+    from tests.t2i_fixtures import build, tiny_files
+
+    torch.set_num_threads(1)
+    files = tiny_files(tmp_path_factory)
+    root = tmp_path_factory.mktemp("edit-app-t2i") / "store"
+    generate(build(files, "sd15", seeds_per_prompt=2), root, 8, ["mid", "down1"], run_id="sd", batch_size=8,
+             progress=False)
+    return root, files
+
+
+def test_a_prompt_model_regenerates_with_another_prompt_and_steers_between_categories(t2i_store, monkeypatch,
+                                                                                      tmp_path):
+    from app import data
+    from tests.t2i_fixtures import CATEGORIES, PROMPTS
+
+    root, files = t2i_store
+    monkeypatch.setattr(data, "EDIT_WAIT_S", 120)
+    with fx.app_pointed_at(root, monkeypatch, tmp_path):
+        at = app_test(query={"sel": "sd-00000000", "layer": "mid"})
+        assert not at.exception, at.exception
+        assert f"`{files.checkpoint('sd15')}`" in _text(at) or str(files.checkpoint("sd15")) in _text(at)
+        assert at.text_input(key="edit_prompt_sd-00000000").value == PROMPTS[0]
+        at.text_input(key="edit_prompt_sd-00000000").set_value("a green bicycle").run()
+        assert "regenerate --sample sd-00000000 --prompt 'a green bicycle' --seed " in " ".join(_codes(at))
+        at.button(key="edit_go_regenerate").click().run()
+        assert not at.exception, at.exception
+        (result,) = at.session_state["dmd.edit_results"][-1]["ids"]
+        row = _samples(root, [result]).iloc[0]
+        assert row["prompt"] == "a green bicycle" and row["edit_op"] == "regenerate"
+        # steering sets by category: A the sample's own, B another; the sets are that category's samples
+        assert at.radio(key="edit_kind_A").options == ["a category", "a lasso set"]
+        assert at.selectbox(key="edit_class_A_sd-00000000").value == CATEGORIES[0]
+        at.selectbox(key="edit_class_B_sd-00000000").set_value(CATEGORIES[2])
+        at.text_input(key="edit_alphas").set_value("0, 1").run()
+        at.button(key="edit_go_steer").click().run()
+        assert not at.exception, at.exception
+        ids = at.session_state["dmd.edit_results"][-1]["ids"]
+        meta = _samples(root, ids)
+        members = _samples(root, meta["edit_set"].iloc[0].split(","))
+        assert set(members["category"]) == {CATEGORIES[2]} and len(members) == 2
+        assert meta["edit_alpha"].tolist() == [0.0, 1.0] and set(meta["edit_layer"]) == {"mid"}
