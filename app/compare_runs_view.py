@@ -336,7 +336,7 @@ def link_groups(path: str, model: str, runs: list[str]) -> list[list[str]]:
     return _groups(data.resolve(path), model, tuple(runs), data.version(path, model))
 
 
-MAX_LINKS = 300  # more link lines than this hide the map: an even sample of them (a class shows all of its)
+MAX_LINKS = 150  # more link lines than this hide the map: an even sample of them (a class shows all of its)
 
 
 def links_for(view: views.View, groups: list[list[str]], limit: int = MAX_LINKS) -> tuple[list[dict], int]:
