@@ -15,6 +15,13 @@ description:
 * two time scales: ``fake_steps`` fake-score updates per student update; no regression loss and no GAN.
 
 Everything here computes; the command (pipeline/commands/train_demo_student.py) writes the file.
+
+The shipped ``data/demo_student.safetensors`` is ``DISTILL_TRAIN`` with seed 0 (500 student steps, batch 64,
+5 fake-score steps each): 868 s with one thread on a 2-core machine busy with other work. Its 1-step samples
+(1,000, 100 per digit) are recognised at 97% by the digit classifier, with an intra-class diversity (mean
+pairwise distance, 16x16 grey in [0, 1]) of 3.14 against 3.37 for the real digits, 0.40 for the naive
+1-step (91%) and 1.30 for the teacher's 4-step schedule (100%). Early on, recognition peaks while the samples
+are still sharpened class means; judge a run at its end, on recognition and diversity together.
 """
 
 from __future__ import annotations

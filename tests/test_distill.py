@@ -125,6 +125,11 @@ def test_the_command_writes_loadable_weights_with_their_recipe(tmp_path, capsys,
     assert main(["train-demo-student", "--teacher", str(tmp_path / "missing.safetensors"), "--out",
                  str(tmp_path / "x.safetensors")]) == 2
     assert "cannot load the teacher" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["train-demo-student", "--out", str(tmp_path / "file" / "w.safetensors")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert main(["train-demo-student", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
     for bad in (["--fake-steps", "0"], ["--steps", "0"], ["--batch-size", "x"]):
         with pytest.raises(SystemExit) as exc:
             main(["train-demo-student", *bad])

@@ -41,6 +41,17 @@ def run(args: argparse.Namespace) -> int:
     from pipeline import demo_model, distill
 
     out = Path(args.out) if args.out else distill.DEMO_STUDENT_WEIGHTS
+    if out.is_dir():
+        print(f"error: --out {out} is a folder; give a .safetensors file", file=sys.stderr)
+        return 2
+    try:  # before training: a run of minutes must not fail at its end on a folder it cannot write
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_name(out.name + ".probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        print(f"error: cannot write {out}: {exc}", file=sys.stderr)
+        return 2
     try:
         teacher = demo_model.load_demo_model(args.teacher)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
