@@ -698,12 +698,13 @@ class _EditorFor:
             self.lock.release()
 
 
-def generator_job(path: str, sample_id: str, run_id: str, start: bool = True) -> Job | None:
-    """The job that loads the generator of `run_id` (through an edit of nothing: `Editor.adapter` of the
-    sample's run), started when `start`; None when not started. Its error says why the run cannot be edited."""
+def generator_job(path: str, sample_id: str, run_id: str, start: bool = True, retry: bool = False) -> Job | None:
+    """The job that loads the generator of `run_id` (`Editor.adapter` of the sample's run), started when
+    `start` and not started yet (None when not started). Its error says why the run cannot be edited; a failed
+    load is tried again only when `retry`."""
     key = ("edit-load", resolve(path), run_id)
     job = jobs().find(key)
-    if job is not None and job.error is None or not start:
+    if job is not None and (job.error is None or not retry) or not (start or retry):
         return job
 
     def work(job: Job):

@@ -174,9 +174,8 @@ def _generator(path: str, source: data.EditSource) -> bool:
                  icon=":material/error:")
         st.caption("Run the edit where the checkpoint and a device are available, for example:")
         _show_command(path, "regenerate", {"sample_id": source.sample_id})
-        if st.button("Try again", key="edit_reload", icon=":material/refresh:"):
-            data.generator_job(path, source.sample_id, source.run_id, start=True)
-            st.rerun(scope="fragment")
+        st.button("Try again", key="edit_reload", icon=":material/refresh:", on_click=data.generator_job,
+                  args=(path, source.sample_id, source.run_id), kwargs={"retry": True})
         return False
     if job is None:
         st.caption(f"Generator of run `{source.run_id}`: {source.model} from {where}, not loaded yet (the first "

@@ -382,3 +382,52 @@ def test_a_prompt_model_regenerates_with_another_prompt_and_steers_between_categ
         members = _samples(root, meta["edit_set"].iloc[0].split(","))
         assert set(members["category"]) == {CATEGORIES[2]} and len(members) == 2
         assert meta["edit_alpha"].tolist() == [0.0, 1.0] and set(meta["edit_layer"]) == {"mid"}
+
+
+def test_a_checkpoint_missing_from_this_server_says_why_and_shows_the_command(t2i_store, monkeypatch, tmp_path):
+    import pipeline.checkpoints as checkpoints
+
+    root, files = t2i_store
+
+    def missing(ref):
+        raise FileNotFoundError(f"checkpoint not found: {str(ref)!r}")
+
+    monkeypatch.setattr(checkpoints, "resolve_checkpoint", missing)
+    with fx.app_pointed_at(root, monkeypatch, tmp_path):
+        at = app_test(query={"sel": "sd-00000001", "layer": "mid"})
+        assert not at.exception, at.exception
+        text = _text(at)
+        assert "the checkpoint of run sd is not on this server: checkpoint not found:" in text
+        assert str(files.checkpoint("sd15")) in text
+        assert any(c.startswith(f"python -m pipeline edit --store {root} regenerate --sample sd-00000001")
+                   for c in _codes(at))
+        assert not [b for b in at.button if (b.key or "").startswith("edit_go_")]
+
+
+def test_a_generator_that_fails_to_load_says_why_and_shows_the_command(demo_env, demo_store, monkeypatch):
+    from app import data
+    from pipeline import edit
+
+    def cannot(self, parent):
+        raise edit.EditError("no CUDA device here: this run was generated in float16 on cuda")
+
+    original = edit.Editor.adapter
+    monkeypatch.setattr(edit.Editor, "adapter", cannot)
+    at = _open(sid(9))
+    job = data.jobs().find(("edit-load", data.resolve(str(demo_store)), RUN))  # the panel's preload of the demo
+    assert job is not None
+    job.thread.join(30)
+    at.run()
+    text = _text(at)
+    assert "The generator of run `demo-multistep` cannot be loaded from the shipped demo weights: no CUDA device" \
+        in text
+    assert any(c.startswith("python -m pipeline edit --store ") and f"regenerate --sample {sid(9)}" in c
+               for c in _codes(at))
+    assert not [b for b in at.button if (b.key or "").startswith("edit_go_")]
+    # "Try again" loads it again (and it loads, once the cause is gone)
+    monkeypatch.setattr(edit.Editor, "adapter", original)
+    at.button(key="edit_reload").click().run()
+    data.jobs().find(("edit-load", data.resolve(str(demo_store)), RUN)).thread.join(30)
+    at.run()
+    assert "demo from the shipped demo weights, on cpu" in _text(at)
+    assert at.button(key="edit_go_regenerate")
