@@ -131,3 +131,24 @@ def test_progress_and_cancel(store):
                       progress=progress, cancel=cancel)
     assert seen and all(0 <= f <= 1 for f, _ in seen)
     assert not list((store.root / "caches" / "aligned" / "model=digits" / "layer=encoder_bottleneck").glob("*"))
+
+
+def test_text_to_image_steps_and_layers(tmp_path_factory):
+    """The tiny SDXL 4-step model: its four steps and its two layers align like the class models'."""
+    import torch
+
+    from pipeline.generate import generate
+    from store import Store
+    from tests.t2i_fixtures import build, tiny_files
+
+    torch.set_num_threads(1)
+    files = tiny_files(tmp_path_factory)
+    root = tmp_path_factory.mktemp("aligned-t2i") / "store"
+    generate(build(files, "sdxl-4step", seeds_per_prompt=3), root, 12, ["mid", "down1"], run_id="xl",
+             batch_size=12, progress=False)
+    store = Store(root)
+    model = store.models()[0]
+    steps = aligned_steps(store, model, "mid", params={"n_epochs": 50, "n_neighbors": 5})
+    assert steps.frames == (0, 1, 2, 3) and steps.xy.shape == (4, 12, 2) and np.isfinite(steps.xy).all()
+    layers = aligned_layers(store, model, params={"n_epochs": 50, "n_neighbors": 5})
+    assert set(layers.frames) == {"mid", "down1"} and layers.step == 3

@@ -102,3 +102,23 @@ def test_no_selection_offers_a_picker(demo_env):
 def test_a_sample_that_cannot_be_recomputed_is_a_clear_error(app_env):
     at = _open({"sel": "digits-a-00000001", "layer": "midblock", "k": "1"})
     assert at.error and "cannot recompute" in at.error[0].value
+
+
+def test_text_to_image_maps_over_the_decoded_image(tmp_path_factory, monkeypatch, tmp_path):
+    """The tiny SD v1.5 model: latent-resolution maps laid over the decoded 16-px images."""
+    import torch
+
+    from pipeline.generate import generate
+    from tests.t2i_fixtures import build, tiny_files
+
+    torch.set_num_threads(1)
+    files = tiny_files(tmp_path_factory)
+    root = tmp_path_factory.mktemp("inside-t2i") / "store"
+    generate(build(files, "sd15", seeds_per_prompt=2), root, 8, ["mid"], run_id="sd", batch_size=8,
+             progress=False, reduce={"mid": "full"})
+    with fx.app_pointed_at(root, monkeypatch, tmp_path):
+        at = _open({"sel": "sd-00000001", "layer": "mid", "k": "2"})
+        text = _text(at)
+        assert "read from the store" in text and "laid over the 3 images" in text
+        assert _captions(at).count("PCA colours") == 3
+        assert [c for c in _captions(at) if c.startswith("similarity")][0] == "similarity · max 1.00"
