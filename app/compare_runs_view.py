@@ -255,7 +255,22 @@ def metrics_job(path: str, s: Settings, runs: list[str], holder: str | None = No
     return _start(metrics_key(path, s, runs), work, holder)
 
 
-JOB_TITLES = {"compare-runs-map": "The joint map", "compare-runs-metrics": "The metrics"}
+def training_job(path: str, s: Settings, plan: run_pairs.CheckpointPlan, holder: str | None = None) -> data.Job:
+    """Every checkpoint's overall metrics against the reference (`run_pairs.over_training`), in training order."""
+    runs = [*plan.fixed, *plan.sequence]
+    step = s.step if s.step == run_pairs.LAST else int(s.step)
+    key = ("compare-runs-training", data.resolve(path), data.version(path, s.model, s.layer, runs), s.model,
+           s.layer, plan.fixed, plan.sequence, s.step, s.k)
+
+    def work(job: data.Job):
+        return run_pairs.over_training(data.open_store(path), s.model, s.layer, plan, step=step, k=s.k,
+                                       progress=_reporter(job))
+
+    return _start(key, work, holder)
+
+
+JOB_TITLES = {"compare-runs-map": "The joint map", "compare-runs-metrics": "The metrics",
+              "compare-runs-training": "The metrics over training"}
 
 
 # --------------------------------------------------------------------------------------------- the map

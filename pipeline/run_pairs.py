@@ -10,7 +10,8 @@ correspond, which runs to open, how checkpoint runs line up over training, and t
 * `default_runs`: what the page opens on (real first, as the reference, then teachers, generated runs and
   checkpoint runs in training order; edit runs only when asked for).
 * `CheckpointPlan`: the selected runs split into fixed runs and checkpoint runs in training order; a
-  position of the slider is the fixed runs plus one checkpoint.
+  position of the slider is the fixed runs plus one checkpoint; `over_training`: each checkpoint's overall
+  metrics against the reference, by training step.
 * `map_figure`, `map_png`: the joint map coloured by run with its link lines (HTML through
   `pipeline.figures`, the PNG by its Pillow renderer).
 """
@@ -26,8 +27,8 @@ import pandas as pd
 from store.schema import GENERATED_KIND
 
 __all__ = ["RunPairsError", "run_steps", "resolve_run_steps", "shared_steps", "link_groups", "default_runs",
-           "CheckpointPlan", "checkpoint_plan", "class_column", "run_colors", "map_figure", "map_png",
-           "KIND_ORDER", "LAST"]
+           "CheckpointPlan", "checkpoint_plan", "over_training", "class_column", "run_colors", "map_figure",
+           "map_png", "KIND_ORDER", "LAST"]
 
 LAST = "last"
 KIND_ORDER = ("real", "teacher", GENERATED_KIND, "student", "edit")  # the reference first
@@ -210,6 +211,25 @@ def checkpoint_plan(selected: Sequence[str], checkpoints: pd.DataFrame) -> Check
     ckpt = {r for r, _ in order}
     return CheckpointPlan(fixed=tuple(r for r in chosen if r not in ckpt), sequence=tuple(r for r, _ in order),
                           steps=tuple(s for _, s in order))
+
+
+def over_training(store, model: str, layer: str, plan: CheckpointPlan, step="last", k: int = 5,
+                  progress=None) -> pd.DataFrame:
+    """Each checkpoint of `plan` against its reference (the first fixed run, else the first checkpoint):
+    the overall (``all``) row of `pipeline.distribution.compare_runs` per checkpoint, with its training step
+    (column ``checkpoint_step``), in training order. The per-class tables are computed (and cached) as the
+    slider's positions read them, so moving the slider afterwards costs nothing."""
+    from pipeline.distribution import ALL, compare_runs
+
+    report = progress or (lambda fraction, message: None)
+    rows = []
+    for i, run in enumerate(plan.positions):
+        reference = plan.runs_at(i)[0]
+        table = compare_runs(store, model, layer, [reference, run], step=step, k=k, per_class=True,
+                             progress=lambda f, m, i=i: report((i + f) / len(plan.positions), m))
+        row = table[table["class"] == ALL].iloc[0].to_dict()
+        rows.append({"checkpoint_step": plan.step_of(run), **row})
+    return pd.DataFrame(rows)
 
 
 # -- the joint map as a figure -------------------------------------------------------------------------------

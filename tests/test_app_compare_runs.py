@@ -126,6 +126,14 @@ def _runs_table(at) -> pd.DataFrame:
     raise AssertionError("no runs table")
 
 
+def _chart_data(chart) -> pd.DataFrame:
+    """The (first) dataset of a Vega-Lite chart element, as a frame."""
+    import pyarrow as pa
+
+    data = chart.proto.datasets[0].data.data
+    return pa.ipc.open_stream(data).read_all().to_pandas()
+
+
 def _texts(at) -> str:
     return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
 
@@ -189,6 +197,12 @@ def test_the_checkpoint_slider_switches_the_map_and_the_metrics(env, compare_sto
     from store import Store
 
     at = _open()
+    # the overall metrics of each checkpoint against the real digits, by training step, beside the slider
+    charts = [_chart_data(c) for c in at.get("vega_lite_chart")]
+    fd = next(t for t in charts if "fd" in t.columns and "checkpoint_step" in t.columns)
+    plan_fd = [distribution.compare_runs(Store(compare_store), MODEL, LAYER, ["real", r]).query("`class` == 'all'")
+               ["fd"].item() for r in ("ck-100", "ck-200")]
+    assert fd["checkpoint_step"].tolist() == [100, 200] and fd["fd"].tolist() == pytest.approx(plan_fd)
     slider = at.select_slider(key="cr_ckpt")
     assert list(slider.options) == ["step 100 · ck-100", "step 200 · ck-200"]
     first = _metrics(at)

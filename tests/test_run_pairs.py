@@ -157,3 +157,16 @@ def test_map_figure_and_png(store):
 def test_class_column():
     assert rp.class_column(pd.DataFrame({"prompt": [None, None], "label": ["a", "b"]})) == "label"
     assert rp.class_column(pd.DataFrame({"prompt": ["x", None], "label": ["a", "b"]})) == "category"
+
+
+def test_over_training_is_each_checkpoints_overall_row(store):
+    from pipeline.distribution import compare_runs
+
+    plan = rp.checkpoint_plan(["real", "ck-200", "ck-100"], store.checkpoint_runs("m"))
+    got = rp.over_training(store, "m", "L", plan, k=3)
+    assert got["checkpoint_step"].tolist() == [100, 200] and got["run_b"].tolist() == ["ck-100", "ck-200"]
+    for _, row in got.iterrows():
+        want = compare_runs(store, "m", "L", ["real", row["run_b"]], k=3)
+        assert row["fd"] == pytest.approx(want.loc[want["class"] == "all", "fd"].item())
+    # ck-200 sits nearer the real run (shift 1 against 2): a smaller Fréchet distance
+    assert got["fd"].iloc[1] < got["fd"].iloc[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -104,6 +105,27 @@ def checkpoint_slider(s: cv.Settings, plan: run_pairs.CheckpointPlan) -> cv.Sett
                               help="Redraws the joint map and the metrics with this checkpoint beside "
                                    + (", ".join(plan.fixed) if plan.fixed else f"the first, {plan.sequence[0]}"))
     return replace(s, over_training=True, checkpoint=chosen)
+
+
+def training_chart(table: pd.DataFrame, current: int | None) -> None:
+    """The overall metrics of each checkpoint against the reference, by training step; the slider's checkpoint
+    marked."""
+    shares = table.melt(id_vars=["checkpoint_step"], value_vars=["precision", "recall", "coverage"],
+                        var_name="metric", value_name="value")
+    x = alt.X("checkpoint_step:Q", title="training step")
+    tip = ["checkpoint_step:Q", "metric:N", alt.Tooltip("value:Q", format=".3f")]
+    left = alt.Chart(shares).mark_line(point=True).encode(
+        x=x, y=alt.Y("value:Q", title=None, scale=alt.Scale(domain=[0, 1])), color=alt.Color("metric:N", title=None),
+        tooltip=tip).properties(title=f"against {table['run_a'].iloc[0]}", height=180)
+    right = alt.Chart(table).mark_line(point=True, color="#e15759").encode(
+        x=x, y=alt.Y("fd:Q", title="Fréchet distance"),
+        tooltip=["checkpoint_step:Q", alt.Tooltip("fd:Q", format=".4g")]).properties(title=" ", height=180)
+    if current is not None:
+        rule = alt.Chart(pd.DataFrame({"checkpoint_step": [current]})).mark_rule(strokeDash=[4, 3], color="#888")
+        left, right = left + rule.encode(x="checkpoint_step:Q"), right + rule.encode(x="checkpoint_step:Q")
+    c1, c2 = st.columns(2)
+    c1.altair_chart(left, width="stretch")
+    c2.altair_chart(right, width="stretch")
 
 
 # --------------------------------------------------------------------------------------------- progress
@@ -268,7 +290,6 @@ def main() -> None:
     if plan.active:
         s = checkpoint_slider(s, plan)
     runs = plan.runs_at(plan.positions.index(s.checkpoint)) if plan.active and s.over_training else runs_all
-    st.markdown(f"### {s.model} · {s.layer} · {len(runs)} runs")
     request = {r: (-1 if s.step == run_pairs.LAST else int(s.step)) for r in runs}
     try:
         steps = run_pairs.resolve_run_steps(None, s.model, s.layer, request, table=cv.run_steps(path, s.model, s.layer))
@@ -276,13 +297,18 @@ def main() -> None:
         st.error(str(exc))
         cv.sync_url(s)
         return
-    runs_section(path, s, runs, steps)
-
+    training = cv.training_job(path, s, plan, holder=_session()) if plan.active else None
     map_job = cv.map_job(path, s, runs, steps, holder=_session())
     metrics_job = cv.metrics_job(path, s, runs, holder=_session())
-    running = tuple(j.key for j in (map_job, metrics_job) if j.running and not cv.cancelled(j.key))
+    running = tuple(j.key for j in (map_job, metrics_job, training) if j is not None and j.running
+                    and not cv.cancelled(j.key))
     if running:
         _progress(running)
+    if training is not None and (got := _result(training, "The metrics over training")) is not None:
+        training_chart(got, plan.step_of(s.checkpoint) if s.over_training else None)
+    st.markdown(f"### {s.model} · {s.layer} · {len(runs)} runs")
+    runs_section(path, s, runs, steps)
+
     table = metrics_job.result if not metrics_job.running and not metrics_job.error else None
     classes = [c for c in pd.unique(table["class"].astype(str)) if c != "all"] if table is not None else []
     groups = cv.link_groups(path, s.model, runs) if s.links else []
