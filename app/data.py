@@ -771,8 +771,10 @@ def edit_links(view: views.View, points: list[str]) -> list[dict]:
     if "edit_op" not in view.frame:
         return []
     f = view.frame
-    rows = f.iloc[[view.position[p] for p in points if p in view.position]].copy()
-    rows["_id"] = [p for p in points if p in view.position]
+    cols = [c for c in (*EDIT_GROUP_COLUMNS, "edit_frame", "edit_alpha") if c in f]
+    kept = [p for p in points if p in view.position]
+    rows = f[cols].iloc[[view.position[p] for p in kept]].copy()  # (the few columns first: the frame is wide)
+    rows["_id"] = kept
     rows = rows[rows["edit_op"].notna()]
     out = []
     group_cols = [c for c in EDIT_GROUP_COLUMNS if c in rows]
