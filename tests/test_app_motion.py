@@ -111,3 +111,36 @@ def test_a_one_step_model_says_why_nothing_moves(app_env):
     at = _open({"model": "words", "mode": "steps"})
     assert "one step only" in _text(at)
     assert not at.get("plotly_chart")
+
+
+def test_a_long_alignment_shows_progress_and_can_be_cancelled(app_env, monkeypatch):
+    import streamlit as st
+
+    from app import data
+    from pipeline import aligned
+
+    st.cache_resource.clear()
+    aligned.clear_cache()
+    monkeypatch.setattr(data, "JOB_WAIT_S", 0.0)
+    real = aligned.fit_aligned
+
+    def slow(*args, cancel=None, progress=None, **kw):  # a fit that reports and waits to be cancelled
+        for i in range(600):
+            if progress:
+                progress(i / 600, f"epoch {i}/600")
+            if cancel is not None and cancel.wait(0.05):
+                raise aligned.Cancelled("cancelled")
+        return real(*args, cancel=cancel, progress=progress, **kw)
+
+    monkeypatch.setattr(aligned, "fit_aligned", slow)
+    at = _open({"model": "digits", "mode": "layers", "step": "0", "layers": "encoder_bottleneck~midblock"})
+    assert any("Aligning maps" in str(p.proto.text) for p in at.get("progress"))
+    at.button(key=next(b.key for b in at.button if b.key and b.key.startswith("mot_cancel_"))).click().run()
+    assert "Cancelled" in _text(at) and not at.get("plotly_chart")
+    # the cancelled job is not started again by the next rerun, only when asked
+    at.run()
+    assert "Cancelled" in _text(at)
+    monkeypatch.setattr(aligned, "fit_aligned", real)
+    monkeypatch.setattr(data, "JOB_WAIT_S", 60)
+    at.button(key="mot_compute").click().run()
+    assert at.get("plotly_chart") and "Cancelled" not in _text(at)

@@ -33,8 +33,7 @@ def _progress(key: tuple, what: str) -> None:
     if job is None or not job.running:
         st.rerun(scope="app")
     st.progress(job.progress, text=f"{what}… {job.message}")
-    if st.button("Cancel", key="ins_cancel", icon=":material/close:"):
-        job.cancel.set()
+    st.caption("Maps the store does not keep full are recomputed from the samples' seeds by their generator.")
 
 
 def _on_pick() -> None:

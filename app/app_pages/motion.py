@@ -11,6 +11,8 @@ from app import data, state, ui
 from app import motion_view as mv
 
 HEIGHT = 600
+CANCELLED = "mot.cancelled"  # the settings whose computation the user cancelled (not restarted until asked)
+SETTINGS = "mot.settings"
 
 
 def _init(key: str, value, valid=None) -> None:
@@ -81,6 +83,8 @@ def _progress(keys: tuple) -> None:
             st.progress(job.progress, text=f"{'Aligning maps' if 'motion' in job.key[0] else 'CKA'}… {job.message}")
             if st.button("Cancel", key=f"mot_cancel_{abs(hash(job.key))}", icon=":material/close:"):
                 job.cancel.set()
+                st.session_state[CANCELLED] = st.session_state.get(SETTINGS)
+                st.rerun(scope="app")
     st.caption("The aligned maps are fitted once and cached: a second visit opens at once.")
 
 
@@ -88,10 +92,7 @@ def _wait(jobs: list[data.Job]) -> bool:
     failed = [j for j in jobs if not j.running and j.error]
     if failed:
         for job in failed:
-            if job.error == "cancelled":
-                st.warning("Cancelled. Change a control or press Retry to compute it again.")
-            else:
-                st.error(job.error)
+            st.error(job.error)
         if st.button("Retry", key="mot_retry"):  # a failed or cancelled job is started afresh when asked again
             st.rerun()
         return False
@@ -132,6 +133,14 @@ def main() -> None:
                     "*layers (depth)*, or a multi-step model.", icon=":material/info:")
             mv.sync_url(mv.to_params(s, all_layers, selected))
             return
+    st.session_state[SETTINGS] = s
+    if st.session_state.get(CANCELLED) == s:
+        st.warning("Cancelled: nothing was computed or saved. Change a control, or compute it now.")
+        if st.button("Compute", key="mot_compute", icon=":material/play_arrow:"):
+            st.session_state[CANCELLED] = None
+            st.rerun()
+        mv.sync_url(mv.to_params(s, all_layers, selected))
+        return
     job = mv.aligned_job(path, s)
     jobs = [job]
     cka = mv.cka_job(path, s) if s.mode == "layers" else None
