@@ -335,7 +335,7 @@ def _color_file(view_key: str, runs_all: tuple, _view: views.View) -> str:
     colors = run_pairs.run_colors(runs_all)
     values = _view.frame["run_id"].astype(str)
     shown = tuple(r for r in runs_all if r in set(values))  # the legend names the runs on the map
-    coloring = views.Coloring(f"runs-{_digest(runs_all)}", "run", "category", values, order=shown,
+    coloring = views.Coloring(f"runs-{_digest([*runs_all, '|', *shown])}", "run", "category", values, order=shown,
                               colors=tuple(colors[r] for r in shown))
     return views.write_color_file(_view, coloring)
 

@@ -116,7 +116,7 @@ def training_chart(table: pd.DataFrame, current: int | None) -> None:
     tip = ["checkpoint_step:Q", "metric:N", alt.Tooltip("value:Q", format=".3f")]
     left = alt.Chart(shares).mark_line(point=True).encode(
         x=x, y=alt.Y("value:Q", title=None, scale=alt.Scale(domain=[0, 1])), color=alt.Color("metric:N", title=None),
-        tooltip=tip).properties(title=f"against {table['run_a'].iloc[0]}", height=180)
+        tooltip=tip).properties(title=f"Each checkpoint against {table['run_a'].iloc[0]}, all classes", height=180)
     right = alt.Chart(table).mark_line(point=True, color="#e15759").encode(
         x=x, y=alt.Y("fd:Q", title="Fréchet distance"),
         tooltip=["checkpoint_step:Q", alt.Tooltip("fd:Q", format=".4g")]).properties(title=" ", height=180)
@@ -287,6 +287,7 @@ def main() -> None:
     _, _, checkpoints = cv.runs_info(path, s.model)
     plan = run_pairs.checkpoint_plan(s.runs, checkpoints)
     runs_all = list(s.runs)
+    head = st.empty()
     if plan.active:
         s = checkpoint_slider(s, plan)
     runs = plan.runs_at(plan.positions.index(s.checkpoint)) if plan.active and s.over_training else runs_all
@@ -306,7 +307,7 @@ def main() -> None:
         _progress(running)
     if training is not None and (got := _result(training, "The metrics over training")) is not None:
         training_chart(got, plan.step_of(s.checkpoint) if s.over_training else None)
-    st.markdown(f"### {s.model} · {s.layer} · {len(runs)} runs")
+    head.markdown(f"### {s.model} · {s.layer} · {len(runs)} runs")
     runs_section(path, s, runs, steps)
 
     table = metrics_job.result if not metrics_job.running and not metrics_job.error else None
