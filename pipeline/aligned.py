@@ -469,16 +469,19 @@ def _steps_of(store, model, layer, runs) -> list[int]:
 
 
 def _run_steps(store, model, layer, runs) -> pd.DataFrame:
-    """Steps recorded by the given runs (from their manifests' step counts where the store lists them)."""
+    """Steps recorded by the given runs: probed with one sample of each run (a run records the same steps for
+    every sample), so no step's whole matrix is read."""
     table = store.runs()
     known = set(table["run_id"]) if len(table) else set()
     missing = [r for r in runs if r not in known]
     if missing:
         raise AlignedError(f"unknown run(s) {missing}")
+    firsts = store.samples(model=model, run_ids=runs, columns=["sample_id", "run_id"]).drop_duplicates("run_id")
+    probe = firsts["sample_id"].astype(str).tolist()
     steps: set[int] = set()
-    for s in sorted({int(x) for x in store.steps(model, layer)["step"]}):
+    for s in sorted({int(x) for x in store.steps(model, layer)["step"]}) if probe else []:
         try:
-            acts = store.activations(model, layer, s, run_ids=runs)
+            acts = store.activations(model, layer, s, run_ids=runs, sample_ids=probe)
         except ValueError:
             continue
         if len(acts.sample_ids):

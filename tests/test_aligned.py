@@ -152,3 +152,23 @@ def test_text_to_image_steps_and_layers(tmp_path_factory):
     assert steps.frames == (0, 1, 2, 3) and steps.xy.shape == (4, 12, 2) and np.isfinite(steps.xy).all()
     layers = aligned_layers(store, model, params={"n_epochs": 50, "n_neighbors": 5})
     assert set(layers.frames) == {"mid", "down1"} and layers.step == 3
+
+
+def test_runs_select_their_own_steps_and_samples(tmp_path):
+    """A 3-step run beside a 1-step run: the step alignment keeps the 3-step run's samples (and says how many it
+    left out); the 1-step run alone is refused with a clear message."""
+    from store import Store
+    from tests.app_fixtures import _write_class_run
+
+    _write_class_run(tmp_path, "m", "multi", ("midblock",), 40, (14.6, 2.5, 0.3), seed=1)
+    _write_class_run(tmp_path, "m", "single", ("midblock",), 20, (1.0,), seed=2)
+    store = Store(tmp_path)
+    both = aligned_steps(store, "m", "midblock", params={"n_epochs": 30})
+    assert both.frames == (0, 1, 2) and len(both) == 40 and both.meta["dropped"] == 20
+    assert all(s.startswith("multi-") for s in both.sample_ids)
+    with pytest.raises(AlignedError, match="only 1 step"):
+        aligned_steps(store, "m", "midblock", run_ids=["single"])
+    with pytest.raises(AlignedError, match="unknown run"):
+        aligned_steps(store, "m", "midblock", run_ids=["nope"])
+    one = aligned_steps(store, "m", "midblock", run_ids=["multi"], params={"n_epochs": 30})
+    assert one.frames == (0, 1, 2) and len(one) == 40
