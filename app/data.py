@@ -623,7 +623,10 @@ def edit_source(path: str, model: str, sample_id: str) -> EditSource:
     family = families.get_family(model) if model in families.MODELS else None
     op = row.get("edit_op")
     why = None
-    if isinstance(op, str) and op != "regenerate":
+    if settings.get("kind") == "real":
+        why = (f"{sample_id} is a real image encoded by the network (run {run_id}), not generated from a seed and "
+               "a condition: edits start from generated samples")
+    elif isinstance(op, str) and op != "regenerate":
         why = (f"{sample_id} is the result of an edit ({op}), which its seed and label cannot reproduce: edit "
                f"a generated sample (its parents: {row.get('edit_parents')})")
     elif family is None:
@@ -639,6 +642,25 @@ def edit_source(path: str, model: str, sample_id: str) -> EditSource:
     n_steps = len(settings.get("sigmas") or settings.get("timesteps") or []) or int(settings.get("steps") or 1)
     return EditSource(sample_id, model, run_id, checkpoint, family.conditioning if family else "", n_steps,
                       str(manifest.get("device") or ""), why)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _run_kinds(resolved: str, version: str) -> dict[str, str]:
+    import json
+
+    out = {}
+    for run_id, settings in zip(*(open_store(resolved).runs()[c] for c in ("run_id", "settings")), strict=True):
+        try:
+            kind = (json.loads(settings) if isinstance(settings, str) else dict(settings or {})).get("kind")
+        except (TypeError, ValueError):
+            kind = None
+        out[str(run_id)] = str(kind or "generated")
+    return out
+
+
+def run_kinds(path: str) -> dict[str, str]:
+    """Run id -> its kind: ``generated``, ``edit`` or ``real`` (real images encoded by the network)."""
+    return _run_kinds(resolve(path), store_version(path))
 
 
 def _shipped(checkpoint: str) -> bool:

@@ -83,13 +83,14 @@ def parse_alphas(text: str) -> list[float]:
     return out
 
 
-def _editable(samples: pd.DataFrame, ids: list[str]) -> tuple[list[str], int]:
-    """`ids` without the edit results that an edit cannot take as set members (their seed and label cannot
-    reproduce them; a regenerated sample can), and how many were left out."""
-    if "edit_op" not in samples:
-        return ids, 0
-    ops = samples.set_index("sample_id")["edit_op"]
-    kept = [s for s in ids if s in ops.index and (pd.isna(ops[s]) or ops[s] == "regenerate")]
+def _editable(samples: pd.DataFrame, ids: list[str], kinds: dict[str, str] | None = None) -> tuple[list[str], int]:
+    """`ids` without what an edit cannot take as parent or set member: edit results (their seed and label cannot
+    reproduce them; a regenerated sample can) and real images (`kinds`: run id -> kind); and how many went."""
+    meta = samples.set_index("sample_id")
+    ops = meta["edit_op"] if "edit_op" in meta else pd.Series(None, index=meta.index, dtype=object)
+    real = {r for r, k in (kinds or {}).items() if k == "real"}
+    kept = [s for s in ids if s in meta.index and (pd.isna(ops[s]) or ops[s] == "regenerate")
+            and meta.at[s, "run_id"] not in real]
     return kept, len(ids) - len(kept)
 
 
@@ -303,8 +304,8 @@ def _interpolate(path, source: data.EditSource, samples) -> None:
         elif str(r["run_id"].iloc[0]) != source.run_id:
             why = (f"Interpolation needs two samples of one run: the end point is in run `{r['run_id'].iloc[0]}`, "
                    f"the selected sample in `{source.run_id}`.")
-        elif _editable(samples, [end])[1]:
-            why = f"{end} is the result of an edit: pick a generated sample."
+        elif _editable(samples, [end], data.run_kinds(path))[1]:
+            why = f"{end} is an edit result or a real image: pick a generated sample."
     args = None if why else {"from_id": source.sample_id, "to_id": end, "frames": int(frames)}
     _button(path, "interpolate", args, "Interpolate", f"Interpolation in {frames} frames to {end}",
             [source.sample_id, end] if end else [source.sample_id], "edit_go_interpolate", why)
@@ -320,10 +321,11 @@ def _steps_choice(source: data.EditSource, key: str) -> list[int] | None:
 
 def _from_neighbours(path, source: data.EditSource, samples, settings, nb) -> None:
     members = list(dict.fromkeys(sample_of(s) for s in [*(nb.knn if nb else []), *(nb.manual if nb else [])]))
-    members, dropped = _editable(samples, members)
+    members, dropped = _editable(samples, members, data.run_kinds(path))
     n_knn, n_manual = (len(nb.knn), len(nb.manual)) if nb else (0, 0)
     st.markdown(f"The set: the **{n_knn} nearest + {n_manual} manual** neighbours above"
-                + (f" ({dropped} edit result{'s' if dropped != 1 else ''} left out)" if dropped else "")
+                + (f" ({dropped} edit result{'s' if dropped != 1 else ''} or real image{'s' if dropped != 1 else ''} "
+                   "left out)" if dropped else "")
                 + f". Layer **{settings.layer}** (the map's) is replaced by their mean, then the rest of the "
                 "network runs on, from this sample's noise and condition.")
     steps = _steps_choice(source, "edit_patch_steps")
@@ -369,9 +371,10 @@ def _steer(path, source: data.EditSource, samples, settings) -> None:
                 st.button(f"Use the lasso selection ({len(lasso)})", key=f"edit_take_{name}", disabled=not lasso,
                           on_click=state.keep_edit_set, args=(name, lasso), width="stretch",
                           help="Draw a lasso or box on the map (toolbar), then keep it here.")
-                ids, dropped = _editable(samples, kept.get(name, []))
+                ids, dropped = _editable(samples, kept.get(name, []), data.run_kinds(path))
                 sets[name], names[name] = ids, f"lasso set {name}"
-                st.caption(f"{len(ids)} samples kept" + (f" ({dropped} edit results left out)" if dropped else "")
+                st.caption(f"{len(ids)} samples kept" + (f" ({dropped} edit results or real images left out)"
+                                                         if dropped else "")
                            if name in kept else "none kept yet")
     alphas_text = st.text_input("α values", ALPHAS, key="edit_alphas",
                                 help="α = 0 is the sample itself; 1 adds mean(B) − mean(A) once.")

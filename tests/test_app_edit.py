@@ -431,3 +431,13 @@ def test_a_generator_that_fails_to_load_says_why_and_shows_the_command(demo_env,
     at.run()
     assert "demo from the shipped demo weights, on cpu" in _text(at)
     assert at.button(key="edit_go_regenerate")
+
+
+def test_sets_leave_out_edit_results_and_real_images():
+    from app.edit_panel import _editable
+
+    samples = pd.DataFrame({"sample_id": ["g", "r", "i", "x"], "run_id": ["gen", "edit-gen", "edit-gen", "real"],
+                            "edit_op": [None, "regenerate", "interpolate", None]})
+    kinds = {"gen": "generated", "edit-gen": "edit", "real": "real"}
+    assert _editable(samples, ["g", "r", "i", "x", "unknown"], kinds) == (["g", "r"], 3)
+    assert _editable(samples, ["x"], {}) == (["x"], 0)
