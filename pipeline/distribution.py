@@ -48,7 +48,7 @@ from store.lru import LRU
 log = logging.getLogger(__name__)
 
 __all__ = ["DistributionError", "knn_radii", "manifold_metrics", "frechet_distance", "mean_pairwise_distance",
-           "distribution_table", "compare_runs", "clear_cache", "COLUMNS", "METRICS", "ALL", "DEFAULT_K",
+           "distribution_table", "compare_runs", "class_column", "clear_cache", "COLUMNS", "METRICS", "ALL", "DEFAULT_K",
            "KIND"]
 
 KIND = "distribution"
@@ -328,9 +328,14 @@ def _joint(a: _Run, b: _Run, spec) -> tuple[np.ndarray, np.ndarray, str]:
     return X[:len(a.ids)], X[len(a.ids):], resolved.id
 
 
+def class_column(samples: pd.DataFrame) -> str:
+    """The samples column that names a sample's class in these metrics: the prompt's ``category`` for prompt
+    models, the class ``label`` otherwise."""
+    return "category" if "prompt" in samples and samples["prompt"].notna().any() else "label"
+
+
 def _classes(a: _Run, b: _Run) -> tuple[np.ndarray, np.ndarray]:
-    prompts = a.meta["prompt"].notna().any() or b.meta["prompt"].notna().any()
-    by = "category" if prompts else "label"
+    by = class_column(pd.concat([a.meta[["prompt"]], b.meta[["prompt"]]]))
     return a.meta[by].to_numpy(dtype=object), b.meta[by].to_numpy(dtype=object)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline.distribution import class_column  # noqa: F401  (the metrics' class column, one owner)
 from store.schema import GENERATED_KIND
 
 __all__ = ["RunPairsError", "run_steps", "resolve_run_steps", "shared_steps", "link_groups", "default_runs",
@@ -110,12 +111,6 @@ def shared_steps(table: pd.DataFrame, runs: Sequence[str]) -> list[int]:
 
 
 # -- which samples correspond --------------------------------------------------------------------------------
-
-def class_column(samples: pd.DataFrame) -> str:
-    """The column that names a sample's class in the metrics (`pipeline.distribution`): the prompt's
-    ``category`` for prompt models, the class ``label`` otherwise."""
-    return "category" if "prompt" in samples and samples["prompt"].notna().any() else "label"
-
 
 def link_groups(samples: pd.DataFrame, runs: Sequence[str], kinds: Mapping[str, str] | None = None
                 ) -> list[list[str]]:
