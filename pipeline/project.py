@@ -6,7 +6,9 @@ and ``source``: how it was obtained). `ProjectionParams` names the method (`pipe
 ``tsne``, ``pca``) and its own parameters. ``step="all"`` (`ALL_STEPS`) maps every recorded step of the layer
 in one map: its points are (sample, step) pairs with ids ``f"{sample_id}@{step}"`` (`pipeline.features.
 point_id`), so a sample can be followed across the denoising steps; caching, reuse, placement of appended
-samples, neighbours and quality work on those points as on samples. In order of preference:
+samples, neighbours and quality work on those points as on samples. ``Projector.project_runs`` maps several runs
+each at its own step (a 1-step student at step 0 beside a teacher at its last step) in one fit (``step`` is
+`PER_RUN`; a shared step is the ordinary map). In order of preference:
 
 ``cache``
     The key (data version, model, layer, step, feature, method and its parameters, filter; see
