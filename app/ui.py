@@ -93,7 +93,7 @@ class DemoBuild:
             self.finished = True
 
 
-EXTRA_RUN_TITLES = {"demo-real": "real digits"}
+EXTRA_RUN_TITLES = {"demo-real": "real digits", "demo-student": "the distilled 1-step student"}
 """How the progress names the demo's extra runs (pipeline.demo.DEMO_EXTRAS), by run id."""
 
 

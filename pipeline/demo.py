@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 DEMO_LAYERS = ("encoder_bottleneck", "midblock", "dec.16x16_block0")
 DEMO_SAMPLES_PER_CLASS = 150
 DEMO_REAL_RUN = "demo-real"
+DEMO_STUDENT_RUN = "demo-student"
 STAGING = ".demo-extras"  # inside the store: where the extra runs are built before they are moved in whole
 
 
@@ -134,7 +135,18 @@ def _real_digits_run(where: Path, *, samples_per_class: int, batch_size: int, pr
                            on_batch=on_batch)
 
 
-DEMO_EXTRAS = {DEMO_REAL_RUN: _real_digits_run}
+def _student_run(where: Path, *, samples_per_class: int, batch_size: int, progress: bool, on_batch) -> str:
+    """The run `demo-student`: the shipped DMD2-distilled 1-step student (train-demo-student) with the seeds and
+    classes of `demo-1step`, the naive 1-step (the teacher called once), sample by sample."""
+    from pipeline.adapters.edm import demo_student_loader
+    from pipeline.generate import generate
+
+    adapter = demo_student_loader(samples_per_class=samples_per_class)
+    return generate(adapter, where, samples_per_class * len(adapter.class_ids), demo_layers(adapter), seed=0,
+                    batch_size=batch_size, run_id=DEMO_STUDENT_RUN, progress=progress, on_batch=on_batch).run_id
+
+
+DEMO_EXTRAS = {DEMO_REAL_RUN: _real_digits_run, DEMO_STUDENT_RUN: _student_run}
 """The runs `build_demo_extras` adds, in order: run id -> builder(store, samples_per_class=, batch_size=,
 progress=, on_batch=) that builds that run into the store it is given (resumable)."""
 

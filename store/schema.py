@@ -270,7 +270,7 @@ RUN_STATUSES = ("running", "complete", "interrupted")
 # that are not generated samples of the model set (pipeline/real.py, pipeline/edit.py, the teachers); a run
 # without it, or without a manifest, holds generated samples.
 GENERATED_KIND = "generated"
-RUN_KINDS = (GENERATED_KIND, "real", "edit", "teacher")
+RUN_KINDS = (GENERATED_KIND, "real", "edit", "teacher", "student")
 
 
 def run_kind(settings) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.demo import DEMO_REAL_RUN, STAGING, build_demo_extras, build_demo_store
+from pipeline.demo import DEMO_REAL_RUN, DEMO_STUDENT_RUN, STAGING, build_demo_extras, build_demo_store
 from pipeline.project import ProjectionParams, Projector
 from store import Store
 
@@ -32,7 +32,7 @@ def demo(tmp_path_factory):
 
 def test_every_batch_is_reported_even_without_a_progress_bar(demo):
     _, runs, batches, _, _ = demo
-    assert runs == ["demo-multistep", "demo-1step", DEMO_REAL_RUN]
+    assert runs == ["demo-multistep", "demo-1step", DEMO_REAL_RUN, DEMO_STUDENT_RUN]
     # two runs of 40 samples in batches of 10: 10, 20, 30, 40 each (and 40 again when the run closes)
     per_run = [b for b in batches if b[1] == 40]
     assert [d for d, _ in per_run if d < 40] == [10, 20, 30, 10, 20, 30]
@@ -46,7 +46,12 @@ def test_the_real_digits_come_after_the_first_maps_with_their_own_progress(demo)
     root, _, _, _, events = demo
     ready = events.index(("ready", ("demo-multistep", "demo-1step")))
     assert "map" in events[:ready] and "map" not in events[ready:] and "batch" not in events[ready:]
-    assert events[ready + 1:] == [("extra", DEMO_REAL_RUN, d, 40) for d in (10, 20, 30, 40)]
+    extras = events[ready + 1:]
+    assert all(e[0] == "extra" and e[3] == 40 for e in extras)
+    assert [e[1] for e in extras] == sorted((e[1] for e in extras), key=[DEMO_REAL_RUN, DEMO_STUDENT_RUN].index)
+    for run in (DEMO_REAL_RUN, DEMO_STUDENT_RUN):  # each run's own progress, batch by batch, to its end
+        done = [e[2] for e in extras if e[1] == run]
+        assert sorted(set(done)) == [10, 20, 30, 40] and done == sorted(done)
     store = Store(root)
     frame = store.samples(run_ids=[DEMO_REAL_RUN])
     _, labels = digits_dataset(16)
@@ -77,7 +82,8 @@ def test_the_map_the_app_opens_on_is_cached_by_the_build(demo, monkeypatch):
 def test_a_second_build_of_the_extras_adds_nothing(demo):
     root, _, _, _, _ = demo
     before = Store(root).samples(columns=["sample_id"])["sample_id"].tolist()
-    assert build_demo_extras(root, samples_per_class=4, batch_size=10, progress=False, maps=False) == [DEMO_REAL_RUN]
+    assert build_demo_extras(root, samples_per_class=4, batch_size=10, progress=False, maps=False) == [DEMO_REAL_RUN,
+                                                                                                   DEMO_STUDENT_RUN]
     assert Store(root).samples(columns=["sample_id"])["sample_id"].tolist() == before
 
 
