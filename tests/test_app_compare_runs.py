@@ -258,3 +258,21 @@ def test_a_shared_link_reopens_the_page_and_bad_values_fall_back(env):
     assert len(ids) == 2 * (PER_RUN // 10) and all(i.rsplit("-", 1)[0] in ("gen", "ck-100") for i in ids)
     at.multiselect(key="cr_runs").set_value(["gen"]).run()
     assert "Choose two or more runs" in _texts(at)
+
+
+def test_a_shared_step_measures_every_run_there(env, compare_store):
+    from pipeline import distribution
+    from store import Store
+
+    at = _open({"crr": "gen~ck-100~ck-200", "crot": "0"})
+    step = at.selectbox(key="cr_step")
+    assert list(step.options) == ["each run's last step", "step 0 of every run (σ 8)"]
+    step.set_value("0").run()
+    _settle(at)
+    runs = _runs_table(at).set_index("run")
+    assert runs["measured at step"].tolist() == [0, 0, 0] and runs["σ"].tolist() == pytest.approx([8.0] * 3)
+    assert "every run at step 0" in _texts(at)
+    assert len(_map_ids(at)) == 3 * PER_RUN
+    expected = distribution.compare_runs(Store(compare_store), MODEL, LAYER, ["gen", "ck-100", "ck-200"], step=0)
+    pd.testing.assert_frame_equal(_metrics(at).reset_index(drop=True), expected, check_dtype=False, check_like=True)
+    assert set(expected["step_a"]) == {0}
