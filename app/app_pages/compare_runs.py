@@ -45,13 +45,16 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
     sb = st.sidebar
     sb.subheader("Runs to compare")
     models = list(status.models)
-    _init("cr_model", url.model if url.model in models else models[0], lambda v: v in models)
+    explore = state.get_view()  # without a link, the model and layer Explore shows
+    _init("cr_model", next(m for m in (url.model, explore.model, models[0]) if m in models), lambda v: v in models)
     model = sb.selectbox("Model", models, key="cr_model")
     layers = data.model_layers(path, model)
     if not layers:
         st.warning(f"Model **{model}** has no stored activations.")
         st.stop()
-    _init("cr_layer", url.layer if url.layer in layers else default_layer(layers, model), lambda v: v in layers)
+    layer0 = next((x for x in (url.layer, explore.layer if explore.model == model else None) if x in layers),
+                  default_layer(layers, model))
+    _init("cr_layer", layer0, lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="cr_layer",
                          help="Runs of one model share its layers: real images, teachers, students, checkpoints.")
     table = cv.run_steps(path, model, layer)
