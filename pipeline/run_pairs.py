@@ -179,8 +179,9 @@ class CheckpointPlan:
 
     @property
     def active(self) -> bool:
-        """Whether there is something to slide over (two or more checkpoint runs)."""
-        return len(self.sequence) >= 2
+        """Whether there is something to slide over: two or more positions (two checkpoints beside fixed runs,
+        three alone; two checkpoints alone are one comparison, shown as it is)."""
+        return len(self.positions) >= 2
 
     @property
     def positions(self) -> tuple[str, ...]:

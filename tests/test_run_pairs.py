@@ -97,6 +97,7 @@ def test_checkpoint_plan(store):
     assert plan.runs_at(0) == ["real", "gen", "ck-100"] and plan.runs_at(1) == ["real", "gen", "ck-200"]
     alone = rp.checkpoint_plan(["ck-200", "ck-100"], store.checkpoint_runs("m"))
     assert alone.positions == ("ck-200",) and alone.runs_at(0) == ["ck-100", "ck-200"]  # the first is the reference
+    assert not alone.active  # one position: nothing to slide over
     assert not rp.checkpoint_plan(["gen", "ck-100"], store.checkpoint_runs("m")).active
 
 
