@@ -41,5 +41,11 @@ def available() -> list[PageSpec]:
 
 
 def pages() -> list[st.Page]:
-    return [st.Page(PAGES_DIR / p.file, title=p.title, icon=p.icon, url_path=p.url_path, default=p.default)
-            for p in available()]
+    return [page(p.file) for p in available()]
+
+
+def page(file: str) -> st.Page:
+    """The page of `file` (as `st.navigation` holds it), for `st.page_link` from another page."""
+    (spec,) = [p for p in PAGES if p.file == file]
+    return st.Page(PAGES_DIR / spec.file, title=spec.title, icon=spec.icon, url_path=spec.url_path,
+                   default=spec.default)

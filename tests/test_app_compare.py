@@ -250,3 +250,12 @@ def test_tables_show_whole_sample_ids_and_every_share_with_one_decimal(app_env):
     assert table.value["overlap"].between(0, 100).all() and by_label.value["mean"].between(0, 100).all()
     mean = {x.label: x.value for x in at.metric}["Mean neighbour agreement"]
     assert mean.endswith("%") and len(mean.split(".")[1]) == 2  # "23.4%": one decimal
+
+
+def test_the_cka_heatmap_links_to_the_depth_animation_of_the_same_view(app_env, app_store):
+    at = app_test(COMPARE)
+    links = [e for e in at.get("page_link") if "move through these layers" in e.proto.label]
+    assert len(links) == 1, [e.proto.label for e in at.get("page_link")]
+    link = links[0].proto
+    assert "motion" in link.page, link.page
+    assert "model=digits" in link.query_string and "mode=layers" in link.query_string and "step=2" in link.query_string

@@ -8,13 +8,21 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import compare_view as cv
-from app import data, navigation, state, static_files, ui
+from app import data, motion_view, navigation, state, static_files, ui
 from app.components.scatter_map import scatter_map
 from pipeline import compare
 
 MAP_HEIGHT = 460
 TABLE_ROWS = 12
 
+
+
+def _depth_params(s: cv.CompareSettings) -> dict[str, str]:
+    """The Motion page's depth mode on this model, step and runs (its URL parameters)."""
+    params = {"model": s.model, "mode": "layers", "step": str(s.step)}
+    if s.runs:
+        params["runs"] = motion_view.SEP.join(s.runs)
+    return params
 
 def _init(key: str, value, valid=None) -> None:
     """Give a widget its starting value (URL, then a default) before it is drawn, or replace a stale one."""
@@ -172,6 +180,8 @@ def similarity_section(path: str, s: cv.CompareSettings, url: dict) -> cv.Compar
         if feats:
             bits.append("features " + ", ".join(sorted(set(feats.values()))))
         st.caption(" · ".join(b for b in bits if b) + f" · step {s.step}")
+        st.page_link(navigation.page("motion.py"), label="Watch the samples move through these layers",
+                     icon=":material/animation:", query_params=_depth_params(s))
     with right:
         if pair is None:
             st.warning("Pick two different layers to compare their maps.")
