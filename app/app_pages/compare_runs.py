@@ -69,11 +69,16 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
                           help="The metrics measure each run against the first; real images first by default.")
     steps = run_pairs.shared_steps(table, runs) if runs else []
     step_options = [run_pairs.LAST, *(str(s) for s in steps)]
-    sigma_of = table.drop_duplicates("step").set_index("step")["sigma"]
+    chosen = table[table["run_id"].isin(runs)]
+
+    def sigma_of(step: int) -> str:  # the step's noise level, where the selected runs agree on it
+        values = chosen.loc[chosen["step"] == step, "sigma"].dropna().round(6).unique()
+        return _sigma(values[0]) if len(values) == 1 else "σ differs by run" if len(values) else ""
+
     _init("cr_step", url.step if url.step in step_options else run_pairs.LAST, lambda v: v in step_options)
     step = sb.selectbox("Step", step_options, key="cr_step",
                         format_func=lambda v: "each run's last step" if v == run_pairs.LAST else
-                        f"step {v} of every run ({_sigma(sigma_of.get(int(v)))})",
+                        f"step {v} of every run ({sigma_of(int(v))})",
                         help="Each run's last step: the samples each run ends on (a 1-step run at step 0, an "
                              "18-step teacher at step 17). A step number: that step of every run (only steps "
                              "every selected run recorded are offered).")
