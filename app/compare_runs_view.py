@@ -298,8 +298,9 @@ def view_of(path: str, s: Settings, job: data.Job, steps: dict[str, int]) -> vie
     if len(shared) == 1:
         step = shared.pop()
         table = run_steps(path, s.model, s.layer)
-        row = table[table["step"] == step]
-        info = (("step", int(step)),) + ((("sigma", float(row["sigma"].iloc[0])),) if len(row) else ())
+        sigmas = table.loc[table["run_id"].isin(list(steps)) & (table["step"] == step), "sigma"].dropna()
+        agree = len(sigmas.round(6).unique()) == 1  # the hover card's sigma: where the runs agree on it
+        info = (("step", int(step)),) + ((("sigma", float(sigmas.iloc[0])),) if agree else ())
     return _view(job.key, job, path, s.model, s.layer, info)
 
 
