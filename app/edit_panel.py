@@ -205,8 +205,9 @@ def _show_command(path: str, op: str, args: dict) -> None:
     st.code(command(path, op, args), language="bash", wrap_lines=True)
 
 
-def _start(path: str, op: str, args: dict, title: str, parents: list[str]) -> None:
-    """A button's callback: start the edit (waits briefly: small edits end within this run)."""
+def _start(path: str, op: str, args: dict, title: str, parents: list[str], run_id: str) -> None:
+    """A button's callback: start the edit (waits briefly: small edits end within this run). The generator's
+    load runs as its own job too (the panel shows its progress; the edit waits for the same load)."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
@@ -222,18 +223,19 @@ def _start(path: str, op: str, args: dict, title: str, parents: list[str]) -> No
                 job.thread.join(PLACE_WAIT_S)
 
     st.session_state[state.EDIT_ERROR] = None
+    data.generator_job(path, parents[0], run_id)
     job = data.run_edit(path, op, args, holder=holder, then=place)
     st.session_state[state.EDIT_JOB] = {"key": job.key, "op": op, "title": title, "parents": parents,
                                         "command": command(path, op, args)}
 
 
-def _button(path: str, op: str, args: dict | None, label: str, title: str, parents: list[str], key: str,
-            why_not: str | None = None) -> None:
+def _button(path: str, source: data.EditSource, op: str, args: dict | None, label: str, title: str,
+            parents: list[str], key: str, why_not: str | None = None) -> None:
     busy = st.session_state.get(state.EDIT_JOB) is not None
     st.button(label, key=key, type="primary", width="stretch", icon=":material/auto_fix_high:",
               disabled=args is None or why_not is not None or busy,
               help=why_not or ("Another edit is running" if busy else None),
-              on_click=_start, args=(path, op, args or {}, title, parents))
+              on_click=_start, args=(path, op, args or {}, title, parents, source.run_id))
     if why_not:
         st.caption(why_not)
     if args is not None:
@@ -261,7 +263,8 @@ def _regenerate(path, source: data.EditSource, samples) -> None:
                              key=f"edit_class_{source.sample_id}")
         args = {"sample_id": source.sample_id, "label": int(label), "seed": seed}
         title = f"{options.get(int(label), label)}, seed {seed}"
-    _button(path, "regenerate", None if why else args, "Regenerate", f"Regenerated as {title}", [source.sample_id],
+    _button(path, source, "regenerate", None if why else args, "Regenerate", f"Regenerated as {title}",
+            [source.sample_id],
             "edit_go_regenerate", why)
 
 
@@ -307,7 +310,7 @@ def _interpolate(path, source: data.EditSource, samples) -> None:
         elif _editable(samples, [end], data.run_kinds(path))[1]:
             why = f"{end} is an edit result or a real image: pick a generated sample."
     args = None if why else {"from_id": source.sample_id, "to_id": end, "frames": int(frames)}
-    _button(path, "interpolate", args, "Interpolate", f"Interpolation in {frames} frames to {end}",
+    _button(path, source, "interpolate", args, "Interpolate", f"Interpolation in {frames} frames to {end}",
             [source.sample_id, end] if end else [source.sample_id], "edit_go_interpolate", why)
 
 
@@ -332,7 +335,7 @@ def _from_neighbours(path, source: data.EditSource, samples, settings, nb) -> No
     why = None if members else "No neighbours: press Find neighbours, or click points to add some."
     args = None if why else {"sample_id": source.sample_id, "layer": settings.layer, "set_ids": members,
                              "steps": steps}
-    _button(path, "patch", args, "Generate from these neighbours",
+    _button(path, source, "patch", args, "Generate from these neighbours",
             f"Generated from {len(members)} neighbours at {settings.layer}", [source.sample_id],
             "edit_go_patch", why)
 
@@ -390,7 +393,7 @@ def _steer(path, source: data.EditSource, samples, settings) -> None:
                f"{'every step' if steps is None else 'steps ' + ', '.join(map(str, steps))}.")
     args = None if why else {"sample_id": source.sample_id, "layer": settings.layer, "from_ids": sets["A"],
                              "to_ids": sets["B"], "alphas": alphas, "steps": steps}
-    _button(path, "steer", args, "Steer", f"Steered from {names.get('A')} towards {names.get('B')} at "
+    _button(path, source, "steer", args, "Steer", f"Steered from {names.get('A')} towards {names.get('B')} at "
             f"{settings.layer}", [source.sample_id], "edit_go_steer", why)
 
 
@@ -438,10 +441,20 @@ def _results(path: str, view: views.View, settings) -> None:
 
 @st.fragment(run_every=0.3)
 def _progress(job_key: tuple) -> None:
+    """The running edit: its stage and time; the page runs again when it ends. An edit cannot be stopped halfway
+    (its results are written as one batch); "Stop waiting" frees the panel, the edit ends in the background."""
     job = data.jobs().find(job_key)
-    if job is None or not job.running:
+    if job is None or not job.running or st.session_state.get(state.EDIT_JOB) is None:
         st.rerun(scope="app")
-    st.progress(job.progress, text=f"{job.message} · {time.time() - job.started:.1f} s")
+    bar, stop = st.columns([5, 2], vertical_alignment="bottom")
+    bar.progress(job.progress, text=f"{job.message} · {time.time() - job.started:.1f} s")
+    stop.button("Stop waiting", key="edit_stop_waiting", on_click=_stop_waiting, width="stretch",
+                help="The edit goes on in the background (its results are written as one batch) and shows on "
+                     "the map when done; the panel is free for another one.")
+
+
+def _stop_waiting() -> None:
+    st.session_state[state.EDIT_JOB] = None
 
 
 def _result_grid(path: str, view: views.View, settings, record: dict) -> None:

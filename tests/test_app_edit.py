@@ -441,3 +441,35 @@ def test_sets_leave_out_edit_results_and_real_images():
     kinds = {"gen": "generated", "edit-gen": "edit", "real": "real"}
     assert _editable(samples, ["g", "r", "i", "x", "unknown"], kinds) == (["g", "r"], 3)
     assert _editable(samples, ["x"], {}) == (["x"], 0)
+
+
+def test_a_slow_edit_shows_its_progress_then_its_results(demo_env, demo_store, monkeypatch):
+    import threading
+
+    from app import data, state
+    from pipeline import edit
+
+    release = threading.Event()
+    original = edit.Editor.regenerate
+
+    def slow(self, *args, **kwargs):
+        self.progress("regenerate: generating 1 sample")
+        release.wait(30)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(edit.Editor, "regenerate", slow)
+    monkeypatch.setattr(data, "EDIT_WAIT_S", 0.05)
+    at = _open(sid(1, 2))
+    at.text_input(key=f"edit_seed_{sid(1, 2)}").set_value("77").run()
+    at.button(key="edit_go_regenerate").click().run()
+    assert not at.exception, at.exception
+    bar = at.get("progress")
+    assert bar and "regenerate: generating 1 sample" in bar[0].proto.text
+    assert at.button(key="edit_stop_waiting") and at.button(key="edit_go_interpolate").proto.disabled
+    job = data.jobs().find(at.session_state[state.EDIT_JOB]["key"])
+    release.set()
+    job.thread.join(30)
+    at.run()
+    (result,) = at.session_state[state.EDIT_RESULTS][-1]["ids"]
+    assert int(_samples(demo_store, [result])["seed"].iloc[0]) == 77
+    assert result in _map_data(at)["edited"]
