@@ -671,19 +671,11 @@ def _shipped(checkpoint: str) -> bool:
 
 @st.cache_resource(show_spinner=False)
 def _generator_cache():
-    """The process-wide generator cache (`pipeline.edit.GeneratorCache`), shared by sessions; None with a
-    pipeline that has none (then one shared `Editor` per store keeps the generators, used under a lock)."""
-    from pipeline import edit
+    """The process-wide generator cache (`pipeline.edit.GeneratorCache`), shared by sessions: a run's generator
+    loads once per server, whichever session edits it."""
+    from pipeline.edit import GeneratorCache
 
-    cls = getattr(edit, "GeneratorCache", None)
-    return cls() if cls is not None else None
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _shared_editor(resolved: str):
-    from pipeline.edit import Editor
-
-    return Editor(resolved), threading.Lock()
+    return GeneratorCache()
 
 
 def _edit_progress(job: Job):
@@ -695,29 +687,11 @@ def _edit_progress(job: Job):
     return report
 
 
-class _EditorFor:
-    """``with _EditorFor(path, job) as editor``: an Editor on the shared generators, reporting to `job`."""
+def _editor(path: str, job: Job):
+    """A fresh `Editor` (one per job: an Editor is for one thread) on the shared generators, reporting to `job`."""
+    from pipeline.edit import Editor
 
-    def __init__(self, path: str, job: Job):
-        self.resolved, self.job = resolve(path), job
-        self.lock = None
-
-    def __enter__(self):
-        import inspect
-
-        from pipeline.edit import Editor
-
-        generators = _generator_cache()
-        if generators is not None and "generators" in inspect.signature(Editor).parameters:
-            return Editor(self.resolved, generators=generators, progress=_edit_progress(self.job))
-        editor, self.lock = _shared_editor(self.resolved)
-        self.lock.acquire()
-        editor.progress = _edit_progress(self.job)
-        return editor
-
-    def __exit__(self, *exc) -> None:
-        if self.lock is not None:
-            self.lock.release()
+    return Editor(resolve(path), generators=_generator_cache(), progress=_edit_progress(job))
 
 
 def generator_job(path: str, sample_id: str, run_id: str, start: bool = True, retry: bool = False) -> Job | None:
@@ -730,11 +704,10 @@ def generator_job(path: str, sample_id: str, run_id: str, start: bool = True, re
         return job
 
     def work(job: Job):
-        with _EditorFor(path, job) as editor:
-            (parent,) = editor.parents([sample_id])
-            adapter = editor.adapter(parent)
-            return {"device": str(getattr(editor, "device", "")), "checkpoint":
-                    str((adapter.identity() or {}).get("checkpoint") or "")}
+        editor = _editor(path, job)
+        (parent,) = editor.parents([sample_id])
+        adapter = editor.adapter(parent)
+        return {"device": str(editor.device), "checkpoint": str((adapter.identity() or {}).get("checkpoint") or "")}
 
     return jobs().get_or_start(key, work)
 
@@ -748,8 +721,7 @@ def run_edit(path: str, op: str, args: dict, holder: str | None = None, then=Non
     key = ("edit", resolve(path), op, json.dumps(args, sort_keys=True, default=str))
 
     def work(job: Job):
-        with _EditorFor(path, job) as editor:
-            ids = list(getattr(editor, op)(**args))
+        ids = list(getattr(_editor(path, job), op)(**args))
         _version.clear()  # the results show on the next run, not after the data version's time to live
         if then is not None:
             job.report(0.8, "placing the results into the map")
