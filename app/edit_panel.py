@@ -251,12 +251,13 @@ def _regenerate(path, source: data.EditSource, samples) -> None:
                          help="The noise seed (a whole number, 0 or more); the sample's own gives its noise again.")
     seed, why = _seed(text)
     if source.conditioning == "prompt":
-        prompt = st.text_input("Prompt", value=str(row["prompt"] or ""), key=f"edit_prompt_{source.sample_id}")
+        prompt = st.text_input("Prompt", value=row["prompt"] if isinstance(row["prompt"], str) else "",
+                               key=f"edit_prompt_{source.sample_id}")
         args = {"sample_id": source.sample_id, "prompt": prompt, "seed": seed}
         title = f"“{prompt}”, seed {seed}"
         why = why or (None if prompt.strip() else "Give a prompt.")
     else:
-        options = _class_options(samples)
+        options = _class_options(samples) or {0: "0"}
         current = int(row["class_id"]) if pd.notna(row["class_id"]) else next(iter(options))
         label = st.selectbox("Class", list(options), index=list(options).index(current) if current in options
                              else 0, format_func=lambda c: options.get(c, str(c)),
