@@ -269,7 +269,7 @@ class _Jobs:
             except Cancelled:
                 job.error = "cancelled"
             except Exception as exc:  # reported in the page with the parameters that failed
-                log.warning("projection %s failed: %s", key, exc, exc_info=True)
+                log.warning("job %s failed: %s", key, exc, exc_info=True)
                 job.error = f"{exc}" if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             finally:
                 job.finished = time.time()
@@ -592,9 +592,7 @@ class EditSource:
 
     @property
     def shipped(self) -> bool:
-        from pipeline.adapters.edm import SHIPPED_DEMO
-
-        return self.checkpoint in ("", SHIPPED_DEMO)
+        return not self.checkpoint or _shipped(self.checkpoint)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -620,7 +618,8 @@ def edit_source(path: str, model: str, sample_id: str) -> EditSource:
     settings = manifest.get("settings") or {}
     settings = json.loads(settings) if isinstance(settings, str) else dict(settings)
     checkpoint = str(manifest.get("checkpoint") or "")
-    family = families.get_family(model) if model in families.MODELS else None
+    name = settings.get("model_family") or model  # teachers and students are stored under their model's key
+    family = families.get_family(name) if name in families.MODELS else None
     op = row.get("edit_op")
     why = None
     if settings.get("kind") == "real":
@@ -646,31 +645,22 @@ def edit_source(path: str, model: str, sample_id: str) -> EditSource:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _run_kinds(resolved: str, version: str) -> dict[str, str]:
-    import json
-
-    out = {}
-    for run_id, settings in zip(*(open_store(resolved).runs()[c] for c in ("run_id", "settings")), strict=True):
-        try:
-            kind = (json.loads(settings) if isinstance(settings, str) else dict(settings or {})).get("kind")
-        except (TypeError, ValueError):
-            kind = None
-        out[str(run_id)] = str(kind or "generated")
-    return out
+    return open_store(resolved).run_kinds()
 
 
 def run_kinds(path: str) -> dict[str, str]:
-    """Run id -> its kind: ``generated``, ``edit`` or ``real`` (real images encoded by the network)."""
+    """Run id -> its kind (`store.schema.RUN_KINDS`: generated, real, edit, teacher, student ...)."""
     return _run_kinds(resolve(path), store_version(path))
 
 
 def _shipped(checkpoint: str) -> bool:
-    from pipeline.adapters.edm import SHIPPED_DEMO
+    from pipeline.adapters.edm import SHIPPED_DEMO, SHIPPED_DEMO_STUDENT
 
-    return checkpoint == SHIPPED_DEMO
+    return checkpoint in (SHIPPED_DEMO, SHIPPED_DEMO_STUDENT)
 
 
 @st.cache_resource(show_spinner=False)
-def _generator_cache():
+def generator_cache():
     """The process-wide generator cache (`pipeline.edit.GeneratorCache`), shared by sessions: a run's generator
     loads once per server, whichever session edits it."""
     from pipeline.edit import GeneratorCache
@@ -691,7 +681,7 @@ def _editor(path: str, job: Job):
     """A fresh `Editor` (one per job: an Editor is for one thread) on the shared generators, reporting to `job`."""
     from pipeline.edit import Editor
 
-    return Editor(resolve(path), generators=_generator_cache(), progress=_edit_progress(job))
+    return Editor(resolve(path), generators=generator_cache(), progress=_edit_progress(job))
 
 
 def generator_job(path: str, sample_id: str, run_id: str, start: bool = True, retry: bool = False) -> Job | None:

@@ -91,7 +91,7 @@ def model_of(path: str, status: data.StoreStatus, sample_id: str) -> str | None:
 
 def _generators():
     try:
-        return data._generator_cache()  # the app's shared GeneratorCache (Edit uses the same generators)
+        return data.generator_cache()  # the app's shared GeneratorCache (Edit uses the same generators)
     except Exception:  # noqa: BLE001 - pipeline.spatial keeps its own then
         return None
 

@@ -473,3 +473,22 @@ def test_a_slow_edit_shows_its_progress_then_its_results(demo_env, demo_store, m
     (result,) = at.session_state[state.EDIT_RESULTS][-1]["ids"]
     assert int(_samples(demo_store, [result])["seed"].iloc[0]) == 77
     assert result in _map_data(at)["edited"]
+
+
+def test_a_student_run_of_the_shipped_student_is_editable_with_its_own_family(tmp_path):
+    """The distilled student is stored under `demo` with its own family (settings.model_family): the panel
+    builds it from the shipped student weights, not the demo teacher's, and does not call them missing."""
+    import torch
+
+    from app import data
+    from pipeline.adapters.edm import demo_student_loader
+    from pipeline.generate import generate
+
+    torch.set_num_threads(1)
+    root = tmp_path / "store"
+    generate(demo_student_loader(samples_per_class=1), root, 10, LAYERS, run_id="demo-student", progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "resolve", lambda path: str(path))
+        source = data.edit_source(str(root), "demo", "demo-student-00000003")
+    assert source.ok and source.shipped, source.why_not
+    assert source.run_id == "demo-student" and source.num_steps == 1 and source.conditioning == "class"
