@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from app import data, edit_panel, exports, state, static_files, ui, views
+from app import data, edit_panel, exports, navigation, state, static_files, ui, views
 from app.components.scatter_map import scatter_map
 from app.explore_sidebar import color_options, default_layer, sidebar_controls  # noqa: F401 (the first two: re-exported)
 from app.state import ViewSettings
@@ -351,10 +351,26 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
                     meta[k] = v
             st.dataframe(pd.DataFrame({"field": list(meta), "value": [str(v) for v in meta.values()]}),
                          hide_index=True, width="stretch")
+        _look_closer(path, view, sample)
         st.button("Find neighbours", key="find_neighbours", on_click=state.find_neighbours, width="stretch",
                   icon=":material/hub:", help="Recompute the k nearest (brings back removed ones).")
         _neighbour_list(path, view, settings, neighbours)
     edit_panel.panel(path, view, settings, sel, neighbours, sel.selected)
+
+
+def _look_closer(path: str, view: views.View, sample: str) -> None:
+    """Links to the pages that look at the selected sample closer: its feature map at this layer (Inside) and,
+    for a multi-step run, its motion over the steps (Motion)."""
+    store = {} if state.is_default_store(path) else {"store": path}
+    step = view.step if not view.all_steps else None
+    inside = {"sel": sample, "layer": view.layer, **({"step": str(step)} if step is not None else {}), **store}
+    left, right = st.columns(2)
+    left.page_link(navigation.page("inside.py"), label="Inside its feature map", icon=":material/grid_on:",
+                   query_params=inside)
+    if len(data.model_steps(path, view.model, view.layer)) > 1:
+        motion = {"model": view.model, "mode": "steps", "layer": view.layer, "sel": sample, **store}
+        right.page_link(navigation.page("motion.py"), label="Its motion over the steps", icon=":material/animation:",
+                        query_params=motion)
 
 
 def _neighbour_list(path, view, settings, nb) -> None:

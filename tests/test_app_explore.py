@@ -571,3 +571,17 @@ def test_explore_exports_the_neighbourhood_with_roles_and_names_the_png(app_env,
     assert "ranked by distance in" in _md(at)
     title = _map_data(at)["title"]
     assert title.startswith("digits · midblock · step 2") and "samples" in title
+
+
+def test_the_selection_links_to_its_feature_map_and_its_motion(app_env):
+    """Inside opens on the selected sample at the map's layer and step; Motion (multi-step runs) on its layer."""
+    from urllib.parse import parse_qs
+
+    at = app_test(query={"sel": "digits-a-00000000"})
+    links = {e.proto.label: e.proto for e in at.get("page_link")}
+    inside = parse_qs(links["Inside its feature map"].query_string)
+    assert "inside" in links["Inside its feature map"].page
+    assert inside["sel"] == ["digits-a-00000000"] and inside["layer"] == [at.session_state["w_layer"]]
+    assert inside["step"] == [str(at.session_state["w_step"])]
+    motion = parse_qs(links["Its motion over the steps"].query_string)
+    assert motion["mode"] == ["steps"] and motion["sel"] == ["digits-a-00000000"] and motion["model"] == ["digits"]
