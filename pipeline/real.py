@@ -1,4 +1,5 @@
-"""Real images through a generator's network, recorded as a run of kind `real` (`python -m pipeline encode-real`).
+"""Real images through a generator's network, recorded as a run of kind `real` (`python -m pipeline encode-real`);
+a run's generated images the same way, as a run of kind `encoded`.
 
 A real image takes the place of a generated sample at one noise level of the sampling path, and the network is
 called there as in generation, with the same hooks and reductions, so that real and generated samples share a
@@ -20,6 +21,16 @@ Sample i is item i of the source's listing (pipeline/sources.py), so a rerun res
 and gives the same samples; an unreadable image is reported and skipped (its index stays empty, and a rerun
 tries it again). The stored image is the real image as the network sees it (cropped and resized); with
 `previews` the network's denoised output is stored as that step's x0 preview.
+
+Encoded runs (source ``run:<run_id>``, pipeline/sources.py): a generator's final images take the real images'
+place, so that a 1-step student's outputs and the real data meet at one noise level (a 1-step run records only
+the network's call on pure noise, where nothing can be compared). The run's kind is `encoded` (`real` when the
+source run is itself a real run); each sample keeps its source sample's seed, class or prompt, and names it in
+`source_sample_id`, so that it links to the generated sample. The noise added is drawn from the encoding run's
+own seed and the sample's index, as for real images (independent of the noise the generator started from).
+Default run id: ``<source run>-encoded`` at the model's default noise level (its schedule's last step),
+``<source run>-encoded-at-sigma<σ>`` (``-at-t<timestep>`` for SD/SDXL) at another; ``-s<seed>`` is added for a
+seed other than 0.
 """
 
 from __future__ import annotations
@@ -41,12 +52,13 @@ from tqdm.auto import tqdm
 from pipeline.adapters.base import Adapter, Condition, sample_seed
 from pipeline.generate import BackgroundWriter, _batches, _sample_row, check_store_folder
 from pipeline.hooks import Recorder, resolve_reduce
-from pipeline.sources import BadItem, Source, SourceError
+from pipeline.sources import RUN, BadItem, Source, SourceError
 from store import RunWriter
 
 log = logging.getLogger(__name__)
 
 REAL_KIND = "real"
+ENCODED_KIND = "encoded"
 
 
 @dataclass(frozen=True)
@@ -213,15 +225,37 @@ def to_uint8_hwc(images: np.ndarray) -> np.ndarray:
 
 def default_run_id(adapter: Adapter, source: Source, level: NoiseLevel, seed: int, layers: dict[str, str],
                    reduce: dict[str, str]) -> str:
+    if source.kind == RUN:
+        return encoded_run_id(adapter, source.run["run_id"], level, seed)
     key = json.dumps({"id": adapter.identity(), "source": source.identity(), "level": level.settings(),
                       "seed": seed, "layers": sorted(layers), "reduce": reduce}, sort_keys=True, default=str)
     name = getattr(adapter, "family_name", None) or adapter.name  # a teacher's runs are named after it
     return f"real-{name}-{source.kind}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
+def encoded_run_id(adapter: Adapter, source_run: str, level: NoiseLevel, seed: int = 0) -> str:
+    """The default id of the run that encodes `source_run` at `level` (the rule in the module docstring)."""
+    try:
+        default = noise_level(adapter)
+    except ValueError:  # a 1-step model has no default level
+        default = None
+    if default is not None and math.isclose(level.sigma, default.sigma, rel_tol=1e-3):
+        at = ""
+    elif level.timestep is not None:
+        at = f"-at-t{level.timestep:g}"
+    else:
+        at = f"-at-sigma{level.sigma:g}"
+    return f"{source_run}-encoded{at}" + (f"-s{int(seed)}" if int(seed) else "")
+
+
+def run_kind_of(source: Source) -> str:
+    """The kind of the run a source's images make: `encoded` for a run's generated images, else `real`."""
+    return ENCODED_KIND if source.generated else REAL_KIND
+
+
 def _condition(adapter: Adapter, item) -> Condition:
     if item.caption is not None:
-        return Condition(prompt=item.caption)
+        return Condition(prompt=item.caption, category=item.category)
     return adapter.condition(class_id=item.class_id)
 
 
@@ -233,6 +267,24 @@ def check_source(adapter: Adapter, source: Source) -> None:
     if not is_prompt_model(adapter) and source.conditioning != "class":
         raise SourceError(f"{adapter.name} is conditioned on a class label: give labelled images (digits, or a "
                           "folder of class folders), not captioned ones")
+    if source.kind == RUN:
+        run, size = source.run, resolution_of(adapter)
+        if run["image_size"] != size:
+            raise SourceError(f"run {run['run_id']!r} (model {run['model']}) holds {run['image_size']}x"
+                              f"{run['image_size']} px images; {adapter.name} takes {size}x{size}: encode a run of a "
+                              "model with this network's image size")
+        names = getattr(adapter, "class_names", None)
+        classes = {i.class_id for i in source.items if i.class_id is not None}
+        if not is_prompt_model(adapter) and names is not None and classes and max(classes) >= len(names):
+            raise SourceError(f"run {run['run_id']!r} (model {run['model']}) has class {max(classes)}; "
+                              f"{adapter.name} knows classes 0..{len(names) - 1}")
+
+
+def _provenance(item) -> dict:
+    """A run source's sample: its seed (so that the encoded sample links to the generated one) and its id."""
+    if item.sample_id is None:
+        return {}
+    return {"source_sample_id": item.sample_id, **({"seed": item.seed} if item.seed is not None else {})}
 
 
 def encode_real(adapter: Adapter, source: Source, store_root: str | Path, layers: list[str], *,
@@ -241,8 +293,8 @@ def encode_real(adapter: Adapter, source: Source, store_root: str | Path, layers
                 reduce: str | dict[str, str] = "auto", run_id: str | None = None, previews: bool = False,
                 progress: bool = True, on_batch=None, on_skip: Callable[[str, str], None] | None = None,
                 fsync: bool = False) -> EncodeResult:
-    """Encode the first `num_samples` items of `source` (None: all) into a run of kind `real`, skipping the
-    indices already committed. `on_skip(name, why)` hears of every item left out (default: a log warning);
+    """Encode the first `num_samples` items of `source` (None: all) into a run of kind `real` (`encoded` for a
+    run source of generated images), skipping the indices already committed. `on_skip(name, why)` hears of every item left out (default: a log warning);
     `on_batch(done, total)` of every committed batch. Bad arguments raise ValueError (SourceError for a source
     that does not fit the model) before anything is written; an error once started leaves the run
     `interrupted`, and a rerun resumes it."""
@@ -267,7 +319,7 @@ def encode_real(adapter: Adapter, source: Source, store_root: str | Path, layers
         "run_id": run_id, "model": adapter.name, "family": adapter.family,
         "checkpoint": ident.get("checkpoint"), "checkpoint_sha256": ident.get("checkpoint_sha256"),
         "base_model": ident.get("base_model"), "layers": list(paths), "reduce": reductions,
-        "settings": {**ident.get("settings", {}), "kind": REAL_KIND, "source": source.identity(),
+        "settings": {**ident.get("settings", {}), "kind": run_kind_of(source), "source": source.identity(),
                      **level.settings(), "resolution": resolution, "layer_paths": paths,
                      "layer_shapes": {k: list(shapes[k]) for k in paths}},
         "seed": int(seed), "num_samples": count, "device": str(next(adapter.root.parameters()).device),
@@ -290,21 +342,21 @@ def encode_real(adapter: Adapter, source: Source, store_root: str | Path, layers
             seen = 0
             for indices in batches:
                 good, images = [], []
-                for i in indices.tolist():
-                    item = source.items[i]
-                    try:
-                        images.append(source.load(item, resolution))
+                items = [source.items[i] for i in indices.tolist()]
+                for i, item, got in zip(indices.tolist(), items, source.load_many(items, resolution), strict=True):
+                    if isinstance(got, BadItem):
+                        skipped.append((item.name, str(got)))
+                        on_skip(item.name, str(got))
+                    else:
+                        images.append(got)
                         good.append(i)
-                    except BadItem as exc:
-                        skipped.append((item.name, str(exc)))
-                        on_skip(item.name, str(exc))
                 if good:
                     batch = np.stack(images)
-                    seeds = [sample_seed(seed, i) for i in good]
+                    seeds = [sample_seed(seed, i) for i in good]  # the noise added
                     conditions = [_condition(adapter, source.items[i]) for i in good]
                     out = encode_batch(adapter, batch, seeds, conditions, level, recorder, denoised=previews)
-                    rows = [{**_sample_row(s, c, adapter), "num_steps": 1}
-                            for s, c in zip(seeds, conditions, strict=True)]
+                    rows = [{**_sample_row(s, c, adapter), "num_steps": 1, **_provenance(source.items[i])}
+                            for i, s, c in zip(good, seeds, conditions, strict=True)]
                     background.write_batch(np.asarray(good, dtype=np.int64), rows, list(to_uint8_hwc(batch)),
                                            recorder.pop(), {level.step: out} if previews else None)
                     encoded += len(good)

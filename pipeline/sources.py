@@ -8,7 +8,11 @@ Three kinds of source, each a list of items in a fixed order, so that sample i i
   1000-class ImageNet models) or by class index (``207``); the classes are interleaved (the first image of each
   class, then the second of each ...), so that the first N items cover the classes evenly;
 * ``captions``: a folder of images with a ``.txt`` caption beside each (``cat.jpg`` + ``cat.txt``), or a
-  CSV/TSV/JSONL/Parquet table with an image-path column and a caption column (paths relative to the table).
+  CSV/TSV/JSONL/Parquet table with an image-path column and a caption column (paths relative to the table);
+* ``run``: the final images of a run of the same store (``run:<run_id>``), in index order, with each sample's
+  seed, class or prompt and sample id: a generator's outputs, to be encoded at the same noise level as real
+  images (so that their distributions are compared there, as FID compares a generator's outputs with real images
+  in one feature extractor). Its images are the stored PNGs (uint8, as written), scaled to [-1, 1].
 
 Image files are centre-cropped to a square and resized to the network's size with a Lanczos filter, as EDM's
 ``dataset_tool.py --transform=center-crop`` made ImageNet-64, then scaled to [-1, 1] as in training
@@ -20,6 +24,7 @@ decoded is reported when it is read (`BadItem`), and skipped.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -28,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KINDS", "BadItem", "Item", "Source", "SourceError", "open_source", "prepare_image"]
+__all__ = ["KINDS", "RUN", "BadItem", "Item", "Source", "SourceError", "open_source", "prepare_image"]
 
-KINDS = ("digits", "classes", "captions")
+KINDS = ("digits", "classes", "captions", "run")
 DIGITS = "digits"
+RUN = "run"
+RUN_PREFIX = "run:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "file_name", "filename")
@@ -56,6 +63,9 @@ class Item:
     caption: str | None = None
     path: Path | None = None
     row: int | None = None  # the digits: row in the data set
+    sample_id: str | None = None  # a run's sample: its id (and its seed and category below)
+    seed: int | None = None
+    category: str | None = None
 
 
 @dataclass
@@ -64,22 +74,55 @@ class Source:
     where: str  # "digits" or the path given
     items: list[Item]
     problems: list[tuple[str, str]] = field(default_factory=list)  # (name, why) of items left out
+    run: dict | None = None  # a run source: the run's id, model, kind, checkpoint hash, seed and image size
+    store: object = field(default=None, repr=False)  # a run source: the `store.Store` it reads
 
     @property
     def conditioning(self) -> str:
-        """"class" (digits, class folders) or "prompt" (captions): what the images come labelled with."""
+        """"class" (digits, class folders, a class model's run) or "prompt" (captions, a text-to-image model's
+        run): what the images come labelled with."""
+        if self.kind == RUN:
+            return "prompt" if any(i.caption is not None for i in self.items) else "class"
         return "prompt" if self.kind == "captions" else "class"
 
+    @property
+    def generated(self) -> bool:
+        """Whether the images are a generator's outputs (a run source of any kind but `real`), not real images."""
+        return self.kind == RUN and self.run is not None and self.run.get("kind") != "real"
+
     def identity(self) -> dict:
-        """What the run's manifest records of its source; the listing's hash tells two sources apart."""
+        """What the run's manifest records of its source; the listing's hash tells two sources apart. A run
+        source is named by the run and what made it (not by its current length, so that encoding a run that has
+        grown since resumes)."""
+        if self.kind == RUN:
+            return {"kind": RUN, **{k: self.run[k] for k in ("run_id", "model", "checkpoint_sha256", "seed")}}
         listing = json.dumps([[i.name, i.class_id, i.caption] for i in self.items], ensure_ascii=False)
         return {"kind": self.kind, "where": self.where, "items": len(self.items),
                 "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+    def load_many(self, items: list[Item], resolution: int) -> list[np.ndarray | BadItem]:
+        """`load` of each item (a run source reads a batch's images in one pass); a BadItem in place of an
+        item that cannot be used."""
+        if self.kind != RUN:
+            out = []
+            for item in items:
+                try:
+                    out.append(self.load(item, resolution))
+                except BadItem as exc:
+                    out.append(exc)
+            return out
+        pngs = self.store.images([i.sample_id for i in items])
+        return [_run_image(png, resolution) for png in pngs]
 
     def load(self, item: Item, resolution: int) -> np.ndarray:
         """The item as the network takes it: float32 (3, R, R) in [-1, 1]. Raises BadItem."""
         if item.row is not None:
             return _digits(resolution)[item.row]
+        if self.kind == RUN:
+            got = self.load_many([item], resolution)[0]
+            if isinstance(got, BadItem):
+                raise got
+            return got
         try:
             from PIL import Image, UnidentifiedImageError
 
@@ -106,6 +149,23 @@ def prepare_image(image, resolution: int) -> np.ndarray:
     return (array / 127.5 - 1.0).transpose(2, 0, 1).copy()
 
 
+def _run_image(png: bytes | None, resolution: int) -> np.ndarray | BadItem:
+    """A run's stored final image (PNG bytes) as float32 (3, R, R) in [-1, 1], exactly its pixel values; a
+    BadItem when it is missing, unreadable or not R x R (no resizing: a generated image is used as it is)."""
+    if png is None:
+        return BadItem("no final image in the store")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            rgb = im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return BadItem(f"unreadable image ({_short(exc)})")
+    if rgb.size != (resolution, resolution):
+        return BadItem(f"image is {rgb.size[0]}x{rgb.size[1]} px, the network takes {resolution}x{resolution}")
+    return (np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy()
+
+
 @cache
 def _digits(resolution: int) -> np.ndarray:
     from pipeline.demo_model import digits_dataset
@@ -115,13 +175,18 @@ def _digits(resolution: int) -> np.ndarray:
 
 
 def open_source(spec: str, *, kind: str | None = None, class_names: list[str] | None = None,
-                image_column: str | None = None, caption_column: str | None = None) -> Source:
-    """The source `spec` names: ``digits``, a class folder, a caption folder or a caption table. `kind` forces
-    one of KINDS (default: guessed: a table file, a folder with images at its top level (captions), or a folder
-    of folders (classes)). `class_names` are the model's classes (their number bounds a class index; 1000 of
-    them admit WordNet ids). Raises SourceError."""
+                image_column: str | None = None, caption_column: str | None = None,
+                store: str | Path | None = None) -> Source:
+    """The source `spec` names: ``digits``, a class folder, a caption folder, a caption table or
+    ``run:<run_id>`` (a run of the store at `store`). `kind` forces one of KINDS (default: guessed: ``run:``, a
+    table file, a folder with images at its top level (captions), or a folder of folders (classes); with
+    ``kind="run"`` the spec is the run id, with or without ``run:``). `class_names` are the model's classes
+    (their number bounds a class index; 1000 of them admit WordNet ids). Raises SourceError."""
     if kind is not None and kind not in KINDS:
         raise SourceError(f"unknown source kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == RUN or kind is None and spec.startswith(RUN_PREFIX):
+        run_id = spec[len(RUN_PREFIX):] if spec.startswith(RUN_PREFIX) else spec
+        return _run_source(run_id.strip(), store)
     if spec == DIGITS and kind in (None, DIGITS):
         return _digits_source()
     if kind == DIGITS:
@@ -146,6 +211,61 @@ def open_source(spec: str, *, kind: str | None = None, class_names: list[str] | 
     if kind == "captions":
         return _caption_folder(path)
     return _class_folder(path, folders, class_names)
+
+
+def _run_source(run_id: str, root: str | Path | None) -> Source:
+    """The committed samples of run `run_id` in the store at `root`, in index order."""
+    from store import Store, schema
+
+    if not run_id:
+        raise SourceError("give the run to encode: --images run:<run_id>")
+    if root is None:
+        raise SourceError(f"run:{run_id} is a run of a store: give the store it is in")
+    if not Path(root).is_dir():
+        raise SourceError(f"run:{run_id}: no store at {root}")
+    store = Store(root)
+    manifest = store.manifest(run_id)
+    if manifest is None:
+        table = store.runs()
+        runs = sorted(table["run_id"].astype(str)) if "run_id" in table else []
+        shown = ", ".join(runs[:12]) + (" ..." if len(runs) > 12 else "")
+        raise SourceError(f"unknown run {run_id!r} in {root}" + (f"; its runs: {shown}" if runs else ""))
+    kind = schema.run_kind(manifest.get("settings"))
+    origin = (manifest.get("settings") or {}).get("source")
+    if isinstance(origin, dict) and origin.get("kind") == RUN:  # its images are another run's: encode that one
+        raise SourceError(f"run {run_id!r} is already an encoded run (of {origin.get('run_id')!r}): encode that run "
+                          "instead")
+    frame = store.samples(run_ids=[run_id], columns=["sample_id", "index", "seed", "class_id", "prompt",
+                                                     "category", "image_path", "width", "height"])
+    if not len(frame):
+        raise SourceError(f"run {run_id!r} has no samples in {root}")
+    frame = frame.sort_values("index", kind="stable")
+    has_image = frame["image_path"].notna()
+    if not has_image.any():
+        raise SourceError(f"run {run_id!r} has no images in {root}: nothing to encode")
+    sizes = sorted({(int(w), int(h)) for w, h in zip(frame.loc[has_image, "width"], frame.loc[has_image, "height"],
+                                                     strict=True)})
+    if len(sizes) != 1 or sizes[0][0] != sizes[0][1]:
+        raise SourceError(f"run {run_id!r} holds images of sizes {', '.join(f'{w}x{h}' for w, h in sizes)}: "
+                          "a run source needs square images of one size")
+    items, problems = [], []
+    for row in frame.itertuples(index=False):
+        name = str(row.sample_id)
+        if not isinstance(row.image_path, str):
+            problems.append((name, "no final image in the store"))
+            continue
+        prompt = row.prompt if isinstance(row.prompt, str) else None
+        items.append(Item(name, class_id=None if _missing(row.class_id) else int(row.class_id), caption=prompt,
+                          sample_id=name, seed=None if _missing(row.seed) else int(row.seed),
+                          category=row.category if prompt is not None and isinstance(row.category, str) else None))
+    run = {"run_id": run_id, "model": manifest.get("model"), "kind": kind,
+           "checkpoint_sha256": manifest.get("checkpoint_sha256"), "seed": manifest.get("seed"),
+           "image_size": sizes[0][0]}
+    return Source(RUN, f"{RUN_PREFIX}{run_id}", items, problems, run=run, store=store)
+
+
+def _missing(value) -> bool:
+    return value is None or isinstance(value, float) and value != value or str(value) == "<NA>"
 
 
 def _listing(folder: Path) -> tuple[list[Path], list[Path]]:

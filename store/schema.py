@@ -177,9 +177,14 @@ SAMPLE_VOCAB = SampleVocabulary((
         ("edit_key", pa.string(), "ref", "the edit's identity, a hash of its inputs: asking for the same "
          "edit again adds nothing", {}),
     )),
+    # Provenance of the samples of `encoded` runs (a run's final images through the network, pipeline/real.py):
+    # the generated sample each one encodes. Added after the first stores: a part without it reads it as NULL.
+    SampleColumn("source_sample_id", pa.string(), "ref", "the generated sample whose final image this one encodes "
+                 "(runs of kind encoded; NULL otherwise)", optional=True, given=True, title="source sample"),
     # Derived when read, from the run's manifest (`run_kind` below), so every store has it, old ones included.
     SampleColumn("run_kind", pa.string(), "group", "what the run's samples are: generated, real (real images "
-                 "encoded), edit or teacher; from the run's manifest", stored=False, derived=True, color="category",
+                 "encoded), encoded (a run's generated images encoded), edit, teacher or student; from the run's "
+                 "manifest", stored=False, derived=True, color="category",
                  title="run kind"),
 ))
 
@@ -270,7 +275,9 @@ RUN_STATUSES = ("running", "complete", "interrupted")
 # that are not generated samples of the model set (pipeline/real.py, pipeline/edit.py, the teachers); a run
 # without it, or without a manifest, holds generated samples.
 GENERATED_KIND = "generated"
-RUN_KINDS = (GENERATED_KIND, "real", "edit", "teacher", "student")
+# `encoded`: the final images of another run put through the network at one noise level, like real images
+# (pipeline/real.py), so that generated outputs and real images are compared at the same noise level.
+RUN_KINDS = (GENERATED_KIND, "real", "edit", "teacher", "student", "encoded")
 
 
 def run_kind(settings) -> str:

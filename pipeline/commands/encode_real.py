@@ -3,7 +3,10 @@
 Sources (--images): `digits` (scikit-learn's digits, prepared as the demo model was trained), an ImageNet-style
 folder (one folder per class, named by WordNet id or class index; images centre-cropped and resized as EDM made
 ImageNet-64), or captioned images (a folder with a .txt caption beside each image, or a CSV/TSV/JSONL/Parquet
-table with an image-path and a caption column). Items that cannot be used (an unreadable image, a missing
+table with an image-path and a caption column), or `run:<run_id>`: the final images of a run of the same store
+(a generator's outputs, recorded as a run of kind `encoded`, default id `<run_id>-encoded`, each sample naming
+its generated one in `source_sample_id`), so that they are compared with real images at the same noise level.
+Items that cannot be used (an unreadable image, a missing
 caption, an unknown class folder) are reported by name and skipped. EDM models take --sigma (x = image + sigma·n),
 SD/SDXL --timestep (the VAE latent noised with the scheduler's alpha-bar); the default is the last step of the
 model's sampling schedule. Rerun the same command after an interruption and it resumes from the last whole batch.
@@ -28,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", required=True, choices=MODELS, help=families.model_help())
     p.add_argument("--images", required=True,
-                   help="'digits', a folder of class folders, a folder of images with .txt captions, or a caption "
-                        "table (csv, tsv, jsonl, parquet)")
+                   help="'digits', a folder of class folders, a folder of images with .txt captions, a caption "
+                        "table (csv, tsv, jsonl, parquet), or run:RUN_ID (the final images of a run of --store)")
     p.add_argument("--source-kind", choices=KINDS, help="what --images is (default: guessed from it)")
     p.add_argument("--image-column", help="caption tables: the image path column (default: image, path, file ...)")
     p.add_argument("--caption-column", help="caption tables: the caption column (default: caption, text, prompt)")
@@ -52,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=positive_int, help="encode the first N images of the source (default: all)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds each image's noise with its index")
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--run-id", help="run id (default: derived from model, source, noise level, seed and layers)")
+    p.add_argument("--run-id", help="run id (default: derived from model, source, noise level, seed and layers; a run "
+                                    "source: RUN_ID-encoded, or RUN_ID-encoded-at-sigmaS away from the default level)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), or e.g. cuda:1, cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="network precision (default per model)")
     p.add_argument("--x0-previews", action="store_true",
@@ -81,7 +85,7 @@ def _prepare(args: argparse.Namespace):
     adapter = build_adapter(args.model, checkpoint=args.checkpoint, device=pick_device(args.device),
                             dtype=DTYPES.get(args.dtype), **t2i)
     source = open_source(args.images, kind=args.source_kind, class_names=getattr(adapter, "class_names", None),
-                         image_column=args.image_column, caption_column=args.caption_column)
+                         image_column=args.image_column, caption_column=args.caption_column, store=args.store)
     check_source(adapter, source)
     adapter.resolve_layers(layers)  # an unknown layer fails before the listing is reported
     return adapter, source, layers
@@ -122,13 +126,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a full disk, a read-only store: a started run is left `interrupted`
         print(f"error: {store_write_error(exc, args.store)}", file=sys.stderr)
         return 2
-    print(summary(result, source.kind))
+    print(summary(result, source.kind, source.where))
     return 0
 
 
-def summary(result, kind: str) -> str:
+def summary(result, kind: str, where: str = "") -> str:
     """The closing line: what was encoded, what was skipped and why (grouped), what the store holds."""
-    text = (f"run {result.run_id}: encoded {result.encoded} real images ({kind}) in {result.seconds:.1f}s; "
+    what = f"images of {where}" if kind == "run" else f"real images ({kind})"
+    text = (f"run {result.run_id}: encoded {result.encoded} {what} in {result.seconds:.1f}s; "
             f"{result.total_done} in the store")
     if result.skipped:
         reasons: dict[str, int] = {}
