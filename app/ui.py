@@ -93,8 +93,11 @@ class DemoBuild:
             self.finished = True
 
 
-EXTRA_RUN_TITLES = {"demo-real": "real digits", "demo-student": "the distilled 1-step student"}
-"""How the progress names the demo's extra runs (pipeline.demo.DEMO_EXTRAS), by run id."""
+EXTRA_RUN_TITLES = {"demo-real": "real digits", "demo-student": "digits of the distilled 1-step student",
+                    "demo-1step-encoded": "naive 1-step digits at the real digits' noise level (σ 0.002)",
+                    "demo-student-encoded": "student digits at the real digits' noise level (σ 0.002)"}
+"""How the progress names the demo's extra runs (pipeline.demo.DEMO_EXTRAS), by run id: after "adding ..." and
+"placing the ...", so without an article."""
 
 
 def _demo_builder():

@@ -15,6 +15,8 @@ DEMO_LAYERS = ("encoder_bottleneck", "midblock", "dec.16x16_block0")
 DEMO_SAMPLES_PER_CLASS = 150
 DEMO_REAL_RUN = "demo-real"
 DEMO_STUDENT_RUN = "demo-student"
+DEMO_NAIVE_RUN = "demo-1step"
+DEMO_ENCODED_RUNS = {DEMO_NAIVE_RUN: "demo-1step-encoded", DEMO_STUDENT_RUN: "demo-student-encoded"}
 STAGING = ".demo-extras"  # inside the store: where the extra runs are built before they are moved in whole
 
 
@@ -60,7 +62,10 @@ def build_demo_store(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES_
 def build_demo_extras(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES_PER_CLASS, batch_size: int = 100,
                       progress: bool = True, on_batch=None, maps: bool = True) -> list[str]:
     """The demo's runs to compare the generated samples with: real digits (`demo-real`), as many as each
-    generated run has samples. `on_batch(run_id, done, total)` after each batch.
+    generated run has samples, the distilled student (`demo-student`), and the final images of the two 1-step
+    runs encoded at the real digits' noise level (`demo-1step-encoded`, `demo-student-encoded`: a 1-step run's
+    only step is the call on pure noise, so its outputs meet the real digits only this way). `on_batch(run_id,
+    done, total)` after each batch.
 
     Each run is built in a staging store inside `root` (`STAGING`, which readers never look at) and moved in
     whole (`publish_run`), so an app showing the store sees the run appear at once, not batch by batch, and its
@@ -74,7 +79,7 @@ def build_demo_extras(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES
 
     for run_id, build in DEMO_EXTRAS.items():
         where = _build_place(root, staging, run_id)
-        build(where, samples_per_class=samples_per_class, batch_size=batch_size, progress=progress,
+        build(where, root=root, samples_per_class=samples_per_class, batch_size=batch_size, progress=progress,
               on_batch=report(run_id))
         if where == staging:
             publish_run(staging, root, run_id)
@@ -130,12 +135,31 @@ def add_real_digits(root: str | Path, num_samples: int, *, batch_size: int = 100
     return result.run_id
 
 
-def _real_digits_run(where: Path, *, samples_per_class: int, batch_size: int, progress: bool, on_batch) -> str:
+def add_encoded_run(root: str | Path, source_run: str, *, into: str | Path | None = None, run_id: str | None = None,
+                    batch_size: int = 100, progress: bool = True, on_batch=None) -> str:
+    """The run `<source_run>-encoded`: the final images of `source_run` (a run of the demo store at `root`)
+    through the demo network as the real digits are (`add_real_digits`: σ = 0.002, recorded as step 3), so that
+    a 1-step run's outputs are compared with the real digits at the same noise level. Written into the store at
+    `into` (default: `root`)."""
+    from pipeline.adapters.edm import load_demo
+    from pipeline.real import encode_real
+    from pipeline.sources import open_source
+
+    adapter = load_demo(torch.device("cpu"))
+    source = open_source(f"run:{source_run}", store=root)
+    result = encode_real(adapter, source, root if into is None else into, demo_layers(adapter), seed=0,
+                         batch_size=batch_size, run_id=run_id, progress=progress, on_batch=on_batch)
+    return result.run_id
+
+
+def _real_digits_run(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool,
+                     on_batch) -> str:
     return add_real_digits(where, samples_per_class * 10, batch_size=batch_size, progress=progress,
                            on_batch=on_batch)
 
 
-def _student_run(where: Path, *, samples_per_class: int, batch_size: int, progress: bool, on_batch) -> str:
+def _student_run(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool,
+                 on_batch) -> str:
     """The run `demo-student`: the shipped DMD2-distilled 1-step student (train-demo-student) with the seeds and
     classes of `demo-1step`, the naive 1-step (the teacher called once), sample by sample."""
     from pipeline.adapters.edm import demo_student_loader
@@ -146,9 +170,19 @@ def _student_run(where: Path, *, samples_per_class: int, batch_size: int, progre
                     batch_size=batch_size, run_id=DEMO_STUDENT_RUN, progress=progress, on_batch=on_batch).run_id
 
 
-DEMO_EXTRAS = {DEMO_REAL_RUN: _real_digits_run, DEMO_STUDENT_RUN: _student_run}
-"""The runs `build_demo_extras` adds, in order: run id -> builder(store, samples_per_class=, batch_size=,
-progress=, on_batch=) that builds that run into the store it is given (resumable)."""
+def _encoded(source_run: str):
+    def build(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool, on_batch) -> str:
+        return add_encoded_run(root, source_run, into=where, run_id=DEMO_ENCODED_RUNS[source_run],
+                               batch_size=batch_size, progress=progress, on_batch=on_batch)
+
+    return build
+
+
+DEMO_EXTRAS = {DEMO_REAL_RUN: _real_digits_run, DEMO_STUDENT_RUN: _student_run,
+               **{encoded: _encoded(source) for source, encoded in DEMO_ENCODED_RUNS.items()}}
+"""The runs `build_demo_extras` adds, in order (a run that reads another comes after it): run id ->
+builder(store, root=, samples_per_class=, batch_size=, progress=, on_batch=) that builds that run into the store
+it is given (resumable), reading the runs it needs from the demo store `root`."""
 
 
 def precompute_default_maps(root: str | Path, on_map=None) -> list[str]:

@@ -1,12 +1,22 @@
 """First start: the demo build reports every batch (the app's progress bar moves), and it caches the map the
-app opens on, so the first map needs no fit. The real-digits run comes after that first map is ready, with its
-own progress, and is moved into the store whole; the cached maps then hold it too."""
+app opens on, so the first map needs no fit. The extra runs (real digits, the distilled student, and the two
+1-step runs' outputs encoded like the real digits) come after that first map is ready, each with its own
+progress, in order (an encoded run after the run it reads), and each is moved into the store whole; the cached
+maps then hold them too."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.demo import DEMO_REAL_RUN, DEMO_STUDENT_RUN, STAGING, build_demo_extras, build_demo_store
+from pipeline.demo import (
+    DEMO_ENCODED_RUNS,
+    DEMO_EXTRAS,
+    DEMO_REAL_RUN,
+    DEMO_STUDENT_RUN,
+    STAGING,
+    build_demo_extras,
+    build_demo_store,
+)
 from pipeline.project import ProjectionParams, Projector
 from store import Store
 
@@ -32,7 +42,8 @@ def demo(tmp_path_factory):
 
 def test_every_batch_is_reported_even_without_a_progress_bar(demo):
     _, runs, batches, _, _ = demo
-    assert runs == ["demo-multistep", "demo-1step", DEMO_REAL_RUN, DEMO_STUDENT_RUN]
+    assert runs == ["demo-multistep", "demo-1step", DEMO_REAL_RUN, DEMO_STUDENT_RUN, "demo-1step-encoded",
+                    "demo-student-encoded"]
     # two runs of 40 samples in batches of 10: 10, 20, 30, 40 each (and 40 again when the run closes)
     per_run = [b for b in batches if b[1] == 40]
     assert [d for d, _ in per_run if d < 40] == [10, 20, 30, 10, 20, 30]
@@ -48,8 +59,11 @@ def test_the_real_digits_come_after_the_first_maps_with_their_own_progress(demo)
     assert "map" in events[:ready] and "map" not in events[ready:] and "batch" not in events[ready:]
     extras = events[ready + 1:]
     assert all(e[0] == "extra" and e[3] == 40 for e in extras)
-    assert [e[1] for e in extras] == sorted((e[1] for e in extras), key=[DEMO_REAL_RUN, DEMO_STUDENT_RUN].index)
-    for run in (DEMO_REAL_RUN, DEMO_STUDENT_RUN):  # each run's own progress, batch by batch, to its end
+    order = list(DEMO_EXTRAS)
+    assert [e[1] for e in extras] == sorted((e[1] for e in extras), key=order.index)
+    for source, encoded in DEMO_ENCODED_RUNS.items():  # an encoded run is built after the run it reads
+        assert source in ("demo-1step", *order[:order.index(encoded)])
+    for run in order:  # each run's own progress, batch by batch, to its end
         done = [e[2] for e in extras if e[1] == run]
         assert sorted(set(done)) == [10, 20, 30, 40] and done == sorted(done)
     store = Store(root)
@@ -58,6 +72,12 @@ def test_the_real_digits_come_after_the_first_maps_with_their_own_progress(demo)
     assert frame["class_id"].tolist() == labels[:40].tolist() and set(frame["run_kind"]) == {"real"}
     assert store.manifest(DEMO_REAL_RUN)["status"] == "complete"
     assert store.steps("demo", "midblock").query("step == 3")["sigma"].tolist() == [pytest.approx(0.002)]
+    for source, encoded in DEMO_ENCODED_RUNS.items():  # a 1-step run's outputs, at the real digits' step 3
+        frame = store.samples(run_ids=[encoded])
+        assert set(frame["run_kind"]) == {"encoded"} and store.manifest(encoded)["status"] == "complete"
+        assert frame["source_sample_id"].tolist() == store.samples(run_ids=[source])["sample_id"].tolist()
+        acts = store.activations("demo", "midblock", step=3, run_ids=[encoded])
+        assert len(acts.sample_ids) == 40
     assert not (root / STAGING).exists() and verify(root).ok  # built aside, moved in whole, nothing left over
 
 
@@ -75,15 +95,17 @@ def test_the_map_the_app_opens_on_is_cached_by_the_build(demo, monkeypatch):
     for layer in store.layers("demo"):
         proj = Projector().project(store, "demo", layer, None, ProjectionParams())
         assert proj.source == "cache"
-        # the last step's map holds the multi-step run's samples and the real digits recorded at that step
-        assert sum(s.startswith(DEMO_REAL_RUN) for s in proj.sample_ids) == 40 and len(proj.sample_ids) == 80
+        # the last step's map holds the multi-step run's samples, the real digits and the encoded 1-step outputs
+        # recorded at that step
+        assert sum(s.startswith(DEMO_REAL_RUN) for s in proj.sample_ids) == 40 and len(proj.sample_ids) == 160
+        assert all(sum(s.startswith(f"{run}-0") for s in proj.sample_ids) == 40 for run in DEMO_ENCODED_RUNS.values())
 
 
 def test_a_second_build_of_the_extras_adds_nothing(demo):
     root, _, _, _, _ = demo
     before = Store(root).samples(columns=["sample_id"])["sample_id"].tolist()
-    assert build_demo_extras(root, samples_per_class=4, batch_size=10, progress=False, maps=False) == [DEMO_REAL_RUN,
-                                                                                                   DEMO_STUDENT_RUN]
+    assert build_demo_extras(root, samples_per_class=4, batch_size=10, progress=False,
+                             maps=False) == [DEMO_REAL_RUN, DEMO_STUDENT_RUN, *DEMO_ENCODED_RUNS.values()]
     assert Store(root).samples(columns=["sample_id"])["sample_id"].tolist() == before
 
 
@@ -99,6 +121,8 @@ def test_the_app_build_names_its_stage(tmp_path):
     build._on_ready(["demo-multistep", "demo-1step"])
     build._on_extra(DEMO_REAL_RUN, 500, 1500)
     assert build.ready and build.extra_label() == "adding real digits for comparison · 500 / 1,500"
+    build._on_extra("demo-student-encoded", 1500, 1500)
+    assert build.extra_label() == "placing the student digits at the real digits' noise level (σ 0.002) on the maps"
 
 
 def test_real_digits_lie_among_generated_digits_of_their_class(demo):
@@ -111,6 +135,7 @@ def test_real_digits_lie_among_generated_digits_of_their_class(demo):
     meta = store.samples(sample_ids=list(acts.sample_ids), columns=["sample_id", "run_kind", "class_id"])
     meta = meta.set_index("sample_id").loc[acts.sample_ids]
     real, labels = (meta["run_kind"] == "real").to_numpy(), meta["class_id"].to_numpy()
-    assert real.sum() == 40 and (~real).sum() == 40
-    _, idx = NearestNeighbors(n_neighbors=3).fit(acts.matrix[~real]).kneighbors(acts.matrix[real])
-    assert (labels[~real][idx] == labels[real][:, None]).mean() >= 0.7
+    gen = (meta["run_kind"] == "generated").to_numpy()  # the 4-step run's samples (not the encoded 1-step runs')
+    assert real.sum() == 40 and gen.sum() == 40
+    _, idx = NearestNeighbors(n_neighbors=3).fit(acts.matrix[gen]).kneighbors(acts.matrix[real])
+    assert (labels[gen][idx] == labels[real][:, None]).mean() >= 0.7
