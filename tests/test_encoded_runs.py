@@ -155,6 +155,29 @@ def test_encoded_samples_link_to_the_generated_samples_on_the_compare_runs_page(
     assert groups == [[f"gen-{k:08d}", f"gen-encoded-{k:08d}"] for k in range(12)]
 
 
+def test_a_text_to_image_run_is_encoded_with_its_prompts_at_its_models_last_timestep(tmp_path_factory, tmp_path):
+    """SD/SDXL: a 1-step run's images through the 4-step model's UNet at its last timestep (step 3), each with
+    its own prompt and category; a class model's run is refused by the text model and the other way round."""
+    from tests.t2i_fixtures import build, tiny_files
+
+    files = tiny_files(tmp_path_factory)
+    one = build(files, "sdxl")  # 1 step
+    generate(one, tmp_path, 4, ["mid"], seed=3, batch_size=4, run_id="sdxl1", progress=False)
+    four = build(files, "sdxl-4step")
+    result = encode_real(four, open_source("run:sdxl1", store=tmp_path), tmp_path, ["mid"], progress=False)
+    store = Store(tmp_path)
+    assert result.run_id == "sdxl1-encoded" and result.encoded == 4
+    gen, enc = store.samples(run_ids=["sdxl1"]), store.samples(run_ids=["sdxl1-encoded"])
+    for column in ("seed", "prompt", "category", "label"):
+        assert enc[column].tolist() == gen[column].tolist()
+    assert enc["source_sample_id"].tolist() == gen["sample_id"].tolist()
+    assert store.steps("sdxl-4step", "mid")["step"].tolist() == [3]
+    assert store.manifest("sdxl1-encoded")["settings"]["timestep"] == four.timesteps[-1]
+    with pytest.raises(SourceError, match="conditioned on a class label"):
+        encode_real(tiny_edm_adapter(), open_source("run:sdxl1", store=tmp_path), tmp_path, ["midblock"],
+                    progress=False)
+
+
 # -- the command line -----------------------------------------------------------------------------------------
 
 def test_the_command_encodes_a_run_of_its_store_and_refuses_bad_ones_in_one_line(tmp_path, capsys):
