@@ -1,14 +1,14 @@
-"""Run real images through a generator's network at one noise level and record its layers as a run of kind `real`.
+"""Run real images (or a run's generated images) through a generator's network at one noise level and record its
+layers as a run of kind `real` (`encoded`).
 
 Sources (--images): `digits` (scikit-learn's digits, prepared as the demo model was trained), an ImageNet-style
 folder (one folder per class, named by WordNet id or class index; images centre-cropped and resized as EDM made
-ImageNet-64), or captioned images (a folder with a .txt caption beside each image, or a CSV/TSV/JSONL/Parquet
+ImageNet-64), captioned images (a folder with a .txt caption beside each image, or a CSV/TSV/JSONL/Parquet
 table with an image-path and a caption column), or `run:<run_id>`: the final images of a run of the same store
 (a generator's outputs, recorded as a run of kind `encoded`, default id `<run_id>-encoded`, each sample naming
 its generated one in `source_sample_id`), so that they are compared with real images at the same noise level.
-Items that cannot be used (an unreadable image, a missing
-caption, an unknown class folder) are reported by name and skipped. EDM models take --sigma (x = image + sigma·n),
-SD/SDXL --timestep (the VAE latent noised with the scheduler's alpha-bar); the default is the last step of the
+Items that cannot be used (an unreadable image, a missing caption, an unknown class folder) are reported by name
+and skipped. EDM models take --sigma (x = image + sigma·n), SD/SDXL --timestep (the VAE latent noised with the scheduler's alpha-bar); the default is the last step of the
 model's sampling schedule. Rerun the same command after an interruption and it resumes from the last whole batch.
 """
 
