@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import data, facets, state, views
+from app import data, facets, job_progress, state, views
 from app.state import ViewSettings
 
 SEP = "~"  # list separator in the URL, as app.state uses
@@ -341,42 +341,7 @@ def scope(view_ids, frame: pd.DataFrame, explore_ids: list[str] | None) -> list[
     return ids
 
 
-def cancel(key: tuple, holder: str) -> None:
-    """Stop waiting for a job (it stops when no session waits for it) and do not start it again here."""
-    st.session_state[CANCELLED] = {*(st.session_state.get(CANCELLED) or ()), key}
-    data.jobs().release(key, holder)
-
-
-def resume(key: tuple) -> None:
-    st.session_state[CANCELLED] = {k for k in (st.session_state.get(CANCELLED) or ()) if k != key}
-
-
-def cancelled(key: tuple) -> bool:
-    return key in (st.session_state.get(CANCELLED) or ())
-
-
-def _start(key: tuple, work, holder: str | None) -> data.Job:
-    """The job of `key`, started (or found) for `holder`; a job this session cancelled comes back as such,
-    without starting again."""
-    if cancelled(key):
-        import time
-
-        return data.Job(key=key, error="cancelled", started=time.time(), finished=time.time())
-    job = data.jobs().get_or_start(key, work, holder)
-    if job.running and job.thread is not None:
-        job.thread.join(data.JOB_WAIT_S)
-    return job
-
-
-def _reporter(job: data.Job):
-    from pipeline.project import Cancelled
-
-    def report(fraction: float, message: str) -> None:
-        if job.cancelled:
-            raise Cancelled("cancelled")
-        job.report(fraction, message)
-
-    return report
+CANCELS = job_progress.Cancels(CANCELLED)  # this page's cancelled jobs (its Cancel and "after all" buttons)
 
 
 def _base_key(kind: str, path: str, view: ViewSettings, ids: list[str] | None) -> tuple:
@@ -393,7 +358,7 @@ def neighbours_job(path: str, view: ViewSettings, a: AnalysisSettings, ids: list
     key = (*_base_key("analysis-knn", path, view, ids), a.k)
 
     def work(job: data.Job):
-        report = _reporter(job)
+        report = data.reporter(job)
         common = dict(step=view.step, feature=view.feature, run_ids=list(view.runs) or None, sample_ids=ids,
                       k=a.k, metric=view.metric)
         sep = analysis.class_separation(data.open_store(path), view.model, view.layer,
@@ -402,7 +367,7 @@ def neighbours_job(path: str, view: ViewSettings, a: AnalysisSettings, ids: list
                                 progress=lambda f, m: report(0.6 + 0.4 * f, f"outliers: {m}"), **common)
         return sep, out
 
-    return _start(key, work, holder)
+    return CANCELS.start(key, work, holder)
 
 
 def clusters_job(path: str, view: ViewSettings, a: AnalysisSettings, ids: list[str] | None,
@@ -416,9 +381,9 @@ def clusters_job(path: str, view: ViewSettings, a: AnalysisSettings, ids: list[s
         return analysis.clusters(data.open_store(path), view.model, view.layer, view.step, feature=view.feature,
                                  run_ids=list(view.runs) or None, sample_ids=ids, method=a.method,
                                  n_clusters=a.n_clusters, min_cluster_size=a.min_cluster_size or None,
-                                 metric=view.metric, progress=_reporter(job))
+                                 metric=view.metric, progress=data.reporter(job))
 
-    return _start(key, work, holder)
+    return CANCELS.start(key, work, holder)
 
 
 def report_key(path: str, view: ViewSettings) -> tuple:
@@ -433,9 +398,9 @@ def report_job(path: str, view: ViewSettings, holder: str | None = None) -> data
 
     def work(job: data.Job):
         return report.render_report(data.open_store(path), view.model, view.layer, view.step,
-                                    feature=view.feature, method=view.method, progress=_reporter(job))
+                                    feature=view.feature, method=view.method, progress=data.reporter(job))
 
-    return _start(report_key(path, view), work, holder)
+    return CANCELS.start(report_key(path, view), work, holder)
 
 
 def report_name(view: ViewSettings) -> str:

@@ -7,14 +7,13 @@ samples, default runs and the checkpoint plan in `pipeline.run_pairs`); nothing 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import data, static_files, views
+from app import data, job_progress, static_files, views
 from pipeline import run_pairs
 
 SEP = "~"  # list separator in the URL, as app.state uses
@@ -169,37 +168,7 @@ def run_table(path: str, model: str, layer: str, runs: list[str], steps: dict[st
 
 # ----------------------------------------------------------------------------------------------- jobs
 
-def cancel(key: tuple, holder: str) -> None:
-    st.session_state[CANCELLED] = {*(st.session_state.get(CANCELLED) or ()), key}
-    data.jobs().release(key, holder)
-
-
-def resume(key: tuple) -> None:
-    st.session_state[CANCELLED] = {k for k in (st.session_state.get(CANCELLED) or ()) if k != key}
-
-
-def cancelled(key: tuple) -> bool:
-    return key in (st.session_state.get(CANCELLED) or ())
-
-
-def _start(key: tuple, work, holder: str | None) -> data.Job:
-    if cancelled(key):
-        return data.Job(key=key, error="cancelled", started=time.time(), finished=time.time())
-    job = data.jobs().get_or_start(key, work, holder)
-    if job.running and job.thread is not None:
-        job.thread.join(data.JOB_WAIT_S)
-    return job
-
-
-def _reporter(job: data.Job):
-    from pipeline.project import Cancelled
-
-    def report(fraction: float, message: str) -> None:
-        if job.cancelled:
-            raise Cancelled("cancelled")
-        job.report(fraction, message)
-
-    return report
+CANCELS = job_progress.Cancels(CANCELLED)  # this page's cancelled jobs (its Cancel and "after all" buttons)
 
 
 def _engine():
@@ -234,7 +203,7 @@ def map_job(path: str, s: Settings, runs: list[str], steps: dict[str, int], hold
         return _engine().project_runs(data.open_store(path), s.model, s.layer, dict(steps), params,
                                       progress=job.report, cancel=job.cancel)
 
-    return _start(map_key(path, s, runs, steps), work, holder)
+    return CANCELS.start(map_key(path, s, runs, steps), work, holder)
 
 
 def metrics_key(path: str, s: Settings, runs: list[str]) -> tuple:
@@ -250,9 +219,9 @@ def metrics_job(path: str, s: Settings, runs: list[str], holder: str | None = No
 
     def work(job: data.Job):
         return distribution.compare_runs(data.open_store(path), s.model, s.layer, runs, step=step, k=s.k,
-                                         per_class=True, progress=_reporter(job))
+                                         per_class=True, progress=data.reporter(job))
 
-    return _start(metrics_key(path, s, runs), work, holder)
+    return CANCELS.start(metrics_key(path, s, runs), work, holder)
 
 
 def training_job(path: str, s: Settings, plan: run_pairs.CheckpointPlan, holder: str | None = None) -> data.Job:
@@ -264,9 +233,9 @@ def training_job(path: str, s: Settings, plan: run_pairs.CheckpointPlan, holder:
 
     def work(job: data.Job):
         return run_pairs.over_training(data.open_store(path), s.model, s.layer, plan, step=step, k=s.k,
-                                       progress=_reporter(job))
+                                       progress=data.reporter(job))
 
-    return _start(key, work, holder)
+    return CANCELS.start(key, work, holder)
 
 
 JOB_TITLES = {"compare-runs-map": "The joint map", "compare-runs-metrics": "The metrics",

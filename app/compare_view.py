@@ -129,13 +129,6 @@ def _versions(path: str, model: str, layers, runs) -> tuple:
     return tuple(data.version(path, model, layer, list(runs) or None) for layer in layers)
 
 
-def _start(key: tuple, work) -> data.Job:
-    job = data.jobs().get_or_start(key, work)
-    if job.running and job.thread is not None:
-        job.thread.join(data.JOB_WAIT_S)
-    return job
-
-
 def similarity_job(path: str, s: CompareSettings) -> data.Job:
     """The CKA matrix of the chosen layers (`pipeline.compare.layer_similarity`), as a job."""
     from pipeline import compare
@@ -147,7 +140,7 @@ def similarity_job(path: str, s: CompareSettings) -> data.Job:
         return compare.layer_similarity(data.open_store(path), s.model, list(s.layers), s.step,
                                         run_ids=list(s.runs) or None, progress=job.report)
 
-    return _start(key, work)
+    return data.start_job(key, work)
 
 
 def agreement_job(path: str, s: CompareSettings) -> data.Job:
@@ -162,7 +155,7 @@ def agreement_job(path: str, s: CompareSettings) -> data.Job:
         return compare.neighbour_agreement(data.open_store(path), s.model, s.layer_a, s.layer_b, s.step, k=s.k,
                                            run_ids=list(s.runs) or None, progress=job.report)
 
-    return _start(key, work)
+    return data.start_job(key, work)
 
 
 def map_settings(s: CompareSettings, layer: str) -> ViewSettings:

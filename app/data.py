@@ -297,6 +297,28 @@ def jobs() -> _Jobs:
     return _Jobs()
 
 
+def start_job(key: tuple, work, holder: str | None = None, wait_s: float | None = None) -> Job:
+    """The job of `key`, started or found for `holder` (see `_Jobs.get_or_start`), after waiting up to
+    `wait_s` (default `JOB_WAIT_S`) for it: a cached or quick result shows at once, a slow one as progress."""
+    job = jobs().get_or_start(key, work, holder)
+    if job.running and job.thread is not None:
+        job.thread.join(JOB_WAIT_S if wait_s is None else wait_s)
+    return job
+
+
+def reporter(job: Job):
+    """A `progress(fraction, message)` callback for `pipeline` work that reports into `job` and stops the work
+    (raises `pipeline.project.Cancelled`) once the job is cancelled."""
+    from pipeline.project import Cancelled
+
+    def report(fraction: float, message: str) -> None:
+        if job.cancelled:
+            raise Cancelled("cancelled")
+        job.report(fraction, message)
+
+    return report
+
+
 def projection_params(settings) -> dict:
     """The projection parameters of a view, as the projection engine takes them: its method's own only."""
     from pipeline.methods import get_method
@@ -330,10 +352,7 @@ def request_projection(path: str, settings, sample_ids: list[str] | None, refit:
                                    run_ids=runs, sample_ids=list(ids) if ids is not None else None,
                                    progress=job.report, force=refit > 0, cancel=job.cancel)
 
-    job = jobs().get_or_start(key, work, holder)
-    if job.running and job.thread is not None:
-        job.thread.join(JOB_WAIT_S)
-    return job
+    return start_job(key, work, holder)
 
 
 @st.cache_resource(show_spinner=False, max_entries=24)
@@ -719,10 +738,7 @@ def run_edit(path: str, op: str, args: dict, holder: str | None = None, then=Non
         job.report(1.0, f"{len(ids)} result{'s' if len(ids) != 1 else ''}")
         return ids
 
-    job = jobs().get_or_start(key, work, holder)
-    if job.running and job.thread is not None:
-        job.thread.join(EDIT_WAIT_S)
-    return job
+    return start_job(key, work, holder, wait_s=EDIT_WAIT_S)
 
 
 EDIT_GROUP_COLUMNS = ("edit_op", "edit_parents", "edit_layer", "edit_steps", "edit_set", "edit_from_set")

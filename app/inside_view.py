@@ -104,7 +104,7 @@ def neighbours_job(path: str, s: InsideSettings) -> data.Job:
         job.report(0.2, "nearest samples in activation space")
         return spatial.nearest_samples(data.open_store(path), s.model, s.layer, s.step, s.sample_id, s.k)
 
-    return _start(key, work)
+    return data.start_job(key, work)
 
 
 def view_job(path: str, s: InsideSettings, ids: list[str]) -> data.Job:
@@ -121,14 +121,7 @@ def view_job(path: str, s: InsideSettings, ids: list[str]) -> data.Job:
         return spatial.spatial_view(data.open_store(path), ids, s.layer, s.step, generators=_generators(),
                                     progress=say)
 
-    return _start(key, work)
-
-
-def _start(key: tuple, work) -> data.Job:
-    job = data.jobs().get_or_start(key, work)
-    if job.running and job.thread is not None:
-        job.thread.join(data.JOB_WAIT_S)
-    return job
+    return data.start_job(key, work)
 
 
 def image_of(path: str, model: str, sample_id: str) -> np.ndarray:

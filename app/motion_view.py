@@ -105,13 +105,6 @@ def sync_url(params: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------- jobs
 
-def _start(key: tuple, work) -> data.Job:
-    job = data.jobs().get_or_start(key, work)
-    if job.running and job.thread is not None:
-        job.thread.join(data.JOB_WAIT_S)
-    return job
-
-
 def _versions(path: str, model: str, layers, runs) -> tuple:
     return tuple(data.version(path, model, layer, list(runs) or None) for layer in layers)
 
@@ -136,7 +129,7 @@ def aligned_job(path: str, s: MotionSettings, refit: int = 0) -> data.Job:
             return aligned.aligned_layers(data.open_store(path), s.model, list(s.layers), s.step, run_ids=runs,
                                           progress=job.report, cancel=job.cancel, refit=bool(refit))
 
-    return _start(key, work)
+    return data.start_job(key, work)
 
 
 def cka_job(path: str, s: MotionSettings) -> data.Job:
@@ -150,7 +143,7 @@ def cka_job(path: str, s: MotionSettings) -> data.Job:
         return compare.layer_similarity(data.open_store(path), s.model, list(s.layers), s.step,
                                         run_ids=list(s.runs) or None, progress=job.report)
 
-    return _start(key, work)
+    return data.start_job(key, work)
 
 
 def consecutive(cka: pd.DataFrame, layers) -> pd.DataFrame:

@@ -5,16 +5,14 @@ the computations are `pipeline.analysis`'s, run as background jobs and cached.""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import altair as alt
 import pandas as pd
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app import analysis_view as av
-from app import data, facets, state, static_files, ui
+from app import data, facets, job_progress, state, static_files, ui
 from app.components.scatter_map import scatter_map
 from app.explore_sidebar import default_layer
 from app.state import ViewSettings
@@ -28,11 +26,6 @@ CLICKED = "ana.clicked"  # the sample clicked on this page's map
 def _init(key: str, value, valid=None) -> None:
     if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
         st.session_state[key] = value
-
-
-def _session() -> str:
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "local"
 
 
 def _step_label(steps: pd.DataFrame):
@@ -117,37 +110,21 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> tuple[ViewSetting
 
 # --------------------------------------------------------------------------------------------- progress
 
-@st.fragment(run_every=0.5)
+def _job_title(key: tuple) -> str:
+    return av.JOB_TITLES.get(key[0], "Projecting the map")
+
+
+def _cancel(job: data.Job) -> None:
+    av.CANCELS.cancel(job.key, job_progress.session_id())
+
+
 def _progress(keys: tuple) -> None:
-    jobs = [data.jobs().find(key) for key in keys]
-    if all(job is None or not job.running for job in jobs):
-        st.rerun(scope="app")
-    for job in jobs:
-        if job is not None and job.running:
-            bar, stop = st.columns([6, 1], vertical_alignment="bottom")
-            title = av.JOB_TITLES.get(job.key[0], "Projecting the map")
-            bar.progress(job.progress, text=f"{title}… {job.message} · {time.time() - job.started:.0f} s")
-            if stop.button("Cancel", key=f"cancel_{abs(hash(job.key))}", icon=":material/close:", width="stretch"):
-                av.cancel(job.key, _session())
-                st.rerun(scope="app")
+    job_progress.progress(keys, _job_title, cancel=_cancel, cancel_key="cancel", seconds=True)
 
 
 def _result(job: data.Job | None, what: str):
     """The job's result, or None after saying that it computes (its progress is at the top) or failed."""
-    if job is None:
-        return None
-    if job.running:
-        st.caption(f"{what}: computing… (progress above)")
-        return None
-    if job.error:
-        if job.error == "cancelled":
-            st.info(f"{what}: cancelled.", icon=":material/block:")
-            st.button(f"Compute {what.lower()} after all", key=f"resume_{abs(hash(job.key))}_{what}",
-                      icon=":material/play_arrow:", on_click=av.resume, args=(job.key,))
-        else:
-            st.error(f"{what} failed: {job.error}")
-        return None
-    return job.result
+    return job_progress.result(job, what, av.CANCELS.resume, "resume_{hash}_{what}")
 
 
 # ---------------------------------------------------------------------------------------------- facets
@@ -251,7 +228,7 @@ def map_section(path: str, view_s: ViewSettings, full, sub, color_url: str, hl, 
 
 def _ask_report(key: tuple) -> None:
     st.session_state[av.REPORTS_ASKED] = {*(st.session_state.get(av.REPORTS_ASKED) or ()), key}
-    av.resume(key)
+    av.CANCELS.resume(key)
 
 
 def report_job(path: str, view_s: ViewSettings) -> data.Job | None:
@@ -261,7 +238,7 @@ def report_job(path: str, view_s: ViewSettings) -> data.Job | None:
     key = av.report_key(path, view_s)
     if key not in (st.session_state.get(av.REPORTS_ASKED) or ()):
         return None
-    return av.report_job(path, view_s, holder=_session())
+    return av.report_job(path, view_s, holder=job_progress.session_id())
 
 
 def report_box(path: str, view_s: ViewSettings, job: data.Job | None) -> None:
@@ -428,12 +405,12 @@ def main() -> None:
                    + (" (the map is projected on them only)" if wanted is not None else ""))
     full, map_job = None, None
     map_key = data.projection_job_key(path, view_s, wanted, 0)
-    if av.cancelled(map_key):
+    if av.CANCELS.cancelled(map_key):
         st.info("The map: cancelled. The tables below do not need it.", icon=":material/block:")
-        st.button("Compute the map after all", key="resume_map", icon=":material/play_arrow:", on_click=av.resume,
+        st.button("Compute the map after all", key="resume_map", icon=":material/play_arrow:", on_click=av.CANCELS.resume,
                   args=(map_key,))
     elif av.map_known(path, view_s, wanted):
-        map_job = data.request_projection(path, view_s, wanted, 0, holder=_session())
+        map_job = data.request_projection(path, view_s, wanted, 0, holder=job_progress.session_id())
         if not map_job.running and map_job.error:
             st.error(f"The map failed: {map_job.error}")
         elif not map_job.running:
@@ -464,9 +441,9 @@ def main() -> None:
     if scope is not None and len(scope) < 3:
         st.warning(f"Only {len(scope)} sample(s) pass the filters: the analyses need at least 3.")
 
-    knn_job = av.neighbours_job(path, view_s, a, scope, holder=_session()) if scope is None or len(scope) >= 3 \
+    knn_job = av.neighbours_job(path, view_s, a, scope, holder=job_progress.session_id()) if scope is None or len(scope) >= 3 \
         else None
-    clu_job = av.clusters_job(path, view_s, a, scope, holder=_session()) if knn_job is not None else None
+    clu_job = av.clusters_job(path, view_s, a, scope, holder=job_progress.session_id()) if knn_job is not None else None
     done = lambda job: job is not None and not job.running and not job.error  # noqa: E731
     sep, out = knn_job.result if done(knn_job) else (None, None)
     clu = clu_job.result if done(clu_job) else None

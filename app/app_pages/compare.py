@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import compare_view as cv
-from app import data, motion_view, navigation, state, static_files, ui
+from app import data, job_progress, motion_view, navigation, state, static_files, ui
 from app.components.scatter_map import scatter_map
 from pipeline import compare
 
@@ -94,17 +94,6 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
                               color=st.session_state.get("cmp_color", url.get("color", "label")))
 
 
-@st.fragment(run_every=0.5)
-def _progress(keys: tuple) -> None:
-    jobs = [data.jobs().find(key) for key in keys]
-    if all(job is None or not job.running for job in jobs):
-        st.rerun(scope="app")
-    for job in jobs:
-        if job is not None and job.running:
-            st.progress(job.progress, text=f"{_job_title(job.key)}… {job.message}")
-    st.caption("The page stays usable: change any control, or wait here; the results appear when ready.")
-
-
 def _job_title(key: tuple) -> str:
     kind = key[0] if isinstance(key[0], str) else ""
     return {"compare-cka": "Layer similarity", "compare-knn": "Neighbour agreement"}.get(kind, "Projecting")
@@ -112,15 +101,9 @@ def _job_title(key: tuple) -> str:
 
 def _wait_or_fail(jobs: list[data.Job]) -> bool:
     """True when every job is done; else shows progress or the error (and the caller returns)."""
-    failed = [j for j in jobs if not j.running and j.error]
-    if failed:
-        for job in failed:
-            st.error(f"{_job_title(job.key)} failed: {job.error}")
-        return False
-    if any(j.running for j in jobs):
-        _progress(tuple(j.key for j in jobs))
-        return False
-    return True
+    return job_progress.wait(jobs, _job_title, error=lambda job: f"{_job_title(job.key)} failed: {job.error}",
+                             caption="The page stays usable: change any control, or wait here; the results "
+                                     "appear when ready.")
 
 
 # ---------------------------------------------------------------------------------------------- heatmap

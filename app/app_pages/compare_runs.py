@@ -6,16 +6,14 @@ as bars; a class of the table filters the map; checkpoint runs one at a time on 
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import altair as alt
 import pandas as pd
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app import compare_runs_view as cv
-from app import data, state, static_files, ui
+from app import data, job_progress, state, static_files, ui
 from app.components.scatter_map import scatter_map
 from app.explore_sidebar import default_layer
 from pipeline import run_pairs
@@ -28,11 +26,6 @@ BOUNDED = ("precision", "recall", "coverage")  # shares: bars from 0 to 1
 def _init(key: str, value, valid=None) -> None:
     if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
         st.session_state[key] = value
-
-
-def _session() -> str:
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "local"
 
 
 def _sigma(value) -> str:
@@ -138,34 +131,20 @@ def training_chart(table: pd.DataFrame, current: int | None) -> None:
 
 # --------------------------------------------------------------------------------------------- progress
 
-@st.fragment(run_every=0.5)
+def _job_title(key: tuple) -> str:
+    return cv.JOB_TITLES.get(key[0], "Computing")
+
+
+def _cancel(job: data.Job) -> None:
+    cv.CANCELS.cancel(job.key, job_progress.session_id())
+
+
 def _progress(keys: tuple) -> None:
-    jobs = [data.jobs().find(key) for key in keys]
-    if all(job is None or not job.running for job in jobs):
-        st.rerun(scope="app")
-    for job in jobs:
-        if job is not None and job.running:
-            bar, stop = st.columns([6, 1], vertical_alignment="bottom")
-            title = cv.JOB_TITLES.get(job.key[0], "Computing")
-            bar.progress(job.progress, text=f"{title}… {job.message} · {time.time() - job.started:.0f} s")
-            if stop.button("Cancel", key=f"cr_cancel_{abs(hash(job.key))}", icon=":material/close:", width="stretch"):
-                cv.cancel(job.key, _session())
-                st.rerun(scope="app")
+    job_progress.progress(keys, _job_title, cancel=_cancel, cancel_key="cr_cancel", seconds=True)
 
 
 def _result(job: data.Job, what: str):
-    if job.running:
-        st.caption(f"{what}: computing… (progress above)")
-        return None
-    if job.error:
-        if job.error == "cancelled":
-            st.info(f"{what}: cancelled.", icon=":material/block:")
-            st.button(f"Compute {what.lower()} after all", key=f"cr_resume_{abs(hash(job.key))}",
-                      icon=":material/play_arrow:", on_click=cv.resume, args=(job.key,))
-        else:
-            st.error(f"{what} failed: {job.error}")
-        return None
-    return job.result
+    return job_progress.result(job, what, cv.CANCELS.resume, "cr_resume_{hash}")
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -306,11 +285,11 @@ def main() -> None:
         st.error(str(exc))
         cv.sync_url(s)
         return
-    training = cv.training_job(path, s, plan, holder=_session()) if plan.active else None
-    map_job = cv.map_job(path, s, runs, steps, holder=_session())
-    metrics_job = cv.metrics_job(path, s, runs, holder=_session())
+    training = cv.training_job(path, s, plan, holder=job_progress.session_id()) if plan.active else None
+    map_job = cv.map_job(path, s, runs, steps, holder=job_progress.session_id())
+    metrics_job = cv.metrics_job(path, s, runs, holder=job_progress.session_id())
     running = tuple(j.key for j in (map_job, metrics_job, training) if j is not None and j.running
-                    and not cv.cancelled(j.key))
+                    and not cv.CANCELS.cancelled(j.key))
     if running:
         _progress(running)
     if training is not None and (got := _result(training, "The metrics over training")) is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import data, state, ui
+from app import data, job_progress, state, ui
 from app import inside_view as iv
 from pipeline import spatial
 
@@ -18,22 +18,9 @@ def _init(key: str, value, valid=None) -> None:
 
 
 def _wait(job: data.Job, what: str) -> bool:
-    if not job.running and job.error:
-        st.error(f"{what}: {job.error}")
-        return False
-    if job.running:
-        _progress(job.key, what)
-        return False
-    return True
-
-
-@st.fragment(run_every=0.5)
-def _progress(key: tuple, what: str) -> None:
-    job = data.jobs().find(key)
-    if job is None or not job.running:
-        st.rerun(scope="app")
-    st.progress(job.progress, text=f"{what}… {job.message}")
-    st.caption("Maps the store does not keep full are recomputed from the samples' seeds by their generator.")
+    return job_progress.wait([job], lambda _key: what, error=lambda j: f"{what}: {j.error}",
+                             caption="Maps the store does not keep full are recomputed from the samples' seeds "
+                                     "by their generator.")
 
 
 def _on_pick() -> None:

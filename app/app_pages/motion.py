@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import data, state, ui
+from app import data, job_progress, state, ui
 from app import motion_view as mv
 
 HEIGHT = 600
@@ -73,33 +73,18 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings
                              layers=layers, k=int(k), speed=speed)
 
 
-@st.fragment(run_every=0.5)
-def _progress(keys: tuple) -> None:
-    jobs = [data.jobs().find(key) for key in keys]
-    if all(job is None or not job.running for job in jobs):
-        st.rerun(scope="app")
-    for job in jobs:
-        if job is not None and job.running:
-            st.progress(job.progress, text=f"{'Aligning maps' if 'motion' in job.key[0] else 'CKA'}… {job.message}")
-            if st.button("Cancel", key=f"mot_cancel_{abs(hash(job.key))}", icon=":material/close:"):
-                job.cancel.set()
-                st.session_state[CANCELLED] = st.session_state.get(SETTINGS)
-                st.rerun(scope="app")
-    st.caption("The aligned maps are fitted once and cached: a second visit opens at once.")
+def _job_title(key: tuple) -> str:
+    return "Aligning maps" if "motion" in key[0] else "CKA"
+
+
+def _cancel(job: data.Job) -> None:
+    job.cancel.set()
+    st.session_state[CANCELLED] = st.session_state.get(SETTINGS)
 
 
 def _wait(jobs: list[data.Job]) -> bool:
-    failed = [j for j in jobs if not j.running and j.error]
-    if failed:
-        for job in failed:
-            st.error(job.error)
-        if st.button("Retry", key="mot_retry"):  # a failed or cancelled job is started afresh when asked again
-            st.rerun()
-        return False
-    if any(j.running for j in jobs):
-        _progress(tuple(j.key for j in jobs))
-        return False
-    return True
+    return job_progress.wait(jobs, _job_title, retry_key="mot_retry", cancel=_cancel, cancel_key="mot_cancel",
+                             caption="The aligned maps are fitted once and cached: a second visit opens at once.")
 
 
 def _on_select(key: str) -> None:
