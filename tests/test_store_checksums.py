@@ -155,7 +155,8 @@ def test_parts_without_page_checksums_still_read(root):
 
 
 def test_a_part_is_checked_once_per_process_until_it_changes(root, monkeypatch):
-    """The full check of a samples part runs on its first read only; a rewritten part is checked again."""
+    """The full check of a samples part (and of the run manifest that gives its run kind) runs on its first read
+    only; a rewritten part is checked again."""
     import store.footers as footers
 
     calls = []
@@ -165,7 +166,7 @@ def test_a_part_is_checked_once_per_process_until_it_changes(root, monkeypatch):
     for _ in range(3):
         st.samples()
         st.activations("demo", "enc")
-    assert sorted(calls) == ["part-00000000-00000003.parquet", "part-00000004-00000007.parquet"]
+    assert sorted(calls) == ["part-00000000-00000003.parquet", "part-00000004-00000007.parquet", "r1.parquet"]
     part = root / SAMPLES
     thumb = pq.read_table(part, columns=["thumb"])["thumb"][0].as_py()
     _flip_inside(part, thumb)
