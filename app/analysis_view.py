@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import data, facets, job_progress, state, views
+from app import data, facets, job_progress, state, url, views
 from app.state import ViewSettings
 
-SEP = "~"  # list separator in the URL, as app.state uses
+SEP = url.SEP  # list separator in the URL
 URL_LOADED = "ana.url_loaded"
 URL_VALUES = "ana.url"  # the page's URL values, read once per session
 FILTERS = "ana.filters"  # the active facet filters (app.facets.Filters)
@@ -69,31 +69,24 @@ def parse_params(q: dict) -> dict:
         raw = q.get(param)
         if raw in (None, ""):
             continue
-        if name in ("method", "color"):
-            values[name] = str(raw)
-        else:
-            try:
-                values[name] = int(raw)
-            except ValueError:
-                continue
+        value = str(raw) if name in ("method", "color") else url.parse_int(q, param)
+        if value is not None:
+            values[name] = value
     out: dict = {"settings": AnalysisSettings(**values).validated()}
     out["filters"], out["filter_problems"] = facets.from_params(q)
     cell = [p for p in str(q.get("cell") or "").split(SEP) if p]
     if len(cell) == 2:
         out["cell"] = (cell[0], cell[1])
-    try:
-        out["cluster"] = int(q["clu"]) if q.get("clu") not in (None, "") else None
-    except ValueError:
-        out["cluster"] = None
+    out["cluster"] = url.parse_int(q, "clu")
     return out
 
 
 def load_url_once() -> dict:
     """The page's URL values, read on its first run in this session; the facet filters, the cell and the
     cluster go into the session."""
-    if not st.session_state.get(URL_LOADED):
-        st.session_state[URL_LOADED] = True
-        parsed = parse_params({k: st.query_params.get(k) for k in st.query_params})
+    q = url.read_once(URL_LOADED)
+    if q is not None:
+        parsed = parse_params(q)
         st.session_state[URL_VALUES] = parsed
         st.session_state[FILTERS] = parsed["filters"]
         st.session_state[CELL] = parsed.get("cell")
@@ -115,17 +108,11 @@ def to_params(view: ViewSettings, a: AnalysisSettings) -> dict[str, str]:
         params["cell"] = SEP.join(st.session_state[CELL])
     if st.session_state.get(CLUSTER) is not None:
         params["clu"] = str(st.session_state[CLUSTER])
-    path = state.store_path()
-    if not state.is_default_store(path):
-        params["store"] = path
-    return params
+    return state.with_store(params)
 
 
 def sync_url(view: ViewSettings, a: AnalysisSettings) -> None:
-    params = to_params(view, a)
-    current = {k: st.query_params.get(k) for k in st.query_params}
-    if current != params:
-        st.query_params.from_dict(params)
+    url.sync(to_params(view, a))
 
 
 def explore_link(view: ViewSettings, sample_id: str) -> str:

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import data, job_progress, static_files, views
+from app import data, job_progress, static_files, url, views
 from pipeline import run_pairs
 
-SEP = "~"  # list separator in the URL, as app.state uses
+SEP = url.SEP  # list separator in the URL
 URL_LOADED = "cr.url_loaded"
 URL = "cr.url"  # the page's URL values, read once per session
 CLASS = "cr.class"  # the class the map is filtered to (None: every class)
@@ -61,10 +61,9 @@ def parse_params(q: dict) -> tuple[Settings, str | None]:
         elif name in ("links", "over_training"):
             values[name] = raw not in ("0", "false", "no")
         elif name == "k":
-            try:
-                values[name] = min(max(int(raw), K_RANGE[0]), K_RANGE[1])
-            except ValueError:
-                continue
+            k = url.parse_int(q, param)
+            if k is not None:
+                values[name] = min(max(k, K_RANGE[0]), K_RANGE[1])
         elif name == "method":
             values[name] = raw if raw in METHODS else d.method
         elif name == "step":
@@ -76,9 +75,9 @@ def parse_params(q: dict) -> tuple[Settings, str | None]:
 
 def load_url_once() -> Settings:
     """The page's URL values, read on its first run in this session (the class goes into the session)."""
-    if not st.session_state.get(URL_LOADED):
-        st.session_state[URL_LOADED] = True
-        settings, cls = parse_params({k: st.query_params.get(k) for k in st.query_params})
+    q = url.read_once(URL_LOADED)
+    if q is not None:
+        settings, cls = parse_params(q)
         st.session_state[URL] = settings
         st.session_state[CLASS] = cls
     return st.session_state.get(URL) or Settings()
@@ -100,16 +99,11 @@ def to_params(s: Settings) -> dict[str, str]:
             out[param] = str(value)
     if get_class():
         out["crc"] = get_class()
-    path = state.store_path()
-    if not state.is_default_store(path):
-        out["store"] = path
-    return out
+    return state.with_store(out)
 
 
 def sync_url(s: Settings) -> None:
-    params = to_params(s)
-    if {k: st.query_params.get(k) for k in st.query_params} != params:
-        st.query_params.from_dict(params)
+    url.sync(to_params(s))
 
 
 def get_class() -> str | None:

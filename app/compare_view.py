@@ -15,12 +15,11 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
 import pandas as pd
-import streamlit as st
 
-from app import data, state, views
+from app import data, state, url, views
 from app.state import ViewSettings
 
-SEP = "~"  # list separator in the URL, as app.state uses (never inside run ids or layer names)
+SEP = url.SEP  # list separator in the URL
 COLOR_MODES = ("label", "agreement")
 K_RANGE = (2, 50)
 DEFAULT_K = 10
@@ -48,33 +47,14 @@ class CompareSettings:
 
 def load_url_once() -> dict:
     """The page's query values of the URL that opened this session (read on the first run of this page)."""
-    if not st.session_state.get(URL_LOADED):
-        st.session_state[URL_LOADED] = True
-        q = {k: st.query_params.get(k) for k in st.query_params}
-        st.session_state[URL_VALUES] = parse_params(q)
-    return st.session_state.get(URL_VALUES) or {}
+    return url.load_once(URL_LOADED, URL_VALUES, parse_params)
 
 
 def parse_params(q: dict) -> dict:
     """Parse the page's query parameters; malformed numbers are left out (the URL is user input)."""
-    out: dict = {}
-    if q.get("model"):
-        out["model"] = q["model"]
-    for name in ("runs", "layers"):
-        if q.get(name):
-            out[name] = [p for p in str(q[name]).split(SEP) if p]
-    for name in ("a", "b"):
-        if q.get(name):
-            out[name] = q[name]
-    for name in ("step", "k"):
-        try:
-            if q.get(name) not in (None, ""):
-                out[name] = int(q[name])
-        except ValueError:
-            continue
-    if q.get("color") in COLOR_MODES:
-        out["color"] = q["color"]
-    return out
+    return {**url.pick(q, ("model",), url.parse_str), **url.pick(q, ("runs", "layers"), url.parse_list, SEP),
+            **url.pick(q, ("a", "b"), url.parse_str), **url.pick(q, ("step", "k"), url.parse_int),
+            **url.pick(q, ("color",), url.parse_choice, COLOR_MODES)}
 
 
 def to_params(s: CompareSettings, all_layers: list[str]) -> dict[str, str]:
@@ -90,17 +70,11 @@ def to_params(s: CompareSettings, all_layers: list[str]) -> dict[str, str]:
         params["k"] = str(s.k)
     if s.color != "label":
         params["color"] = s.color
-    path = state.store_path()
-    if not state.is_default_store(path):
-        params["store"] = path
-    return params
+    return state.with_store(params)
 
 
 def sync_url(s: CompareSettings, all_layers: list[str]) -> None:
-    params = to_params(s, all_layers)
-    current = {k: st.query_params.get(k) for k in st.query_params}
-    if current != params:
-        st.query_params.from_dict(params)
+    url.sync(to_params(s, all_layers))
 
 
 def explore_link(s: CompareSettings, layer: str, sample_id: str) -> str:

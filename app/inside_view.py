@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
-import streamlit as st
 
-from app import data, state
+from app import data, state, url
 from pipeline import spatial
 
 URL_LOADED = "ins.url_loaded"
@@ -38,28 +37,20 @@ class InsideSettings:
 
 # ------------------------------------------------------------------------------------------------- URL
 
+def parse_params(q: dict) -> dict:
+    """The page's query parameters; malformed values are left out (the URL is user input)."""
+    out = {**url.pick(q, ("sel", "layer"), url.parse_str), **url.pick(q, ("step", "k"), url.parse_int)}
+    if q.get("at"):
+        try:
+            r, c = (int(v) for v in str(q["at"]).split(","))
+            out["at"] = (r, c)
+        except ValueError:
+            pass
+    return out
+
+
 def load_url_once() -> dict:
-    if not st.session_state.get(URL_LOADED):
-        st.session_state[URL_LOADED] = True
-        q = {k: st.query_params.get(k) for k in st.query_params}
-        out: dict = {}
-        for name in ("sel", "layer"):
-            if q.get(name):
-                out[name] = str(q[name])
-        for name in ("step", "k"):
-            try:
-                if q.get(name) not in (None, ""):
-                    out[name] = int(q[name])
-            except ValueError:
-                continue
-        if q.get("at"):
-            try:
-                r, c = (int(v) for v in str(q["at"]).split(","))
-                out["at"] = (r, c)
-            except ValueError:
-                pass
-        st.session_state[URL_VALUES] = out
-    return st.session_state.get(URL_VALUES) or {}
+    return url.load_once(URL_LOADED, URL_VALUES, parse_params)
 
 
 def to_params(s: InsideSettings, location) -> dict[str, str]:
@@ -68,16 +59,11 @@ def to_params(s: InsideSettings, location) -> dict[str, str]:
         params["k"] = str(s.k)
     if location is not None:
         params["at"] = f"{location[0]},{location[1]}"
-    path = state.store_path()
-    if not state.is_default_store(path):
-        params["store"] = path
-    return params
+    return state.with_store(params)
 
 
-def sync_url(params: dict) -> None:
-    current = {k: st.query_params.get(k) for k in st.query_params}
-    if current != params:
-        st.query_params.from_dict(params)
+def sync_url(s: InsideSettings, location) -> None:
+    url.sync(to_params(s, location))
 
 
 # ------------------------------------------------------------------------------------------------- data

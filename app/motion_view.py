@@ -14,12 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import streamlit as st
 from plotly.subplots import make_subplots
 
-from app import data, state
+from app import data, state, url
 
-SEP = "~"
+SEP = url.SEP  # list separator in the URL
 MODES = ("steps", "layers")
 SPEEDS = {"slow": 1600, "normal": 800, "fast": 350}  # ms per frame
 DEFAULT_K = 8
@@ -47,32 +46,14 @@ class MotionSettings:
 # ------------------------------------------------------------------------------------------------- URL
 
 def load_url_once() -> dict:
-    if not st.session_state.get(URL_LOADED):
-        st.session_state[URL_LOADED] = True
-        st.session_state[URL_VALUES] = parse_params({k: st.query_params.get(k) for k in st.query_params})
-    return st.session_state.get(URL_VALUES) or {}
+    return url.load_once(URL_LOADED, URL_VALUES, parse_params)
 
 
 def parse_params(q: dict) -> dict:
     """The page's query parameters; malformed values are left out (the URL is user input)."""
-    out: dict = {}
-    for name in ("model", "layer", "sel"):
-        if q.get(name):
-            out[name] = str(q[name])
-    if q.get("mode") in MODES:
-        out["mode"] = q["mode"]
-    if q.get("speed") in SPEEDS:
-        out["speed"] = q["speed"]
-    for name in ("runs", "layers"):
-        if q.get(name):
-            out[name] = [p for p in str(q[name]).split(SEP) if p]
-    for name in ("step", "k"):
-        try:
-            if q.get(name) not in (None, ""):
-                out[name] = int(q[name])
-        except ValueError:
-            continue
-    return out
+    return {**url.pick(q, ("model", "layer", "sel"), url.parse_str),
+            **url.pick(q, ("mode",), url.parse_choice, MODES), **url.pick(q, ("speed",), url.parse_choice, SPEEDS),
+            **url.pick(q, ("runs", "layers"), url.parse_list, SEP), **url.pick(q, ("step", "k"), url.parse_int)}
 
 
 def to_params(s: MotionSettings, all_layers: list[str], selected: str | None) -> dict[str, str]:
@@ -91,16 +72,11 @@ def to_params(s: MotionSettings, all_layers: list[str], selected: str | None) ->
         params["speed"] = s.speed
     if selected:
         params["sel"] = selected  # Explore's selection parameter: a link opens the same sample there
-    path = state.store_path()
-    if not state.is_default_store(path):
-        params["store"] = path
-    return params
+    return state.with_store(params)
 
 
-def sync_url(params: dict) -> None:
-    current = {k: st.query_params.get(k) for k in st.query_params}
-    if current != params:
-        st.query_params.from_dict(params)
+def sync_url(s: MotionSettings, all_layers: list[str], selected: str | None) -> None:
+    url.sync(to_params(s, all_layers, selected))
 
 
 # ------------------------------------------------------------------------------------------------- jobs

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import url
 from pipeline.features import ALL_STEPS  # the step choice that maps every step at once
 from pipeline.methods import METHODS as PROJECTION_METHODS
 from pipeline.neighbors import METRICS as NEIGHBOR_METRICS
@@ -114,6 +115,15 @@ def _reset_store(path: str | None) -> None:
 
 def is_default_store(path: str) -> bool:
     return Path(path).expanduser().resolve() == Path(default_store_path()).expanduser().resolve()
+
+
+def with_store(params: dict[str, str]) -> dict[str, str]:
+    """A page's URL parameters plus the session's store when it is not the default one (a link opens the same
+    store)."""
+    path = store_path()
+    if not is_default_store(path):
+        params["store"] = path
+    return params
 
 
 @dataclass(frozen=True)
@@ -323,6 +333,14 @@ def select(sample_id: str | None) -> None:
     st.session_state[KNN_REMOVED] = []
 
 
+def select_once(sample_id: str | None, done_key: str) -> None:
+    """Select a page's URL sample (``sel``) on the page's first run that has one in this session (`done_key`
+    remembers it), so the selection made on the page afterwards is not overridden."""
+    if sample_id and not st.session_state.get(done_key):
+        st.session_state[done_key] = True
+        select(sample_id)
+
+
 def clear_selection() -> None:
     select(None)
 
@@ -472,7 +490,7 @@ def load_from_url_once() -> None:
     if st.session_state.get(URL_LOADED):
         return
     st.session_state[URL_LOADED] = True
-    params = {k: st.query_params.get(k) for k in st.query_params}
+    params = url.current()
     if params.get("store"):
         if store_allowed(params["store"]):
             st.session_state[STORE_PATH] = params["store"]
@@ -493,10 +511,7 @@ def load_from_url_once() -> None:
 
 def sync_url() -> None:
     """Write the current view and selection to the URL (only the keys that differ from the defaults)."""
-    params = view_to_params(get_view())
-    path = store_path()
-    if not is_default_store(path):
-        params["store"] = path
+    params = with_store(view_to_params(get_view()))
     sel = get_selection()
     if sel.selected:
         params["sel"] = sel.selected
@@ -504,9 +519,7 @@ def sync_url() -> None:
             params["man"] = _LIST_SEP.join(sel.manual)
     if st.session_state.get(HIGHLIGHT) is not None and st.session_state.get("dmd.hl_param"):
         params["hl"] = st.session_state["dmd.hl_param"]
-    current = {k: st.query_params.get(k) for k in st.query_params}
-    if current != params:
-        st.query_params.from_dict(params)
+    url.sync(params)
 
 
 def clear_highlight() -> None:

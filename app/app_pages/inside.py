@@ -74,9 +74,7 @@ def main() -> None:
     if not status.ok:
         ui.no_store_panel(status)
     url = iv.load_url_once()
-    if url.get("sel") and not st.session_state.get("ins.sel_loaded"):
-        st.session_state["ins.sel_loaded"] = True
-        state.select(url["sel"])
+    state.select_once(url.get("sel"), "ins.sel_loaded")
     selected = state.get_selection().selected
     model = iv.model_of(path, status, selected) if selected else None
     if selected and model is None:
@@ -95,7 +93,7 @@ def main() -> None:
     ids = [s.sample_id, *(nn_job.result if nn_job is not None else [])]
     job = iv.view_job(path, s, ids)
     if not _wait(job, "Feature maps"):
-        iv.sync_url(iv.to_params(s, st.session_state.get(iv.LOCATION)))
+        iv.sync_url(s, st.session_state.get(iv.LOCATION))
         return
     view: spatial.SpatialView = job.result
     fm = view.maps
@@ -154,7 +152,7 @@ def main() -> None:
                       caption=f"similarity · max {float(sims[i].max()):.2f}")
     if fm.notes:
         st.caption(" · ".join(fm.notes))
-    iv.sync_url(iv.to_params(s, location))
+    iv.sync_url(s, location)
 
 
 main()

@@ -100,23 +100,21 @@ def main() -> None:
     if not status.ok:
         ui.no_store_panel(status)
     url = mv.load_url_once()
-    if url.get("sel") and not st.session_state.get("mot.sel_loaded"):
-        st.session_state["mot.sel_loaded"] = True
-        state.select(url["sel"])
+    state.select_once(url.get("sel"), "mot.sel_loaded")
     s = sidebar(path, status, url)
     all_layers = data.model_layers(path, s.model)
     selected = state.get_selection().selected
 
     if s.mode == "layers" and len(s.layers) < 2:
         st.info("Choose at least two layers in the sidebar.", icon=":material/layers:")
-        mv.sync_url(mv.to_params(s, all_layers, selected))
+        mv.sync_url(s, all_layers, selected)
         return
     if s.mode == "steps":
         steps = data.model_steps(path, s.model, s.layer)
         if len(steps) < 2:
             st.info(f"**{s.model}** records one step only at {s.layer}: nothing moves between steps. Choose "
                     "*layers (depth)*, or a multi-step model.", icon=":material/info:")
-            mv.sync_url(mv.to_params(s, all_layers, selected))
+            mv.sync_url(s, all_layers, selected)
             return
     st.session_state[SETTINGS] = s
     if st.session_state.get(CANCELLED) == s:
@@ -124,7 +122,7 @@ def main() -> None:
         if st.button("Compute", key="mot_compute", icon=":material/play_arrow:"):
             st.session_state[CANCELLED] = None
             st.rerun()
-        mv.sync_url(mv.to_params(s, all_layers, selected))
+        mv.sync_url(s, all_layers, selected)
         return
     job = mv.aligned_job(path, s)
     jobs = [job]
@@ -132,7 +130,7 @@ def main() -> None:
     if cka is not None:
         jobs.append(cka)
     if not _wait(jobs):
-        mv.sync_url(mv.to_params(s, all_layers, selected))
+        mv.sync_url(s, all_layers, selected)
         return
     maps = job.result
     if selected and selected not in set(maps.sample_ids):
@@ -170,7 +168,7 @@ def main() -> None:
     multiples = mv.small_multiples(maps, colours, labels.to_numpy(), selected, near)
     st.plotly_chart(multiples, key="mot_multiples", width="stretch", on_select=lambda: _on_select("mot_multiples"),
                     selection_mode="points", config={"displaylogo": False})
-    mv.sync_url(mv.to_params(s, all_layers, state.get_selection().selected))
+    mv.sync_url(s, all_layers, state.get_selection().selected)
     if s.mode == "layers" and cka is not None:
         table = mv.consecutive(cka.result, s.layers)
         st.dataframe(pd.DataFrame({"layers": table["pair"], "CKA": table["cka"].round(3)}), hide_index=True,
