@@ -8,16 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from app import data, state, views
+from app.page import init_widget
 from app.state import ViewSettings
 from pipeline.methods import METHODS
 
 REFIT = "dmd.refit"  # (the projection a Recompute press asked to refit, how many presses)
 
-
-def _init(key: str, value, valid=None) -> None:
-    """Give a widget its value from the view before it is drawn (first run, URL, or a stale choice)."""
-    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
-        st.session_state[key] = value
 
 
 def _step_label(steps: pd.DataFrame):
@@ -46,13 +42,13 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     sb = st.sidebar
     sb.subheader("View")
 
-    _init("w_model", view.model if view.model in models else models[0], lambda v: v in models)
+    init_widget("w_model", view.model if view.model in models else models[0], lambda v: v in models)
     model = sb.selectbox("Model", models, key="w_model")
 
     runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
     same_model = view.model in (None, model)  # None: a link that names no model means the first one
     wanted_runs = [r for r in view.runs if r in runs_all] if same_model else []
-    _init("w_runs", wanted_runs, lambda v: all(r in runs_all for r in v))
+    init_widget("w_runs", wanted_runs, lambda v: all(r in runs_all for r in v))
     runs = sb.multiselect("Runs", runs_all, key="w_runs", placeholder="all runs",
                           help="Leave empty to show every run of the model.")
 
@@ -60,7 +56,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     if not layers:
         st.warning(f"Model **{model}** has no stored activations.")
         st.stop()
-    _init("w_layer", view.layer if view.layer in layers else default_layer(layers, model),
+    init_widget("w_layer", view.layer if view.layer in layers else default_layer(layers, model),
           lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="w_layer")
 
@@ -69,7 +65,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     if len(step_values) > 1:  # every step in one map: one point per (sample, step)
         step_values.append(state.ALL_STEPS)
     default_step = view.step if view.step in step_values else step_values[0 if len(step_values) == 1 else -2]
-    _init("w_step", default_step, lambda v: v in step_values)
+    init_widget("w_step", default_step, lambda v: v in step_values)
     if len(step_values) > 1:
         step = sb.select_slider("Step", step_values, key="w_step", format_func=_step_label(steps),
                                 help="A denoising step, or all steps in one map (each sample once per step; "
@@ -85,7 +81,7 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
         elif st.session_state.get("w_color") == "step":
             st.session_state["w_color"] = "label"
 
-    _init("w_method", view.method, lambda v: v in state.METHODS)
+    init_widget("w_method", view.method, lambda v: v in state.METHODS)
     method = sb.radio("Projection method", state.METHODS, key="w_method", horizontal=True,
                       format_func=lambda m: METHODS[m].title,
                       help="UMAP: local and global structure, fast · t-SNE: local neighbourhoods, clusters "
@@ -93,16 +89,16 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
                            "which shows what the non-linear maps add")
     with sb.form("projection", border=True):
         st.markdown(f"**Projection** · {METHODS[method].title}")
-        _init("w_feature", view.feature)
+        init_widget("w_feature", view.feature)
         feature = st.radio("Feature", state.FEATURES, key="w_feature", horizontal=True,
                            help="auto: the layer's default (the stored map when small, else channel means; "
                                 "PCA to 50 dimensions above 256) · mean: channel means over space · full: the "
                                 "stored map flattened · pca: the stored map reduced to 50 dimensions by PCA")
         own = {}
         for name, p in METHODS[method].PARAMS.items():  # the chosen method's own parameters
-            _init(f"w_{p.tag}", getattr(view, name))
+            init_widget(f"w_{p.tag}", getattr(view, name))
             own[name] = st.slider(name, *p.ui_range, step=p.ui_step, key=f"w_{p.tag}", help=p.help)
-        _init("w_metric", view.metric, lambda v: v in state.METRICS)
+        init_widget("w_metric", view.metric, lambda v: v in state.METRICS)
         metric = st.selectbox("Metric", state.METRICS, key="w_metric")
         recompute = st.form_submit_button("Recompute", icon=":material/refresh:", width="stretch",
                                           help="Apply these parameters. With unchanged parameters: refit "
@@ -122,38 +118,38 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     sb.subheader("Colour and filter")
     samples = data.model_samples(path, model)
     options = color_options(path, model, samples, all_steps=all_steps)
-    _init("w_color", view.color_by if view.color_by in options else "label", lambda v: v in options)
+    init_widget("w_color", view.color_by if view.color_by in options else "label", lambda v: v in options)
     color_by = sb.selectbox("Colour by", list(options), key="w_color",
                             format_func=views.coloring_title)
     n_clusters = view.n_clusters
     if color_by == "cluster":
         n_prompts = int(samples["prompt"].nunique())
-        _init("w_nclusters", min(view.n_clusters, max(2, n_prompts)))
+        init_widget("w_nclusters", min(view.n_clusters, max(2, n_prompts)))
         n_clusters = sb.slider("Clusters (k)", 2, max(3, min(30, n_prompts)), key="w_nclusters")
 
     labels = _label_order(samples)
-    _init("w_classes", [c for c in view.classes if c in labels] if same_model else [],
+    init_widget("w_classes", [c for c in view.classes if c in labels] if same_model else [],
           lambda v: all(c in labels for c in v))
     classes = sb.multiselect("Classes / prompts", labels, key="w_classes", placeholder="all")
-    _init("w_keyword", view.keyword if same_model else "")
+    init_widget("w_keyword", view.keyword if same_model else "")
     keyword = sb.text_input("Keywords", key="w_keyword", placeholder='e.g. dog OR "red car" -night',
                             help="Terms are ANDed; OR, NOT/-term, \"quoted phrases\"; case-insensitive; over "
                                  "prompts, labels, class names and categories.")
-    _init("w_fmode", view.filter_mode, lambda v: v in state.FILTER_MODES)
+    init_widget("w_fmode", view.filter_mode, lambda v: v in state.FILTER_MODES)
     filter_mode = sb.radio("Filter shows", state.FILTER_MODES, key="w_fmode", horizontal=True,
                            format_func={"highlight": "highlight on the map", "project": "project only"}.get,
                            disabled=not (classes or keyword.strip()))
 
     sb.subheader("Neighbours")
-    _init("w_k", view.k)
+    init_widget("w_k", view.k)
     k = sb.slider("k nearest", *state.K_RANGE, key="w_k")
-    _init("w_space", view.space, lambda v: v in state.SPACES)
+    init_widget("w_space", view.space, lambda v: v in state.SPACES)
     space = sb.radio("Neighbour space", state.SPACES, key="w_space", horizontal=True,
                      format_func={"map": "map (2-D)", "activation": "activation"}.get,
                      help="activation (default): nearest in the feature space the projection was computed "
                           "from, the faithful one · map: nearest on the screen, partly an artefact of the "
                           "projection (see kNN overlap under the map).")
-    _init("w_psize", view.point_size)
+    init_widget("w_psize", view.point_size)
     point_size = sb.slider("Point size", 2.0, 12.0, step=0.5, key="w_psize")
 
     new = ViewSettings(model=model, runs=tuple(runs), layer=layer, step=step if all_steps else int(step),

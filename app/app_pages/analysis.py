@@ -12,9 +12,10 @@ import pandas as pd
 import streamlit as st
 
 from app import analysis_view as av
-from app import data, facets, job_progress, state, static_files, ui
+from app import data, facets, job_progress, page, state, static_files
 from app.components.scatter_map import scatter_map
 from app.explore_sidebar import default_layer
+from app.page import init_widget
 from app.state import ViewSettings
 
 MAP_HEIGHT = 560
@@ -22,10 +23,6 @@ FACET_HEIGHT = 150
 ACCENT = "#4e79a7"
 CLICKED = "ana.clicked"  # the sample clicked on this page's map
 
-
-def _init(key: str, value, valid=None) -> None:
-    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
-        st.session_state[key] = value
 
 
 def _step_label(steps: pd.DataFrame):
@@ -52,25 +49,25 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> tuple[ViewSetting
     sb = st.sidebar
     sb.subheader("View")
     models = list(status.models)
-    _init("ana_model", view.model if view.model in models else models[0], lambda v: v in models)
+    init_widget("ana_model", view.model if view.model in models else models[0], lambda v: v in models)
     model = sb.selectbox("Model", models, key="ana_model")
     runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
     same_model = view.model in (None, model)
-    _init("ana_runs", [r for r in view.runs if r in runs_all] if same_model else [],
+    init_widget("ana_runs", [r for r in view.runs if r in runs_all] if same_model else [],
           lambda v: all(r in runs_all for r in v))
     runs = sb.multiselect("Runs", runs_all, key="ana_runs", placeholder="all runs")
     layers = data.model_layers(path, model)
     if not layers:
         st.warning(f"Model **{model}** has no stored activations.")
         st.stop()
-    _init("ana_layer", view.layer if view.layer in layers else default_layer(layers, model), lambda v: v in layers)
+    init_widget("ana_layer", view.layer if view.layer in layers else default_layer(layers, model), lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="ana_layer")
     steps = data.model_steps(path, model, layer)
     values = sorted({int(s) for s in steps["step"]}) or [0]
     if len(values) > 1:
         values.append(state.ALL_STEPS)
     default_step = view.step if view.step in values else values[0 if len(values) == 1 else -2]
-    _init("ana_step", default_step, lambda v: v in values)
+    init_widget("ana_step", default_step, lambda v: v in values)
     if len(values) > 1:
         step = sb.select_slider("Step", values, key="ana_step", format_func=_step_label(steps))
     else:
@@ -79,24 +76,24 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> tuple[ViewSetting
 
     a0 = url.get("settings") or av.AnalysisSettings()
     sb.subheader("Analysis")
-    _init("ana_k", a0.k)
+    init_widget("ana_k", a0.k)
     k = sb.slider("Neighbours k", *av.K_RANGE, key="ana_k",
                   help="kNN purity, the confusion matrix and the outlier scores use each sample's k nearest "
                        "neighbours in activation space (the map's features and metric).")
-    _init("ana_method", a0.method)
+    init_widget("ana_method", a0.method)
     method = sb.radio("Clustering", ("hdbscan", "kmeans"), key="ana_method", horizontal=True,
                       format_func={"hdbscan": "HDBSCAN", "kmeans": "k-means"}.get,
                       help="HDBSCAN: density clusters, points in no dense region are noise (-1) · k-means: "
                            "exactly k clusters")
     n_clusters, min_size = a0.n_clusters, a0.min_cluster_size
     if method == "kmeans":
-        _init("ana_nc", a0.n_clusters)
+        init_widget("ana_nc", a0.n_clusters)
         n_clusters = sb.slider("Clusters (k)", *av.N_CLUSTERS_RANGE, key="ana_nc")
     else:
-        _init("ana_mcs", a0.min_cluster_size)
+        init_widget("ana_mcs", a0.min_cluster_size)
         min_size = sb.number_input("Smallest cluster (0: automatic)", 0, 10_000, step=1, key="ana_mcs",
                                    help="HDBSCAN's min_cluster_size; automatic: max(5, samples / 100)")
-    _init("ana_color", a0.color, lambda v: v in av.COLORS)
+    init_widget("ana_color", a0.color, lambda v: v in av.COLORS)
     color = sb.radio("Colour the map by", list(av.COLORS), key="ana_color", format_func=av.COLORS.get)
 
     new = replace(view, model=model, runs=tuple(runs), layer=layer, step=step)
@@ -383,11 +380,7 @@ def outliers_section(path: str, view_s: ViewSettings, outliers: pd.DataFrame, on
 # ----------------------------------------------------------------------------------------------- page
 
 def main() -> None:
-    path = state.store_path()
-    status = data.store_status(path)
-    st.title("Analysis")
-    if not status.ok:
-        ui.no_store_panel(status)
+    path, status = page.header("Analysis")
     url = av.load_url_once()
     view_s, a = sidebar(path, status, url)
     step_text = "all steps" if view_s.step == state.ALL_STEPS else f"step {view_s.step}"

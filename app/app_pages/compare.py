@@ -8,8 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import compare_view as cv
-from app import data, job_progress, motion_view, navigation, state, static_files, ui
+from app import data, job_progress, motion_view, navigation, page, state, static_files
 from app.components.scatter_map import scatter_map
+from app.page import init_widget
 from pipeline import compare
 
 MAP_HEIGHT = 460
@@ -23,11 +24,6 @@ def _depth_params(s: cv.CompareSettings) -> dict[str, str]:
     if s.runs:
         params["runs"] = motion_view.SEP.join(s.runs)
     return params
-
-def _init(key: str, value, valid=None) -> None:
-    """Give a widget its starting value (URL, then a default) before it is drawn, or replace a stale one."""
-    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
-        st.session_state[key] = value
 
 
 def _step_label(steps: pd.DataFrame):
@@ -52,11 +48,11 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
     explore_model = state.get_view().model
     start = url.get("model") if url.get("model") in models else explore_model if explore_model in models \
         else models[0]
-    _init("cmp_model", start, lambda v: v in models)
+    init_widget("cmp_model", start, lambda v: v in models)
     model = sb.selectbox("Model", models, key="cmp_model")
 
     runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
-    _init("cmp_runs", [r for r in url.get("runs", []) if r in runs_all], lambda v: all(r in runs_all for r in v))
+    init_widget("cmp_runs", [r for r in url.get("runs", []) if r in runs_all], lambda v: all(r in runs_all for r in v))
     runs = sb.multiselect("Runs", runs_all, key="cmp_runs", placeholder="all runs",
                           help="Leave empty to compare on every run of the model.")
 
@@ -67,7 +63,7 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
                 "`python -m pipeline generate --layers A,B,...`.", icon=":material/info:")
         st.stop()
     wanted = [x for x in url.get("layers", []) if x in layers_all]
-    _init("cmp_layers", wanted if len(wanted) >= 2 else list(layers_all),
+    init_widget("cmp_layers", wanted if len(wanted) >= 2 else list(layers_all),
           lambda v: all(x in layers_all for x in v))
     layers = sb.multiselect("Layers", layers_all, key="cmp_layers", placeholder="choose two or more",
                             help="The layers in the similarity matrix (default: every layer of the model).")
@@ -78,7 +74,7 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
         frame = data.model_steps(path, model, layer)
         steps = frame if steps is None else steps[steps["step"].isin(frame["step"])]
     values = [int(s) for s in steps["step"]] or [0]
-    _init("cmp_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
+    init_widget("cmp_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
     if len(values) > 1:
         step = sb.select_slider("Step", values, key="cmp_step", format_func=_step_label(steps),
                                 help="The sampling step whose activations are compared.")
@@ -86,7 +82,7 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
         step = values[0]
         sb.caption(_step_label(steps)(step))
 
-    _init("cmp_k", min(max(int(url.get("k", cv.DEFAULT_K)), cv.K_RANGE[0]), cv.K_RANGE[1]))
+    init_widget("cmp_k", min(max(int(url.get("k", cv.DEFAULT_K)), cv.K_RANGE[0]), cv.K_RANGE[1]))
     k = sb.slider("Neighbours k", *cv.K_RANGE, key="cmp_k",
                   help="Neighbour agreement: the share of a sample's k nearest neighbours (activation space, "
                        "cosine) that the two layers have in common.")
@@ -140,8 +136,8 @@ def similarity_section(path: str, s: cv.CompareSettings, url: dict) -> cv.Compar
     ua, ub = url.get("a"), url.get("b")
     if ua in layers and ub in layers and ua != ub:
         default_a, default_b = ua, ub
-    _init("cmp_a", default_a, lambda v: v in layers)
-    _init("cmp_b", default_b, lambda v: v in layers)
+    init_widget("cmp_a", default_a, lambda v: v in layers)
+    init_widget("cmp_b", default_b, lambda v: v in layers)
 
     left, right = st.columns([3, 2], gap="large")
     with right:
@@ -197,7 +193,7 @@ def maps_section(path: str, s: cv.CompareSettings) -> None:
     st.markdown(f"#### {s.layer_a} and {s.layer_b}, side by side")
     c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
     with c1:
-        _init("cmp_color", s.color if s.color in cv.COLOR_MODES else "label")
+        init_widget("cmp_color", s.color if s.color in cv.COLOR_MODES else "label")
         st.radio("Colour by", cv.COLOR_MODES, key="cmp_color", horizontal=True,
                  format_func={"label": "class label / prompt", "agreement": "neighbour agreement"}.get)
     with c2:
@@ -320,11 +316,7 @@ def _disagreement_table(path: str, s: cv.CompareSettings, agreement: pd.DataFram
 # ------------------------------------------------------------------------------------------------- page
 
 def main() -> None:
-    path = state.store_path()
-    status = data.store_status(path)
-    st.title("Compare layers")
-    if not status.ok:
-        ui.no_store_panel(status)
+    path, status = page.header("Compare layers")
     url = cv.load_url_once()
     s = sidebar(path, status, url)
     all_layers = data.model_layers(path, s.model)

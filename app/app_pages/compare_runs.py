@@ -13,19 +13,16 @@ import pandas as pd
 import streamlit as st
 
 from app import compare_runs_view as cv
-from app import data, job_progress, state, static_files, ui
+from app import data, job_progress, page, state, static_files
 from app.components.scatter_map import scatter_map
 from app.explore_sidebar import default_layer
+from app.page import init_widget
 from pipeline import run_pairs
 
 MAP_HEIGHT = 560
 METHOD_TITLES = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 BOUNDED = ("precision", "recall", "coverage")  # shares: bars from 0 to 1
 
-
-def _init(key: str, value, valid=None) -> None:
-    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
-        st.session_state[key] = value
 
 
 def _sigma(value) -> str:
@@ -39,7 +36,7 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
     sb.subheader("Runs to compare")
     models = list(status.models)
     explore = state.get_view()  # without a link, the model and layer Explore shows
-    _init("cr_model", next(m for m in (url.model, explore.model, models[0]) if m in models), lambda v: v in models)
+    init_widget("cr_model", next(m for m in (url.model, explore.model, models[0]) if m in models), lambda v: v in models)
     model = sb.selectbox("Model", models, key="cr_model")
     layers = data.model_layers(path, model)
     if not layers:
@@ -47,7 +44,7 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
         st.stop()
     layer0 = next((x for x in (url.layer, explore.layer if explore.model == model else None) if x in layers),
                   default_layer(layers, model))
-    _init("cr_layer", layer0, lambda v: v in layers)
+    init_widget("cr_layer", layer0, lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="cr_layer",
                          help="Runs of one model share its layers: real images, teachers, students, checkpoints.")
     table = cv.run_steps(path, model, layer)
@@ -56,7 +53,7 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
     ordered = run_pairs.default_runs(manifests, kinds, with_layer, include_edits=True)
     default = run_pairs.default_runs(manifests, kinds, with_layer)
     wanted = [r for r in url.runs if r in with_layer] if url.runs and model == (url.model or model) else default
-    _init("cr_runs", wanted, lambda v: all(r in with_layer for r in v))
+    init_widget("cr_runs", wanted, lambda v: all(r in with_layer for r in v))
     runs = sb.multiselect("Runs (the first is the reference)", ordered, key="cr_runs",
                           format_func=lambda r: f"{r} ({kinds.get(r, 'generated')})",
                           help="The metrics measure each run against the first; real images first by default.")
@@ -68,7 +65,7 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
         values = chosen.loc[chosen["step"] == step, "sigma"].dropna().round(6).unique()
         return _sigma(values[0]) if len(values) == 1 else "σ differs by run" if len(values) else ""
 
-    _init("cr_step", url.step if url.step in step_options else run_pairs.LAST, lambda v: v in step_options)
+    init_widget("cr_step", url.step if url.step in step_options else run_pairs.LAST, lambda v: v in step_options)
     step = sb.selectbox("Step", step_options, key="cr_step",
                         format_func=lambda v: "each run's last step" if v == run_pairs.LAST else
                         f"step {v} of every run ({sigma_of(int(v))})",
@@ -76,15 +73,15 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
                              "18-step teacher at step 17). A step number: that step of every run (only steps "
                              "every selected run recorded are offered).")
     sb.subheader("Map and metrics")
-    _init("cr_method", url.method, lambda v: v in cv.METHODS)
+    init_widget("cr_method", url.method, lambda v: v in cv.METHODS)
     method = sb.radio("Projection", cv.METHODS, key="cr_method", horizontal=True, format_func=METHOD_TITLES.get,
                       help="One map fitted on all the runs' samples together, so positions are comparable "
                            "(feature, metric and the method's parameters: Explore's).")
-    _init("cr_links", url.links)
+    init_widget("cr_links", url.links)
     links = sb.toggle("Link samples that share seed and class", key="cr_links",
                       help="Thin lines between the samples of different runs with the same seed and class (or "
                            "prompt). Real images are not linked: their seed drew only the noise added to them.")
-    _init("cr_k", url.k)
+    init_widget("cr_k", url.k)
     k = sb.slider("Neighbours k (manifolds)", *cv.K_RANGE, key="cr_k",
                   help="Precision, recall, density and coverage use each sample's k-th nearest neighbour "
                        "within its own run as the radius of its ball (k = 5 in the papers).")
@@ -94,13 +91,13 @@ def sidebar(path: str, status: data.StoreStatus, url: cv.Settings) -> cv.Setting
 
 def checkpoint_slider(s: cv.Settings, plan: run_pairs.CheckpointPlan) -> cv.Settings:
     """The checkpoint runs over training: one at a time (beside the other runs) on a slider, or all at once."""
-    _init("cr_over", s.over_training)
+    init_widget("cr_over", s.over_training)
     over = st.toggle(f"One checkpoint at a time ({len(plan.sequence)} checkpoint runs, in training order)",
                      key="cr_over")
     if not over:
         return replace(s, over_training=False)
     positions = list(plan.positions)
-    _init("cr_ckpt", s.checkpoint if s.checkpoint in positions else positions[0], lambda v: v in positions)
+    init_widget("cr_ckpt", s.checkpoint if s.checkpoint in positions else positions[0], lambda v: v in positions)
     chosen = st.select_slider("Checkpoint", positions, key="cr_ckpt",
                               format_func=lambda r: f"step {plan.step_of(r):,} · {r}",
                               help="Redraws the joint map and the metrics with this checkpoint beside "
@@ -259,11 +256,7 @@ def exports_box(path: str, s: cv.Settings, sub, table: pd.DataFrame | None, runs
 # ----------------------------------------------------------------------------------------------- page
 
 def main() -> None:
-    path = state.store_path()
-    status = data.store_status(path)
-    st.title("Compare runs")
-    if not status.ok:
-        ui.no_store_panel(status)
+    path, status = page.header("Compare runs")
     url = cv.load_url_once()
     s = sidebar(path, status, url)
     if len(s.runs) < 2:

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import data, job_progress, state, ui
+from app import data, job_progress, page, state
 from app import inside_view as iv
+from app.page import init_widget
 from pipeline import spatial
-
-
-def _init(key: str, value, valid=None) -> None:
-    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
-        st.session_state[key] = value
 
 
 def _wait(job: data.Job, what: str) -> bool:
@@ -49,18 +45,18 @@ def sidebar(path: str, model: str, url: dict) -> iv.InsideSettings:
     explore = state.get_view()
     start = url.get("layer") if url.get("layer") in layers else explore.layer if explore.layer in layers \
         else layers[-1]
-    _init("ins_layer", start, lambda v: v in layers)
+    init_widget("ins_layer", start, lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="ins_layer")
     steps = [int(x) for x in data.model_steps(path, model, layer)["step"]] or [0]
-    _init("ins_step", url.get("step") if url.get("step") in steps else steps[-1], lambda v: v in steps)
+    init_widget("ins_step", url.get("step") if url.get("step") in steps else steps[-1], lambda v: v in steps)
     step = sb.select_slider("Step", steps, key="ins_step") if len(steps) > 1 else steps[0]
-    _init("ins_k", min(max(int(url.get("k", iv.DEFAULT_K)), 0), iv.MAX_K))
+    init_widget("ins_k", min(max(int(url.get("k", iv.DEFAULT_K)), 0), iv.MAX_K))
     k = sb.slider("Neighbours", 0, iv.MAX_K, key="ins_k",
                   help="The selected sample's nearest samples in activation space at this layer and step.")
-    _init("ins_opacity", 0.6)
+    init_widget("ins_opacity", 0.6)
     opacity = sb.slider("Map opacity", 0.0, 1.0, step=0.05, key="ins_opacity",
                         help="0: the image alone, 1: the map alone.")
-    _init("ins_up", "nearest")
+    init_widget("ins_up", "nearest")
     up = sb.radio("Upsampling", spatial.UPSAMPLING, key="ins_up", horizontal=True,
                   help="nearest: the map's cells as they are; bilinear: smoothed between cell centres.")
     return iv.InsideSettings(model=model, sample_id=state.get_selection().selected, layer=layer, step=int(step),
@@ -68,11 +64,7 @@ def sidebar(path: str, model: str, url: dict) -> iv.InsideSettings:
 
 
 def main() -> None:
-    path = state.store_path()
-    status = data.store_status(path)
-    st.title("Inside the feature map")
-    if not status.ok:
-        ui.no_store_panel(status)
+    path, status = page.header("Inside the feature map")
     url = iv.load_url_once()
     state.select_once(url.get("sel"), "ins.sel_loaded")
     selected = state.get_selection().selected
@@ -110,8 +102,8 @@ def main() -> None:
 
     # the location: URL, then a click, then the inputs
     start = url.get("at") if url.get("at") and url["at"][0] < h and url["at"][1] < w else (h // 2, w // 2)
-    _init("ins_row", int(start[0]), lambda v: 0 <= v < h)
-    _init("ins_col", int(start[1]), lambda v: 0 <= v < w)
+    init_widget("ins_row", int(start[0]), lambda v: 0 <= v < h)
+    init_widget("ins_col", int(start[1]), lambda v: 0 <= v < w)
     images = [iv.image_of(path, s.model, sid) for sid in ids]
 
     top, side = st.columns([1, 2], gap="large")

@@ -7,17 +7,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import data, job_progress, state, ui
+from app import data, job_progress, page, state
 from app import motion_view as mv
+from app.page import init_widget
 
 HEIGHT = 600
 CANCELLED = "mot.cancelled"  # the settings whose computation the user cancelled (not restarted until asked)
 SETTINGS = "mot.settings"
 
-
-def _init(key: str, value, valid=None) -> None:
-    if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
-        st.session_state[key] = value
 
 
 def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings:
@@ -27,10 +24,10 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings
     explore = state.get_view()
     start = url.get("model") if url.get("model") in models else explore.model if explore.model in models \
         else models[0]
-    _init("mot_model", start, lambda v: v in models)
+    init_widget("mot_model", start, lambda v: v in models)
     model = sb.selectbox("Model", models, key="mot_model")
     runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
-    _init("mot_runs", [r for r in url.get("runs", []) if r in runs_all], lambda v: all(r in runs_all for r in v))
+    init_widget("mot_runs", [r for r in url.get("runs", []) if r in runs_all], lambda v: all(r in runs_all for r in v))
     runs = sb.multiselect("Runs", runs_all, key="mot_runs", placeholder="all runs",
                           help="Leave empty for every run of the model (a step alignment keeps the samples "
                                "recorded at every step).")
@@ -38,16 +35,16 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings
     if not layers_all:
         st.info(f"Model **{model}** has no stored activations.", icon=":material/info:")
         st.stop()
-    _init("mot_mode", url.get("mode", "steps"), lambda v: v in mv.MODES)
+    init_widget("mot_mode", url.get("mode", "steps"), lambda v: v in mv.MODES)
     mode = sb.radio("Move through", mv.MODES, key="mot_mode", horizontal=True,
                     format_func={"steps": "denoising steps", "layers": "layers (depth)"}.get,
                     help="Steps: one layer's map at every sampling step. Layers: every chosen layer's map at one "
                          "step, encoder to decoder.")
     layer_default = url.get("layer") if url.get("layer") in layers_all else \
         explore.layer if explore.layer in layers_all else layers_all[-1]
-    _init("mot_layer", layer_default, lambda v: v in layers_all)
+    init_widget("mot_layer", layer_default, lambda v: v in layers_all)
     wanted = [x for x in url.get("layers", []) if x in layers_all]
-    _init("mot_layers", wanted if len(wanted) >= 2 else list(layers_all), lambda v: all(x in layers_all for x in v))
+    init_widget("mot_layers", wanted if len(wanted) >= 2 else list(layers_all), lambda v: all(x in layers_all for x in v))
     layer, layers, step = st.session_state["mot_layer"], tuple(st.session_state["mot_layers"]), 0
     if mode == "steps":
         layer = sb.selectbox("Layer", layers_all, key="mot_layer")
@@ -60,13 +57,13 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings
             frame = data.model_steps(path, model, x)
             steps = frame if steps is None else steps[steps["step"].isin(frame["step"])]
         values = [int(s) for s in steps["step"]] or [0]
-        _init("mot_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
+        init_widget("mot_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
         step = sb.select_slider("Step", values, key="mot_step") if len(values) > 1 else values[0]
-    _init("mot_k", min(max(int(url.get("k", mv.DEFAULT_K)), 0), 30))
+    init_widget("mot_k", min(max(int(url.get("k", mv.DEFAULT_K)), 0), 30))
     k = sb.slider("Neighbours highlighted", 0, 30, key="mot_k",
                   help="The selected sample's nearest samples in activation space (at the last frame), ringed "
                        "in every frame.")
-    _init("mot_speed", url.get("speed", "normal"), lambda v: v in mv.SPEEDS)
+    init_widget("mot_speed", url.get("speed", "normal"), lambda v: v in mv.SPEEDS)
     speed = sb.select_slider("Speed", list(mv.SPEEDS), key="mot_speed",
                              help="Time per frame when playing (the positions are interpolated in between).")
     return mv.MotionSettings(model=model, runs=tuple(runs), mode=mode, layer=layer, step=int(step),
@@ -94,11 +91,7 @@ def _on_select(key: str) -> None:
 
 
 def main() -> None:
-    path = state.store_path()
-    status = data.store_status(path)
-    st.title("Motion")
-    if not status.ok:
-        ui.no_store_panel(status)
+    path, status = page.header("Motion")
     url = mv.load_url_once()
     state.select_once(url.get("sel"), "mot.sel_loaded")
     s = sidebar(path, status, url)

@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import data, state, ui
+from app import data, page, ui
 from store.schema import run_kind
 
 GRID_PER_CATEGORY = 12
@@ -36,11 +36,7 @@ def storage_chart_height(bars: int) -> int:
     return 60 + 28 * bars
 
 
-path = state.store_path()
-status = data.store_status(path)
-st.title("Overview")
-if not status.ok:
-    ui.no_store_panel(status)
+path, status = page.header("Overview")
 
 resolved = data.resolve(path)
 version = data.store_version(path)

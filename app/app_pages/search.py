@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import streamlit as st
 
-from app import data, navigation, state, ui
+from app import data, navigation, page, state
 from app.data import SearchError
 
 PAGE_SIZE = 24
@@ -194,11 +194,7 @@ def _results(path: str, query: tuple, outcome) -> None:
 
 # --------------------------------------------------------------------------------------------------- page
 
-path = state.store_path()
-status = data.store_status(path)
-st.title("Search")
-if not status.ok:
-    ui.no_store_panel(status)
+path, status = page.header("Search")
 
 models = list(status.models)
 _load_url_once(models)
