@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app import data, state, url
+from pipeline.figures import PALETTE
 
 SEP = url.SEP  # list separator in the URL
 MODES = ("steps", "layers")
@@ -24,9 +25,7 @@ SPEEDS = {"slow": 1600, "normal": 800, "fast": 350}  # ms per frame
 DEFAULT_K = 8
 URL_LOADED = "mot.url_loaded"
 URL_VALUES = "mot.url"
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
-OTHER = "#c8c8c8"
+OTHER = "#c8c8c8"  # the labels after the palette's (one grey: a legend of that many is not read by colour)
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ def labels_of(path: str, model: str, ids) -> pd.Series:
 def colours_for(labels: pd.Series) -> tuple[list[str], dict[str, str]]:
     known = [v for v in labels.attrs.get("order", []) if v in set(labels)]
     order = known + sorted(set(labels) - set(known))
-    legend = {v: PALETTE[i % len(PALETTE)] if i < len(PALETTE) else OTHER for i, v in enumerate(order)}
+    legend = {v: PALETTE[i] if i < len(PALETTE) else OTHER for i, v in enumerate(order)}
     return [legend[v] for v in labels], legend
 
 

@@ -14,7 +14,6 @@ Its files are written once per view key (atomically; a second session finds them
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -24,16 +23,10 @@ import pandas as pd
 
 from app import static_files
 from pipeline.features import ALL_STEPS, split_point_id
+from pipeline.figures import MISSING_COLOR, palette  # one palette for the app's maps and the report
 from pipeline.neighbors import FeatureRef
 from store import schema
 
-# Tableau-like palette: distinguishable in light and dark themes.
-PALETTE = (
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-    "#bab0ac", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-    "#bcbd22", "#7f7f7f",
-)
-MISSING_COLOR = "#9aa0a6"
 MAX_CATEGORIES_NAMED = 2000  # beyond this many distinct values a column is not offered as a colouring
 STEP_CATEGORIES_MAX = 24  # up to this many steps, colour by step is categorical (a legend that hides steps)
 # viridis at 0, 1/4, ..., 1: an ordered scale for steps (dark = first/noisiest, yellow = last)
@@ -49,19 +42,6 @@ def sequential(n: int) -> list[str]:
         a, b = np.array(_VIRIDIS[j]), np.array(_VIRIDIS[j + 1])
         r, g, bl = (a + (b - a) * (t - j)).round().astype(int)
         out.append(f"#{r:02x}{g:02x}{bl:02x}")
-    return out
-
-
-def palette(n: int) -> list[str]:
-    """``n`` colours: the fixed palette first, then evenly spread hues (golden angle) for large label sets."""
-    if n <= len(PALETTE):
-        return list(PALETTE[:n])
-    out = list(PALETTE)
-    for i in range(n - len(PALETTE)):
-        h = (i * 0.618033988749895) % 1.0
-        light = 0.45 + 0.12 * ((i // 7) % 3) / 2
-        r, g, b = colorsys.hls_to_rgb(h, light, 0.62)
-        out.append(f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}")
     return out
 
 

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 __all__ = ["PALETTE", "MISSING_COLOR", "MAX_HTML_THUMBS", "palette", "hover_text", "map_figure", "hover_script",
            "map_html", "map_block", "map_png", "PNG_SIZE", "LEGEND_WIDTH"]
 
-# Tableau-like palette: distinguishable in light and dark themes (the app's colours).
+# Tableau-like palette: distinguishable in light and dark themes; the one palette of the app's maps too.
 PALETTE = (
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
     "#bab0ac", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
