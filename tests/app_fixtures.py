@@ -231,3 +231,46 @@ def app_test(page: str | None = None, query: dict | None = None, timeout: float 
     if page:
         at.switch_page(page).run()
     return at
+
+
+def open_page(page: str, query: dict | None = None, timeout: float = 60, query_on_entry: bool = False):
+    """A session opened on ``page``'s URL: AppTest runs the default page (Explore) first, which rewrites the
+    URL, so the page's query is put back before the switch (the page reads the URL on its own first run).
+    ``query_on_entry``: Explore's run gets the query too (the page then finds Explore's map of that view)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(ENTRY, default_timeout=timeout)
+    for k, v in (query or {}).items() if query_on_entry else ():
+        at.query_params[k] = v
+    at.run()
+    at.query_params.clear()
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at.switch_page(page).run()
+
+
+def page_text(at, *more) -> str:
+    """The page's text: markdown, captions, info, errors and warnings, then the element lists in ``more``."""
+    elements = [*at.markdown, *at.caption, *at.info, *at.error, *at.warning]
+    for extra in more:
+        elements += list(extra)
+    return "\n".join(str(m.value) for m in elements)
+
+
+def map_data(at) -> dict:
+    """The data the page's one map component was drawn with."""
+    import json
+
+    maps = at.get("bidi_component")
+    assert len(maps) == 1, "expected exactly one map"
+    proto = maps[0].proto
+    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
+
+
+def static_json(url: str) -> dict:
+    """A JSON file the page wrote under app/static/ (a map's points, colours or hover text), by its URL."""
+    import json
+
+    from app import static_files
+
+    return json.loads((static_files.STATIC_DIR / url.split("/app/static/", 1)[1]).read_text())

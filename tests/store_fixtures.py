@@ -116,3 +116,23 @@ if __name__ == "__main__":
         _hang_in_commit_main(args[0], int(args[1]))
     else:
         raise SystemExit(f"unknown command {cmd!r}; valid: append, hang-in-commit")
+
+
+DEMO_RUN = "demo-multistep"
+
+
+def build_demo_store(root: Path, samples_per_class: int = 3, run_id: str = DEMO_RUN) -> Path:
+    """A store of the real demo model (`pipeline.adapters.edm.load_demo`, four steps, x0 previews):
+    `samples_per_class` samples of each digit; 'midblock' stored full (feature maps), 'encoder_bottleneck' as
+    channel means."""
+    import torch
+
+    from pipeline.adapters.edm import load_demo
+    from pipeline.generate import generate
+
+    torch.set_num_threads(1)
+    adapter = load_demo(torch.device("cpu"), samples_per_class=samples_per_class, x0_previews=True)
+    n = 10 * samples_per_class
+    generate(adapter, root, n, ["encoder_bottleneck", "midblock"], run_id=run_id, batch_size=n, progress=False,
+             reduce={"encoder_bottleneck": "mean", "midblock": "full"})
+    return Path(root)

@@ -3,7 +3,6 @@ and on a tiny text-to-image store, with the fast stand-in projection engine of t
 
 from __future__ import annotations
 
-import json
 import time
 from urllib.parse import parse_qsl, urlsplit
 
@@ -19,17 +18,8 @@ ANALYSIS = "app_pages/analysis.py"
 
 def _open(query: dict | None = None, settle: bool = True):
     """A session on the Analysis page. AppTest runs the default page (Explore) first, which draws its map (the
-    page then finds it); the page's query is put back before the switch (it reads the URL on its first run)."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(fx.ENTRY, default_timeout=60)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    at.run()
-    at.query_params.clear()
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    at.switch_page(ANALYSIS).run()
+    page then finds it)."""
+    at = fx.open_page(ANALYSIS, query, query_on_entry=True)
     return _settle(at) if settle else at
 
 
@@ -42,23 +32,6 @@ def _settle(at, timeout: float = 120):
         at.run()
     assert not at.exception, at.exception
     return at
-
-
-def _texts(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
-
-
-def _map(at) -> dict:
-    maps = at.get("bidi_component")
-    assert len(maps) == 1, "expected one map"
-    proto = maps[0].proto
-    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
-
-
-def _static(url: str) -> dict:
-    from app import static_files
-
-    return json.loads((static_files.STATIC_DIR / url.split("/app/static/", 1)[1]).read_text())
 
 
 _MARK = {"ana_sep_table": "silhouette", "ana_pairs": "mixing", "ana_clusters": "medoid 1"}
@@ -79,7 +52,7 @@ def test_page_is_listed_and_renders_the_three_analyses(app_env, app_store):
 
     assert "Analysis" in [p.title for p in navigation.available()]
     at = _open()
-    texts = _texts(at)
+    texts = fx.page_text(at)
     assert "digits · midblock · step 2" in texts
     sep = analysis.class_separation(Store(app_store), "digits", "midblock", 2, k=10)
     table = _table(at, "ana_sep_table")
@@ -117,9 +90,9 @@ def test_page_is_listed_and_renders_the_three_analyses(app_env, app_store):
     assert explore.session_state[state.SELECTED] == out.loc[out["rank"] == 1, "sample_id"].iloc[0]
     assert any("Neighbours" in str(m.value) for m in explore.markdown)  # its selection panel
     # the map is Explore's (one projection, not refitted) and colours by class
-    m = _map(at)
-    assert m["revision"] and len(_static(m["points_url"])["ids"]) == 180
-    assert _static(m["color_url"])["title"] == "class"
+    m = fx.map_data(at)
+    assert m["revision"] and len(fx.static_json(m["points_url"])["ids"]) == 180
+    assert fx.static_json(m["color_url"])["title"] == "class"
     assert app_env.calls and all(not c["force"] for c in app_env.calls)
     assert len({(c["layer"], c["step"], repr(sorted(c["params"].items()))) for c in app_env.calls}) == 1
 
@@ -130,13 +103,13 @@ def test_a_facet_filter_from_the_url_narrows_the_map_and_the_analyses_to_exactly
     samples = Store(app_store).samples(model="digits")
     at = _open({"model": "digits", "layer": "midblock", "step": "2", "f.run_id": "digits-b",
                 "f.label": "3: three~5: five", "f.nope": "x"})
-    assert "Filters not used (no such facet here): `nope`" in _texts(at)  # said, then left out
+    assert "Filters not used (no such facet here): `nope`" in fx.page_text(at)  # said, then left out
     expected = set(samples.loc[samples["run_id"].eq("digits-b") & samples["label"].isin(["3: three", "5: five"]),
                                "sample_id"])
     assert len(expected) == 12
-    m = _map(at)
-    assert set(_static(m["points_url"])["ids"]) == expected  # the map is filtered
-    assert "12 of 180 points" in _texts(at)
+    m = fx.map_data(at)
+    assert set(fx.static_json(m["points_url"])["ids"]) == expected  # the map is filtered
+    assert "12 of 180 points" in fx.page_text(at)
     assert _table(at, "ana_sep_table")["samples"].sum() == 12  # the analyses measure the same samples
     q = dict(at.query_params)
     assert q["f.run_id"] == "digits-b" and q["f.label"] == "3: three~5: five" and "f.nope" not in q
@@ -144,7 +117,7 @@ def test_a_facet_filter_from_the_url_narrows_the_map_and_the_analyses_to_exactly
     chip = next(b for b in at.button if b.key == "rm_filter_label")
     chip.click().run()
     _settle(at)
-    assert set(_static(_map(at)["points_url"])["ids"]) == set(samples.loc[samples["run_id"] == "digits-b",
+    assert set(fx.static_json(fx.map_data(at)["points_url"])["ids"]) == set(samples.loc[samples["run_id"] == "digits-b",
                                                                           "sample_id"])
     assert "f.label" not in dict(at.query_params) and dict(at.query_params)["f.run_id"] == "digits-b"
 
@@ -164,7 +137,7 @@ def test_a_clicked_facet_filters_the_map_to_exactly_those_samples(app_env, app_s
     at.run()
     _settle(at)
     samples = Store(app_store).samples(model="digits")
-    ids = set(_static(_map(at)["points_url"])["ids"])
+    ids = set(fx.static_json(fx.map_data(at)["points_url"])["ids"])
     assert ids == set(samples.loc[samples["run_id"] == "digits-a", "sample_id"]) and len(ids) == 120
     assert dict(at.query_params)["f.run_id"] == "digits-a"
 
@@ -178,17 +151,17 @@ def test_a_chosen_pair_highlights_its_samples_and_colours_follow_the_choice(app_
     pair = (sep.pairs.loc[0, "class_a"], sep.pairs.loc[0, "class_b"])
     at.selectbox(key="ana_pair").set_value(pair).run()
     _settle(at)
-    m = _map(at)
+    m = fx.map_data(at)
     assert m["highlight"] and set(m["highlight"]) == set(sep.cell(*pair))
     assert dict(at.query_params)["cell"] == "~".join(pair)
-    assert "samples with neighbours in" in _texts(at)
+    assert "samples with neighbours in" in fx.page_text(at)
     at.radio(key="ana_color").set_value("cluster").run()
     _settle(at)
-    payload = _static(_map(at)["color_url"])
+    payload = fx.static_json(fx.map_data(at)["color_url"])
     assert payload["kind"] == "category" and payload["title"] == "cluster"
     at.radio(key="ana_color").set_value("lof").run()
     _settle(at)
-    payload = _static(_map(at)["color_url"])
+    payload = fx.static_json(fx.map_data(at)["color_url"])
     assert payload["kind"] == "numeric" and payload["max"] > 1.0  # LOF: above 1 for the most unusual
     assert dict(at.query_params)["acol"] == "lof"
 
@@ -202,13 +175,13 @@ def test_kmeans_uses_the_chosen_k_and_a_chosen_cluster_is_highlighted(app_env, a
     at.slider(key="ana_nc").set_value(4).run()
     _settle(at)
     assert len(_table(at, "ana_clusters")) == 4
-    assert "k-means on 180 samples" in _texts(at)
+    assert "k-means on 180 samples" in fx.page_text(at)
     assert dict(at.query_params)["cm"] == "kmeans" and dict(at.query_params)["ck"] == "4"
     at.selectbox(key="ana_cluster_pick").set_value(1).run()
     _settle(at)
     clu = analysis.clusters(Store(app_store), "digits", "midblock", 2, method="kmeans", n_clusters=4)
     members = set(clu.assignments.loc[clu.assignments["cluster"] == 1, "sample_id"])
-    assert set(_map(at)["highlight"]) == members and dict(at.query_params)["clu"] == "1"
+    assert set(fx.map_data(at)["highlight"]) == members and dict(at.query_params)["clu"] == "1"
 
 
 def test_explore_settings_carry_over_to_the_analysis_page(app_env):
@@ -220,9 +193,9 @@ def test_explore_settings_carry_over_to_the_analysis_page(app_env):
     at.run()  # Explore, opened from a link
     at.switch_page(ANALYSIS).run()  # then the menu: no query of its own
     _settle(at)
-    assert "digits · encoder_bottleneck · step 1" in _texts(at)
+    assert "digits · encoder_bottleneck · step 1" in fx.page_text(at)
     assert at.multiselect(key="ana_runs").value == ["digits-b"]
-    assert len(_static(_map(at)["points_url"])["ids"]) == 60  # Explore's map of run b, found, not refitted
+    assert len(fx.static_json(fx.map_data(at)["points_url"])["ids"]) == 60  # Explore's map of run b, found, not refitted
     assert _table(at, "ana_sep_table")["samples"].sum() == 60
 
 
@@ -236,12 +209,12 @@ def test_without_a_map_the_page_says_so_and_computes_it_when_asked(app_env):
     _settle(at)
     assert at.session_state[state.VIEW].layer == "encoder_bottleneck"  # shared with Explore
     assert not at.get("bidi_component")
-    assert "has no map of these settings yet" in _texts(at)
+    assert "has no map of these settings yet" in fx.page_text(at)
     assert len(_table(at, "ana_sep_table")) == 10
     n_fits = len(app_env.calls)
     next(b for b in at.button if b.key == "compute_map").click().run()
     _settle(at)
-    assert len(_static(_map(at)["points_url"])["ids"]) == 180
+    assert len(fx.static_json(fx.map_data(at)["points_url"])["ids"]) == 180
     assert len(app_env.calls) == n_fits + 1 and app_env.calls[-1]["layer"] == "encoder_bottleneck"
     at.switch_page("app_pages/explore.py").run()  # Explore opens on the layer chosen here
     assert at.selectbox(key="w_layer").value == "encoder_bottleneck"
@@ -251,7 +224,7 @@ def test_the_prompt_model_is_analysed_by_category(app_env):
     at = _open({"model": "words"})
     table = _table(at, "ana_sep_table")
     assert sorted(table["class"]) == ["animals", "food", "vehicles"]
-    assert "classes by **category**" in _texts(at)
+    assert "classes by **category**" in fx.page_text(at)
     assert "words" in _table(at, "ana_clusters").columns  # prompt words name clusters
 
 
@@ -295,7 +268,7 @@ def test_a_tiny_text_to_image_store(t2i_store, monkeypatch, tmp_path):
         assert table["samples"].sum() == 16
         assert len(_table(at, "ana_clusters")) >= 1
         assert len([m for m in at.markdown if "open in Explore" in str(m.value)]) == 12
-        assert len(_static(_map(at)["points_url"])["ids"]) == 16
+        assert len(fx.static_json(fx.map_data(at)["points_url"])["ids"]) == 16
 
 
 def test_a_cancelled_analysis_stays_cancelled_until_asked_again(app_env, monkeypatch):
@@ -321,15 +294,15 @@ def test_a_cancelled_analysis_stays_cancelled_until_asked_again(app_env, monkeyp
     started = len(data.jobs().jobs)
     cancel[0].click().run()
     deadline = time.time() + 20
-    while "Class separation: cancelled." not in _texts(at) and time.time() < deadline:
+    while "Class separation: cancelled." not in fx.page_text(at) and time.time() < deadline:
         time.sleep(0.2)
         at.run()
-    assert "Class separation: cancelled." in _texts(at)
+    assert "Class separation: cancelled." in fx.page_text(at)
     keys = data.jobs().jobs.keys()
     knn = [data.jobs().find(k) for k in keys if k[0] == "analysis-knn"]
     assert knn and all(j.error == "cancelled" and not j.running for j in knn)  # the worker stopped
     at.run()
-    assert "Class separation: cancelled." in _texts(at) and len(data.jobs().jobs) == started  # not restarted
+    assert "Class separation: cancelled." in fx.page_text(at) and len(data.jobs().jobs) == started  # not restarted
     release.set()
     next(b for b in at.button if b.key.startswith("resume_")).click().run()
     _settle(at)
@@ -341,13 +314,13 @@ def test_a_map_of_every_step_has_a_step_facet_and_links_to_points(app_env):
     from app import facets
 
     at = _open({"model": "digits", "layer": "midblock", "step": "all"})
-    assert len(_static(_map(at)["points_url"])["ids"]) == 540  # 180 samples x 3 steps
-    assert "540 points (samples × steps)" in _texts(at)
+    assert len(fx.static_json(fx.map_data(at)["points_url"])["ids"]) == 540  # 180 samples x 3 steps
+    assert "540 points (samples × steps)" in fx.page_text(at)
     at.session_state[av.FILTERS] = facets.from_selection((), facets.Facet("step", "step", "category"),
                                                          [{"value": "1"}])
     at.run()
     _settle(at)
-    ids = _static(_map(at)["points_url"])["ids"]
+    ids = fx.static_json(fx.map_data(at)["points_url"])["ids"]
     assert len(ids) == 180 and all(i.endswith("@1") for i in ids)
     assert dict(at.query_params)["f.step"] == "1"
     link = next(str(m.value) for m in at.markdown if "open in Explore" in str(m.value))

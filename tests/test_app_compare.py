@@ -24,19 +24,7 @@ def _open_compare(query: dict):
     """A session opened on the Compare page's URL: AppTest must run the default page (Explore) once before
     it can switch, and Explore rewrites the URL, so the page's query is put back before the switch (the page
     reads the URL on its own first run)."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(fx.ENTRY, default_timeout=60)
-    at.run()
-    at.query_params.clear()
-    for k, v in query.items():
-        at.query_params[k] = v
-    return at.switch_page(COMPARE).run()
-
-
-def _texts(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning,
-                                              *at.code])
+    return fx.open_page(COMPARE, query)
 
 
 def _maps(at, timeout: float = 20) -> list[dict]:
@@ -50,12 +38,6 @@ def _maps(at, timeout: float = 20) -> list[dict]:
         proto = el.proto
         out.append(json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json))
     return out
-
-
-def _static(url: str) -> dict:
-    from app import static_files
-
-    return json.loads((static_files.STATIC_DIR / url.split("/app/static/", 1)[1]).read_text())
 
 
 def _heatmap(at) -> dict:
@@ -80,7 +62,7 @@ def test_empty_store_shows_the_same_guidance(app_env, tmp_path):
     at = app_test(COMPARE)
     at.text_input(key="dmd_store_input").set_value(str(empty)).run()
     assert not at.exception
-    assert "holds no samples yet" in _texts(at) and "python -m pipeline demo" in _texts(at)
+    assert "holds no samples yet" in fx.page_text(at, at.code) and "python -m pipeline demo" in fx.page_text(at, at.code)
     assert not at.get("plotly_chart")
 
 
@@ -126,7 +108,7 @@ def test_two_layer_comparison_maps_agreement_and_table(app_env, app_store):
     calls = {(c["layer"], c["step"]) for c in app_env.calls}
     assert {("encoder_bottleneck", 2), ("midblock", 2)} <= calls  # the shared projection engine
     assert maps[0]["revision"] != maps[1]["revision"]
-    a_color, b_color = (_static(m["color_url"]) for m in maps)
+    a_color, b_color = (fx.static_json(m["color_url"]) for m in maps)
     assert a_color["kind"] == b_color["kind"] == "category"
     assert a_color["codes"] == [a_color["names"].index(n) for n in
                                 [a_color["names"][c] for c in a_color["codes"]]]
@@ -137,8 +119,8 @@ def test_two_layer_comparison_maps_agreement_and_table(app_env, app_store):
     maps = _maps(at)
     expected = compare.neighbour_agreement(Store(app_store), "digits", *LAYERS, 2, k=10).set_index("sample_id")
     for m in maps:
-        color = _static(m["color_url"])
-        ids = _static(m["points_url"])["ids"]
+        color = fx.static_json(m["color_url"])
+        ids = fx.static_json(m["points_url"])["ids"]
         assert color["kind"] == "numeric"
         assert np.allclose(color["values"], expected["overlap"].reindex(ids).to_numpy())
     assert at.query_params["color"] == "agreement"
@@ -171,11 +153,11 @@ def test_url_opens_the_same_view(app_env):
     assert at.selectbox(key="cmp_a").value == "midblock" and at.selectbox(key="cmp_b").value == "encoder_bottleneck"
     assert at.slider(key="cmp_k").value == 5 and at.radio(key="cmp_color").value == "agreement"
     assert at.multiselect(key="cmp_runs").value == ["digits-a"]
-    assert all(_static(m["color_url"])["kind"] == "numeric" for m in maps)
+    assert all(fx.static_json(m["color_url"])["kind"] == "numeric" for m in maps)
     last = app_env.calls[-2:]
     assert {(c["layer"], c["step"], tuple(c["run_ids"])) for c in last} == \
         {("midblock", 0, ("digits-a",)), ("encoder_bottleneck", 0, ("digits-a",))}
-    assert len(_static(maps[0]["points_url"])["ids"]) == 120  # run digits-a only
+    assert len(fx.static_json(maps[0]["points_url"])["ids"]) == 120  # run digits-a only
     assert dict(at.query_params) == {"model": "digits", "step": "0", "a": "midblock", "b": "encoder_bottleneck",
                                      "k": "5", "color": "agreement", "runs": "digits-a"}
 
@@ -184,11 +166,11 @@ def test_a_single_layer_or_model_with_one_layer_says_so(app_env):
     at = app_test(COMPARE)
     at.multiselect(key="cmp_layers").set_value(["midblock"]).run()
     assert not at.exception
-    assert "Choose at least two layers" in _texts(at) and not at.get("plotly_chart")
+    assert "Choose at least two layers" in fx.page_text(at, at.code) and not at.get("plotly_chart")
     assert at.query_params["layers"] == "midblock"
     at.selectbox(key="cmp_model").set_value("words").run()
     assert not at.exception
-    assert "has only one layer (mid_block): nothing to compare" in _texts(at)
+    assert "has only one layer (mid_block): nothing to compare" in fx.page_text(at, at.code)
 
 
 def test_the_table_link_opens_the_sample_in_explore(app_env):
@@ -209,12 +191,12 @@ def test_the_table_link_opens_the_sample_in_explore(app_env):
 def test_a_clicked_sample_is_marked_on_both_maps_and_opens_in_explore(app_env):
     at = app_test(COMPARE)
     maps = _maps(at)
-    sid = _static(maps[0]["points_url"])["ids"][7]
+    sid = fx.static_json(maps[0]["points_url"])["ids"][7]
     at.session_state["cmp.selected"] = sid  # what a click on either map does (the maps' callback)
     at.run()
     maps = _maps(at)
     assert [m["highlight"] for m in maps] == [[sid], [sid]]
-    assert sid in _texts(at)
+    assert sid in fx.page_text(at, at.code)
     at.button(key="cmp_open_midblock").click().run()
     assert not at.exception
     assert at.session_state["dmd.selected"] == sid

@@ -6,7 +6,6 @@ and the CSV download holds the table."""
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
@@ -74,16 +73,7 @@ def env(compare_store, monkeypatch, tmp_path):
 def _open(query: dict | None = None):
     """A session on the page (Explore runs first, as the default page; the page's query is put back before the
     switch: it reads the URL on its first run). PCA maps: instant and deterministic."""
-    from streamlit.testing.v1 import AppTest
-
-    query = {"crmeth": "pca", **(query or {})}
-    at = AppTest.from_file(fx.ENTRY, default_timeout=120)
-    at.run()
-    at.query_params.clear()
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.switch_page(PAGE).run()
-    return _settle(at)
+    return _settle(fx.open_page(PAGE, {"crmeth": "pca", **(query or {})}, timeout=120))
 
 
 def _settle(at, timeout: float = 120):
@@ -95,21 +85,8 @@ def _settle(at, timeout: float = 120):
     return at
 
 
-def _map(at) -> dict:
-    maps = at.get("bidi_component")
-    assert len(maps) == 1, "expected one map"
-    proto = maps[0].proto
-    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
-
-
-def _static(url: str) -> dict:
-    from app import static_files
-
-    return json.loads((static_files.STATIC_DIR / url.split("/app/static/", 1)[1]).read_text())
-
-
 def _map_ids(at) -> list[str]:
-    return _static(_map(at)["points_url"])["ids"]
+    return fx.static_json(fx.map_data(at)["points_url"])["ids"]
 
 
 def _metrics(at) -> pd.DataFrame:
@@ -134,10 +111,6 @@ def _chart_data(chart) -> pd.DataFrame:
     return pa.ipc.open_stream(data).read_all().to_pandas()
 
 
-def _texts(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
-
-
 def test_page_shows_the_runs_steps_the_joint_map_and_compare_runs_table(env, compare_store):
     from app import navigation
     from pipeline import distribution
@@ -151,11 +124,11 @@ def test_page_shows_the_runs_steps_the_joint_map_and_compare_runs_table(env, com
     assert list(runs.index) == ["real", "gen", "ck-100"]
     assert runs["measured at step"].to_dict() == {"real": 1, "gen": 1, "ck-100": 0}
     assert runs["σ"].to_dict() == pytest.approx({"real": 0.5, "gen": 0.5, "ck-100": 8.0})
-    assert "different steps" in _texts(at)
+    assert "different steps" in fx.page_text(at)
     # the joint map: every sample of the three runs, each once (at its run's step), coloured by run
     ids = _map_ids(at)
     assert len(ids) == 3 * PER_RUN and {i.rsplit("-", 1)[0] for i in ids} == {"real", "gen", "ck-100"}
-    colors = _static(_map(at)["color_url"])
+    colors = fx.static_json(fx.map_data(at)["color_url"])
     assert colors["title"] == "run" and colors["names"] == ["real", "gen", "ck-100"]  # the runs on the map
     # the table is compare_runs' own
     expected = distribution.compare_runs(Store(compare_store), MODEL, LAYER, ["real", "gen", "ck-100"])
@@ -166,13 +139,13 @@ def test_page_shows_the_runs_steps_the_joint_map_and_compare_runs_table(env, com
 
 def test_link_lines_join_one_seed_and_class_across_runs_never_real_images(env):
     at = _open()
-    links = _map(at)["links"]
+    links = fx.map_data(at)["links"]
     assert len(links) == PER_RUN  # every generated sample with its checkpoint twin
     for link in links:
         gen, ck = link["ids"]
         assert gen.startswith("gen-") and ck.startswith("ck-100-") and gen[-8:] == ck[-8:]
     at.toggle(key="cr_links").set_value(False).run()
-    assert not _map(at)["links"]
+    assert not fx.map_data(at)["links"]
 
 
 def test_choosing_a_class_filters_the_map_to_exactly_that_class(env, compare_store):
@@ -186,7 +159,7 @@ def test_choosing_a_class_filters_the_map_to_exactly_that_class(env, compare_sto
     labels = Store(compare_store).samples(model=MODEL).set_index("sample_id")["label"]
     assert set(after) == {s for s in before if labels[s] == "3: three"}
     assert len(after) == 3 * (PER_RUN // 10)
-    assert all(len(link["ids"]) == 2 and set(link["ids"]) <= set(after) for link in _map(at)["links"])
+    assert all(len(link["ids"]) == 2 and set(link["ids"]) <= set(after) for link in fx.map_data(at)["links"])
     assert at.query_params.get("crc") in ("3: three", ["3: three"])
     at.selectbox(key="cr_class_pick").set_value("all").run()
     assert sorted(_map_ids(at)) == sorted(before)
@@ -257,7 +230,7 @@ def test_a_shared_link_reopens_the_page_and_bad_values_fall_back(env):
     ids = _map_ids(at)
     assert len(ids) == 2 * (PER_RUN // 10) and all(i.rsplit("-", 1)[0] in ("gen", "ck-100") for i in ids)
     at.multiselect(key="cr_runs").set_value(["gen"]).run()
-    assert "Choose two or more runs" in _texts(at)
+    assert "Choose two or more runs" in fx.page_text(at)
 
 
 def test_a_shared_step_measures_every_run_there(env, compare_store):
@@ -271,7 +244,7 @@ def test_a_shared_step_measures_every_run_there(env, compare_store):
     _settle(at)
     runs = _runs_table(at).set_index("run")
     assert runs["measured at step"].tolist() == [0, 0, 0] and runs["σ"].tolist() == pytest.approx([8.0] * 3)
-    assert "every run at step 0" in _texts(at)
+    assert "every run at step 0" in fx.page_text(at)
     assert len(_map_ids(at)) == 3 * PER_RUN
     expected = distribution.compare_runs(Store(compare_store), MODEL, LAYER, ["gen", "ck-100", "ck-200"], step=0)
     pd.testing.assert_frame_equal(_metrics(at).reset_index(drop=True), expected, check_dtype=False, check_like=True)

@@ -55,16 +55,6 @@ def sid(k: int, j: int = 0) -> str:
     return f"{RUN}-{k * PER_CLASS + j:08d}"
 
 
-def _map_data(at) -> dict:
-    (element,) = at.get("bidi_component")
-    proto = element.proto
-    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
-
-
-def _text(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
-
-
 def _codes(at) -> list[str]:
     return [str(c.value) for c in at.code]
 
@@ -86,7 +76,7 @@ def _open(sample: str, **query):
 
 def test_panel_says_where_the_generator_loads_from_and_shows_each_command(demo_env, demo_store):
     at = _open(sid(2))
-    text = _text(at)
+    text = fx.page_text(at)
     assert "What if" in text and "the shipped demo weights" in text
     assert [t.label for t in at.tabs] == ["Regenerate", "Interpolate", "From neighbours", "Steer"]
     codes = _codes(at)
@@ -116,20 +106,20 @@ def test_regenerate_with_another_class_writes_a_result_beside_its_parent(demo_en
     # beside its parent in the panel, marked on the map with a line from the parent
     keys = {b.key for b in at.button}
     assert f"edit_sel_{result}" in keys and f"edit_sel_parent_{sid(2, 1)}" in keys
-    m = _map_data(at)
+    m = fx.map_data(at)
     assert m["edited"] == [result]
     assert {"kind": "regenerate", "ids": [sid(2, 1), result], "labels": ["", "regenerate"]} in m["links"]
     # the result is on the map (placed with the others) and can be selected like any sample
     assert result in m_ids(at)
     at.button(key=f"edit_sel_{result}").click().run()
     assert at.session_state["dmd.selected"] == result and at.query_params["sel"] == result
-    assert "This sample is the result of an edit: **regenerate**" in _text(at)
+    assert "This sample is the result of an edit: **regenerate**" in fx.page_text(at)
 
 
 def m_ids(at) -> list[str]:
     from app import static_files
 
-    rel = _map_data(at)["points_url"].split("/app/static/", 1)[1]
+    rel = fx.map_data(at)["points_url"].split("/app/static/", 1)[1]
     return json.loads((static_files.STATIC_DIR / rel).read_text())["ids"]
 
 
@@ -140,7 +130,7 @@ def test_interpolation_to_a_picked_end_point_is_a_path_through_its_frames(demo_e
     at = _open(a)
     at.button(key="edit_pick").click().run()
     assert at.session_state[state.EDIT_PICK] is True
-    assert "Click a point on the map: it becomes the end point." in _text(at)
+    assert "Click a point on the map: it becomes the end point." in fx.page_text(at)
     # the map's click callback, as the component calls it (AppTest cannot click a chart)
     at.session_state[state.EDIT_PICK] = False
     at.session_state[state.EDIT_END] = b
@@ -151,14 +141,14 @@ def test_interpolation_to_a_picked_end_point_is_a_path_through_its_frames(demo_e
     frames = at.session_state["dmd.edit_results"][-1]["ids"]
     meta = _samples(demo_store, frames)
     assert meta["edit_frame"].tolist() == [0, 1, 2, 3, 4] and set(meta["edit_parents"]) == {f"{a},{b}"}
-    m = _map_data(at)
+    m = fx.map_data(at)
     (path,) = [link for link in m["links"] if link["kind"] == "interpolate"]
     assert path["ids"] == [a, *frames, b] and path["labels"] == ["", "0", "1", "2", "3", "4", ""]
     assert sorted(m["edited"]) == sorted(frames)
     # a share link to a frame restores it with its path (no session record needed)
     again = app_test(query={"sel": frames[2], **{k: at.query_params[k] for k in at.query_params if k != "sel"}})
     assert not again.exception and again.session_state["dmd.selected"] == frames[2]
-    m2 = _map_data(again)
+    m2 = fx.map_data(again)
     assert m2["selected"] == frames[2]
     assert [link["ids"] for link in m2["links"] if link["kind"] == "interpolate"] == [[a, *frames, b]]
 
@@ -169,7 +159,7 @@ def test_interpolation_refuses_an_end_point_of_another_run_or_itself(demo_env):
     at = _open(sid(1))
     at.session_state[state.EDIT_END] = sid(1)
     at.run()
-    assert "The end point is the selected sample: pick another." in _text(at)
+    assert "The end point is the selected sample: pick another." in fx.page_text(at)
     assert at.button(key="edit_go_interpolate").proto.disabled
 
 
@@ -187,7 +177,7 @@ def test_steer_from_one_class_towards_another_is_a_path_by_alpha(demo_env, demo_
     meta = _samples(demo_store, ids)
     assert meta["edit_alpha"].tolist() == [2.0, 0.0, 1.0]  # in the order asked
     assert meta["edit_layer"].iloc[0] == "midblock"
-    (path,) = [link for link in _map_data(at)["links"] if link["kind"] == "steer"]
+    (path,) = [link for link in fx.map_data(at)["links"] if link["kind"] == "steer"]
     assert path["ids"] == [parent, ids[1], ids[2], ids[0]]  # by alpha
     assert path["labels"] == ["", "α 0", "α 1", "α 2"]
     # alpha 0 is the parent: the same point of the map (the stand-in maps activations linearly)
@@ -199,7 +189,7 @@ def test_steer_from_one_class_towards_another_is_a_path_by_alpha(demo_env, demo_
 def _points(at):
     from app import static_files
 
-    rel = _map_data(at)["points_url"].split("/app/static/", 1)[1]
+    rel = fx.map_data(at)["points_url"].split("/app/static/", 1)[1]
     p = json.loads((static_files.STATIC_DIR / rel).read_text())
     return p["ids"], p["x"], p["y"]
 
@@ -207,7 +197,7 @@ def _points(at):
 def test_steer_with_a_bad_alpha_list_says_why(demo_env):
     at = _open(sid(4))
     at.text_input(key="edit_alphas").set_value("0, half").run()
-    assert "α values are numbers separated by commas: 'half' is not a number" in _text(at)
+    assert "α values are numbers separated by commas: 'half' is not a number" in fx.page_text(at)
     assert at.button(key="edit_go_steer").proto.disabled
 
 
@@ -246,7 +236,7 @@ def test_generate_from_the_neighbours_uses_the_panel_set_and_links_it(demo_env, 
     row = _samples(demo_store, [result]).iloc[0]
     assert row["edit_op"] == "patch" and row["edit_layer"] == "midblock"
     assert row["edit_set"].split(",") == knn and row["edit_steps"] == "0,1,2,3"
-    links = _map_data(at)["links"]
+    links = fx.map_data(at)["links"]
     assert {"kind": "patch", "ids": [parent, result], "labels": ["", "patch"]} in links
     assert sorted(link["ids"][1] for link in links if link["kind"] == "set") == sorted(knn)
     assert all(link["ids"][0] == result for link in links if link["kind"] == "set")
@@ -262,7 +252,7 @@ def test_an_edit_that_fails_shows_the_message_and_the_command_not_a_traceback(de
     at = _open(sid(7), k="3")
     at.button(key="edit_go_patch").click().run()
     assert not at.exception
-    assert "The edit failed: layer midblock has no step 7 in this run" in _text(at)
+    assert "The edit failed: layer midblock has no step 7 in this run" in fx.page_text(at)
     assert any(c.startswith("python -m pipeline edit") and " patch " in c for c in _codes(at))
     assert "dmd.edit_results" not in at.session_state or not at.session_state["dmd.edit_results"]
 
@@ -272,7 +262,7 @@ def test_the_result_of_an_edit_is_not_edited_again(demo_env, demo_store):
 
     frames = Editor(demo_store, device="cpu").interpolate(sid(0, 5), sid(1, 5), 3)
     at = _open(frames[1])
-    assert "the result of an edit (interpolate)" in _text(at)
+    assert "the result of an edit (interpolate)" in fx.page_text(at)
     assert not [b for b in at.button if (b.key or "").startswith("edit_go_")]
     # its parents are one click away
     at.button(key=f"edit_parent_{sid(0, 5)}").click().run()
@@ -282,7 +272,7 @@ def test_the_result_of_an_edit_is_not_edited_again(demo_env, demo_store):
 def test_a_model_this_code_cannot_generate_says_why_and_shows_the_command(app_env, app_store):
     at = app_test(query={"sel": "digits-a-00000003"})
     assert not at.exception
-    text = _text(at)
+    text = fx.page_text(at)
     assert "Edits are not available for this sample" in text and "is not one this code can generate" in text
     assert any(c.startswith(f"python -m pipeline edit --store {app_store} regenerate --sample digits-a-00000003")
                for c in _codes(at))
@@ -361,7 +351,7 @@ def test_a_prompt_model_regenerates_with_another_prompt_and_steers_between_categ
     with fx.app_pointed_at(root, monkeypatch, tmp_path):
         at = app_test(query={"sel": "sd-00000000", "layer": "mid"})
         assert not at.exception, at.exception
-        assert f"`{files.checkpoint('sd15')}`" in _text(at) or str(files.checkpoint("sd15")) in _text(at)
+        assert f"`{files.checkpoint('sd15')}`" in fx.page_text(at) or str(files.checkpoint("sd15")) in fx.page_text(at)
         assert at.text_input(key="edit_prompt_sd-00000000").value == PROMPTS[0]
         at.text_input(key="edit_prompt_sd-00000000").set_value("a green bicycle").run()
         assert "regenerate --sample sd-00000000 --prompt 'a green bicycle' --seed " in " ".join(_codes(at))
@@ -396,7 +386,7 @@ def test_a_checkpoint_missing_from_this_server_says_why_and_shows_the_command(t2
     with fx.app_pointed_at(root, monkeypatch, tmp_path):
         at = app_test(query={"sel": "sd-00000001", "layer": "mid"})
         assert not at.exception, at.exception
-        text = _text(at)
+        text = fx.page_text(at)
         assert "the checkpoint of run sd is not on this server: checkpoint not found:" in text
         assert str(files.checkpoint("sd15")) in text
         assert any(c.startswith(f"python -m pipeline edit --store {root} regenerate --sample sd-00000001")
@@ -418,7 +408,7 @@ def test_a_generator_that_fails_to_load_says_why_and_shows_the_command(demo_env,
     assert job is not None
     job.thread.join(30)
     at.run()
-    text = _text(at)
+    text = fx.page_text(at)
     assert "The generator of run `demo-multistep` cannot be loaded from the shipped demo weights: no CUDA device" \
         in text
     assert any(c.startswith("python -m pipeline edit --store ") and f"regenerate --sample {sid(9)}" in c
@@ -429,7 +419,7 @@ def test_a_generator_that_fails_to_load_says_why_and_shows_the_command(demo_env,
     at.button(key="edit_reload").click().run()
     data.jobs().find(("edit-load", data.resolve(str(demo_store)), RUN)).thread.join(30)
     at.run()
-    assert "demo from the shipped demo weights, on cpu" in _text(at)
+    assert "demo from the shipped demo weights, on cpu" in fx.page_text(at)
     assert at.button(key="edit_go_regenerate")
 
 
@@ -472,7 +462,7 @@ def test_a_slow_edit_shows_its_progress_then_its_results(demo_env, demo_store, m
     at.run()
     (result,) = at.session_state[state.EDIT_RESULTS][-1]["ids"]
     assert int(_samples(demo_store, [result])["seed"].iloc[0]) == 77
-    assert result in _map_data(at)["edited"]
+    assert result in fx.map_data(at)["edited"]
 
 
 def test_a_student_run_of_the_shipped_student_is_editable_with_its_own_family(tmp_path):

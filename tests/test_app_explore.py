@@ -20,10 +20,6 @@ app_env = fx.app_env
 EXPLORE = "app_pages/explore.py"
 
 
-def _md(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
-
-
 def _neighbour_rows(at) -> dict[str, list[str]]:
     """Neighbour rows shown in the panel, by kind, from the keys of their buttons."""
     out = {"kNN": [], "manual": []}
@@ -35,20 +31,10 @@ def _neighbour_rows(at) -> dict[str, list[str]]:
     return out
 
 
-def _map_data(at) -> dict:
-    """The data the map component was drawn with."""
-    import json
-
-    elements = at.get("bidi_component")
-    assert len(elements) == 1, "expected exactly one map"
-    proto = elements[0].proto
-    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
-
-
 def test_default_view_draws_the_map_and_writes_the_url(app_env):
     at = app_test()
     assert not at.exception
-    data = _map_data(at)
+    data = fx.map_data(at)
     assert data["points_url"].endswith(".points.json") and "/app/static/views/" in data["points_url"]
     assert data["thumb_base"].startswith("/app/static/thumbs/")
     assert data["plotly_url"].startswith("/app/static/vendor/plotly-")
@@ -69,7 +55,7 @@ def test_view_files_are_written_under_static(app_env, app_store):
     from app import static_files
 
     at = app_test()
-    data = _map_data(at)
+    data = fx.map_data(at)
     rel = data["points_url"].split("/app/static/", 1)[1]
     points = json.loads((static_files.STATIC_DIR / rel).read_text())
     assert len(points["ids"]) == 180 == len(points["x"]) == len(points["y"])
@@ -98,9 +84,9 @@ def test_shared_url_restores_view_and_selection(app_env):
     call = app_env.calls[-1]
     assert call["params"] == {"feature": "auto", "method": "umap", "n_neighbors": 30, "min_dist": 0.25,
                               "metric": "cosine"}
-    data = _map_data(at)
+    data = fx.map_data(at)
     assert data["selected"] == sid and len(data["knn"]) == 3
-    assert "#### a cat sleeping on a windowsill" in _md(at)  # the selected sample's prompt heads the panel
+    assert "#### a cat sleeping on a windowsill" in fx.page_text(at)  # the selected sample's prompt heads the panel
     assert len(_neighbour_rows(at)["kNN"]) == 3
     assert at.query_params["sel"] == sid and at.query_params["nn"] == "30"
 
@@ -128,13 +114,13 @@ def test_click_selects_then_toggles_neighbours(app_env):
     _click(at, other)
     rows = _neighbour_rows(at)
     assert rows["manual"] == [other] and len(rows["kNN"]) == 5
-    assert _map_data(at)["manual"] == [other]
+    assert fx.map_data(at)["manual"] == [other]
     assert at.query_params["man"] == other
 
     _click(at, first_knn)  # a kNN neighbour: removed from the kNN list
     rows = _neighbour_rows(at)
     assert first_knn not in rows["kNN"] and len(rows["kNN"]) == 4
-    assert first_knn not in _map_data(at)["knn"]
+    assert first_knn not in fx.map_data(at)["knn"]
 
     _click(at, other)  # a manual neighbour: removed
     assert _neighbour_rows(at)["manual"] == []
@@ -166,13 +152,13 @@ def test_panel_buttons_select_remove_and_clear(app_env):
     at.button(key=f"rm_kNN_{rows[1]}").click().run()
     assert rows[1] not in _neighbour_rows(at)["kNN"]
     at.button(key=f"go_kNN_{rows[0]}").click().run()  # make a neighbour the selected sample
-    assert _map_data(at)["selected"] == rows[0]
+    assert fx.map_data(at)["selected"] == rows[0]
     assert at.query_params["sel"] == rows[0]
     at.button(key="clear_selection").click().run()
     assert not at.exception
-    assert _map_data(at)["selected"] is None
+    assert fx.map_data(at)["selected"] is None
     assert "sel" not in at.query_params
-    assert "Click a point on the map" in _md(at)
+    assert "Click a point on the map" in fx.page_text(at)
 
 
 def _nearest(ids: list[str], points: np.ndarray, sample_id: str, k: int) -> list[str]:
@@ -193,7 +179,7 @@ def test_k_and_space_change_the_neighbour_list(app_env, app_store):
     at = app_test(query={"sel": sid})
     assert at.radio(key="w_space").value == "activation"  # the default: the faithful neighbours
     assert "space" not in at.query_params
-    assert "in activation space (euclidean distance" in _md(at)  # the panel says which space
+    assert "in activation space (euclidean distance" in fx.page_text(at)  # the panel says which space
     default_nb = _neighbour_rows(at)["kNN"]
     at.slider(key="w_k").set_value(2).run()
     act_nb = _neighbour_rows(at)["kNN"]
@@ -206,11 +192,11 @@ def test_k_and_space_change_the_neighbour_list(app_env, app_store):
     assert not at.exception
     map_nb = _neighbour_rows(at)["kNN"]
     # map space: the nearest points of the map as drawn, another list than the activation space's
-    points = json.loads((static_files.STATIC_DIR / _map_data(at)["points_url"].split("/app/static/", 1)[1])
+    points = json.loads((static_files.STATIC_DIR / fx.map_data(at)["points_url"].split("/app/static/", 1)[1])
                         .read_text())
     assert map_nb == _nearest(points["ids"], np.column_stack([points["x"], points["y"]]), sid, 2)
     assert act_nb != map_nb
-    assert "in map space (2-D" in _md(at) and "41% of map neighbours are also activation neighbours" in _md(at)
+    assert "in map space (2-D" in fx.page_text(at) and "41% of map neighbours are also activation neighbours" in fx.page_text(at)
     assert at.query_params["space"] == "map"
 
 
@@ -276,7 +262,7 @@ def test_colour_by_options(app_env, color):
     assert COLORING_TITLES[color] in at.selectbox(key="w_color").options
     at.selectbox(key="w_color").set_value(color).run()
     assert not at.exception
-    payload = json.loads((static_files.STATIC_DIR / _map_data(at)["color_url"].split("/app/static/", 1)[1])
+    payload = json.loads((static_files.STATIC_DIR / fx.map_data(at)["color_url"].split("/app/static/", 1)[1])
                          .read_text())
     if color in ("seed", "index"):
         assert payload["kind"] == "numeric" and len(payload["values"]) == 48
@@ -284,7 +270,7 @@ def test_colour_by_options(app_env, color):
         assert payload["kind"] == "category" and sum(payload["counts"]) == 48
     if color == "cluster":
         at.slider(key="w_nclusters").set_value(3).run()
-        payload = json.loads((static_files.STATIC_DIR / _map_data(at)["color_url"].split("/app/static/", 1)[1])
+        payload = json.loads((static_files.STATIC_DIR / fx.map_data(at)["color_url"].split("/app/static/", 1)[1])
                              .read_text())
         assert len(payload["names"]) == 3
 
@@ -293,14 +279,14 @@ def test_class_filter_highlights_or_projects(app_env):
     at = app_test()
     at.multiselect(key="w_classes").set_value(["3: three", "7: seven"]).run()
     assert not at.exception
-    highlight = _map_data(at)["highlight"]
+    highlight = fx.map_data(at)["highlight"]
     assert len(highlight) == 36 and all(s.startswith("digits-") for s in highlight)
-    assert "36 highlighted" in _md(at)
+    assert "36 highlighted" in fx.page_text(at)
     assert app_env.calls[-1]["sample_ids"] is None
     at.radio(key="w_fmode").set_value("project").run()
     assert not at.exception
     assert sorted(app_env.calls[-1]["sample_ids"]) == sorted(highlight)
-    assert _map_data(at)["highlight"] is None
+    assert fx.map_data(at)["highlight"] is None
 
 
 def test_keyword_filter_and_its_errors(app_env):
@@ -308,11 +294,11 @@ def test_keyword_filter_and_its_errors(app_env):
     at.text_input(key="w_keyword").set_value("cat OR owl").run()
     assert not at.exception
     # substrings, case-insensitive: "cat", "owl" and the "owl" of "a bowl of ramen": 3 of 8 prompts
-    assert len(_map_data(at)["highlight"]) == 18
+    assert len(fx.map_data(at)["highlight"]) == 18
     at.text_input(key="w_keyword").set_value('"unclosed').run()
     assert not at.exception
     assert any("Keywords" in e.value for e in at.sidebar.error)
-    assert _map_data(at)["highlight"] is None  # the map stays, unfiltered
+    assert fx.map_data(at)["highlight"] is None  # the map stays, unfiltered
 
 
 def test_highlight_from_a_search_link(app_env):
@@ -320,16 +306,16 @@ def test_highlight_from_a_search_link(app_env):
 
     ids = [f"digits-a-{i:08d}" for i in (1, 2, 3)]
     at = app_test(query={"hl": "~".join(ids)})
-    assert _map_data(at)["highlight"] == ids
-    assert "Highlighting 3 samples" in _md(at)
+    assert fx.map_data(at)["highlight"] == ids
+    assert "Highlighting 3 samples" in fx.page_text(at)
     at.button(key="clear_hl").click().run()
-    assert _map_data(at)["highlight"] is None and "hl" not in at.query_params
+    assert fx.map_data(at)["highlight"] is None and "hl" not in at.query_params
     token = state.register_highlight([f"digits-b-{i:08d}" for i in range(30)])
     at = app_test(query={"hl": token})
-    assert len(_map_data(at)["highlight"]) == 30
+    assert len(fx.map_data(at)["highlight"]) == 30
     at = app_test(query={"hl": "s:forgotten"})
-    assert _map_data(at)["highlight"] == []
-    assert "no longer known" in _md(at)
+    assert fx.map_data(at)["highlight"] == []
+    assert "no longer known" in fx.page_text(at)
 
 
 def test_projection_progress_then_map(app_env, monkeypatch):
@@ -352,8 +338,8 @@ def test_a_new_projection_keeps_the_previous_map_dimmed_supersedes_the_older_and
     from app import data
 
     at = app_test()  # the first map (instant)
-    assert _map_data(at)["busy"] is False
-    first_points = _map_data(at)["points_url"]
+    assert fx.map_data(at)["busy"] is False
+    first_points = fx.map_data(at)["points_url"]
     slow = fx.FakeProjector(delay_s=30)
     data.set_projector(slow)
     monkeypatch.setattr(data, "JOB_WAIT_S", 0.05)
@@ -361,7 +347,7 @@ def test_a_new_projection_keeps_the_previous_map_dimmed_supersedes_the_older_and
     at.button[[b.label for b in at.button].index("Recompute")].click().run()
     assert not at.exception
     # the previous map stays, dimmed, under a progress bar that names the stage and counts the seconds
-    assert _map_data(at)["busy"] is True and _map_data(at)["points_url"] == first_points
+    assert fx.map_data(at)["busy"] is True and fx.map_data(at)["points_url"] == first_points
     text = at.get("progress")[0].proto.text
     assert "Projecting… reading activations" in text and text.endswith(" s")
     first_job = at.session_state["dmd.waiting_job"]
@@ -383,13 +369,13 @@ def test_a_new_projection_keeps_the_previous_map_dimmed_supersedes_the_older_and
     assert data.jobs().find(second_job).cancelled
     at.run()  # a later rerun does not restart it
     assert "Projection cancelled" in " ".join(i.value for i in at.info) and not at.get("progress")
-    assert _map_data(at)["points_url"] == first_points and len(slow.calls) == 2
+    assert fx.map_data(at)["points_url"] == first_points and len(slow.calls) == 2
     slow.delay_s = 0
     at.button[[b.label for b in at.button].index("Compute it after all")].click().run()
     time.sleep(0.3)
     at.run()
     assert len(slow.calls) == 3 and slow.calls[-1]["params"]["n_neighbors"] == 41
-    assert _map_data(at)["busy"] is False and _map_data(at)["points_url"] != first_points
+    assert fx.map_data(at)["busy"] is False and fx.map_data(at)["points_url"] != first_points
 
 
 def test_projection_error_is_shown_not_raised(app_env):
@@ -408,16 +394,16 @@ def test_lasso_selection_drives_the_export(app_env):
     ids = [f"digits-a-{i:08d}" for i in range(7)]
     at.session_state[state.LASSO] = ids
     at.run()
-    assert "lasso/box selection (7 samples)" in _md(at)
+    assert "lasso/box selection (7 samples)" in fx.page_text(at)
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["CSV", "Parquet", "Images (ZIP)", "Map (HTML)"]
 
 
 def test_png_button_asks_the_browser(app_env):
     at = app_test()
-    assert _map_data(at)["png_nonce"] == 0
+    assert fx.map_data(at)["png_nonce"] == 0
     at.button(key="dl_png").click().run()
-    assert _map_data(at)["png_nonce"] == 1
+    assert fx.map_data(at)["png_nonce"] == 1
 
 
 def test_store_switch_resets_the_view(app_env, app_store, tmp_path):
@@ -428,7 +414,7 @@ def test_store_switch_resets_the_view(app_env, app_store, tmp_path):
     at = app_test(query={"model": "words", "layer": "mid_block", "sel": "words-a-00000001"})
     at.text_input(key="dmd_store_input").set_value(str(other)).run()
     assert not at.exception
-    assert _map_data(at)["selected"] is None
+    assert fx.map_data(at)["selected"] is None
     assert at.query_params["store"] == str(other)
 
 
@@ -454,11 +440,11 @@ def test_the_real_projection_engine_end_to_end(app_env, monkeypatch):
     monkeypatch.setattr(data, "JOB_WAIT_S", 120)  # wait for the fit inside the run
     at = app_test(query={"sel": "digits-a-00000003", "space": "activation"})
     assert not at.exception and not at.error
-    info = _map_data(at)
+    info = fx.map_data(at)
     assert info["selected"] == "digits-a-00000003" and len(info["knn"]) == 5
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["Trustworthiness"]) > 0.8
-    assert "in activation space" in _md(at)
+    assert "in activation space" in fx.page_text(at)
     # the neighbours of a "3" in activation space are mostly "3"s (the synthetic clusters are well apart)
     rows = _neighbour_rows(at)["kNN"]
     assert sum(int(s.rsplit("-", 1)[1]) % 10 == 3 for s in rows) >= 4
@@ -474,7 +460,7 @@ def test_a_corrupt_part_is_reported_on_the_map_page(app_env, app_store, tmp_path
     at = app_test(query={"store": str(store)})
     assert not at.exception
     assert any("corrupt part" in w.value for w in at.warning)
-    assert len(app_env.calls) and _map_data(at)["points_url"]  # the map is still drawn, without that part
+    assert len(app_env.calls) and fx.map_data(at)["points_url"]  # the map is still drawn, without that part
 
 
 # -- all steps in one map --------------------------------------------------------------------------------------
@@ -493,43 +479,35 @@ def steps_env(app_env):
     return engine
 
 
-def _static_json(url: str) -> dict:
-    import json
-
-    from app import static_files
-
-    return json.loads((static_files.STATIC_DIR / url.split("/app/static/", 1)[1]).read_text())
-
-
 def test_all_steps_colours_by_step_and_draws_the_trajectory(steps_env):
     at = app_test()
     at.select_slider(key="w_step").set_value("all").run()
     assert not at.exception
     assert steps_env.calls[-1]["step"] == "all" and at.query_params["step"] == "all"
     assert at.selectbox(key="w_color").value == "step"  # the default colouring of an all-steps map
-    data = _map_data(at)
-    points = _static_json(data["points_url"])
+    data = fx.map_data(at)
+    points = fx.static_json(data["points_url"])
     assert len(points["ids"]) == 3 * 180 and points["ids"][0] == "digits-a-00000000@0"
-    color = _static_json(data["color_url"])
+    color = fx.static_json(data["color_url"])
     assert color["kind"] == "category" and color["names"] == ["step 0 (σ 14.6)", "step 1 (σ 2.5)", "step 2 (σ 0.3)"]
     assert color["counts"] == [180, 180, 180]
-    meta = _static_json(data["meta_url"])
+    meta = fx.static_json(data["meta_url"])
     fields = {f["name"]: f for f in meta["fields"]}
     assert fields["step"]["values"][fields["step"]["codes"][180]] == "1"  # row 180: the first point of step 1
     assert fields["sigma"]["values"][fields["sigma"]["codes"][180]] == "2.5"
-    assert "All steps" not in _md(at) and "540 points (180 samples × up to 3 steps)" in _md(at)
+    assert "All steps" not in fx.page_text(at) and "540 points (180 samples × up to 3 steps)" in fx.page_text(at)
 
     _click(at, "digits-a-00000004@1")  # a click selects a (sample, step) point
-    data = _map_data(at)
+    data = fx.map_data(at)
     assert data["selected"] == "digits-a-00000004@1" and at.query_params["sel"] == "digits-a-00000004@1"
     assert data["trajectory"] == {"ids": [f"digits-a-00000004@{k}" for k in range(3)], "labels": ["0", "1", "2"]}
     knn = _neighbour_rows(at)["kNN"]
     assert len(knn) == 5 and all("@" in s for s in knn) and data["knn"] == knn
-    assert "4: four · step " in _md(at)  # neighbour rows name their step
+    assert "4: four · step " in fx.page_text(at)  # neighbour rows name their step
 
     at.select_slider(key="w_step").set_value(1).run()  # back to one step: the same sample stays selected
     assert not at.exception
-    data = _map_data(at)
+    data = fx.map_data(at)
     assert data["selected"] == "digits-a-00000004" and data["trajectory"] is None
     assert at.selectbox(key="w_color").value == "label" and "step" not in at.selectbox(key="w_color").options
 
@@ -539,16 +517,16 @@ def test_all_steps_share_link_restores_selection_and_expands_search_highlights(s
     at = app_test(query={"step": "all", "color": "step", "sel": sel, "hl": "digits-a-00000005~digits-b-00000001"})
     assert not at.exception
     assert at.select_slider(key="w_step").value == "all" and at.selectbox(key="w_color").value == "step"
-    data = _map_data(at)
+    data = fx.map_data(at)
     assert data["selected"] == sel and len(data["trajectory"]["ids"]) == 3
     # a search names samples: each is highlighted at every step
     assert sorted(data["highlight"]) == sorted(f"{s}@{k}" for s in ("digits-a-00000005", "digits-b-00000001")
                                                for k in range(3))
-    assert "Highlighting 2 samples from a search link" in _md(at)
+    assert "Highlighting 2 samples from a search link" in fx.page_text(at)
     assert at.query_params["step"] == "all" and at.query_params["sel"] == sel
     # a numeric metadata colouring still works on points
     at.selectbox(key="w_color").set_value("seed").run()
-    color = _static_json(_map_data(at)["color_url"])
+    color = fx.static_json(fx.map_data(at)["color_url"])
     assert color["kind"] == "numeric" and len(color["values"]) == 540
 
 
@@ -568,8 +546,8 @@ def test_explore_exports_the_neighbourhood_with_roles_and_names_the_png(app_env,
     assert chosen.ranks == (0, 1, 2, 3, 4) and list(chosen.distances) == sorted(chosen.distances)
     view = at.session_state["dmd.view"]
     assert chosen.space == view.space
-    assert "ranked by distance in" in _md(at)
-    title = _map_data(at)["title"]
+    assert "ranked by distance in" in fx.page_text(at)
+    title = fx.map_data(at)["title"]
     assert title.startswith("digits · midblock · step 2") and "samples" in title
 
 

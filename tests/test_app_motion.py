@@ -17,24 +17,13 @@ MOTION = "app_pages/motion.py"
 
 
 def _open(query: dict):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(fx.ENTRY, default_timeout=180)
-    at.run()
-    at.query_params.clear()
-    for k, v in query.items():
-        at.query_params[k] = v
-    at = at.switch_page(MOTION).run()
+    at = fx.open_page(MOTION, query, timeout=180)
     assert not at.exception, at.exception
     return at
 
 
 def _figures(at) -> dict:
     return {i: json.loads(c.proto.spec) for i, c in enumerate(at.get("plotly_chart"))}
-
-
-def _text(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning])
 
 
 def _xy(trace) -> np.ndarray:
@@ -89,7 +78,7 @@ def test_second_visit_is_from_the_cache(app_env):
     st.cache_resource.clear()  # a fresh server: no finished jobs, no maps in memory; the store keeps them
     aligned.clear_cache()
     at = _open({"model": "digits", "mode": "steps", "layer": "encoder_bottleneck"})
-    assert "from the cache" in _text(at)
+    assert "from the cache" in fx.page_text(at)
 
 
 def test_depth_mode_animates_layers_beside_consecutive_cka(app_env, app_store):
@@ -104,12 +93,12 @@ def test_depth_mode_animates_layers_beside_consecutive_cka(app_env, app_store):
     from tests.test_app_compare import _array
 
     assert _array(cka["x"])[0] == pytest.approx(expected.loc["encoder_bottleneck", "midblock"])
-    assert "2 layers at step 1" in _text(at)
+    assert "2 layers at step 1" in fx.page_text(at)
 
 
 def test_a_one_step_model_says_why_nothing_moves(app_env):
     at = _open({"model": "words", "mode": "steps"})
-    assert "one step only" in _text(at)
+    assert "one step only" in fx.page_text(at)
     assert not at.get("plotly_chart")
 
 
@@ -136,11 +125,11 @@ def test_a_long_alignment_shows_progress_and_can_be_cancelled(app_env, monkeypat
     at = _open({"model": "digits", "mode": "layers", "step": "0", "layers": "encoder_bottleneck~midblock"})
     assert any("Aligning maps" in str(p.proto.text) for p in at.get("progress"))
     at.button(key=next(b.key for b in at.button if b.key and b.key.startswith("mot_cancel_"))).click().run()
-    assert "Cancelled" in _text(at) and not at.get("plotly_chart")
+    assert "Cancelled" in fx.page_text(at) and not at.get("plotly_chart")
     # the cancelled job is not started again by the next rerun, only when asked
     at.run()
-    assert "Cancelled" in _text(at)
+    assert "Cancelled" in fx.page_text(at)
     monkeypatch.setattr(aligned, "fit_aligned", real)
     monkeypatch.setattr(data, "JOB_WAIT_S", 60)
     at.button(key="mot_compute").click().run()
-    assert at.get("plotly_chart") and "Cancelled" not in _text(at)
+    assert at.get("plotly_chart") and "Cancelled" not in fx.page_text(at)

@@ -3,8 +3,6 @@ shows the run, and the filter and highlight messages count what the map shows.""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests import app_fixtures as fx
@@ -38,24 +36,6 @@ def _shown(at, key):
     return round(list(p.value)[0] if p.set_value else list(p.default)[0], 6)
 
 
-def _md(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.error, *at.warning,
-                                            *at.sidebar.warning])
-
-
-def _map_data(at) -> dict:
-    elements = at.get("bidi_component")
-    assert len(elements) == 1, "expected exactly one map"
-    proto = elements[0].proto
-    return json.loads(proto.json if proto.WhichOneof("data") == "json" else proto.mixed.json)
-
-
-def _static_json(url: str) -> dict:
-    from app import static_files
-
-    return json.loads((static_files.STATIC_DIR / url.split("/app/static/", 1)[1]).read_text())
-
-
 # ------------------------------------------------------------------- item 12: a store-path typo
 
 
@@ -73,14 +53,14 @@ def test_the_view_survives_a_store_path_typo(app_env, tmp_path):
     store = at.text_input(key="dmd_store_input").value
 
     at.text_input(key="dmd_store_input").set_value(str(tmp_path / "no-such-store")).run()  # a typo
-    assert not at.exception and "does not exist" in _md(at)
+    assert not at.exception and "does not exist" in fx.page_text(at, at.sidebar.warning)
     at.text_input(key="dmd_store_input").set_value(store).run()  # and back
     assert not at.exception
     # every control is drawn with its value again (not at its minimum), the view and selection are as they were
     assert {k: _shown(at, k) for k in SIDEBAR} == shown
     assert {k: _widget(at, k).value for k in ("w_nn", "w_md", "w_k", "w_step")} == \
         {"w_nn": 30, "w_md": 0.4, "w_k": 7, "w_step": 1}
-    assert _map_data(at)["selected"] == "digits-a-00000004"
+    assert fx.map_data(at)["selected"] == "digits-a-00000004"
     assert {k: at.query_params[k] for k in VIEW_QUERY} == VIEW_QUERY
     # no fit with other values: the projection asked for is the same one as before
     assert all(c["params"] == fit["params"] and (c["layer"], c["step"]) == (fit["layer"], fit["step"])
@@ -100,7 +80,7 @@ def test_the_same_store_spelled_otherwise_keeps_the_view(app_env):
     store = at.text_input(key="dmd_store_input").value
     at.text_input(key="dmd_store_input").set_value(f"  {store} ").run()  # the same store
     assert not at.exception
-    assert at.slider(key="w_nn").value == 30 and _map_data(at)["selected"] == "digits-a-00000004"
+    assert at.slider(key="w_nn").value == 30 and fx.map_data(at)["selected"] == "digits-a-00000004"
 
 
 # ------------------------------------------------------------------- item 13: what a link could not use
@@ -122,7 +102,7 @@ def test_a_links_unusable_values_are_named_with_what_was_used(app_env):
                      "`nn=9999` (out of range): used `100`",
                      "`md=abc` (not a number): used `0.1`"):
         assert expected in text, (expected, text)
-    assert _map_data(at)["selected"] is None
+    assert fx.map_data(at)["selected"] is None
     at.button(key="dismiss_url_fixes").click().run()  # until dismissed
     assert not [w for w in at.warning if "could not be used" in w.value]
 
@@ -157,31 +137,31 @@ def test_colour_by_run_at_a_step_with_one_run_shows_that_run(uneven_env):
     at = app_test(query={"step": "2", "color": "run"})
     assert not at.exception
     assert at.selectbox(key="w_color").value == "run"
-    color = _static_json(_map_data(at)["color_url"])
+    color = fx.static_json(fx.map_data(at)["color_url"])
     assert color["title"] == "run" and color["names"] == ["digits-a"] and color["counts"] == [60]
     assert len(set(color["colors"])) == 1
     at.select_slider(key="w_step").set_value(0).run()  # both runs: two colours
-    color = _static_json(_map_data(at)["color_url"])
+    color = fx.static_json(fx.map_data(at)["color_url"])
     assert color["names"] == ["digits-a", "digits-b"] and color["counts"] == [60, 40]
 
 
 def test_highlight_counts_only_what_the_view_shows(uneven_env):
     at = app_test(query={"step": "2", "kw": "three"})
     assert not at.exception
-    highlight = _map_data(at)["highlight"]
+    highlight = fx.map_data(at)["highlight"]
     assert len(highlight) == 6 and all(s.startswith("digits-a-") for s in highlight)  # 4 threes are in digits-b
-    assert "**6 highlighted** (4 of the 10 matching samples are not in this view)" in _md(at)
+    assert "**6 highlighted** (4 of the 10 matching samples are not in this view)" in fx.page_text(at, at.sidebar.warning)
     at.select_slider(key="w_step").set_value(0).run()  # every match is here
-    assert len(_map_data(at)["highlight"]) == 10 and "**10 highlighted**" in _md(at)
-    assert "not in this view" not in _md(at)
+    assert len(fx.map_data(at)["highlight"]) == 10 and "**10 highlighted**" in fx.page_text(at, at.sidebar.warning)
+    assert "not in this view" not in fx.page_text(at, at.sidebar.warning)
 
 
 def test_a_filter_without_matches_says_so(app_env):
     at = app_test(query={"kw": "zzzz", "fm": "project"})
     assert not at.exception
-    text = _md(at)
+    text = fx.page_text(at, at.sidebar.warning)
     assert "No sample matches the filter" in text and "Only 0" not in text
     assert app_env.calls[-1]["sample_ids"] is None  # the whole map
     at = app_test(query={"model": "words", "layer": "mid_block", "kw": "ramen", "fm": "project"})
-    assert len(_map_data(at)["highlight"]) == 6  # too few to project: highlighted, and said so with the count
-    assert "Only 6 samples match the filter" in _md(at) and "No sample matches" not in _md(at)
+    assert len(fx.map_data(at)["highlight"]) == 6  # too few to project: highlighted, and said so with the count
+    assert "Only 6 samples match the filter" in fx.page_text(at, at.sidebar.warning) and "No sample matches" not in fx.page_text(at, at.sidebar.warning)

@@ -21,6 +21,7 @@ from pipeline.spatial import (
     spatial_view,
     upsample,
 )
+from tests import store_fixtures as sf
 
 
 def test_channel_norm_is_the_l2_norm_over_channels():
@@ -114,24 +115,14 @@ def test_overlay_blends_with_opacity():
 
 # -- on the demo model --------------------------------------------------------------------------------------
 
-RUN = "demo-multistep"
+RUN = sf.DEMO_RUN
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo model, 3 samples of each digit; 'midblock' stored full, 'encoder_bottleneck' as channel means."""
-    import torch
-
-    from pipeline.adapters.edm import load_demo
-    from pipeline.generate import generate
     from store import Store
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("spatial") / "store"
-    adapter = load_demo(torch.device("cpu"), samples_per_class=3, x0_previews=True)
-    generate(adapter, root, 30, ["encoder_bottleneck", "midblock"], run_id=RUN, batch_size=30, progress=False,
-             reduce={"encoder_bottleneck": "mean", "midblock": "full"})
-    return Store(root)
+    return Store(sf.build_demo_store(tmp_path_factory.mktemp("spatial") / "store"))
 
 
 def ids(n):

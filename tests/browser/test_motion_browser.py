@@ -8,25 +8,17 @@ import time
 
 import pytest
 
+from tests import store_fixtures as sf
 from tests.browser import harness as h
 
 pytestmark = pytest.mark.browser
 
-RUN = "demo-multistep"
+RUN = sf.DEMO_RUN
 
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    import torch
-
-    from pipeline.adapters.edm import load_demo
-    from pipeline.generate import generate
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("motion-browser") / "store"
-    adapter = load_demo(torch.device("cpu"), samples_per_class=6, x0_previews=True)
-    generate(adapter, root, 60, ["encoder_bottleneck", "midblock"], run_id=RUN, batch_size=60, progress=False,
-             reduce={"encoder_bottleneck": "mean", "midblock": "full"})
+    root = sf.build_demo_store(tmp_path_factory.mktemp("motion-browser") / "store", samples_per_class=6)
     log = tmp_path_factory.mktemp("motion-log") / "streamlit.log"
     with h.AppServer(root, stand_in_projector=True, log=log) as server:
         yield server
