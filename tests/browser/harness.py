@@ -251,3 +251,55 @@ def pick(page, sample_id: str, timeout: float = 10) -> tuple[str, float, float]:
     page.wait_for_function("""() => { const t = document.querySelector('.dmv-tip');
         return t && !t.hidden && !!t.dataset.id; }""", timeout=timeout * 1000)
     return page.evaluate("() => document.querySelector('.dmv-tip').dataset.id"), x, y
+
+
+# ------------------------------------------------------------------------------ standalone HTML files
+
+@contextlib.contextmanager
+def offline_page(chromium, html: Path, viewport: dict):
+    """A page of the standalone file `html` in a context with the network cut (any request but the file itself
+    is aborted). Yields (page, asked, errors): the URLs it asked for and its script errors, for the caller to
+    check after its steps."""
+    context = chromium.new_context(viewport=viewport, offline=True)
+    asked: list[str] = []
+    errors: list[str] = []
+    context.on("request", lambda r: asked.append(r.url))
+    context.route("**/*", lambda route: route.continue_() if route.request.url == html.as_uri() else route.abort())
+    page = context.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(html.as_uri())
+        yield page, asked, errors
+    finally:
+        page.close()
+        context.close()
+
+
+def hover_thumbnails(page, plot: str, xy, ids: list[str], store, count: int = 2) -> None:
+    """Hover the `count` most isolated points of a standalone plotly map (`plot`: its CSS selector; `xy` its
+    coordinates, `ids` its samples) and check that the hover box shows each one's thumbnail from `store`."""
+    import base64
+
+    import numpy as np
+
+    xy = np.asarray(xy, dtype=float)
+    box = page.locator("#hover-thumb")
+    gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
+    for row in np.argsort(-gaps.min(axis=1))[:count]:
+        x, y = page.evaluate(
+            """([sel, x, y]) => { const gd = document.querySelector(sel), L = gd._fullLayout,
+                   r = gd.getBoundingClientRect();
+               return [r.left + L._size.l + L.xaxis.l2p(x), r.top + L._size.t + L.yaxis.l2p(y)]; }""",
+            [plot, float(xy[row, 0]), float(xy[row, 1])])
+        page.mouse.move(x, y)
+        want = "data:image/webp;base64," + base64.b64encode(store.thumbs([ids[row]])[0]).decode()
+        # the box still shows the previous point until this hover lands: wait for this point's image
+        page.wait_for_function("""(want) => { const b = document.getElementById('hover-thumb');
+            return b.style.display === 'block' && b.src === want && b.complete && b.naturalWidth > 0; }""", arg=want)
+        assert box.get_attribute("src") == want
+
+
+def thumbnail_hides(page) -> None:
+    """Move the mouse off the map: the hover box hides."""
+    page.mouse.move(5, 5)
+    page.wait_for_function("() => document.getElementById('hover-thumb').style.display === 'none'")

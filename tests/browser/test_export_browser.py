@@ -1,15 +1,14 @@
 """The standalone HTML map (Explore's "Map (HTML)" download) in Chromium, from a file, with no server:
-hovering a point shows that sample's thumbnail."""
+hovering a point shows that sample's thumbnail, and the file asks the network for nothing."""
 
 from __future__ import annotations
-
-import base64
 
 import numpy as np
 
 from app import exports, views
 from store import Store
 from tests.app_fixtures import build_app_store
+from tests.browser import harness as h
 
 
 def test_hovering_a_point_of_the_exported_map_shows_its_thumbnail(chromium, tmp_path):
@@ -23,27 +22,10 @@ def test_hovering_a_point_of_the_exported_map_shows_its_thumbnail(chromium, tmp_
     out = tmp_path / "map.html"
     out.write_bytes(exports.map_html(view, views.colorings(view)["label"], store))
 
-    page = chromium.new_page(viewport={"width": 1000, "height": 800})
-    try:
-        page.goto(out.as_uri())
+    with h.offline_page(chromium, out, {"width": 1000, "height": 800}) as (page, asked, errors):
         page.wait_for_function("() => document.querySelector('.js-plotly-plot')?._fullLayout?.xaxis")
-        box = page.locator("#hover-thumb")
-        gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 9
-        for row in np.argsort(-gaps.min(axis=1))[:2]:  # the two most isolated points: the thumbnail follows
-            x, y = page.evaluate(
-                """([x, y]) => { const gd = document.querySelector('.js-plotly-plot'), L = gd._fullLayout,
-                       r = gd.getBoundingClientRect();
-                   return [r.left + L._size.l + L.xaxis.l2p(x), r.top + L._size.t + L.yaxis.l2p(y)]; }""",
-                [float(xy[row, 0]), float(xy[row, 1])])
-            page.mouse.move(x, y)
-            want = "data:image/webp;base64," + base64.b64encode(store.thumbs([ids[row]])[0]).decode()
-            # the box still shows the previous point until this hover lands: wait for this point's image
-            page.wait_for_function("""(want) => { const b = document.getElementById('hover-thumb');
-                return b.style.display === 'block' && b.src === want && b.complete && b.naturalWidth > 0; }""",
-                                   arg=want)
-            assert box.get_attribute("src") == want
+        h.hover_thumbnails(page, ".js-plotly-plot", xy, ids, store)
         page.screenshot(path=str(tmp_path / "export.png"))
-        page.mouse.move(5, 5)
-        page.wait_for_function("() => document.getElementById('hover-thumb').style.display === 'none'")
-    finally:
-        page.close()
+        h.thumbnail_hides(page)
+    assert asked == [out.as_uri()], f"the exported map asked for more than itself: {asked}"
+    assert not errors

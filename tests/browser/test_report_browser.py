@@ -3,7 +3,6 @@ nothing but itself, draws its map, and hovering a point shows that sample's thum
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from pipeline.project import ProjectionParams, default_projector
 from pipeline.report import write_report
 from store import Store
+from tests.browser import harness as h
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,44 +32,18 @@ def test_the_report_opens_offline_and_shows_a_thumbnail_on_hover(chromium, repor
     proj = default_projector().project(store, "demo", "midblock", None, ProjectionParams())  # the report's map
     ids, xy = [str(s) for s in proj.sample_ids], np.asarray(proj.xy, dtype=float)
 
-    context = chromium.new_context(viewport={"width": 1200, "height": 1000}, offline=True)
-    asked = []
-    context.on("request", lambda r: asked.append(r.url))
-    context.route("**/*", lambda route: route.continue_() if route.request.url == html.as_uri()
-                  else route.abort())
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.goto(html.as_uri())
+    with h.offline_page(chromium, html, {"width": 1200, "height": 1000}) as (page, asked, errors):
         page.wait_for_function("() => document.getElementById('map-plot')?._fullLayout?.xaxis")
         # every image of the page (medoids, outliers) is inline and decodes
         page.wait_for_function("""() => { const imgs = [...document.querySelectorAll('section img')];
             return imgs.length > 0 && imgs.every(i => i.src.startsWith('data:') && i.complete && i.naturalWidth > 0); }""")
         assert page.locator("figure.outlier").count() == min(24, len(ids))
         page.locator("#map-plot").scroll_into_view_if_needed()
-        box = page.locator("#hover-thumb")
-        gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
-        for row in np.argsort(-gaps.min(axis=1))[:2]:  # the two most isolated points
-            x, y = page.evaluate(
-                """([x, y]) => { const gd = document.getElementById('map-plot'), L = gd._fullLayout,
-                       r = gd.getBoundingClientRect();
-                   return [r.left + L._size.l + L.xaxis.l2p(x), r.top + L._size.t + L.yaxis.l2p(y)]; }""",
-                [float(xy[row, 0]), float(xy[row, 1])])
-            page.mouse.move(x, y)
-            want = "data:image/webp;base64," + base64.b64encode(store.thumbs([ids[row]])[0]).decode()
-            page.wait_for_function("""(want) => { const b = document.getElementById('hover-thumb');
-                return b.style.display === 'block' && b.src === want && b.complete && b.naturalWidth > 0; }""",
-                                   arg=want)
-            assert box.get_attribute("src") == want
+        h.hover_thumbnails(page, "#map-plot", xy, ids, store)
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot))
         if os.environ.get("DMD2VIZ_REPORT_SCREENSHOT"):  # the docs' screenshot: a path to write it to
             Path(os.environ["DMD2VIZ_REPORT_SCREENSHOT"]).write_bytes(shot.read_bytes())
-        page.mouse.move(5, 5)
-        page.wait_for_function("() => document.getElementById('hover-thumb').style.display === 'none'")
-    finally:
-        page.close()
-        context.close()
+        h.thumbnail_hides(page)
     assert asked == [html.as_uri()], f"the report asked for more than itself: {asked}"
     assert not errors
