@@ -229,27 +229,12 @@ def _digest(ids) -> str:
     return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _narrowed(key: str, _view: views.View, _path: str, _keep: tuple) -> views.View:
-    rows = np.asarray(_keep, dtype=np.int64)
-    sub = views.make_view(store_key=_view.store_key, projection_key=_view.projection_key, model=_view.model,
-                          layer=_view.layer, step=_view.step, sample_ids=_view.sample_ids[rows], xy=_view.xy[rows],
-                          samples=data.model_samples(_path, _view.model), quality=_view.quality,
-                          source=_view.source, step_info=_view.step_info, extra_key=key, feature=_view.feature,
-                          seconds=_view.seconds, steps=data.model_steps(_path, _view.model, _view.layer),
-                          features=_view.features)
-    views.write_view_files(sub)
-    return sub
-
-
 def narrowed_view(path: str, view: views.View, keep: np.ndarray) -> views.View:
     """The map's points that pass the facet filters (a view of its own, same coordinates): the map drawn
     filtered. All pass: the view itself."""
     if keep.all():
         return view
-    rows = tuple(np.flatnonzero(keep).tolist())
-    key = f"{view.key}|facets|{_digest(map(str, rows))}"
-    return _narrowed(key, view, path, rows)
+    return data.narrowed_view(path, view, np.flatnonzero(keep), "facets")
 
 
 def class_coloring(view: views.View) -> views.Coloring:

@@ -267,25 +267,13 @@ def view_of(path: str, s: Settings, job: data.Job, steps: dict[str, int]) -> vie
     return _view(job.key, job, path, s.model, s.layer, info)
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _narrowed(key: str, _view: views.View, _path: str, _rows: tuple) -> views.View:
-    rows = np.asarray(_rows, dtype=np.int64)
-    sub = views.make_view(store_key=_view.store_key, projection_key=_view.projection_key, model=_view.model,
-                          layer=_view.layer, step=_view.step, sample_ids=_view.sample_ids[rows], xy=_view.xy[rows],
-                          samples=data.model_samples(_path, _view.model), quality=_view.quality,
-                          source=_view.source, step_info=_view.step_info, extra_key=key, seconds=_view.seconds)
-    views.write_view_files(sub)
-    return sub
-
-
 def class_view(path: str, view: views.View, cls: str | None) -> views.View:
     """The map's points of one class (the metrics' class column), or the whole map for None."""
     if cls is None:
         return view
     column = run_pairs.class_column(view.frame)
     keep = view.frame[column].astype(str).eq(str(cls)).to_numpy()
-    rows = tuple(np.flatnonzero(keep).tolist())
-    return _narrowed(f"{view.key}|class|{_digest(rows)}", view, path, rows)
+    return data.narrowed_view(path, view, np.flatnonzero(keep), "class")
 
 
 def color_file(view: views.View, runs_all: list[str]) -> str:

@@ -99,22 +99,24 @@ def open_in_explore(s: CompareSettings, layer: str, sample_id: str) -> tuple[Vie
 
 # ------------------------------------------------------------------------------------------------- jobs
 
-def _versions(path: str, model: str, layers, runs) -> tuple:
-    return tuple(data.version(path, model, layer, list(runs) or None) for layer in layers)
+def cka_job(path: str, model: str, layers: tuple[str, ...], step: int, runs: tuple[str, ...]) -> data.Job:
+    """The CKA matrix of `layers` at `step` (`pipeline.compare.layer_similarity`), as a job (one per store
+    version: Compare layers and Motion's depth mode share it)."""
+    from pipeline import compare
+
+    key = ("compare-cka", data.resolve(path), data.layer_versions(path, model, layers, runs), model, layers, step,
+           runs)
+
+    def work(job: data.Job):
+        return compare.layer_similarity(data.open_store(path), model, list(layers), step,
+                                        run_ids=list(runs) or None, progress=job.report)
+
+    return data.start_job(key, work)
 
 
 def similarity_job(path: str, s: CompareSettings) -> data.Job:
-    """The CKA matrix of the chosen layers (`pipeline.compare.layer_similarity`), as a job."""
-    from pipeline import compare
-
-    key = ("compare-cka", data.resolve(path), _versions(path, s.model, s.layers, s.runs), s.model, s.layers,
-           s.step, s.runs)
-
-    def work(job: data.Job):
-        return compare.layer_similarity(data.open_store(path), s.model, list(s.layers), s.step,
-                                        run_ids=list(s.runs) or None, progress=job.report)
-
-    return data.start_job(key, work)
+    """The CKA matrix of the chosen layers, as a job."""
+    return cka_job(path, s.model, s.layers, s.step, s.runs)
 
 
 def agreement_job(path: str, s: CompareSettings) -> data.Job:
@@ -122,7 +124,7 @@ def agreement_job(path: str, s: CompareSettings) -> data.Job:
     from pipeline import compare
 
     pair = (s.layer_a, s.layer_b)
-    key = ("compare-knn", data.resolve(path), _versions(path, s.model, pair, s.runs), s.model, pair, s.step,
+    key = ("compare-knn", data.resolve(path), data.layer_versions(path, s.model, pair, s.runs), s.model, pair, s.step,
            s.runs, s.k)
 
     def work(job: data.Job):

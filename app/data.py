@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -51,6 +52,11 @@ def version(path: str, model: str, layer: str | None = None, runs=None) -> str:
     """``Store.data_version`` of a model (or a layer), remembered for two seconds: a page run asks it several
     times, and each call lists and stats every part of the model."""
     return _version(resolve(path), model, layer, tuple(sorted(runs)) if runs else None, None)
+
+
+def layer_versions(path: str, model: str, layers, runs) -> tuple:
+    """The data version of each of `layers` (of `runs`; empty: every run), for the key of a job that reads them."""
+    return tuple(version(path, model, layer, list(runs) or None) for layer in layers)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -309,7 +315,6 @@ def start_job(key: tuple, work, holder: str | None = None, wait_s: float | None 
 def reporter(job: Job):
     """A `progress(fraction, message)` callback for `pipeline` work that reports into `job` and stops the work
     (raises `pipeline.project.Cancelled`) once the job is cancelled."""
-    from pipeline.project import Cancelled
 
     def report(fraction: float, message: str) -> None:
         if job.cancelled:
@@ -803,3 +808,26 @@ def edit_links(view: views.View, points: list[str]) -> list[dict]:
         link["ids"] = [link["ids"][k] for k in keep]
         link["labels"] = [link["labels"][k] for k in keep]
     return [link for link in out if len(link["ids"]) > 1]
+
+
+# ------------------------------------------------------------------------------------------ narrowed maps
+
+@st.cache_resource(show_spinner=False, max_entries=48)
+def _narrowed(key: str, _view: views.View, _path: str, _rows: tuple) -> views.View:
+    rows = np.asarray(_rows, dtype=np.int64)
+    sub = views.make_view(store_key=_view.store_key, projection_key=_view.projection_key, model=_view.model,
+                          layer=_view.layer, step=_view.step, sample_ids=_view.sample_ids[rows], xy=_view.xy[rows],
+                          samples=model_samples(_path, _view.model), quality=_view.quality,
+                          source=_view.source, step_info=_view.step_info, extra_key=key, feature=_view.feature,
+                          seconds=_view.seconds, steps=model_steps(_path, _view.model, _view.layer),
+                          features=_view.features)
+    views.write_view_files(sub)
+    return sub
+
+
+def narrowed_view(path: str, view: views.View, rows, why: str) -> views.View:
+    """Some of a map's points (`rows` of `view`) as a view of their own, on the same coordinates (its files
+    written once): the map drawn filtered. `why` (e.g. "facets", "class") and the rows name it."""
+    rows = tuple(int(r) for r in rows)
+    digest = hashlib.sha1("\n".join(map(str, rows)).encode()).hexdigest()[:12]
+    return _narrowed(f"{view.key}|{why}|{digest}", view, path, rows)

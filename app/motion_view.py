@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app import data, state, url
+from app import compare_view, data, state, url
 from pipeline.figures import PALETTE
 
 SEP = url.SEP  # list separator in the URL
@@ -80,24 +80,20 @@ def sync_url(s: MotionSettings, all_layers: list[str], selected: str | None) -> 
 
 # ------------------------------------------------------------------------------------------------- jobs
 
-def _versions(path: str, model: str, layers, runs) -> tuple:
-    return tuple(data.version(path, model, layer, list(runs) or None) for layer in layers)
-
-
 def aligned_job(path: str, s: MotionSettings, refit: int = 0) -> data.Job:
     """The aligned maps of the view (`pipeline.aligned`), as a background job with progress and cancel."""
     from pipeline import aligned
 
     runs = list(s.runs) or None
     if s.mode == "steps":
-        key = ("motion-steps", data.resolve(path), _versions(path, s.model, [s.layer], s.runs), s.model, s.layer,
+        key = ("motion-steps", data.resolve(path), data.layer_versions(path, s.model, [s.layer], s.runs), s.model, s.layer,
                s.runs, refit)
 
         def work(job: data.Job):
             return aligned.aligned_steps(data.open_store(path), s.model, s.layer, run_ids=runs,
                                          progress=job.report, cancel=job.cancel, refit=bool(refit))
     else:
-        key = ("motion-layers", data.resolve(path), _versions(path, s.model, s.layers, s.runs), s.model,
+        key = ("motion-layers", data.resolve(path), data.layer_versions(path, s.model, s.layers, s.runs), s.model,
                s.layers, s.step, s.runs, refit)
 
         def work(job: data.Job):
@@ -108,17 +104,8 @@ def aligned_job(path: str, s: MotionSettings, refit: int = 0) -> data.Job:
 
 
 def cka_job(path: str, s: MotionSettings) -> data.Job:
-    """CKA of the layer sequence (`pipeline.compare.layer_similarity`), for its consecutive pairs."""
-    from pipeline import compare
-
-    key = ("compare-cka", data.resolve(path), _versions(path, s.model, s.layers, s.runs), s.model, s.layers,
-           s.step, s.runs)
-
-    def work(job: data.Job):
-        return compare.layer_similarity(data.open_store(path), s.model, list(s.layers), s.step,
-                                        run_ids=list(s.runs) or None, progress=job.report)
-
-    return data.start_job(key, work)
+    """CKA of the layer sequence (Compare layers' job), for its consecutive pairs."""
+    return compare_view.cka_job(path, s.model, s.layers, s.step, s.runs)
 
 
 def consecutive(cka: pd.DataFrame, layers) -> pd.DataFrame:
