@@ -247,11 +247,7 @@ def _map(view, settings, sel, neighbours, highlight, busy: bool = False) -> None
     data.thumb_export(resolved).request_once(view.key, view.samples())
     links, edited = edit_panel.marks(view, sel.selected)
     scatter_map(
-        plotly_url=static_files.plotly_js_url(),
-        points_url=static_files.view_url(view.store_key, view.points_file),
-        color_url=static_files.view_url(view.store_key, color_file),
-        meta_url=static_files.view_url(view.store_key, view.meta_file),
-        thumb_base=static_files.thumb_base_url(view.store_key),
+        **static_files.map_urls(view, color_file),
         revision=view.key,
         selected=sel.selected,
         knn=neighbours.knn if neighbours else [],

@@ -24,3 +24,17 @@ def init_widget(key: str, value, valid=None) -> None:
     stale one (`valid(current)` false: e.g. a layer of another model)."""
     if key not in st.session_state or (valid is not None and not valid(st.session_state[key])):
         st.session_state[key] = value
+
+
+def model_picker(container, models: list[str], url_model: str | None, key: str) -> str:
+    """The page's model selectbox, starting on the URL's model, else Explore's, else the first."""
+    start = next(m for m in (url_model, state.get_view().model, models[0]) if m in models)
+    init_widget(key, start, lambda v: v in models)
+    return container.selectbox("Model", models, key=key)
+
+
+def runs_picker(container, path: str, model: str, url_runs, key: str, help: str) -> list[str]:
+    """The page's run multiselect among the model's runs (empty: every run), starting on the URL's runs."""
+    runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
+    init_widget(key, [r for r in url_runs or [] if r in runs_all], lambda v: all(r in runs_all for r in v))
+    return container.multiselect("Runs", runs_all, key=key, placeholder="all runs", help=help)

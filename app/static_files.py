@@ -202,6 +202,14 @@ def thumb_base_url(skey: str) -> str:
     return static_url(f"thumbs/{skey}/")
 
 
+def map_urls(view, color_file: str) -> dict[str, str]:
+    """The map component's file URLs for a view (`app.views.View`: its points, hover text and thumbnails) and
+    one of its colour files: the keyword arguments `scatter_map` takes for them."""
+    return {"plotly_url": plotly_js_url(), "points_url": view_url(view.store_key, view.points_file),
+            "color_url": view_url(view.store_key, color_file), "meta_url": view_url(view.store_key, view.meta_file),
+            "thumb_base": thumb_base_url(view.store_key)}
+
+
 def prune_views(skey: str, keep: int = _VIEW_FILES_KEPT) -> int:
     """Delete the oldest view files of a store beyond ``keep``; returns how many were deleted."""
     folder = views_dir(skey)

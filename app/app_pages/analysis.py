@@ -196,11 +196,7 @@ def map_section(path: str, view_s: ViewSettings, full, sub, color_url: str, hl, 
     resolved = data.resolve(path)
     data.thumb_export(resolved).request_once(full.key, full.samples())
     scatter_map(
-        plotly_url=static_files.plotly_js_url(),
-        points_url=static_files.view_url(sub.store_key, sub.points_file),
-        color_url=static_files.view_url(sub.store_key, color_url),
-        meta_url=static_files.view_url(sub.store_key, sub.meta_file),
-        thumb_base=static_files.thumb_base_url(sub.store_key),
+        **static_files.map_urls(sub, color_url),
         revision=full.key,  # one projection: zoom and pan survive filters
         highlight=hl if hl else None,
         height=MAP_HEIGHT,

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import compare_view as cv
-from app import data, job_progress, motion_view, navigation, page, state, static_files
+from app import data, job_progress, motion_view, navigation, page, static_files
 from app.components.scatter_map import scatter_map
 from app.page import init_widget
 from pipeline import compare
@@ -45,16 +45,9 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
     sb = st.sidebar
     sb.subheader("Compare")
     models = list(status.models)
-    explore_model = state.get_view().model
-    start = url.get("model") if url.get("model") in models else explore_model if explore_model in models \
-        else models[0]
-    init_widget("cmp_model", start, lambda v: v in models)
-    model = sb.selectbox("Model", models, key="cmp_model")
-
-    runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
-    init_widget("cmp_runs", [r for r in url.get("runs", []) if r in runs_all], lambda v: all(r in runs_all for r in v))
-    runs = sb.multiselect("Runs", runs_all, key="cmp_runs", placeholder="all runs",
-                          help="Leave empty to compare on every run of the model.")
+    model = page.model_picker(sb, models, url.get("model"), "cmp_model")
+    runs = page.runs_picker(sb, path, model, url.get("runs"), "cmp_runs",
+                            help="Leave empty to compare on every run of the model.")
 
     layers_all = data.model_layers(path, model)
     if len(layers_all) < 2:
@@ -216,12 +209,7 @@ def maps_section(path: str, s: cv.CompareSettings) -> None:
             st.markdown(f"**{view.layer}** · {len(view):,} samples · "
                         f"{'from the cache' if view.source == 'cache' else 'fitted'}")
             scatter_map(
-                plotly_url=static_files.plotly_js_url(),
-                points_url=static_files.view_url(view.store_key, view.points_file),
-                color_url=static_files.view_url(view.store_key, cv.color_file(path, view, s, agreement,
-                                                                              agree_job.key)),
-                meta_url=static_files.view_url(view.store_key, view.meta_file),
-                thumb_base=static_files.thumb_base_url(view.store_key),
+                **static_files.map_urls(view, cv.color_file(path, view, s, agreement, agree_job.key)),
                 revision=view.key,
                 highlight=[selected] if selected else None,
                 height=MAP_HEIGHT,

@@ -208,11 +208,7 @@ def map_section(path: str, s: cv.Settings, full, sub, runs_all: list[str], group
     links, n_links = cv.links_for(sub, groups) if s.links else ([], 0)
     data.thumb_export(data.resolve(path)).request_once(full.key, full.samples())
     scatter_map(
-        plotly_url=static_files.plotly_js_url(),
-        points_url=static_files.view_url(sub.store_key, sub.points_file),
-        color_url=static_files.view_url(sub.store_key, cv.color_file(sub, runs_all)),
-        meta_url=static_files.view_url(sub.store_key, sub.meta_file),
-        thumb_base=static_files.thumb_base_url(sub.store_key),
+        **static_files.map_urls(sub, cv.color_file(sub, runs_all)),
         revision=full.key,  # one projection: zoom and pan survive the class filter
         links=links or None,
         height=MAP_HEIGHT,

@@ -22,15 +22,10 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings
     sb.subheader("Motion")
     models = list(status.models)
     explore = state.get_view()
-    start = url.get("model") if url.get("model") in models else explore.model if explore.model in models \
-        else models[0]
-    init_widget("mot_model", start, lambda v: v in models)
-    model = sb.selectbox("Model", models, key="mot_model")
-    runs_all = data.model_samples(path, model)["run_id"].drop_duplicates().tolist()
-    init_widget("mot_runs", [r for r in url.get("runs", []) if r in runs_all], lambda v: all(r in runs_all for r in v))
-    runs = sb.multiselect("Runs", runs_all, key="mot_runs", placeholder="all runs",
-                          help="Leave empty for every run of the model (a step alignment keeps the samples "
-                               "recorded at every step).")
+    model = page.model_picker(sb, models, url.get("model"), "mot_model")
+    runs = page.runs_picker(sb, path, model, url.get("runs"), "mot_runs",
+                            help="Leave empty for every run of the model (a step alignment keeps the samples "
+                                 "recorded at every step).")
     layers_all = data.model_layers(path, model)
     if not layers_all:
         st.info(f"Model **{model}** has no stored activations.", icon=":material/info:")
