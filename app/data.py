@@ -123,6 +123,15 @@ def model_steps(path: str, model: str, layer: str | None = None) -> pd.DataFrame
     return steps_frame(resolve(path), model, layer, version(path, model, layer))
 
 
+def shared_steps(path: str, model: str, layers) -> pd.DataFrame:
+    """The steps (rows of `model_steps`) recorded in every one of `layers`."""
+    steps = None
+    for layer in layers:
+        frame = model_steps(path, model, layer)
+        steps = frame if steps is None else steps[steps["step"].isin(frame["step"])]
+    return steps
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def layers_of(resolved: str, model: str, version: str) -> list[str]:
     return open_store(resolved).layers(model)

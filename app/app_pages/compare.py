@@ -62,10 +62,7 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
                             help="The layers in the similarity matrix (default: every layer of the model).")
     layers = [x for x in layers_all if x in layers]  # network order, whatever the click order
 
-    steps = None
-    for layer in layers or layers_all:
-        frame = data.model_steps(path, model, layer)
-        steps = frame if steps is None else steps[steps["step"].isin(frame["step"])]
+    steps = data.shared_steps(path, model, layers or layers_all)
     values = [int(s) for s in steps["step"]] or [0]
     init_widget("cmp_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
     if len(values) > 1:

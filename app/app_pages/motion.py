@@ -47,10 +47,7 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings
         chosen = sb.multiselect("Layers", layers_all, key="mot_layers", placeholder="choose two or more",
                                 help="The layer sequence, in network order (default: every recorded layer).")
         layers = tuple(x for x in layers_all if x in chosen)
-        steps = None
-        for x in layers or layers_all:
-            frame = data.model_steps(path, model, x)
-            steps = frame if steps is None else steps[steps["step"].isin(frame["step"])]
+        steps = data.shared_steps(path, model, layers or layers_all)
         values = [int(s) for s in steps["step"]] or [0]
         init_widget("mot_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
         step = sb.select_slider("Step", values, key="mot_step") if len(values) > 1 else values[0]
