@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 
 from . import layout, schema
 from .atomic import StagedFiles, atomic_write_parquet, json_bytes
+from .lru import LRU
 from .png import as_image, encode_png
 
 log = logging.getLogger(__name__)
@@ -616,10 +618,22 @@ def _unlink(path: Path) -> int:
         return 0
 
 
+# (path, inode, size, mtime) of an intact samples part -> the indices it commits: a part is written once under
+# its final name (atomic rename), so a writer reopening a run (an edit run gains a part per edit) checks each
+# part once per process, and again when it is replaced. Only parts older than RACY_NS are kept: a file changed
+# within the file system's timestamp granularity of its last check could keep its mtime ("racy git")
+_COMMITTED: LRU[tuple, np.ndarray] = LRU(max_items=65_536)
+RACY_NS = 2_000_000_000
+
+
 def _committed_indices(path: Path) -> np.ndarray | None:
     """The indices that the samples part at `path` commits, or None when its content is damaged (footer or
     any page, checksums verified). An I/O error reading the file is raised, never taken for damage."""
     try:
+        st = os.stat(path)
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if (known := _COMMITTED.get(key)) is not None:
+            return known
         data = path.read_bytes()
     except FileNotFoundError:
         return None
@@ -627,8 +641,11 @@ def _committed_indices(path: Path) -> np.ndarray | None:
         pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
         # single-threaded: starting pyarrow's thread pool here made torchrun ranks abort at exit ("terminate
         # called without an active exception") in about 1 run in 6; a samples part is small
-        return pf.read(use_threads=False).column("index").to_numpy()
+        indices = pf.read(use_threads=False).column("index").to_numpy()
     except Exception as e:
         log.warning("samples part %s is damaged (%s: %s): its batch counts as not done", path,
                     type(e).__name__, e)
         return None
+    if time.time_ns() - st.st_mtime_ns > RACY_NS:
+        _COMMITTED.put(key, indices)
+    return indices

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from store_fixtures import write_run
+from store_fixtures import manifest, write_run
 
 from store import Store
 from store.footers import full_check
@@ -190,3 +190,34 @@ def test_damaged_shape_columns_skip_the_part_instead_of_failing_the_read(root):
     with pytest.warns(RuntimeWarning, match=r"skipping corrupt file .*layer=enc.*part-00000000-00000003"):
         a = st.activations("demo", "enc", step=1)  # step 1's row group is intact; step 0's shape is not
     assert a.sample_ids.tolist() == IDS[4:] and a.matrix.shape == (4, 8 * 4 * 4) and st.skipped == [str(part)]
+
+
+def test_a_writer_checks_an_old_samples_part_once_and_a_replaced_or_fresh_one_again(root, monkeypatch):
+    """Reopening a run (an edit run does it per edit) reads each samples part once per process; a part replaced
+    since, or one whose mtime is within the racy window of its check, is read again, so damage is never missed."""
+    import os
+
+    import store.writer as writer
+
+    reads = []
+    real = writer.pq.ParquetFile
+    monkeypatch.setattr(writer.pq, "ParquetFile", lambda *a, **k: reads.append(1) or real(*a, **k))
+    monkeypatch.setattr(writer, "_COMMITTED", writer.LRU(max_items=100))
+    part = root / SAMPLES
+    old = part.stat().st_mtime_ns - 10 * writer.RACY_NS  # both parts written long ago
+    for p in part.parent.glob("part-*.parquet"):
+        os.utime(p, ns=(old, old))
+    per_open = []
+    for _ in range(3):
+        reads.clear()
+        assert writer.RunWriter(root, manifest("r1", num_samples=8), durable=False).done_indices().tolist() \
+            == list(range(8))
+        per_open.append(len(reads))
+    assert per_open[0] - per_open[1] == 2 and per_open[1] == per_open[2]  # each of the two parts read once
+
+    thumb = pq.read_table(part, columns=["thumb"])["thumb"][0].as_py()
+    _flip_inside(part, thumb)  # damaged now, and fresh: its mtime moved
+    reads.clear()
+    with writer.RunWriter(root, manifest("r1", num_samples=8), durable=False) as w:
+        assert w.done_indices().tolist() == [0, 1, 2, 3]  # the damaged batch is not done
+    assert len(reads) > per_open[1]  # the replaced part was read again
