@@ -620,10 +620,11 @@ def _unlink(path: Path) -> int:
 
 # (path, inode, size, mtime) of an intact samples part -> the indices it commits: a part is written once under
 # its final name (atomic rename), so a writer reopening a run (an edit run gains a part per edit) checks each
-# part once per process, and again when it is replaced. Only parts older than RACY_NS are kept: a file changed
-# within the file system's timestamp granularity of its last check could keep its mtime ("racy git")
+# part once per process, and again when it is replaced. Only parts whose mtime is older than RACY_NS are kept:
+# a file changed again within the file system's timestamp granularity (a clock tick, 1-10 ms) could keep its
+# mtime ("racy git"); one checked later than that gets a new mtime when it changes
 _COMMITTED: LRU[tuple, np.ndarray] = LRU(max_items=65_536)
-RACY_NS = 2_000_000_000
+RACY_NS = 100_000_000
 
 
 def _committed_indices(path: Path) -> np.ndarray | None:
