@@ -93,6 +93,7 @@ KNN_MIN_K = 15  # kNN graphs get at least this many neighbours, so that a smalle
 TRANSFORM_MAX_NEW = 1.0  # place appended samples while they are at most this share of the existing map
 QUALITY_K = 10
 QUALITY_SAMPLE = 2000
+QUALITY_REUSE_MAX_NEW = 16  # placing at most this many samples (an edit's results) keeps the map's quality figures
 KEY_VERSION = 2  # 2: the method and its own parameters in the key
 PER_RUN = "per-run"  # the step of a joint map whose runs are each at their own step (`Projector.project_runs`)
 
@@ -535,11 +536,15 @@ class Projector:
                 knn = self._get_knn(store, model, layer, step, feats, params, need, version, run_ids, fid, report)
             report(0.45, f"{method.title} layout of {n:,} points")
             xy = method.fit_transform(feats.X, knn)
-        report(0.9, "measuring map quality")
-        from pipeline.neighbors import map_quality
+        base_quality = meta.pop("base_quality", None)
+        if source == "transform" and base_quality is not None and meta["placed"] <= QUALITY_REUSE_MAX_NEW:
+            quality = base_quality  # a handful of placed samples (an edit's results) leave the figures as they were
+        else:
+            report(0.9, "measuring map quality")
+            from pipeline.neighbors import map_quality
 
-        quality = map_quality(feats.X, xy, k=QUALITY_K, sample=QUALITY_SAMPLE, metric=params.metric,
-                              knn_indices=None if knn is None else knn[0])
+            quality = map_quality(feats.X, xy, k=QUALITY_K, sample=QUALITY_SAMPLE, metric=params.metric,
+                                  knn_indices=None if knn is None else knn[0])
         seconds = time.perf_counter() - t0
         meta = {
             "model": model, "layer": layer, "step": step_token(step), "data_version": version, "filter": filt,
@@ -596,7 +601,7 @@ class Projector:
         xy[old] = base.xy
         if n_new:
             xy[is_new] = method.attach(feats.X[old], base.xy).transform(feats.X[is_new])
-        return xy, {"base_key": base.key, "placed": n_new}
+        return xy, {"base_key": base.key, "placed": n_new, "base_quality": base.quality}
 
     def _warm_sibling(self, store, model, layer, family, key, feats) -> Projection | None:
         """The latest map of the same data and parameters but other warm parameters (UMAP: min_dist; this

@@ -255,6 +255,24 @@ def test_appended_samples_are_placed_not_refit(tmp_path, monkeypatch):
     assert refit.source == "fit" and refit.key == placed.key
 
 
+def test_an_edits_handful_of_placed_samples_keeps_the_maps_quality_and_more_measure_it_again(tmp_path, monkeypatch):
+    import pipeline.neighbors as nb
+
+    write_clustered_run(tmp_path, range(200))
+    st = Store(tmp_path)
+    first = Projector().project(st, "demo", "mid", 0, PARAMS)
+    measured = []
+    real = nb.map_quality
+    monkeypatch.setattr(nb, "map_quality", lambda *a, **k: measured.append(1) or real(*a, **k))
+    write_clustered_run(tmp_path, range(200, 208))  # 8 new samples: an edit's results
+    few = Projector().project(st, "demo", "mid", 0, PARAMS)
+    assert few.source == "transform" and few.meta["placed"] == 8
+    assert few.quality == first.quality and measured == []
+    write_clustered_run(tmp_path, range(208, 260))  # 52 more: the figures are measured again
+    more = Projector().project(st, "demo", "mid", 0, PARAMS)
+    assert more.source == "transform" and more.meta["placed"] == 52 and measured == [1]
+
+
 def test_new_samples_outnumbering_the_map_refit(tmp_path):
     write_clustered_run(tmp_path, range(30), batch_size=30)
     st = Store(tmp_path)
