@@ -8,7 +8,10 @@ correspond, which runs to open, how checkpoint runs line up over training, and t
   class id; prompt models: the prompt). Real runs are left out: their seed drew only the noise added to a
   real image, so a generated sample with that seed is not the same draw.
 * `default_runs`: what the page opens on (real first, as the reference, then teachers, generated runs and
-  checkpoint runs in training order; edit runs only when asked for).
+  checkpoint runs in training order, then encoded runs; edit runs only when asked for). An encoded run (a
+  run's final images through the network at the real images' noise level, pipeline/real.py) stands in for
+  the run it encodes: a 1-step run's only step sees pure noise, its encoded outputs meet the real images at
+  their step, so that each run's last step is the step of the comparison.
 * `CheckpointPlan`: the selected runs split into fixed runs and checkpoint runs in training order; a
   position of the slider is the fixed runs plus one checkpoint; `over_training`: each checkpoint's overall
   metrics against the reference, by training step.
@@ -28,11 +31,12 @@ from pipeline.distribution import class_column  # noqa: F401  (the metrics' clas
 from store.schema import GENERATED_KIND
 
 __all__ = ["RunPairsError", "run_steps", "resolve_run_steps", "shared_steps", "link_groups", "default_runs",
+           "encoded_sources",
            "CheckpointPlan", "checkpoint_plan", "over_training", "class_column", "run_colors", "map_figure",
            "map_png", "KIND_ORDER", "LAST"]
 
 LAST = "last"
-KIND_ORDER = ("real", "teacher", GENERATED_KIND, "student", "edit")  # the reference first
+KIND_ORDER = ("real", "teacher", GENERATED_KIND, "student", "encoded", "edit")  # the reference first
 _UNLINKED_KINDS = ("real",)
 
 
@@ -143,13 +147,37 @@ def link_groups(samples: pd.DataFrame, runs: Sequence[str], kinds: Mapping[str, 
 
 # -- which runs ----------------------------------------------------------------------------------------------
 
+def encoded_sources(runs: pd.DataFrame) -> dict[str, str]:
+    """Encoded run -> the run whose final images it encodes (its manifest's ``settings.source``), from
+    `Store.runs()`."""
+    import json
+
+    out = {}
+    for run, settings in zip(runs["run_id"].astype(str), runs.get("settings", pd.Series(index=runs.index)),
+                             strict=True):
+        try:
+            source = (json.loads(settings) if isinstance(settings, str) else settings or {}).get("source")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(source, dict) and source.get("kind") == "run" and source.get("run_id"):
+            out[run] = str(source["run_id"])
+    return out
+
+
 def default_runs(runs: pd.DataFrame, kinds: Mapping[str, str], candidates: Sequence[str],
-                 include_edits: bool = False) -> list[str]:
+                 include_edits: bool = False, stand_ins: bool | None = None) -> list[str]:
     """The runs the page opens on: those of `candidates` (runs with the layer), real runs first (the
     reference of the metrics), then teachers, generated runs, and the other kinds; within a kind, runs of a
     checkpoint in training order after the others, else in the store's order. `runs`: `Store.runs()`;
-    `kinds`: `Store.run_kinds()`. Edit runs (a few results each) only with `include_edits`."""
+    `kinds`: `Store.run_kinds()`. Edit runs (a few results each) only with `include_edits`. With `stand_ins`
+    (default: unless `include_edits`, which asks for every run, as the page's menu does), a run that an
+    encoded run among `candidates` encodes is left out: the encoded run stands in for it."""
     wanted = {str(r) for r in candidates}
+    if include_edits if stand_ins is None else not stand_ins:
+        replaced = set()
+    else:
+        replaced = {src for enc, src in encoded_sources(runs).items() if enc in wanted}
+    wanted -= replaced
     table = runs.loc[runs["run_id"].astype(str).isin(wanted)].copy()
     table["run_id"] = table["run_id"].astype(str)
     table["kind"] = table["run_id"].map(lambda r: kinds.get(r, GENERATED_KIND))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 
 import numpy as np
 import pytest
@@ -241,3 +242,52 @@ def test_the_demo_student_covers_the_real_digits_and_the_naive_1_step_collapses(
     # per class too: the student covers more of the real digits in most classes
     per = table[table["class"] != ALL].pivot(index="class", columns="run_b", values="coverage")
     assert (per["demo-student-encoded"] > per["demo-1step-encoded"]).mean() >= 0.8
+
+
+# -- the Compare runs page opens on the comparison ------------------------------------------------------------
+
+def test_default_runs_let_an_encoded_run_stand_in_for_the_run_it_encodes(demo_store):
+    from pipeline import run_pairs
+
+    store = Store(demo_store)
+    runs, kinds = store.runs(), store.run_kinds()
+    assert run_pairs.encoded_sources(runs) == {"demo-1step-encoded": "demo-1step",
+                                               "demo-student-encoded": "demo-student"}
+    every = list(kinds)
+    assert run_pairs.default_runs(runs, kinds, every) == ["demo-real", "demo-multistep", "demo-1step-encoded",
+                                                          "demo-student-encoded"]
+    # the menu (every run) keeps the 1-step runs; without their encoded runs they are defaults again
+    menu = run_pairs.default_runs(runs, kinds, every, include_edits=True)
+    assert set(menu) == set(every) and menu[0] == "demo-real"
+    assert run_pairs.default_runs(runs, kinds, ["demo-real", "demo-1step", "demo-student-encoded"]) == [
+        "demo-real", "demo-1step", "demo-student-encoded"]
+    assert run_pairs.default_runs(runs, kinds, every, stand_ins=False)[:4] == ["demo-real", "demo-multistep",
+                                                                               "demo-1step", "demo-student"]
+
+
+def test_the_compare_runs_page_opens_on_the_real_digits_and_the_encoded_runs_at_step_3(demo_store, monkeypatch,
+                                                                                       tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from tests import app_fixtures as fx
+
+    with fx.app_pointed_at(demo_store, monkeypatch, tmp_path):
+        at = AppTest.from_file(fx.ENTRY, default_timeout=120)
+        at.run()
+        at.query_params.clear()
+        at.query_params["crmeth"] = "pca"
+        at.query_params["crl"] = "midblock"
+        at.switch_page("app_pages/compare_runs.py").run()
+        for _ in range(100):
+            if at.exception or not any("computing…" in str(c.value) for c in at.caption):
+                break
+            time.sleep(0.3)
+            at.run()
+        assert not at.exception, at.exception
+        assert list(at.session_state["cr_runs"]) == ["demo-real", "demo-multistep", "demo-1step-encoded",
+                                                     "demo-student-encoded"]
+        assert at.session_state["cr_step"] == "last"
+        runs = next(el.value for el in at.dataframe if "measured at step" in el.value.columns)
+        assert runs["measured at step"].tolist() == [3, 3, 3, 3]
+        metrics = next(el.value for el in at.dataframe if "precision" in el.value.columns)
+        assert len(metrics) > 0
