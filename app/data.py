@@ -655,9 +655,11 @@ def edit_source(path: str, model: str, sample_id: str) -> EditSource:
     family = families.get_family(name) if name in families.MODELS else None
     op = row.get("edit_op")
     why = None
-    if settings.get("kind") == "real":
-        why = (f"{sample_id} is a real image encoded by the network (run {run_id}), not generated from a seed and "
-               "a condition: edits start from generated samples")
+    from pipeline.edit import ENCODED_KINDS
+
+    if settings.get("kind") in ENCODED_KINDS:
+        why = (f"{sample_id} is an image run through the network (run {run_id}, kind {settings['kind']}), not "
+               "generated from a seed and a condition: edits start from generated samples")
     elif isinstance(op, str) and op != "regenerate":
         why = (f"{sample_id} is the result of an edit ({op}), which its seed and label cannot reproduce: edit "
                f"a generated sample (its parents: {row.get('edit_parents')})")

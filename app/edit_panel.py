@@ -85,10 +85,13 @@ def parse_alphas(text: str) -> list[float]:
 
 def _editable(samples: pd.DataFrame, ids: list[str], kinds: dict[str, str] | None = None) -> tuple[list[str], int]:
     """`ids` without what an edit cannot take as parent or set member: edit results (their seed and label cannot
-    reproduce them; a regenerated sample can) and real images (`kinds`: run id -> kind); and how many went."""
+    reproduce them; a regenerated sample can) and encoded images (real or encoded runs; `kinds`: run id -> kind); and
+    how many went."""
     meta = samples.set_index("sample_id")
     ops = meta["edit_op"] if "edit_op" in meta else pd.Series(None, index=meta.index, dtype=object)
-    real = {r for r, k in (kinds or {}).items() if k == "real"}
+    from pipeline.edit import ENCODED_KINDS
+
+    real = {r for r, k in (kinds or {}).items() if k in ENCODED_KINDS}
     kept = [s for s in ids if s in meta.index and (pd.isna(ops[s]) or ops[s] == "regenerate")
             and meta.at[s, "run_id"] not in real]
     return kept, len(ids) - len(kept)

@@ -51,6 +51,7 @@ from pipeline.hooks import Intervention, Recorder, tag
 
 OPERATIONS = ("regenerate", "interpolate", "patch", "steer")
 EDIT_KIND = "edit"
+ENCODED_KINDS = ("real", "encoded")  # runs of images encoded by the network (encode-real): not made from their seed
 EDIT_VERSION = 1  # part of every edit's key: bump when the same inputs would give other images
 SET_BATCH = 64  # set samples re-run per batch
 _PARENT_COLUMNS = ("sample_id", "index", "seed", "class_id", "prompt", "prompt_index", "category", "label",
@@ -349,9 +350,10 @@ class Editor:
             found[sid] = Parent(sid, run, manifest["model"], int(r["seed"]),
                                 None if cid is None else int(cid), _text(r.get("prompt")), _text(r.get("label")),
                                 manifest, None if pidx is None else int(pidx), _text(r.get("category")))
-            if _json(manifest.get("settings")).get("kind") == "real":
-                raise EditError(f"sample {sid} is a real image encoded by the network (run {run}), not generated from "
-                                "its seed: edits start from (and sets are recomputed from) generated samples")
+            if (kind := _json(manifest.get("settings")).get("kind")) in ENCODED_KINDS:
+                raise EditError(f"sample {sid} is an image run through the network (run {run}, kind {kind}), not "
+                                "generated from its seed: edits start from (and sets are recomputed from) generated "
+                                "samples")
             op = _text(r.get("edit_op"))
             if op not in (None, "regenerate"):  # a regenerated sample is its seed and condition again
                 raise EditError(f"sample {sid} is the result of an edit ({op}), which its seed and label cannot "

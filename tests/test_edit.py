@@ -325,6 +325,9 @@ def mixed_root(tmp_path_factory):
         w.write_batch([0], [{"seed": 1, "prompt": "a red car", "label": "a red car"}], None, {})
     with RunWriter(root, {"run_id": "r", "model": "demo", "layers": [], "seed": 0, "settings": {"kind": "real"}}) as w:
         w.write_batch([0], [{"seed": 1, "class_id": 3, "label": "3"}], None, {})
+    with RunWriter(root, {"run_id": "e", "model": "demo", "layers": [], "seed": 0,
+                          "settings": {"kind": "encoded"}}) as w:
+        w.write_batch([0], [{"seed": 1, "class_id": 3, "label": "3"}], None, {})
     return root
 
 
@@ -345,9 +348,10 @@ def mixed_root(tmp_path_factory):
      "model demo is conditioned on a class label, not a prompt: use --label"),
     (["regenerate", "--sample", "d-00000001", "--label", "12"], "label 12 is out of range for model 'demo'"),
     (["--device", "nope", "regenerate", "--sample", "d-00000001"], "on device nope:"),
-    (["regenerate", "--sample", "r-00000000", "--label", "3"], "sample r-00000000 is a real image encoded by"),
+    (["regenerate", "--sample", "r-00000000", "--label", "3"], "sample r-00000000 is an image run through the network (run r, kind real)"),
     (["patch", "--sample", "d-00000001", "--layer", "midblock", "--set", "d-00000002,r-00000000"],
-     "sample r-00000000 is a real image encoded by"),
+     "sample r-00000000 is an image run through the network (run r, kind real)"),
+    (["regenerate", "--sample", "e-00000000"], "sample e-00000000 is an image run through the network (run e, kind encoded)"),
 ])
 def test_the_command_refuses_with_one_line_and_exit_2(mixed_root, capsys, argv, message):
     from pipeline.__main__ import main

@@ -61,9 +61,9 @@ def test_every_samples_column_is_declared_once_with_a_role():
     # the files hold the declared columns but the partition values, in declaration order
     assert schema.SAMPLES.names == [c.name for c in VOCAB.columns if c.stored]
     assert VOCAB.partitions == ("model", "run_id")
-    # added after the first stores: previews, and the provenance of edits (pipeline/edit.py)
+    # added after the first stores: previews, the provenance of edits (pipeline/edit.py) and of encoded runs
     assert schema.SAMPLE_OPTIONAL[0] == "preview_steps"
-    assert all(name.startswith("edit_") for name in schema.SAMPLE_OPTIONAL[1:])
+    assert all(name.startswith("edit_") or name == "source_sample_id" for name in schema.SAMPLE_OPTIONAL[1:])
     assert set(schema.SAMPLE_INPUT_FIELDS) <= set(VOCAB.table) - {"sample_id", "model", "run_id"}
     assert set(VOCAB.table) == {c.name for c in VOCAB.columns} - {"thumb", "preview_steps"}
     assert set(VOCAB.text) == {"prompt", "label", "class_name", "category", "edit_op", "edit_layer", "edit_steps",
