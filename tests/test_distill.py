@@ -198,19 +198,6 @@ def test_generate_demo_student_writes_a_student_run_under_demo(tmp_path):
     assert np.abs(stored.astype(int) - direct.astype(int)).max() <= 1
 
 
-def test_regenerating_a_student_sample_reproduces_it(tmp_path):
-    from pipeline.edit import Editor
-
-    store = tmp_path / "s"
-    assert main(["generate", "--model", "demo-student", "--store", str(store), "--num-samples", "1",
-                 "--quiet"]) == 0
-    sample = Store(store).samples("demo").iloc[0]
-    ids = Editor(store, device="cpu").regenerate(sample.sample_id, label=int(sample["class_id"]),
-                                                 seed=int(sample["seed"]))
-    st = Store(store)
-    assert st.images([sample.sample_id]) == st.images(ids)
-
-
 def test_demo_student_has_the_seeds_and_classes_of_the_demo_1step_run():
     from pipeline.adapters.edm import demo_student_loader, load_demo
 

@@ -507,3 +507,20 @@ def test_a_teacher_run_is_edited_with_its_own_sampler(tmp_path):
     # the student's sampler on the same seed and label makes another image: the teacher's was used
     demo = load_demo(torch.device("cpu"), steps=6)
     assert not np.array_equal(demo.sample([parent.seed], [demo.condition(class_id=parent.class_id)], tag())[0], ref)
+
+
+@pytest.mark.parametrize("model, extra", [("demo-teacher", ["--steps", "4"]), ("demo-student", [])])
+def test_regenerating_a_teacher_or_student_sample_reproduces_it(tmp_path, model, extra):
+    """Teachers and students are stored under `demo`: the Editor rebuilds the run's own family (its sampler,
+    its weights) from `settings.model_family`, so the same seed and label give the same image bit for bit."""
+    from pipeline.__main__ import main
+    from pipeline.edit import Editor
+    from store import Store
+
+    store = tmp_path / "s"
+    assert main(["generate", "--model", model, "--store", str(store), "--num-samples", "1", *extra, "--quiet"]) == 0
+    sample = Store(store).samples("demo").iloc[0]
+    ids = Editor(store, device="cpu").regenerate(sample.sample_id, label=int(sample["class_id"]),
+                                                 seed=int(sample["seed"]))
+    st = Store(store)
+    assert st.images([sample.sample_id]) == st.images(ids)

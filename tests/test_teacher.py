@@ -224,19 +224,6 @@ def test_imagenet_teacher_from_an_edm_pickle(tmp_path):
     assert np.array_equal(stored, to_uint8(direct))
 
 
-def test_regenerating_a_teacher_sample_reproduces_it(tmp_path):
-    from pipeline.edit import Editor
-
-    store = tmp_path / "s"
-    assert main(["generate", "--model", "demo-teacher", "--store", str(store), "--num-samples", "1", "--steps", "4",
-                 "--quiet"]) == 0
-    sample = Store(store).samples("demo").iloc[0]
-    ids = Editor(store, device="cpu").regenerate(sample.sample_id, label=int(sample["class_id"]),
-                                                 seed=int(sample["seed"]))
-    st = Store(store)
-    assert st.images([sample.sample_id]) == st.images(ids)
-
-
 def test_demo_teacher_has_the_seeds_and_classes_of_the_demo_1step_run():
     """What `python -m pipeline demo` relies on to put a teacher run beside its 1-step run: the same seed and
     samples_per_class give the same classes and the same start noise, sample by sample."""
