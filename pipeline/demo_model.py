@@ -19,6 +19,7 @@ also running the test suite took 416 s, and its samples were recognised as well 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from functools import cache
@@ -176,12 +177,7 @@ def train_demo(
     unknown = set(overrides) - set(DEMO_TRAIN)
     if unknown:
         raise ValueError(f"unknown training settings {sorted(unknown)}; valid: {sorted(DEMO_TRAIN)}")
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+    with seeded_training(seed, threads) as gen:
         config = dict(DEMO_CONFIG if config is None else config)
         device = torch.device(device)
         images, labels = digits_dataset(config["img_resolution"])
@@ -236,6 +232,19 @@ def train_demo(
         print(f"trained in {time.monotonic() - start:.0f}s; wrote {out}"
               + (f" and snapshots at steps {', '.join(map(str, kept))}" if kept else ""))
         return out
+
+
+@contextlib.contextmanager
+def seeded_training(seed: int, threads: int | None):
+    """A training run's randomness and threads: torch seeded, one generator for every draw (yielded), and
+    `threads` CPU threads (None: as they are) until the block ends. A run is deterministic for a seed and a
+    thread count."""
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
     finally:
         torch.set_num_threads(previous_threads)
 

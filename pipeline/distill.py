@@ -255,12 +255,9 @@ def train_student(
     Deterministic for a seed and thread count: every draw comes from one seeded generator. Every
     ``eval_every`` student steps (and at the end) the student's recognition and intra-class diversity are
     measured (``evaluate_student``; 0: never) and passed, with the losses, to ``on_log``."""
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+    from pipeline.demo_model import seeded_training
+
+    with seeded_training(seed, threads) as gen:
         state = init_state(teacher, **overrides)
         start = time.monotonic()
         total = int(state.hp["steps"])
@@ -274,8 +271,6 @@ def train_student(
                 on_log(record)
         state.student.eval()
         return state
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def load_student(path: str | Path | None = None, device: str | torch.device = "cpu") -> EDMPrecond:
