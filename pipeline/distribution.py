@@ -257,15 +257,19 @@ def _run_list(runs) -> list[str]:
     return out
 
 
-def _step_request(step) -> int:
-    """-1 for "last" / None, an int K otherwise (negative: from each run's own last step)."""
-    if step is None or (isinstance(step, str) and step.strip().lower() == "last"):
+LAST = "last"  # the step request "each run's own last step"
+
+
+def step_request(step, error: type[ValueError] = ValueError) -> int:
+    """A per-run step request as an int: -1 for "last" / None, K otherwise (negative: from each run's own last
+    step); `error` for anything else (shared by compare_runs and pipeline.run_pairs)."""
+    if step is None or (isinstance(step, str) and step.strip().lower() == LAST):
         return -1
     if isinstance(step, str) and step.strip().lstrip("-").isdigit():
         return int(step.strip())
     if isinstance(step, int | np.integer) and not isinstance(step, bool):
         return int(step)
-    raise DistributionError(f"step must be a step number or 'last' (each run's own last step), got {step!r}")
+    raise error(f"step must be a step number or {LAST!r} (each run's own last step), got {step!r}")
 
 
 def _check(store, model: str, layer: str, runs: list[str]) -> None:
@@ -354,7 +358,7 @@ def compare_runs(store, model: str, layer: str, runs: Sequence[str] | str, step:
     runs = _run_list(runs)
     _check(store, model, layer, runs)
     k = _check_k(k)
-    request = _step_request(step)
+    request = step_request(step, DistributionError)
     try:
         spec = FeatureSpec.parse(feature)
     except FeatureError as exc:

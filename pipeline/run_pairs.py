@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.distribution import class_column  # noqa: F401  (the metrics' class column, one owner)
+from pipeline.distribution import LAST, class_column, step_request  # noqa: F401  (class_column: one owner)
 from store.schema import GENERATED_KIND
 
 __all__ = ["RunPairsError", "run_steps", "resolve_run_steps", "shared_steps", "link_groups", "default_runs",
@@ -35,7 +35,6 @@ __all__ = ["RunPairsError", "run_steps", "resolve_run_steps", "shared_steps", "l
            "CheckpointPlan", "checkpoint_plan", "over_training", "class_column", "run_colors", "map_figure",
            "map_png", "KIND_ORDER", "LAST"]
 
-LAST = "last"
 KIND_ORDER = ("real", "teacher", GENERATED_KIND, "student", "encoded", "edit")  # the reference first
 _UNLINKED_KINDS = ("real",)
 
@@ -71,17 +70,6 @@ def run_steps(store, model: str, layer: str, runs: Sequence[str] | None = None) 
     return table.reset_index(drop=True)
 
 
-def _step_request(step) -> int:
-    """-1 for None / "last", an int otherwise (negative: from the run's own last step)."""
-    if step is None or isinstance(step, str) and step.strip().lower() == LAST:
-        return -1
-    if isinstance(step, str) and step.strip().lstrip("-").isdigit():
-        return int(step.strip())
-    if isinstance(step, int | np.integer) and not isinstance(step, bool):
-        return int(step)
-    raise RunPairsError(f"step must be a step number or {LAST!r} (each run's own last step), got {step!r}")
-
-
 def resolve_run_steps(store, model: str, layer: str, steps: Mapping[str, int | str | None],
                       table: pd.DataFrame | None = None) -> dict[str, int]:
     """run -> the step it is measured at, for a request per run (see the module docstring); `table`: the
@@ -92,7 +80,7 @@ def resolve_run_steps(store, model: str, layer: str, steps: Mapping[str, int | s
     table = run_steps(store, model, layer, list(steps)) if table is None else table
     out = {}
     for run, step in steps.items():
-        want = _step_request(step)
+        want = step_request(step, RunPairsError)
         have = sorted(int(s) for s in table.loc[table["run_id"] == run, "step"])
         if not have:
             raise RunPairsError(f"run {run!r} has no activations of {layer!r}")
