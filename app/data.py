@@ -653,20 +653,15 @@ def edit_source(path: str, model: str, sample_id: str) -> EditSource:
     checkpoint = str(manifest.get("checkpoint") or "")
     name = settings.get("model_family") or model  # teachers and students are stored under their model's key
     family = families.get_family(name) if name in families.MODELS else None
-    op = row.get("edit_op")
-    why = None
-    from pipeline.edit import ENCODED_KINDS
+    from pipeline.edit import refusal
 
-    if settings.get("kind") in ENCODED_KINDS:
-        why = (f"{sample_id} is an image run through the network (run {run_id}, kind {settings['kind']}), not "
-               "generated from a seed and a condition: edits start from generated samples")
-    elif isinstance(op, str) and op != "regenerate":
-        why = (f"{sample_id} is the result of an edit ({op}), which its seed and label cannot reproduce: edit "
-               f"a generated sample (its parents: {row.get('edit_parents')})")
-    elif family is None:
+    op, parents = row.get("edit_op"), row.get("edit_parents")
+    why = refusal(sample_id, run_id, settings.get("kind"), op if isinstance(op, str) else None,
+                  parents if isinstance(parents, str) else None)
+    if why is None and family is None:
         why = (f"model {model!r} is not one this code can generate (it knows {', '.join(families.MODELS)}), so "
                "its samples cannot be edited here")
-    elif checkpoint and not checkpoint.startswith("hf://") and not _shipped(checkpoint):
+    elif why is None and checkpoint and not checkpoint.startswith("hf://") and not _shipped(checkpoint):
         from pipeline.checkpoints import resolve_checkpoint
 
         try:

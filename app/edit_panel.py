@@ -87,13 +87,13 @@ def _editable(samples: pd.DataFrame, ids: list[str], kinds: dict[str, str] | Non
     """`ids` without what an edit cannot take as parent or set member: edit results (their seed and label cannot
     reproduce them; a regenerated sample can) and encoded images (real or encoded runs; `kinds`: run id -> kind); and
     how many went."""
+    from pipeline.edit import refusal
+
     meta = samples.set_index("sample_id")
     ops = meta["edit_op"] if "edit_op" in meta else pd.Series(None, index=meta.index, dtype=object)
-    from pipeline.edit import ENCODED_KINDS
-
-    real = {r for r, k in (kinds or {}).items() if k in ENCODED_KINDS}
-    kept = [s for s in ids if s in meta.index and (pd.isna(ops[s]) or ops[s] == "regenerate")
-            and meta.at[s, "run_id"] not in real]
+    kinds = kinds or {}
+    kept = [s for s in ids if s in meta.index
+            and refusal(s, run := meta.at[s, "run_id"], kinds.get(run), None if pd.isna(ops[s]) else ops[s]) is None]
     return kept, len(ids) - len(kept)
 
 

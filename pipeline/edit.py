@@ -183,6 +183,21 @@ def edit_key(op: str, **inputs) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def refusal(sample_id: str, run_id: str, kind: str | None, edit_op: str | None,
+            edit_parents: str | None = None) -> str | None:
+    """Why a stored sample cannot be an edit's parent or set member, or None: an image run through the network
+    (a `real` or `encoded` run) or an edit's result (but a regenerated sample, which is its seed and condition
+    again) is not what its seed makes. The Editor raises it; the app shows it before anything loads."""
+    if kind in ENCODED_KINDS:
+        return (f"sample {sample_id} is an image run through the network (run {run_id}, kind {kind}), not generated "
+                "from its seed: edits start from (and sets are recomputed from) generated samples")
+    if edit_op not in (None, "regenerate"):
+        parents = f" (its parents: {edit_parents})" if edit_parents else ""
+        return (f"sample {sample_id} is the result of an edit ({edit_op}), which its seed and label cannot "
+                f"reproduce: edit generated (or regenerated) samples{parents}")
+    return None
+
+
 def parse_steps(text: str | None) -> list[int] | None:
     """`all` (or None) -> None (every step); 'K,K,...' -> sorted distinct steps."""
     if text is None or text.strip().lower() == "all":
@@ -350,14 +365,10 @@ class Editor:
             found[sid] = Parent(sid, run, manifest["model"], int(r["seed"]),
                                 None if cid is None else int(cid), _text(r.get("prompt")), _text(r.get("label")),
                                 manifest, None if pidx is None else int(pidx), _text(r.get("category")))
-            if (kind := _json(manifest.get("settings")).get("kind")) in ENCODED_KINDS:
-                raise EditError(f"sample {sid} is an image run through the network (run {run}, kind {kind}), not "
-                                "generated from its seed: edits start from (and sets are recomputed from) generated "
-                                "samples")
-            op = _text(r.get("edit_op"))
-            if op not in (None, "regenerate"):  # a regenerated sample is its seed and condition again
-                raise EditError(f"sample {sid} is the result of an edit ({op}), which its seed and label cannot "
-                                "reproduce: edit generated (or regenerated) samples")
+            why = refusal(sid, run, _json(manifest.get("settings")).get("kind"), _text(r.get("edit_op")),
+                          _text(r.get("edit_parents")))
+            if why is not None:
+                raise EditError(why)
         if unknown:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
             raise EditError(f"unknown sample{'s' if len(unknown) > 1 else ''} {shown}: not in the store {self.root}")
