@@ -809,7 +809,9 @@ class Editor:
             reduce = _json(parent.manifest.get("reduce"))
             self.progress(f"{jobs[0].row['edit_op']}: generating {len(todo)} sample{'s' if len(todo) > 1 else ''}")
             with self._using(parent):
-                with Recorder(adapter.root, adapter.resolve_layers(layers), reduce) as recorder:
+                # the steps the parent's run records (its settings' record_steps; absent: all)
+                with Recorder(adapter.root, adapter.resolve_layers(layers), reduce,
+                              parent.settings.get("record_steps")) as recorder:
                     images = compute(todo, recorder)
                     activations = recorder.pop()
                 previews = getattr(adapter, "last_previews", None)

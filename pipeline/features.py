@@ -54,6 +54,7 @@ __all__ = [
     "split_point_id",
     "parse_step",
     "step_token",
+    "default_step",
 ]
 
 FEATURE_KINDS = ("auto", "mean", "full")
@@ -225,6 +226,26 @@ def parse_step(step) -> int | str | None:
             return int(text)
     raise FeatureError(f"step must be a step number, {ALL_STEPS!r} (every step) or None (the last), "
                        f"got {step!r}")
+
+
+def default_step(steps, runs: int | None = None) -> int:
+    """The step a map opens on: the latest step that at least half of the runs record. `steps`: a
+    `Store.steps` frame (a `runs` column: how many runs record each row; `attrs["runs"]`: how many runs there
+    are); `runs` overrides that total. Without counts, the last step. 0 for an empty frame.
+
+    Why not simply the last step: maps join runs by step index, so a step that one long run alone records (an
+    18-step teacher's step 17) would open on that run alone, while the step most runs share (the demo's step 3:
+    the 4-step run, the real digits and the encoded runs) is the comparison. Examples: a 1-step and a 4-step
+    run: 3 (each run counts as half); only 1-step runs: 0."""
+    if steps is None or not len(steps):
+        return 0
+    per_step = steps.groupby(steps["step"].astype("int64"))
+    if "runs" not in steps:
+        return int(max(per_step.groups))
+    counts = per_step["runs"].sum()
+    total = runs if runs is not None else steps.attrs.get("runs") or int(counts.max())
+    shared = counts[2 * counts >= int(total)]
+    return int(shared.index.max()) if len(shared) else int(counts.idxmax())
 
 
 def step_token(step: int | str) -> int | str:

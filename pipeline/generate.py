@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 import os
 import queue
 import re
@@ -65,12 +66,49 @@ def _read_only_fs(path: Path) -> bool:
         return False
 
 
-def default_run_id(adapter: Adapter, seed: int, layers: dict[str, str], reduce: dict[str, str]) -> str:
+def resolve_record_steps(steps, num_steps: int) -> list[int] | None:
+    """The steps a run records, as sorted step indices, or None for all of them (also when `steps` names
+    every step). `steps`: None or "all"; "last"; an int or a sequence of ints and "last" (or a comma-separated
+    string of them), negative ones counting back from the last step (-1: the last). ValueError for a step
+    outside 0..num_steps-1 or a word it does not know."""
+    n = int(num_steps)
+    if steps is None or (isinstance(steps, str) and steps.strip().lower() in ("", "all")):
+        return None
+    items = steps.split(",") if isinstance(steps, str) else [steps] if isinstance(steps, numbers.Integral) \
+        else list(steps)
+    out = set()
+    for item in items:
+        text = str(item).strip().lower()
+        if not text:  # "0,3," or ","
+            continue
+        if text == "last":
+            out.add(n - 1)
+            continue
+        try:
+            k = int(text)
+        except ValueError:
+            raise ValueError(f"record steps: {item!r} is not a step; give all, last, or step numbers "
+                             f"such as 0,3 (negative ones count back from the last)") from None
+        if not -n <= k < n:
+            raise ValueError(f"record steps: step {k} out of range: this model samples in {n} step"
+                             f"{'s' if n != 1 else ''} (0..{n - 1}, or -1..-{n} from the last)")
+        out.add(k % n)
+    if not out:
+        raise ValueError("record steps: no step given; give all, last, or step numbers such as 0,3")
+    return None if len(out) == n else sorted(out)
+
+
+def default_run_id(adapter: Adapter, seed: int, layers: dict[str, str], reduce: dict[str, str],
+                   record_steps: list[int] | None = None) -> str:
     """`<model>-s<seed>-<hash of what makes samples comparable>`; `<model>` is the registry family that built
-    the adapter (`demo-teacher` for a teacher run stored under `demo`)."""
+    the adapter (`demo-teacher` for a teacher run stored under `demo`). Recording only some steps
+    (`record_steps`) gives another id; recording all of them keeps the id of runs written before steps could be
+    chosen."""
     ident = adapter.identity()
-    key = json.dumps({"id": ident, "seed": seed, "layers": sorted(layers), "reduce": reduce},
-                     sort_keys=True, default=str)
+    what = {"id": ident, "seed": seed, "layers": sorted(layers), "reduce": reduce}
+    if record_steps is not None:
+        what["record_steps"] = list(record_steps)
+    key = json.dumps(what, sort_keys=True, default=str)
     prefix = getattr(adapter, "run_prefix", None) or adapter.name
     return f"{prefix}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
@@ -176,7 +214,8 @@ def _barrier(world: int) -> None:
 def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers: list[str], *,
              seed: int = 0, batch_size: int = 16, reduce: str | dict[str, str] = "auto",
              run_id: str | None = None, progress: bool = True, settings: dict | None = None,
-             on_batch=None, fsync: bool = False, checkpoint_step: int | None = None) -> GenerateResult:
+             on_batch=None, fsync: bool = False, checkpoint_step: int | None = None,
+             record_steps=None) -> GenerateResult:
     """Generate samples 0..num_samples-1 of a run, skipping those already committed to the store.
 
     `on_batch(done, total)` is called after each committed batch (the app's progress bar). Files are always
@@ -186,6 +225,10 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
     `checkpoint_step` (the training step of the adapter's checkpoint; default: `checkpoint_step_of` its
     checkpoint) goes into the manifest's settings as `checkpoint_step`, which orders the runs of several
     checkpoints of one model (`store.Store.runs()`'s `checkpoint_step` column).
+
+    `record_steps` (see `resolve_record_steps`; None: all) chooses the sampling steps whose activations are
+    stored; the others leave no trace (x0 previews are kept for every step). When not all, the resolved list
+    goes into the manifest's settings as `record_steps`, which edits of the run's samples record too.
 
     Bad arguments (a sample count or batch size below 1, a store path that is a file) raise ValueError
     before anything is written. An error once the run has started (a full disk, say) leaves its manifest
@@ -204,7 +247,8 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
     wanted = reduce if isinstance(reduce, dict) else {name: reduce for name in paths}
     reductions = {name: resolve_reduce(wanted.get(name, "auto"), shapes[name]) for name in paths}
     ident = adapter.identity()
-    run_id = run_id or default_run_id(adapter, seed, paths, reductions)
+    recorded = resolve_record_steps(record_steps, getattr(adapter, "num_steps", 1))
+    run_id = run_id or default_run_id(adapter, seed, paths, reductions, recorded)
     step_setting = _checkpoint_step_setting(store_root, run_id, ident.get("checkpoint"), checkpoint_step)
     device = next(adapter.root.parameters()).device
     manifest = {
@@ -213,7 +257,8 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         "base_model": ident.get("base_model"), "layers": list(paths), "reduce": reductions,
         # settings decide what a sample is; the batch size does not, so a resume may change it
         "settings": {**ident.get("settings", {}), **step_setting, **(settings or {}), "layer_paths": paths,
-                     "layer_shapes": {k: list(shapes[k]) for k in paths}},
+                     "layer_shapes": {k: list(shapes[k]) for k in paths},
+                     **({} if recorded is None else {"record_steps": recorded})},
         "seed": seed, "num_samples": num_samples,  # the writer records the code version
         "device": str(device),
     }
@@ -236,7 +281,7 @@ def generate(adapter: Adapter, store_root: str | Path, num_samples: int, layers:
         total = int(sum(len(b) for b in mine))
         # on an accelerator the device computes the next batch while this one is written; on a CPU a
         # writer thread would only compete with generation for the same cores
-        with Recorder(adapter.root, paths, reductions) as recorder, \
+        with Recorder(adapter.root, paths, reductions, recorded) as recorder, \
                 BackgroundWriter(writer, threaded=device.type != "cpu") as background, \
                 tqdm(total=total, unit="sample", disable=not progress, desc=f"{run_id} [rank {rank}]"
                      if world > 1 else run_id, dynamic_ncols=True) as bar:

@@ -86,21 +86,27 @@ class Recorder(_LayerHooks):
     """Register hooks on `layers` (friendly name -> module path of `root`) for the duration of a `with`.
 
     Hooks only record inside `with recorder.step(i, timestep=..., sigma=...)`, so a warm-up or a shape probe
-    outside a step leaves no trace.
+    outside a step leaves no trace. With `steps` (step indices, None: all), the other steps leave no trace
+    either: a long sampler (an 18-step teacher) can keep only the steps a map needs.
     """
 
-    def __init__(self, root: torch.nn.Module, layers: dict[str, str], reduce: dict[str, str] | str = "auto"):
+    def __init__(self, root: torch.nn.Module, layers: dict[str, str], reduce: dict[str, str] | str = "auto",
+                 steps=None):
         self.root = root
         self.layers = dict(layers)
         self.reduce = reduce if isinstance(reduce, dict) else {name: reduce for name in layers}
+        self.steps = None if steps is None else frozenset(int(s) for s in steps)
         self._handles: list = []
         self._step: tuple[int, float | None, float | None] | None = None
         self._records: list[_Record] = []
 
     @contextmanager
     def step(self, step: int, timestep: float | None = None, sigma: float | None = None):
-        self._step = (int(step), None if timestep is None else float(timestep),
-                      None if sigma is None else float(sigma))
+        if self.steps is not None and int(step) not in self.steps:
+            self._step = None  # a step not recorded: the hooks stay silent
+        else:
+            self._step = (int(step), None if timestep is None else float(timestep),
+                          None if sigma is None else float(sigma))
         try:
             yield
         finally:

@@ -237,9 +237,12 @@ class Store:
         return order
 
     def steps(self, model: str, layer: str | None = None) -> pd.DataFrame:
-        """Distinct (step, timestep, sigma) recorded for `model` (one layer, or its first layer)."""
+        """Distinct (step, timestep, sigma) recorded for `model` (one layer, or its first layer), with `runs`:
+        how many runs record that row. `attrs["runs"]` is the number of runs with activations of the layer (what
+        `pipeline.features.default_step` weighs `runs` against)."""
         empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "timestep": pd.Series(dtype="float64"),
-                              "sigma": pd.Series(dtype="float64")})
+                              "sigma": pd.Series(dtype="float64"), "runs": pd.Series(dtype="int64")})
+        empty.attrs["runs"] = 0
         layers = [layer] if layer is not None else self.layers(model)[:1]
         if not layers:
             return empty
@@ -249,15 +252,23 @@ class Store:
         tables = []
         for p in first_per_run.values():
             try:
-                tables.append(pq.read_table(p, columns=["step", "timestep", "sigma"], **_VERIFY))
+                t = pq.read_table(p, columns=["step", "timestep", "sigma"], **_VERIFY)
             except Exception as e:
                 self._footers.mark_bad(p, str(e))
                 self._skip(p, f"{type(e).__name__}: {e}")
+                continue
+            tables.append(t.to_pandas().drop_duplicates())  # one row per step (and sigma) of this run
         if not tables:
             return empty
-        df = pa.concat_tables(tables, promote_options="permissive").to_pandas().drop_duplicates()
+        df = pd.concat(tables, ignore_index=True)
         df["step"] = df["step"].astype("int64")
-        return df.sort_values(["step", "sigma"], ascending=[True, False]).reset_index(drop=True)
+        df["timestep"] = df["timestep"].astype("float64")
+        df["sigma"] = df["sigma"].astype("float64")
+        df = df.groupby(["step", "timestep", "sigma"], dropna=False, sort=False).size().rename("runs").reset_index()
+        df["runs"] = df["runs"].astype("int64")
+        df = df.sort_values(["step", "sigma"], ascending=[True, False]).reset_index(drop=True)
+        df.attrs["runs"] = len(tables)
+        return df
 
     # -- samples ----------------------------------------------------------------------------------------
 

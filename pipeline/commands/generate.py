@@ -112,6 +112,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t2i.add_argument("--prompt-file", help="txt (one per line), csv, jsonl or parquet with a prompt column")
     t2i.add_argument("--seeds-per-prompt", type=positive_int, default=1)
     t2i.add_argument("--resolution", type=positive_int, help="image size in pixels (default: the model's)")
+    p.add_argument("--record-steps", default="all", metavar="all|last|K,...",
+                   help="the sampling steps whose activations are stored: all (default), last, or step numbers "
+                        "such as 0,3 (negative ones count back from the last: -1 is the last); the others leave "
+                        "no trace (a long sampler, such as an 18-step teacher, can keep only the step a map needs)")
     p.add_argument("--x0-previews", action="store_true",
                    help="also store each sampling step's x0 (denoised) preview image beside the final one")
     p.add_argument("--fsync", action="store_true",
@@ -183,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = generate(adapter, args.store, num, layers, seed=args.seed, batch_size=args.batch_size,
                           reduce=args.reduce, run_id=args.run_name, progress=not args.quiet, fsync=args.fsync,
-                          checkpoint_step=getattr(args, "checkpoint_step", None))
+                          checkpoint_step=getattr(args, "checkpoint_step", None),
+                          record_steps=getattr(args, "record_steps", None))
     except known as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
