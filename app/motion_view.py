@@ -4,17 +4,18 @@
 The animation is one plotly figure with a frame per step (or layer): the browser plays it, interpolating every
 point's position between frames (plotly transitions), so nothing reruns in Python while it plays. The
 selected sample and its neighbours are their own traces, present in every frame, so they stay highlighted
-as they move.
+as they move. The small multiples below it are the map component's (`small_multiples`), drawn from files
+written here (`multiples_files`): hovering a sample in one frame rings it in all of them, in the browser.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from app import compare_view, data, state, url
 from pipeline.figures import PALETTE
@@ -23,6 +24,7 @@ SEP = url.SEP  # list separator in the URL
 MODES = ("steps", "layers")
 SPEEDS = {"slow": 1600, "normal": 800, "fast": 350}  # ms per frame
 DEFAULT_K = 8
+COLUMNS = 4  # small multiples per row
 URL_LOADED = "mot.url_loaded"
 URL_VALUES = "mot.url"
 OTHER = "#c8c8c8"  # the labels after the palette's (one grey: a legend of that many is not read by colour)
@@ -143,6 +145,7 @@ def labels_of(path: str, model: str, ids) -> pd.Series:
         samples = samples.sort_values("class_id", kind="stable")
     out = samples.set_index("sample_id")[col].reindex(list(ids)).fillna("(none)").astype(str)
     out.attrs["order"] = list(dict.fromkeys(samples[col].dropna().astype(str)))
+    out.attrs["title"] = col
     return out
 
 
@@ -228,41 +231,62 @@ def _frame_name(maps, f: int) -> str:
     return str(maps.frames[f])
 
 
-def small_multiples(maps, colours: list[str], hover, selected: str | None, near: list[str],
-                    columns: int = 4, height_each: int = 250) -> go.Figure:
-    """Every frame side by side, same alignment: the selected sample and its neighbours marked in each; a click
-    in any of them selects that sample in all."""
-    ids = np.asarray(maps.sample_ids, dtype=object)
-    hover = np.asarray(hover, dtype=object)
-    row = {sid: i for i, sid in enumerate(ids)}
-    sel_rows = np.array([row[selected]] if selected in row else [], dtype=int)
-    nb_rows = np.array([row[x] for x in near if x in row], dtype=int)
-    f_count = len(maps.frames)
-    cols = min(columns, f_count)
-    rows = int(np.ceil(f_count / cols))
-    prefix = "step " if maps.axis == "steps" else ""
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"{prefix}{x}" for x in maps.frames],
-                        horizontal_spacing=0.02, vertical_spacing=0.08)
-    for f in range(f_count):
-        r, c = f // cols + 1, f % cols + 1
-        xy = maps.xy[f]
-        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=ids, hovertext=hover,
-                                   hovertemplate="%{hovertext}<br>%{customdata}<extra></extra>",
-                                   marker={"color": colours, "size": 3.5, "opacity": 0.7}, showlegend=False),
-                      row=r, col=c)
-        fig.add_trace(go.Scattergl(x=xy[nb_rows, 0], y=xy[nb_rows, 1], mode="markers", customdata=ids[nb_rows],
-                                   hoverinfo="skip", showlegend=False,
-                                   marker={"size": 9, "color": "rgba(0,0,0,0)", "line": {"width": 1.5,
-                                                                                         "color": "#222"}}),
-                      row=r, col=c)
-        fig.add_trace(go.Scattergl(x=xy[sel_rows, 0], y=xy[sel_rows, 1], mode="markers",
-                                   customdata=ids[sel_rows], hoverinfo="skip", showlegend=False,
-                                   marker={"size": 12, "symbol": "star", "color": "#111"}), row=r, col=c)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_layout(height=rows * height_each + 40, margin={"l": 5, "r": 5, "t": 30, "b": 5},
-                      plot_bgcolor="white", uirevision=maps.key + "-multiples", dragmode="pan")
-    return fig
+def multiples_files(path: str, s: MotionSettings, maps, labels: pd.Series, legend: dict[str, str]) -> dict[str, str]:
+    """Write the files the small multiples (`app.components.scatter_map.small_multiples`) draw from: every
+    frame's positions, the colours and the hover text (Explore's card: `app.views.hover_fields`), and start
+    exporting the thumbnails. Written once per layout (and store version); returns the component's URLs."""
+    from app import static_files, views
+
+    resolved = data.resolve(path)
+    skey = static_files.store_key(resolved)
+    folder = static_files.views_dir(skey)
+    ids = [str(x) for x in maps.sample_ids]
+    tag = f"motion-{maps.key}"
+    meta_tag = hashlib.sha1(f"{maps.key}|{data.version(path, s.model)}".encode()).hexdigest()[:16]
+    points_file, meta_file, color_file = f"{tag}.points.json", f"{tag}.meta-{meta_tag}.json", \
+        f"{tag}.color-{meta_tag}.json"
+    if not (folder / points_file).exists():
+        static_files.write_json(folder / points_file, multiples_points(maps))
+        static_files.prune_views(skey)
+    if not (folder / color_file).exists():
+        static_files.write_json(folder / color_file, multiples_colours(labels, legend))
+    if not (folder / meta_file).exists():
+        samples = data.model_samples(path, s.model).drop_duplicates("sample_id").set_index("sample_id")
+        samples = samples.reindex(ids).rename_axis("sample_id").reset_index()
+        samples["sample_id"] = ids
+        view = views.make_view(store_key=skey, projection_key=maps.key, model=s.model,
+                               layer=s.layer if s.mode == "steps" else "", step=None, sample_ids=ids,
+                               xy=maps.xy[0], samples=samples, quality=None, source=maps.source)
+        meta = views.hover_fields(view)
+        # the frame (step or layer) is named per panel by the component; what is common to every panel here
+        meta["common"] = [["layer", s.layer]] if s.mode == "steps" else [["step", str(s.step)]]
+        static_files.write_json(folder / meta_file, meta)
+    data.thumb_export(resolved).request_once(tag, ids)
+    return {"plotly_url": static_files.plotly_js_url(), "points_url": static_files.view_url(skey, points_file),
+            "color_url": static_files.view_url(skey, color_file), "meta_url": static_files.view_url(skey, meta_file),
+            "thumb_base": static_files.thumb_base_url(skey)}
+
+
+def multiples_points(maps) -> dict:
+    """Every frame's positions, the same samples in the same order in each (rounded: a few pixels' worth)."""
+    span = float(np.nanmax(maps.xy) - np.nanmin(maps.xy)) if maps.xy.size else 1.0
+    digits = max(2, 4 - int(np.floor(np.log10(span)))) if span > 0 else 4
+    return {"ids": [str(x) for x in maps.sample_ids], "frames": [str(f) for f in maps.frames],
+            "x": np.round(maps.xy[:, :, 0].astype(np.float64), digits).tolist(),
+            "y": np.round(maps.xy[:, :, 1].astype(np.float64), digits).tolist()}
+
+
+def multiples_colours(labels: pd.Series, legend: dict[str, str]) -> dict:
+    """The page's colouring (`colours_for`) as the map component's category colour file."""
+    names = list(legend)
+    code = {v: i for i, v in enumerate(names)}
+    codes = [code[v] for v in labels]
+    return {"kind": "category", "title": labels.attrs.get("title", "label"), "codes": codes, "names": names,
+            "colors": [legend[v] for v in names], "counts": np.bincount(codes, minlength=len(names)).tolist()}
+
+
+def multiples_height(frames: int, columns: int = COLUMNS, height_each: int = 300) -> int:
+    return int(np.ceil(frames / min(columns, max(frames, 1)))) * height_each + 30
 
 
 def cka_figure(frame: pd.DataFrame, height: int = 600) -> go.Figure:

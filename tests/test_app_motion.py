@@ -61,12 +61,61 @@ def test_steps_animate_with_points_keeping_identity(app_env):
     menu = anim["layout"]["updatemenus"][0]["buttons"]
     assert menu[0]["method"] == "animate" and menu[0]["args"][1]["transition"]["duration"] > 0
     assert [s["label"] for s in anim["layout"]["sliders"][0]["steps"]] == ["0", "1", "2"]
-    # small multiples: one panel per step
-    assert len(figs[1]["data"]) == 3 * 3
+    # small multiples: one panel per step, in the map component (linked hover lives in the browser)
+    assert len(figs) == 1
+    multiples = fx.map_data(at)
+    assert multiples["kind"] == "multiples" and multiples["frame_title"] == "step"
+    assert multiples["selected"] == "digits-a-00000003" and len(multiples["knn"]) == 5
+    assert multiples["knn"] == list(frames[0]["data"][1]["customdata"])
     assert at.query_params["sel"] == ["digits-a-00000003"] or at.query_params["sel"] == "digits-a-00000003"
     # speed changes the frame duration of Play, nothing else
     slow = at.select_slider(key="mot_speed").set_value("slow").run()
     assert _figures(slow)[0]["layout"]["updatemenus"][0]["buttons"][0]["args"][1]["frame"]["duration"] == 1600
+
+
+def test_small_multiples_files_hold_every_frame_of_the_animation(app_env, app_store):
+    """The panels' files: the animation's positions per frame (same samples, same order), its colours and
+    Explore's hover card; a lasso selection in the app's state is drawn over every panel."""
+    from app import state
+
+    at = _open({"model": "digits", "mode": "steps", "layer": "midblock"})
+    anim = _figures(at)[0]
+    data = fx.map_data(at)
+    points = fx.static_json(data["points_url"])
+    assert points["frames"] == ["0", "1", "2"]
+    assert points["ids"] == list(anim["frames"][0]["data"][0]["customdata"])
+    for f, frame in enumerate(anim["frames"]):
+        xy = _xy(frame["data"][0])
+        np.testing.assert_allclose(np.column_stack([points["x"][f], points["y"][f]]), xy, atol=1e-3)
+    # colours: each sample the colour the animation gives it; the legend counts add up
+    colours = fx.static_json(data["color_url"])
+    drawn = [colours["colors"][c] for c in colours["codes"]]
+    assert drawn == list(anim["frames"][0]["data"][0]["marker"]["color"])
+    assert sum(colours["counts"]) == len(points["ids"]) and colours["kind"] == "category"
+    # hover text: Explore's card (title = the label, seed, run...), the layer once for every panel
+    meta = fx.static_json(data["meta_url"])
+    title = meta["title"]
+    row = points["ids"].index("digits-a-00000003")
+    from store import Store
+
+    labels = Store(app_store).samples(model="digits").set_index("sample_id")["label"]
+    assert title["values"][title["codes"][row]] == labels["digits-a-00000003"]
+    assert {f["name"] for f in meta["fields"]} >= {"seed", "run"} and meta["common"] == [["layer", "midblock"]]
+    assert data["highlight"] is None
+    # a lasso/box selection (the app's, shared with Explore): highlighted in the panels, counted on the page
+    chosen = points["ids"][:7]
+    at.session_state[state.LASSO] = [*chosen, "not-in-this-map"]
+    at.run()
+    assert fx.map_data(at)["highlight"] == chosen
+    assert "7 samples" in fx.page_text(at)
+
+
+def test_depth_multiples_name_their_layers(app_env):
+    at = _open({"model": "digits", "mode": "layers", "step": "1"})
+    data = fx.map_data(at)
+    assert data["frame_title"] == "layer" and data["frame_prefix"] == ""
+    assert fx.static_json(data["points_url"])["frames"] == ["encoder_bottleneck", "midblock"]
+    assert fx.static_json(data["meta_url"])["common"] == [["step", "1"]]
 
 
 def test_second_visit_is_from_the_cache(app_env):

@@ -9,11 +9,13 @@ import streamlit as st
 
 from app import data, job_progress, page, state
 from app import motion_view as mv
+from app.components.scatter_map import small_multiples
 from app.page import init_widget
 
 HEIGHT = 600
 CANCELLED = "mot.cancelled"  # the settings whose computation the user cancelled (not restarted until asked)
 SETTINGS = "mot.settings"
+MULTIPLES = "mot_multiples"  # the small multiples' widget key (its click and lasso events)
 
 
 
@@ -80,6 +82,18 @@ def _on_select(key: str) -> None:
     sid = mv.clicked(st.session_state.get(key))
     if sid:
         state.select(sid)
+
+
+def _on_multiples_click() -> None:
+    click = (st.session_state.get(MULTIPLES) or {}).get("click")
+    if isinstance(click, dict) and click.get("id"):
+        state.select(str(click["id"]))
+
+
+def _on_multiples_select() -> None:
+    sel = (st.session_state.get(MULTIPLES) or {}).get("select")
+    if isinstance(sel, dict):
+        st.session_state[state.LASSO] = [str(x) for x in sel.get("ids") or []]
 
 
 def main() -> None:
@@ -150,9 +164,20 @@ def main() -> None:
         st.markdown(f"Selected **{labels.get(selected, selected)}** · `{selected}`"
                     + (f" · {len(near)} neighbours ringed" if near else ""))
     st.markdown("#### Every frame side by side")
-    multiples = mv.small_multiples(maps, colours, labels.to_numpy(), selected, near)
-    st.plotly_chart(multiples, key="mot_multiples", width="stretch", on_select=lambda: _on_select("mot_multiples"),
-                    selection_mode="points", config={"displaylogo": False})
+    inside = set(maps.sample_ids)
+    lasso = [x for x in st.session_state.get(state.LASSO) or [] if x in inside]
+    steps_axis = maps.axis == "steps"
+    small_multiples(**mv.multiples_files(path, s, maps, labels, legend), revision=maps.key,
+                    frame_title="step" if steps_axis else "layer", frame_prefix="step " if steps_axis else "",
+                    selected=selected, knn=near, highlight=lasso or None, columns=mv.COLUMNS,
+                    height=mv.multiples_height(len(maps.frames)), point_size=3.5 if len(maps) > 2000 else 5.0,
+                    filename=f"motion-{s.model}-{s.layer if steps_axis else f'step{s.step}'}", key=MULTIPLES,
+                    on_click=_on_multiples_click, on_select=_on_multiples_select)
+    st.caption("Hover a point: the same sample is ringed in every frame, with its preview. Click to select it "
+               "everywhere; lasso/box (toolbar) selects a set in every frame (Explore exports it). Zoom and pan "
+               "move all frames together.")
+    if lasso:
+        st.markdown(f"**{len(lasso):,} samples** in the lasso/box selection.")
     mv.sync_url(s, all_layers, state.get_selection().selected)
     if s.mode == "layers" and cka is not None:
         table = mv.consecutive(cka.result, s.layers)

@@ -1,4 +1,6 @@
-"""The Explore map as a Streamlit components v2 element around the plotly.js that the plotly package ships.
+"""The Explore map as a Streamlit components v2 element around the plotly.js that the plotly package ships,
+and the same map as small multiples (one panel per frame of an aligned layout, linked hover and selection:
+the Motion page).
 
 The figure data does not travel with the element: the browser fetches the view's point file, its colour
 file and (after drawing) its per-point text from the app's static folder, and the thumbnails one by one on
@@ -28,6 +30,14 @@ _HTML = """
 _component = st.components.v2.component(
     "dmd2viz.scatter_map",
     html=_HTML,
+    css=(_HERE / "map.css").read_text(encoding="utf-8"),
+    js=(_HERE / "map.js").read_text(encoding="utf-8"),
+    isolate_styles=False,
+)
+# The same code drawing one panel per frame (map.js's MultiplesView, chosen by ``data.kind``).
+_multiples = st.components.v2.component(
+    "dmd2viz.small_multiples",
+    html=_HTML.replace('data-testid="dmv-map"', 'data-testid="dmv-multiples"'),
     css=(_HERE / "map.css").read_text(encoding="utf-8"),
     js=(_HERE / "map.js").read_text(encoding="utf-8"),
     isolate_styles=False,
@@ -113,12 +123,75 @@ def scatter_map(
         on_click_change=on_click or _noop,
         on_select_change=on_select or _noop,
     )
+    return _event(result)
+
+
+def _event(result) -> MapEvent:
     click = result.get("click") if hasattr(result, "get") else getattr(result, "click", None)
     select = result.get("select") if hasattr(result, "get") else getattr(result, "select", None)
     return MapEvent(
         clicked=click.get("id") if isinstance(click, dict) else None,
         selected=list(select.get("ids") or []) if isinstance(select, dict) else None,
     )
+
+
+def small_multiples(
+    *,
+    plotly_url: str,
+    points_url: str,
+    color_url: str,
+    meta_url: str,
+    thumb_base: str,
+    revision: str,
+    frame_title: str,
+    frame_prefix: str = "",
+    selected: str | None = None,
+    knn: list[str] | None = None,
+    highlight: list[str] | None = None,
+    columns: int = 4,
+    height: int = 520,
+    point_size: float = 3.5,
+    filename: str = "frames",
+    key: str = "small_multiples",
+    on_click=None,
+    on_select=None,
+) -> MapEvent:
+    """One map panel per frame of an aligned layout, side by side, with linked hover and selection.
+
+    ``points_url``: ``{"ids": [...], "frames": [...], "x": [[...] per frame], "y": [[...] per frame]}``, the
+    same samples in the same order in every frame; colours and per-sample text as for ``scatter_map``.
+    Hovering a sample in one panel rings it in every panel and shows its preview (browser only, no rerun);
+    ``frame_title`` names the hovered panel's frame in the preview ("step", "layer") and ``frame_prefix``
+    goes before each panel's title. A click or a lasso/box in any panel comes back like the map's; the
+    ``selected`` sample and its ``knn`` are ringed in every panel, ``highlight`` is drawn over the rest.
+    """
+    data: dict[str, Any] = {
+        "kind": "multiples",
+        "plotly_url": plotly_url,
+        "points_url": points_url,
+        "color_url": color_url,
+        "meta_url": meta_url,
+        "thumb_base": thumb_base,
+        "thumb_ext": ".webp",
+        "revision": revision,
+        "frame_title": frame_title,
+        "frame_prefix": frame_prefix,
+        "selected": selected,
+        "knn": [str(i) for i in knn or []],
+        "highlight": [str(i) for i in highlight] if highlight is not None else None,
+        "columns": int(columns),
+        "height": int(height),
+        "point_size": float(point_size),
+        "filename": filename,
+    }
+    result = _multiples(
+        key=key,
+        data=data,
+        height=int(height) + 2,
+        on_click_change=on_click or _noop,
+        on_select_change=on_select or _noop,
+    )
+    return _event(result)
 
 
 def _noop() -> None:

@@ -116,7 +116,15 @@ class MapView {
     this.lastPng = null;
     this.hoverId = null;
     this.setTrigger = () => {};
+    this.register();
+  }
+
+  register() {
     window.dmvMap = this; // handle for the browser tests and the benchmark
+  }
+
+  unregister() {
+    if (window.dmvMap === this) window.dmvMap = undefined;
   }
 
   async update(data) {
@@ -490,7 +498,7 @@ class MapView {
       if (id === undefined) return;
       const i = this.index.get(id);
       if (this.color && this.color.kind === "category" && this.hidden.has(this.color.codes[i])) return;
-      this.showTip(id, event.event);
+      this.showTip(id, event.event, point);
     });
     plot.on("plotly_unhover", () => this.hideTip());
     plot.on("plotly_click", (event) => {
@@ -645,7 +653,238 @@ class MapView {
 
   destroy() {
     if (window.Plotly) window.Plotly.purge(this.plot);
-    if (window.dmvMap === this) window.dmvMap = undefined;
+    this.unregister();
+  }
+}
+
+// Small multiples: one panel per frame of an aligned layout (a denoising step, or a layer), every panel the
+// same samples in the same order (points file: {ids, frames, x: [per frame], y: [per frame]}). The panels
+// share their axes (same alignment, so one zoom for all). Hovering a point in any panel rings that sample in
+// every panel and shows its preview, all in the browser; a click or a lasso/box in any panel goes back to
+// Python as the map's trigger values, and the selection comes back ringed in every panel.
+class MultiplesView extends MapView {
+  register() {
+    window.dmvMultiples = this; // handle for the browser tests
+  }
+
+  unregister() {
+    if (window.dmvMultiples === this) window.dmvMultiples = undefined;
+  }
+
+  grid() {
+    const n = this.points ? this.points.frames.length : 0;
+    const cols = Math.max(1, Math.min(this.data.columns || 4, n));
+    return { n, cols, rows: Math.max(1, Math.ceil(n / cols)) };
+  }
+
+  axes(p) {
+    const full = this.plot._fullLayout;
+    const k = p === 0 ? "" : String(p + 1);
+    return full ? { xa: full[`xaxis${k}`], ya: full[`yaxis${k}`] } : {};
+  }
+
+  render(Plotly, force = false) {
+    const data = this.data;
+    const th = this.theme();
+    const highlight = Array.isArray(data.highlight) && data.highlight.length > 0 ? data.highlight : null;
+    const sig = [this.pointsUrl, data.color_url, [...this.hidden].sort().join(","), highlight ? highlight.join(",") : "",
+      data.point_size, data.revision, data.columns, th.text, th.font, this.plot.clientWidth, data.height].join("|");
+    if (!force && sig === this.figureSig) {
+      this.drawRings();
+      return;
+    }
+    this.figureSig = sig;
+    const { traces, ids, panels } = this.figure(th, highlight);
+    this.traceIds = ids;
+    this.tracePanel = panels;
+    this.wrap.dataset.panels = String(this.grid().n);
+    this.wrap.dataset.highlighted = String(highlight ? ids[1].length : 0);
+    Plotly.react(this.plot, traces, this.layout(th), this.config()).then(() => this.drawRings());
+    if (!this.handlersAttached) this.attachHandlers();
+  }
+
+  figure(th, highlight) {
+    const size = this.data.point_size || 3.5;
+    const color = this.color;
+    const colors = this.baseColors();
+    const traces = [];
+    const ids = [];
+    const panels = [];
+    const { n } = this.grid();
+    for (let p = 0; p < n; p++) {
+      const k = p === 0 ? "" : String(p + 1);
+      const marker = { size, opacity: highlight ? 0.18 : 0.8, line: { width: 0 } };
+      if (color && color.kind === "numeric") {
+        Object.assign(marker, { color: color.values, colorscale: th.scale, cmin: color.min, cmax: color.max, showscale: p === 0,
+          colorbar: { title: { text: color.title, font: { color: th.text } }, thickness: 10, len: 0.5, tickfont: { color: th.text }, outlinewidth: 0 } });
+      } else {
+        marker.color = colors || th.text;
+      }
+      traces.push({ type: "scattergl", mode: "markers", x: this.points.x[p], y: this.points.y[p], xaxis: `x${k}`, yaxis: `y${k}`,
+        marker, hoverinfo: "none", name: `panel ${p}`, showlegend: false });
+      ids.push(this.points.ids);
+      panels.push(p);
+      if (highlight) {  // the lasso/box selection (or another named set), at full colour over the dimmed rest
+        const kept = highlight.filter((id) => this.index.has(id));
+        const rows = kept.map((id) => this.index.get(id));
+        const hlMarker = { size: size + 1, line: { width: 1, color: th.text } };
+        if (color && color.kind === "numeric") Object.assign(hlMarker, { color: rows.map((i) => color.values[i]), colorscale: th.scale, cmin: color.min, cmax: color.max });
+        else hlMarker.color = rows.map((i) => (colors ? colors[i] : th.text));
+        traces.push({ type: "scattergl", mode: "markers", x: rows.map((i) => this.points.x[p][i]), y: rows.map((i) => this.points.y[p][i]),
+          xaxis: `x${k}`, yaxis: `y${k}`, marker: hlMarker, hoverinfo: "none", name: `matches ${p}`, showlegend: false });
+        ids.push(kept);
+        panels.push(p);
+      }
+    }
+    return { traces, ids, panels };
+  }
+
+  layout(th) {
+    const { n, cols, rows } = this.grid();
+    const height = this.data.height || 500;
+    const width = Math.max(1, this.plot.clientWidth);
+    const titlePx = 22;
+    const gapX = 10 / width;
+    const layout = super.layout(th);
+    layout.margin = { l: 6, r: 34, t: titlePx + 4, b: 6 }; // right: room for the toolbar, off the last panel
+    const inner = Math.max(1, height - layout.margin.t - layout.margin.b);
+    const gapY = (titlePx + 8) / inner;
+    const axis = { visible: false, showgrid: false, zeroline: false, automargin: false };
+    layout.annotations = [];
+    layout.shapes = [];
+    const prefix = this.data.frame_prefix || "";
+    for (let p = 0; p < n; p++) {
+      const k = p === 0 ? "" : String(p + 1);
+      const c = p % cols;
+      const r = Math.floor(p / cols);
+      const x0 = c / cols + (c > 0 ? gapX / 2 : 0);
+      const x1 = (c + 1) / cols - (c < cols - 1 ? gapX / 2 : 0);
+      const y1 = 1 - r / rows - (r > 0 ? gapY / 2 : 0);
+      const y0 = 1 - (r + 1) / rows + (r < rows - 1 ? gapY / 2 : 0);
+      // one alignment: every panel shows the same region, so zoom and pan in one move them all
+      layout[`xaxis${k}`] = { ...axis, domain: [x0, x1], anchor: `y${k}`, ...(p ? { matches: "x" } : {}) };
+      layout[`yaxis${k}`] = { ...axis, domain: [y0, y1], anchor: `x${k}`, ...(p ? { matches: "y" } : { scaleanchor: "x", scaleratio: 1 }) };
+      layout.annotations.push({ xref: "paper", yref: "paper", x: (x0 + x1) / 2, y: y1, xanchor: "center", yanchor: "bottom", showarrow: false,
+        text: escapeHTML(`${prefix}${this.points.frames[p]}`), font: { size: 13, color: th.text } });
+      layout.shapes.push({ type: "rect", xref: "paper", yref: "paper", x0, x1, y0, y1, line: { width: 1, color: th.border }, layer: "below" });
+    }
+    return layout;
+  }
+
+  config() {
+    const config = super.config();
+    // the map's PNG export draws one plot; here plotly's own snapshot of the panels does
+    config.modeBarButtonsToAdd = [];
+    config.modeBarButtonsToRemove = config.modeBarButtonsToRemove.filter((b) => b !== "toImage");
+    config.toImageButtonOptions = { filename: this.data.filename || "frames", scale: 2 };
+    return config;
+  }
+
+  // Rings drawn over every panel: the selected sample (blue), its neighbours (red) and the hovered sample
+  // (a dark ring), each at that panel's position of the sample. Cheap: a few SVG circles per panel, so a
+  // hover redraws them without touching the WebGL points.
+  drawRings() {
+    const full = this.plot._fullLayout;
+    if (!full || !this.points) return;
+    const svg = this.rings;
+    const w = this.plot.clientWidth;
+    const h = this.plot.clientHeight;
+    svg.setAttribute("width", w);
+    svg.setAttribute("height", h);
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    const clip = svg.querySelector("clipPath rect");
+    clip.setAttribute("x", 0);
+    clip.setAttribute("y", 0);
+    clip.setAttribute("width", w);
+    clip.setAttribute("height", h);
+    const r = (this.data.point_size || 3.5) / 2;
+    const th = this.theme();
+    const items = [];
+    const counts = { selected: 0, hover: 0 };
+    const { n } = this.grid();
+    for (let p = 0; p < n; p++) {
+      const { xa, ya } = this.axes(p);
+      if (!xa || !ya || !xa.l2p) continue;
+      const ring = (id, cls, radius, extra) => {
+        const i = this.index.get(id);
+        if (i === undefined) return false;
+        const cx = xa._offset + xa.l2p(this.points.x[p][i]);
+        const cy = ya._offset + ya.l2p(this.points.y[p][i]);
+        // outside this panel (zoomed in): not drawn over a neighbouring panel
+        if (cx < xa._offset || cx > xa._offset + xa._length || cy < ya._offset || cy > ya._offset + ya._length) return false;
+        items.push(`<circle class="${cls}" data-id="${escapeHTML(id)}" data-panel="${p}" cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="${radius}" ${extra}/>`);
+        return true;
+      };
+      for (const id of this.data.knn || []) ring(id, "dmv-ring-knn", r + 4.5, `fill="none" stroke="${RED}" stroke-width="1.5"`);
+      if (this.data.selected && ring(this.data.selected, "dmv-ring-selected", r + 3.5, `fill="${BLUE}" stroke="#ffffff" stroke-width="2"`)) counts.selected += 1;
+      if (this.hoverId !== null) {
+        const halo = `fill="none" stroke="${th.bg}" stroke-width="5"`;
+        if (ring(this.hoverId, "dmv-ring-hover-halo", r + 6, halo)) {
+          ring(this.hoverId, "dmv-ring-hover", r + 6, `fill="none" stroke="${th.text}" stroke-width="2.5"`);
+          counts.hover += 1;
+        }
+      }
+    }
+    svg.querySelector("g").innerHTML = items.join("");
+    this.wrap.dataset.hover = this.hoverId === null ? "" : this.hoverId;
+    this.wrap.dataset.hoverPanels = String(counts.hover);
+    this.wrap.dataset.selectedPanels = String(counts.selected);
+  }
+
+  pointPixel(id, panel = this.hoverPanel || 0) {
+    const i = this.index.get(id);
+    const { xa, ya } = this.axes(panel);
+    if (i === undefined || !xa) return null;
+    const rect = this.plot.getBoundingClientRect();
+    return { x: rect.left + xa._offset + xa.l2p(this.points.x[panel][i]), y: rect.top + ya._offset + ya.l2p(this.points.y[panel][i]) };
+  }
+
+  tipText(i) {
+    const html = super.tipText(i);
+    const p = this.hoverPanel || 0;
+    const row = `<tr><th>${escapeHTML(this.data.frame_title || "frame")}</th><td>${escapeHTML(this.points.frames[p])}</td></tr>`;
+    return html.includes("<table>") ? html.replace("<table>", `<table>${row}`) : html;
+  }
+
+  showTip(id, mouseEvent, point) {
+    if (point && this.tracePanel) this.hoverPanel = this.tracePanel[point.curveNumber] || 0;
+    super.showTip(id, mouseEvent);
+    this.drawRings();
+    this.placeTip(id, mouseEvent);
+  }
+
+  // Beside the pointer where it hides the fewest of the hovered sample's rings: the card is wider than a
+  // panel, and a card over the next panel would hide the very point the linked hover is there to show.
+  placeTip(id, mouseEvent) {
+    const tip = this.tip;
+    const wrapRect = this.wrap.getBoundingClientRect();
+    const plotRect = this.plot.getBoundingClientRect();
+    let at = mouseEvent && mouseEvent.clientX !== undefined ? { x: mouseEvent.clientX, y: mouseEvent.clientY } : this.pointPixel(id);
+    if (!at) return;
+    at = { x: at.x - wrapRect.left, y: at.y - wrapRect.top };
+    const w = tip.offsetWidth;
+    const h = tip.offsetHeight;
+    const dx = plotRect.left - wrapRect.left;
+    const dy = plotRect.top - wrapRect.top;
+    const rings = [...this.rings.querySelectorAll("circle.dmv-ring-hover")].map((c) => ({ x: dx + Number(c.getAttribute("cx")), y: dy + Number(c.getAttribute("cy")) }));
+    const clampX = (v) => Math.min(Math.max(4, v), Math.max(4, this.plot.clientWidth - w - 4));
+    const clampY = (v) => Math.min(Math.max(4, v), Math.max(4, wrapRect.height - h - 4));
+    const candidates = [[at.x + 16, at.y + 12], [at.x - w - 16, at.y + 12], [at.x + 16, at.y - h - 12], [at.x - w - 16, at.y - h - 12],
+      [at.x - w / 2, at.y + 18], [at.x - w / 2, at.y - h - 18]].map(([x, y]) => [clampX(x), clampY(y)]);
+    let best = null;
+    for (const [x, y] of candidates) {
+      const hidden = rings.filter((r) => r.x > x - 10 && r.x < x + w + 10 && r.y > y - 10 && r.y < y + h + 10).length;
+      if (best === null || hidden < best.hidden) best = { x, y, hidden };
+    }
+    tip.style.left = `${best.x}px`;
+    tip.style.top = `${best.y}px`;
+    tip.dataset.covers = String(best.hidden);
+  }
+
+  hideTip() {
+    const had = this.hoverId !== null;
+    super.hideTip();
+    if (had) this.drawRings();
   }
 }
 
@@ -672,7 +911,7 @@ export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
   let view = INSTANCES.get(parentElement);
   if (!view) {
-    view = new MapView(parentElement);
+    view = data && data.kind === "multiples" ? new MultiplesView(parentElement) : new MapView(parentElement);
     INSTANCES.set(parentElement, view);
     wireThumbRetries(parentElement);
   }
