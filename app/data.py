@@ -727,9 +727,30 @@ def generator_job(path: str, sample_id: str, run_id: str, start: bool = True, re
         editor = _editor(path, job)
         (parent,) = editor.parents([sample_id])
         adapter = editor.adapter(parent)
+        freeze_long_lived()
         return {"device": str(editor.device), "checkpoint": str((adapter.identity() or {}).get("checkpoint") or "")}
 
     return jobs().get_or_start(key, work)
+
+
+_FROZEN = threading.Event()
+
+
+def freeze_long_lived() -> bool:
+    """Move every object alive now out of the garbage collector's reach (`gc.freeze`), once per process.
+
+    Streamlit forces a full collection after each script run (``runner.postScriptGC``); once torch and a
+    generator are loaded that walk takes 0.3-0.5 s of the GIL on 2 cores, right when the browser fetches the
+    map that shows an edit's results. Modules, weights and the app's caches live as long as the server, so a
+    collection never frees them; objects made later are collected as before. True when this call froze."""
+    import gc
+
+    if _FROZEN.is_set():
+        return False
+    _FROZEN.set()
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 def run_edit(path: str, op: str, args: dict, holder: str | None = None, then=None) -> Job:

@@ -229,7 +229,7 @@ def _start(path: str, op: str, args: dict, title: str, parents: list[str], run_i
     data.generator_job(path, parents[0], run_id)
     job = data.run_edit(path, op, args, holder=holder, then=place)
     st.session_state[state.EDIT_JOB] = {"key": job.key, "op": op, "title": title, "parents": parents,
-                                        "command": command(path, op, args)}
+                                        "run": edit_run(run_id), "command": command(path, op, args)}
 
 
 def _button(path: str, source: data.EditSource, op: str, args: dict | None, label: str, title: str,
@@ -404,27 +404,27 @@ def _steer(path, source: data.EditSource, samples, settings) -> None:
 # -------------------------------------------------------------------------------------------- results
 
 
-def settle(rerun: bool) -> None:
+def settle() -> dict | None:
     """Take in the edit this session waits for once it has ended: its results become the session's newest edit
-    (or its error is kept for the panel). Called first thing in a run; `rerun`: this run is a fragment's,
-    whose map predates the results, so the whole page runs again (the projection places the new samples)."""
+    (returned: ``{key, op, title, parents, run, ids, seconds}``, `run` the run they went to) or its error is
+    kept for the panel (None returned, as while it runs or when there is none). Called first thing in a run."""
     waiting = st.session_state.get(state.EDIT_JOB)
     if waiting is None:
-        return
+        return None
     job = data.jobs().find(waiting["key"])
     if job is not None and job.running:
-        return
+        return None
     st.session_state[state.EDIT_JOB] = None
     if job is None:
-        return
+        return None
     if job.error:
         st.session_state[state.EDIT_ERROR] = {"error": job.error, "command": waiting["command"]}
-        return
-    state.add_edit_result({"key": job.key, "op": waiting["op"], "title": waiting["title"],
-                           "parents": waiting["parents"], "ids": list(job.result or []),
-                           "seconds": (job.finished or time.time()) - job.started})
-    if rerun:
-        st.rerun(scope="app")
+        return None
+    record = {"key": job.key, "op": waiting["op"], "title": waiting["title"], "parents": waiting["parents"],
+              "run": waiting.get("run"), "ids": list(job.result or []),
+              "seconds": (job.finished or time.time()) - job.started}
+    state.add_edit_result(record)
+    return record
 
 
 def _results(path: str, view: views.View, settings) -> None:

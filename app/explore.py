@@ -27,6 +27,8 @@ KNN_CURRENT = "dmd.knn_current"
 WAITING = "dmd.waiting_job"  # key of the projection job this session waits for
 CANCELLED = "dmd.cancelled_job"  # key of the job this session cancelled: not restarted until asked
 LAST_DRAWN = "dmd.last_drawn"  # (job key, settings) of the last map drawn: shown dimmed while a new one runs
+RUNS_LISTED = "dmd.runs_listed"  # the model's runs when the page last ran (the sidebar's Runs list)
+EDITED_VIEW = "dmd.edited_view"  # (key of the view the page gave `body`, the view with an edit's results, settings)
 PNG_NONCE = state.PNG_NONCE
 MAP_HEIGHT = 640
 
@@ -170,8 +172,10 @@ def main() -> None:
     if not status.ok:
         st.title("Explore")
         ui.no_store_panel(status)
-    edit_panel.settle(rerun=False)  # an edit that ended: its results are in this run's map
+    edit_panel.settle()  # an edit that ended: its results are in this run's map
+    st.session_state.pop(EDITED_VIEW, None)  # this run draws the current map
     settings, refit = sidebar_controls(path, status)
+    st.session_state[RUNS_LISTED] = set(data.model_samples(path, settings.model)["run_id"].unique())
     state.set_view(settings)
     view, drawn, busy = current_view(path, settings, refit)
     if view is None:
@@ -182,7 +186,14 @@ def main() -> None:
 
 @st.fragment
 def body(path: str, view: views.View, settings: ViewSettings, busy: bool = False) -> None:
-    edit_panel.settle(rerun=True)  # an edit that ended: the whole page runs again (the map places its results)
+    given = view.key
+    edited = st.session_state.get(EDITED_VIEW)
+    if edited is not None and edited[0] == given:  # a fragment run after an edit drawn by the fragment
+        view, settings, busy = edited[1], edited[2], False
+    edit = edit_panel.settle()
+    if edit is not None:  # an edit ended in this run (its button's click): its results go on the map now
+        view, settings, busy = _view_with_edit(path, busy, edit)
+        st.session_state[EDITED_VIEW] = (given, view, settings)
     sel = state.get_selection()
     if sel.selected and sel.selected not in view.position and view.locate(sel.selected):
         # the same sample in a view of all steps (its last step) or of one step: keep it selected
@@ -206,6 +217,23 @@ def body(path: str, view: views.View, settings: ViewSettings, busy: bool = False
         _selection_panel(path, view, settings, sel, neighbours)
     _info(view)
     _share_and_export(path, view, settings, sel, neighbours)
+
+
+def _view_with_edit(path: str, busy: bool, edit: dict) -> tuple[views.View, ViewSettings, bool]:
+    """The map with an edit's results, drawn by the fragment run that took the edit in (`body`). The edit's
+    job has placed them into this session's projection already (`edit_panel._start`), so a page run would only
+    redo the sidebar and, between the two runs, Streamlit's forced garbage collection (0.3 s and more with
+    torch loaded). The page runs again when the results' run is new to the sidebar's Runs list, when the map
+    drawn is the previous one (a new projection computes) or when the placement has not ended."""
+    request = st.session_state.get(state.PROJECTION_REQUEST)
+    if busy or request is None or edit.get("run") not in (st.session_state.get(RUNS_LISTED) or ()):
+        st.rerun(scope="app")
+    settings, wanted, refit = request
+    job = data.request_projection(path, settings, wanted, refit, holder=_session())
+    if job.running or job.error:
+        st.rerun(scope="app")
+    st.session_state[LAST_DRAWN] = (job.key, settings)
+    return data.view_for(path, settings, job), settings, False
 
 
 def _neighbours(path, view, settings, sel) -> data.Neighbours:

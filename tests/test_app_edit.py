@@ -465,6 +465,94 @@ def test_a_slow_edit_shows_its_progress_then_its_results(demo_env, demo_store, m
     assert result in fx.map_data(at)["edited"]
 
 
+class _PageRun(Exception):
+    """`st.rerun(scope="app")` asked for (the page, not only the fragment, would run again)."""
+
+
+@pytest.fixture
+def bare_session(monkeypatch):
+    """Streamlit's bare-mode session state, emptied after the test; `st.rerun` raises `_PageRun`."""
+    import streamlit as st
+
+    def rerun(scope="app"):
+        raise _PageRun(scope)
+
+    monkeypatch.setattr(st, "rerun", rerun)
+    before = set(st.session_state.keys())
+    yield st.session_state
+    for key in set(st.session_state.keys()) - before:
+        del st.session_state[key]
+
+
+def test_an_edit_into_a_listed_run_is_drawn_by_the_clicks_own_fragment_run(demo_env, demo_store, bare_session):
+    """The fragment run of the edit's button draws the map with the results (no page run, which would redo
+    the sidebar after a forced garbage collection); a run new to the sidebar's Runs list, or a map drawn while
+    another projection computes, runs the page instead."""
+    from app import data, explore, state
+
+    at = _open(sid(6, 3))
+    at.text_input(key=f"edit_seed_{sid(6, 3)}").set_value("901").run()
+    at.button(key="edit_go_regenerate").click().run()  # the first edit of the run: a page run lists it
+    assert not at.exception, at.exception
+    assert f"edit-{RUN}" in at.session_state[explore.RUNS_LISTED]
+    bare_session[state.PROJECTION_REQUEST] = at.session_state[state.PROJECTION_REQUEST]
+    bare_session[explore.RUNS_LISTED] = at.session_state[explore.RUNS_LISTED]
+    before = explore._view_with_edit(str(demo_store), False, {"run": f"edit-{RUN}"})[0]
+
+    job = data.run_edit(str(demo_store), "regenerate", {"sample_id": sid(6, 3), "label": 6, "seed": 902})
+    (result,) = job.result
+    view, settings, busy = explore._view_with_edit(str(demo_store), False, {"run": f"edit-{RUN}"})
+    assert result in view.position and result not in before.position and not busy
+    assert len(view) == len(before) + 1 and settings == at.session_state[state.PROJECTION_REQUEST][0]
+    assert bare_session[explore.LAST_DRAWN][1] == settings
+
+    with pytest.raises(_PageRun):  # the results' run is not in the sidebar yet
+        explore._view_with_edit(str(demo_store), False, {"run": "edit-another-run"})
+    with pytest.raises(_PageRun):  # the map drawn is the previous one: the page shows the new one's progress
+        explore._view_with_edit(str(demo_store), True, {"run": f"edit-{RUN}"})
+
+
+def test_settle_returns_the_finished_edit_once_and_keeps_a_failure_for_the_panel(demo_env, bare_session):
+    from app import data, edit_panel, state
+
+    done = data.start_job(("edit", "test-settle", "ok"), lambda job: ["r1", "r2"], wait_s=30)
+    bare_session[state.EDIT_JOB] = {"key": done.key, "op": "steer", "title": "t", "parents": ["p"],
+                                    "run": f"edit-{RUN}", "command": "python -m pipeline edit"}
+    record = edit_panel.settle()
+    assert record["ids"] == ["r1", "r2"] and record["run"] == f"edit-{RUN}" and record["op"] == "steer"
+    assert state.edit_results()[-1]["ids"] == ["r1", "r2"] and bare_session[state.EDIT_JOB] is None
+    assert edit_panel.settle() is None  # taken in once
+
+    def fail(job):
+        raise ValueError("no such layer")
+
+    failed = data.start_job(("edit", "test-settle", "bad"), fail, wait_s=30)
+    bare_session[state.EDIT_JOB] = {**record, "key": failed.key, "command": "python -m pipeline edit x"}
+    assert edit_panel.settle() is None
+    assert bare_session[state.EDIT_ERROR] == {"error": "no such layer", "command": "python -m pipeline edit x"}
+
+
+def test_freezing_long_lived_objects_takes_them_out_of_full_collections(monkeypatch):
+    """Streamlit's collection after every script run walks what `freeze_long_lived` froze no more."""
+    import gc
+    import threading
+
+    from app import data
+
+    monkeypatch.setattr(data, "_FROZEN", threading.Event())
+    kept = [[i] for i in range(100_000)]  # long-lived objects the collector tracks
+    try:
+        tracked = len(gc.get_objects())
+        assert data.freeze_long_lived() is True
+        assert gc.get_freeze_count() >= len(kept)
+        assert len(gc.get_objects()) < tracked - len(kept)
+        assert data.freeze_long_lived() is False  # once per process
+        later = [[i] for i in range(1000)]
+        assert sum(1 for o in gc.get_objects() if o is later) == 1  # what is made later is collected as before
+    finally:
+        gc.unfreeze()
+
+
 def test_a_student_run_of_the_shipped_student_is_editable_with_its_own_family(tmp_path):
     """The distilled student is stored under `demo` with its own family (settings.model_family): the panel
     builds it from the shipped student weights, not the demo teacher's, and does not call them missing."""
