@@ -10,6 +10,7 @@ import streamlit as st
 from app import data, state, views
 from app.page import init_widget
 from app.state import ViewSettings
+from pipeline.features import default_step
 from pipeline.methods import METHODS
 
 REFIT = "dmd.refit"  # (the projection a Recompute press asked to refit, how many presses)
@@ -64,8 +65,9 @@ def sidebar_controls(path: str, status: data.StoreStatus) -> tuple[ViewSettings,
     step_values = sorted({int(s) for s in steps["step"]}) or [0]
     if len(step_values) > 1:  # every step in one map: one point per (sample, step)
         step_values.append(state.ALL_STEPS)
-    default_step = view.step if view.step in step_values else step_values[0 if len(step_values) == 1 else -2]
-    init_widget("w_step", default_step, lambda v: v in step_values)
+    # a link's step, else the step most runs share (pipeline.features.default_step), not simply the last
+    start = view.step if view.step in step_values else default_step(steps)
+    init_widget("w_step", start if start in step_values else step_values[0], lambda v: v in step_values)
     if len(step_values) > 1:
         step = sb.select_slider("Step", step_values, key="w_step", format_func=_step_label(steps),
                                 help="A denoising step, or all steps in one map (each sample once per step; "

@@ -95,7 +95,9 @@ class DemoBuild:
 
 EXTRA_RUN_TITLES = {"demo-real": "real digits", "demo-student": "digits of the distilled 1-step student",
                     "demo-1step-encoded": "naive 1-step digits at the real digits' noise level (σ 0.002)",
-                    "demo-student-encoded": "student digits at the real digits' noise level (σ 0.002)"}
+                    "demo-student-encoded": "student digits at the real digits' noise level (σ 0.002)",
+                    "demo-teacher": "digits of the 18-step teacher (EDM's Heun sampler)",
+                    "demo-teacher-encoded": "teacher digits at the real digits' noise level (σ 0.002)"}
 """How the progress names the demo's extra runs (pipeline.demo.DEMO_EXTRAS), by run id: after "adding ..." and
 "placing the ...", so without an article."""
 

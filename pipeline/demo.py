@@ -16,7 +16,9 @@ DEMO_SAMPLES_PER_CLASS = 150
 DEMO_REAL_RUN = "demo-real"
 DEMO_STUDENT_RUN = "demo-student"
 DEMO_NAIVE_RUN = "demo-1step"
-DEMO_ENCODED_RUNS = {DEMO_NAIVE_RUN: "demo-1step-encoded", DEMO_STUDENT_RUN: "demo-student-encoded"}
+DEMO_TEACHER_RUN = "demo-teacher"
+DEMO_ENCODED_RUNS = {DEMO_NAIVE_RUN: "demo-1step-encoded", DEMO_STUDENT_RUN: "demo-student-encoded",
+                     DEMO_TEACHER_RUN: "demo-teacher-encoded"}
 STAGING = ".demo-extras"  # inside the store: where the extra runs are built before they are moved in whole
 
 
@@ -62,10 +64,11 @@ def build_demo_store(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES_
 def build_demo_extras(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES_PER_CLASS, batch_size: int = 100,
                       progress: bool = True, on_batch=None, maps: bool = True) -> list[str]:
     """The demo's runs to compare the generated samples with: real digits (`demo-real`), as many as each
-    generated run has samples, the distilled student (`demo-student`), and the final images of the two 1-step
-    runs encoded at the real digits' noise level (`demo-1step-encoded`, `demo-student-encoded`: a 1-step run's
-    only step is the call on pure noise, so its outputs meet the real digits only this way). `on_batch(run_id,
-    done, total)` after each batch.
+    generated run has samples, the distilled student (`demo-student`), the teacher (`demo-teacher`: EDM's Heun
+    sampler, 18 steps, recording only its last step), and the final images of the 1-step runs and the teacher
+    encoded at the real digits' noise level (`demo-1step-encoded`, `demo-student-encoded`, `demo-teacher-encoded`:
+    a 1-step run's only step is the call on pure noise, so its outputs meet the real digits only this way).
+    `on_batch(run_id, done, total)` after each batch.
 
     Each run is built in a staging store inside `root` (`STAGING`, which readers never look at) and moved in
     whole (`publish_run`), so an app showing the store sees the run appear at once, not batch by batch, and its
@@ -170,6 +173,21 @@ def _student_run(where: Path, *, root: Path, samples_per_class: int, batch_size:
                     batch_size=batch_size, run_id=DEMO_STUDENT_RUN, progress=progress, on_batch=on_batch).run_id
 
 
+def _teacher_run(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool,
+                 on_batch) -> str:
+    """The run `demo-teacher`: the demo network sampled with EDM's Heun sampler (18 steps, 35 calls) with the
+    seeds and classes of `demo-1step`. It records only its last step (17: the network at sigma 0.002 on the
+    almost final image, the real digits' noise level): all 18 would add about 20 MB per step to the store,
+    and maps join runs by step index, so its step 3 (sigma 28) would sit beside the 4-step run's (0.002)."""
+    from pipeline.adapters.edm import demo_teacher_loader
+    from pipeline.generate import generate
+
+    adapter = demo_teacher_loader(samples_per_class=samples_per_class)
+    return generate(adapter, where, samples_per_class * len(adapter.class_ids), demo_layers(adapter), seed=0,
+                    batch_size=batch_size, run_id=DEMO_TEACHER_RUN, progress=progress, on_batch=on_batch,
+                    record_steps="last").run_id
+
+
 def _encoded(source_run: str):
     def build(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool, on_batch) -> str:
         return add_encoded_run(root, source_run, into=where, run_id=DEMO_ENCODED_RUNS[source_run],
@@ -179,27 +197,40 @@ def _encoded(source_run: str):
 
 
 DEMO_EXTRAS = {DEMO_REAL_RUN: _real_digits_run, DEMO_STUDENT_RUN: _student_run,
-               **{encoded: _encoded(source) for source, encoded in DEMO_ENCODED_RUNS.items()}}
-"""The runs `build_demo_extras` adds, in order (a run that reads another comes after it): run id ->
-builder(store, root=, samples_per_class=, batch_size=, progress=, on_batch=) that builds that run into the store
-it is given (resumable), reading the runs it needs from the demo store `root`."""
+               DEMO_ENCODED_RUNS[DEMO_NAIVE_RUN]: _encoded(DEMO_NAIVE_RUN),
+               DEMO_ENCODED_RUNS[DEMO_STUDENT_RUN]: _encoded(DEMO_STUDENT_RUN),
+               DEMO_TEACHER_RUN: _teacher_run, DEMO_ENCODED_RUNS[DEMO_TEACHER_RUN]: _encoded(DEMO_TEACHER_RUN)}
+"""The runs `build_demo_extras` adds, in order (a run that reads another comes after it; the teacher, the
+slowest, after the cheap runs): run id -> builder(store, root=, samples_per_class=, batch_size=, progress=,
+on_batch=) that builds that run into the store it is given (resumable), reading the runs it needs from the demo
+store `root`."""
 
 
 def precompute_default_maps(root: str | Path, on_map=None) -> list[str]:
-    """Cache the map the app opens on for every layer of the demo model: the last step, the app's default
-    projection parameters, all runs. Returns their keys. A map that cannot be made (a store too small for
-    the default n_neighbors) is left to the app, which says why."""
+    """Cache the map the app opens on for every layer of the demo model: the step most runs share
+    (`pipeline.features.default_step`, the step the app opens on), the app's default projection parameters,
+    all runs. Returns their keys. A map that cannot be made (a store too small for the default n_neighbors) is
+    left to the app, which says why."""
+    from pipeline.features import default_step
     from pipeline.project import ProjectionError, ProjectionParams, default_projector
     from store import Store
 
     store = Store(root)
     layers = store.layers("demo")
     keys = []
-    for i, layer in enumerate(layers):
-        if on_map is not None:
-            on_map(i, len(layers), layer)
-        try:
-            keys.append(default_projector().project(store, "demo", layer, None, ProjectionParams()).key)
-        except ProjectionError as exc:
-            log.info("no default map of %s: %s", layer, exc)
+    threads = torch.get_num_threads()
+    try:
+        for i, layer in enumerate(layers):
+            if on_map is not None:
+                on_map(i, len(layers), layer)
+            try:
+                step = default_step(store.steps("demo", layer))
+                keys.append(default_projector().project(store, "demo", layer, step, ProjectionParams()).key)
+            except ProjectionError as exc:
+                log.info("no default map of %s: %s", layer, exc)
+    finally:
+        # UMAP's numba kernels (OpenMP threading layer) set OpenMP's thread count to numba's (every core), and
+        # torch shares that OpenMP runtime: a run generated after the maps (the extras, a resumed demo) would use
+        # another thread count than the runs before them, and its float sums would differ in the last bit
+        torch.set_num_threads(threads)
     return keys

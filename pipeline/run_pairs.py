@@ -10,8 +10,8 @@ correspond, which runs to open, how checkpoint runs line up over training, and t
 * `default_runs`: what the page opens on (real first, as the reference, then teachers, generated runs and
   checkpoint runs in training order, then encoded runs; edit runs only when asked for). An encoded run (a
   run's final images through the network at the real images' noise level, pipeline/real.py) stands in for
-  the run it encodes: a 1-step run's only step sees pure noise, its encoded outputs meet the real images at
-  their step, so that each run's last step is the step of the comparison.
+  the run it encodes, in that run's place: a 1-step run's only step sees pure noise, its encoded outputs meet
+  the real images at their step, so that each run's last step is the step of the comparison.
 * `CheckpointPlan`: the selected runs split into fixed runs and checkpoint runs in training order; a
   position of the slider is the fixed runs plus one checkpoint; `over_training`: each checkpoint's overall
   metrics against the reference, by training step.
@@ -159,16 +159,17 @@ def default_runs(runs: pd.DataFrame, kinds: Mapping[str, str], candidates: Seque
     checkpoint in training order after the others, else in the store's order. `runs`: `Store.runs()`;
     `kinds`: `Store.run_kinds()`. Edit runs (a few results each) only with `include_edits`. With `stand_ins`
     (default: unless `include_edits`, which asks for every run, as the page's menu does), a run that an
-    encoded run among `candidates` encodes is left out: the encoded run stands in for it."""
+    encoded run among `candidates` encodes is left out: the encoded run stands in for it, in its place (a
+    teacher's stand-in among the teachers)."""
     wanted = {str(r) for r in candidates}
     if include_edits if stand_ins is None else not stand_ins:
-        replaced = set()
+        standing = {}
     else:
-        replaced = {src for enc, src in encoded_sources(runs).items() if enc in wanted}
-    wanted -= replaced
+        standing = {enc: src for enc, src in encoded_sources(runs).items() if enc in wanted and src in wanted}
+    wanted -= set(standing.values())
     table = runs.loc[runs["run_id"].astype(str).isin(wanted)].copy()
     table["run_id"] = table["run_id"].astype(str)
-    table["kind"] = table["run_id"].map(lambda r: kinds.get(r, GENERATED_KIND))
+    table["kind"] = table["run_id"].map(lambda r: kinds.get(standing.get(r, r), GENERATED_KIND))
     if not include_edits:
         table = table[table["kind"] != "edit"]
     rank = {k: i for i, k in enumerate(KIND_ORDER)}

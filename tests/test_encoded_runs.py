@@ -252,17 +252,20 @@ def test_default_runs_let_an_encoded_run_stand_in_for_the_run_it_encodes(demo_st
     store = Store(demo_store)
     runs, kinds = store.runs(), store.run_kinds()
     assert run_pairs.encoded_sources(runs) == {"demo-1step-encoded": "demo-1step",
-                                               "demo-student-encoded": "demo-student"}
+                                               "demo-student-encoded": "demo-student",
+                                               "demo-teacher-encoded": "demo-teacher"}
     every = list(kinds)
-    assert run_pairs.default_runs(runs, kinds, every) == ["demo-real", "demo-multistep", "demo-1step-encoded",
-                                                          "demo-student-encoded"]
+    # real, teacher, naive (the 4-step and the 1-step) and student, each encoded run in its source's place
+    assert run_pairs.default_runs(runs, kinds, every) == ["demo-real", "demo-teacher-encoded", "demo-multistep",
+                                                          "demo-1step-encoded", "demo-student-encoded"]
     # the menu (every run) keeps the 1-step runs; without their encoded runs they are defaults again
     menu = run_pairs.default_runs(runs, kinds, every, include_edits=True)
     assert set(menu) == set(every) and menu[0] == "demo-real"
     assert run_pairs.default_runs(runs, kinds, ["demo-real", "demo-1step", "demo-student-encoded"]) == [
         "demo-real", "demo-1step", "demo-student-encoded"]
-    assert run_pairs.default_runs(runs, kinds, every, stand_ins=False)[:4] == ["demo-real", "demo-multistep",
-                                                                               "demo-1step", "demo-student"]
+    assert run_pairs.default_runs(runs, kinds, every, stand_ins=False)[:5] == ["demo-real", "demo-teacher",
+                                                                               "demo-multistep", "demo-1step",
+                                                                               "demo-student"]
 
 
 def test_the_compare_runs_page_opens_on_the_real_digits_and_the_encoded_runs_at_step_3(demo_store, monkeypatch,
@@ -284,10 +287,10 @@ def test_the_compare_runs_page_opens_on_the_real_digits_and_the_encoded_runs_at_
             time.sleep(0.3)
             at.run()
         assert not at.exception, at.exception
-        assert list(at.session_state["cr_runs"]) == ["demo-real", "demo-multistep", "demo-1step-encoded",
-                                                     "demo-student-encoded"]
+        assert list(at.session_state["cr_runs"]) == ["demo-real", "demo-teacher-encoded", "demo-multistep",
+                                                     "demo-1step-encoded", "demo-student-encoded"]
         assert at.session_state["cr_step"] == "last"
         runs = next(el.value for el in at.dataframe if "measured at step" in el.value.columns)
-        assert runs["measured at step"].tolist() == [3, 3, 3, 3]
+        assert runs["measured at step"].tolist() == [3, 3, 3, 3, 3]
         metrics = next(el.value for el in at.dataframe if "precision" in el.value.columns)
         assert len(metrics) > 0

@@ -1,8 +1,8 @@
 """First start: the demo build reports every batch (the app's progress bar moves), and it caches the map the
-app opens on, so the first map needs no fit. The extra runs (real digits, the distilled student, and the two
-1-step runs' outputs encoded like the real digits) come after that first map is ready, each with its own
-progress, in order (an encoded run after the run it reads), and each is moved into the store whole; the cached
-maps then hold them too."""
+app opens on, so the first map needs no fit. The extra runs (real digits, the distilled student, the 18-step
+teacher, and the 1-step runs' and the teacher's outputs encoded like the real digits) come after that first map
+is ready, each with its own progress, in order (an encoded run after the run it reads), and each is moved into
+the store whole; the cached maps then hold them too."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pipeline.demo import (
     DEMO_EXTRAS,
     DEMO_REAL_RUN,
     DEMO_STUDENT_RUN,
+    DEMO_TEACHER_RUN,
     STAGING,
     build_demo_extras,
     build_demo_store,
@@ -43,7 +44,7 @@ def demo(tmp_path_factory):
 def test_every_batch_is_reported_even_without_a_progress_bar(demo):
     _, runs, batches, _, _ = demo
     assert runs == ["demo-multistep", "demo-1step", DEMO_REAL_RUN, DEMO_STUDENT_RUN, "demo-1step-encoded",
-                    "demo-student-encoded"]
+                    "demo-student-encoded", DEMO_TEACHER_RUN, "demo-teacher-encoded"]
     # two runs of 40 samples in batches of 10: 10, 20, 30, 40 each (and 40 again when the run closes)
     per_run = [b for b in batches if b[1] == 40]
     assert [d for d, _ in per_run if d < 40] == [10, 20, 30, 10, 20, 30]
@@ -84,20 +85,23 @@ def test_the_real_digits_come_after_the_first_maps_with_their_own_progress(demo)
 def test_the_map_the_app_opens_on_is_cached_by_the_build(demo, monkeypatch):
     from app import data
     from app.state import ViewSettings
+    from pipeline.features import default_step
     from pipeline.methods import umap as U
 
     root, _, _, maps, _ = demo
     store = Store(root)
     assert [m[2] for m in maps] == store.layers("demo") and maps[0][:2] == (0, len(store.layers("demo")))
-    # the app's default view asks for exactly these parameters, at the last step, for all runs
+    # the app's default view asks for exactly these parameters, at the step most runs share, for all runs
     assert ProjectionParams.coerce(data.projection_params(ViewSettings())) == ProjectionParams()
     monkeypatch.setattr(U, "umap_layout", lambda *a, **k: pytest.fail("the first map needed a fit"))
     for layer in store.layers("demo"):
-        proj = Projector().project(store, "demo", layer, None, ProjectionParams())
+        step = default_step(store.steps("demo", layer))
+        assert step == 3  # not the teacher's step 17, which it records alone
+        proj = Projector().project(store, "demo", layer, step, ProjectionParams())
         assert proj.source == "cache"
-        # the last step's map holds the multi-step run's samples, the real digits and the encoded 1-step outputs
-        # recorded at that step
-        assert sum(s.startswith(DEMO_REAL_RUN) for s in proj.sample_ids) == 40 and len(proj.sample_ids) == 160
+        # that map holds the multi-step run's samples, the real digits and the encoded 1-step and teacher
+        # outputs, recorded at that step
+        assert sum(s.startswith(DEMO_REAL_RUN) for s in proj.sample_ids) == 40 and len(proj.sample_ids) == 200
         assert all(sum(s.startswith(f"{run}-0") for s in proj.sample_ids) == 40 for run in DEMO_ENCODED_RUNS.values())
 
 
@@ -105,12 +109,13 @@ def test_a_second_build_of_the_extras_adds_nothing(demo):
     root, _, _, _, _ = demo
     before = Store(root).samples(columns=["sample_id"])["sample_id"].tolist()
     assert build_demo_extras(root, samples_per_class=4, batch_size=10, progress=False,
-                             maps=False) == [DEMO_REAL_RUN, DEMO_STUDENT_RUN, *DEMO_ENCODED_RUNS.values()]
+                             maps=False) == [DEMO_REAL_RUN, DEMO_STUDENT_RUN, "demo-1step-encoded",
+                                             "demo-student-encoded", DEMO_TEACHER_RUN, "demo-teacher-encoded"]
     assert Store(root).samples(columns=["sample_id"])["sample_id"].tolist() == before
 
 
 def test_the_app_build_names_its_stage(tmp_path):
-    from app.ui import DemoBuild
+    from app.ui import EXTRA_RUN_TITLES, DemoBuild
 
     build = DemoBuild(extras_grace_s=0.0)
     build._on_batch(300, 1500)
@@ -123,6 +128,9 @@ def test_the_app_build_names_its_stage(tmp_path):
     assert build.ready and build.extra_label() == "adding real digits for comparison · 500 / 1,500"
     build._on_extra("demo-student-encoded", 1500, 1500)
     assert build.extra_label() == "placing the student digits at the real digits' noise level (σ 0.002) on the maps"
+    build._on_extra(DEMO_TEACHER_RUN, 100, 1500)
+    assert build.extra_label() == "adding digits of the 18-step teacher (EDM's Heun sampler) for comparison · 100 / 1,500"
+    assert set(DEMO_EXTRAS) <= set(EXTRA_RUN_TITLES)  # every extra run is named by its title, not its id
 
 
 def test_real_digits_lie_among_generated_digits_of_their_class(demo):

@@ -11,6 +11,7 @@ from app import data, job_progress, page, state
 from app import inside_view as iv
 from app.page import init_widget
 from pipeline import spatial
+from pipeline.features import default_step
 
 
 def _wait(job: data.Job, what: str) -> bool:
@@ -47,8 +48,10 @@ def sidebar(path: str, model: str, url: dict) -> iv.InsideSettings:
         else layers[-1]
     init_widget("ins_layer", start, lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="ins_layer")
-    steps = [int(x) for x in data.model_steps(path, model, layer)["step"]] or [0]
-    init_widget("ins_step", url.get("step") if url.get("step") in steps else steps[-1], lambda v: v in steps)
+    frame = data.model_steps(path, model, layer)
+    steps = sorted({int(x) for x in frame["step"]}) or [0]
+    start = url.get("step") if url.get("step") in steps else default_step(frame)  # the step most runs share
+    init_widget("ins_step", start if start in steps else steps[-1], lambda v: v in steps)
     step = sb.select_slider("Step", steps, key="ins_step") if len(steps) > 1 else steps[0]
     init_widget("ins_k", min(max(int(url.get("k", iv.DEFAULT_K)), 0), iv.MAX_K))
     k = sb.slider("Neighbours", 0, iv.MAX_K, key="ins_k",
