@@ -143,6 +143,7 @@ def test_small_multiples_link_hover_and_selection(page, demo_server, tmp_path):
     # hover a sample in the second panel: the same sample is ringed in all four, at its place in each
     first = _isolated(page, 1, 3)
     assert len(first) >= 2, first
+    updates = page.evaluate("() => window.dmvMultiples.seq")  # one per rerun that reaches the component
     x, y = _pixel(page, first[0], 1)
     page.mouse.move(x - 30, y - 30)
     page.mouse.move(x, y)
@@ -169,6 +170,7 @@ def test_small_multiples_link_hover_and_selection(page, demo_server, tmp_path):
     page.mouse.move(x3, y3)
     page.wait_for_function(f"() => document.querySelector(\"{_MULTI}\").dataset.hover === {other!r}")
     assert {r["id"] for r in _rings(page, "dmv-ring-hover")} == {other}
+    assert page.evaluate("() => window.dmvMultiples.seq") == updates  # hovering ran nothing in Python
 
     # a click in one panel selects the sample everywhere: every panel, the animation, the URL
     target = _isolated(page, 2, 1)[0]
@@ -180,6 +182,7 @@ def test_small_multiples_link_hover_and_selection(page, demo_server, tmp_path):
                            timeout=60_000)
     page.wait_for_function(f"() => document.querySelector(\"{_MULTI}\").dataset.selectedPanels === '4'")
     assert {r["panel"] for r in _rings(page, "dmv-ring-selected")} == {0, 1, 2, 3}
+    assert page.evaluate("() => window.dmvMultiples.seq") > updates  # (a click does rerun: the counter counts)
     page.wait_for_function(f"() => new URL(location.href).searchParams.get('sel') === {target!r}")
     page.wait_for_function(f"() => {{ const gd = {_PLOT}; return gd && gd.data[2].customdata[0] === {target!r}; }}")
     assert len(_rings(page, "dmv-ring-knn")) == 3 * 4  # its neighbours, ringed in every panel
