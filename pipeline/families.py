@@ -17,7 +17,9 @@ each run's settings (`model_family`, with `kind: teacher`). Its entry declares
 * `conditioning`: "class" (class labels) or "prompt" (text prompts: `generate` loads a prompt set for it);
 * `recipe`: default sampling steps, whether `--steps` may change them, default dtype, a one-line
   description for `--help` and the docs, and the default classifier-free guidance of families that take
-  `--guidance` (the loader then gets `guidance=`).
+  `--guidance` (the loader then gets `guidance=`);
+* `students` (teachers only): the student model keys its runs may be stored under, `generate --store-as`
+  (the loader then gets `store_as=`).
 
 `loader` and `layer_registry` are "module:function" strings, imported on first use, so importing this module
 costs no torch; a callable works too (tests register tiny families that way). `generate`, `layers`,
@@ -69,6 +71,21 @@ class Family:
     recipe: Recipe
     default_layers: tuple[str, ...] = ()
     view_layers: tuple[str, ...] | None = None
+    students: tuple[str, ...] | str | Callable | None = None
+    """Teacher families only: the student model keys its runs may be stored under (`generate --store-as`), its
+    own first (the default): a tuple, or "module:function" / a callable `fn(name) -> list` of them."""
+
+    @property
+    def teacher(self) -> bool:
+        return self.students is not None
+
+    def student_keys(self) -> list[str]:
+        """The model keys this teacher's runs may be stored under, the default first; [] for a non-teacher."""
+        if self.students is None:
+            return []
+        if isinstance(self.students, tuple | list):
+            return list(self.students)
+        return list(_resolve(self.students)(self.name))
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or "=" in self.name:
@@ -213,7 +230,7 @@ register(Family(
 # marked kind `teacher` in the run's settings (pipeline/adapters/edm.py).
 register(Family(
     "demo-teacher", loader=f"{_EDM}:demo_teacher_loader", layer_registry=f"{_EDM}:layer_info",
-    conditioning="class", default_layers=BOTTLENECK,
+    conditioning="class", default_layers=BOTTLENECK, students=("demo",),
     recipe=Recipe(steps=18, fixed_steps=False, dtype="float32", heun=True,
                   description="the demo model as a teacher: EDM's Heun sampler, 18 steps (35 calls), stored "
                               "under demo (--steps, --s-churn)")))
@@ -228,7 +245,7 @@ register(Family(
                               "stored under demo")))
 register(Family(
     "imagenet-teacher", loader=f"{_EDM}:imagenet_teacher_loader", layer_registry=f"{_EDM}:layer_info",
-    conditioning="class", default_layers=BOTTLENECK,
+    conditioning="class", default_layers=BOTTLENECK, students=("imagenet",),
     recipe=Recipe(steps=18, fixed_steps=False, dtype="float32", heun=True,
                   description="EDM's ImageNet 64x64 network DMD2 distilled from (--checkpoint "
                               "edm-imagenet-64x64-cond-adm.pkl, read without running its code): Heun, 18 steps, "
@@ -265,12 +282,14 @@ _T2I_TEACHER = "pipeline.adapters.t2i_teacher"
 register(Family(
     "sd15-teacher", loader=f"{_T2I_TEACHER}:loader", layer_registry=f"{_T2I_TEACHER}:layer_info",
     conditioning="prompt", default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    students=f"{_T2I_TEACHER}:students",
     recipe=Recipe(steps=25, fixed_steps=False, dtype=None, guidance=1.75,
                   description="SD v1.5 base model as DMD2's teacher: its PNDM scheduler, 25 steps (26 calls), "
                               "guidance 1.75 (--steps, --guidance); stored under sd15")))
 register(Family(
     "sdxl-teacher", loader=f"{_T2I_TEACHER}:loader", layer_registry=f"{_T2I_TEACHER}:layer_info",
     conditioning="prompt", default_layers=BOTTLENECK, view_layers=UNET_BOTTLENECK_VIEW,
+    students=f"{_T2I_TEACHER}:students",
     recipe=Recipe(steps=25, fixed_steps=False, dtype=None, guidance=8.0,
                   description="SDXL base 1.0 as DMD2's teacher: its Euler scheduler, 25 steps, guidance 8 "
                               "(--steps, --guidance); stored under sdxl")))

@@ -69,6 +69,14 @@ def teacher(model: str) -> dict:
     return TEACHERS[model]
 
 
+def students(model: str) -> list[str]:
+    """The student model keys `model`'s runs may be stored under (`store_as`), its own student first: every
+    student of the same base architecture (sdxl-teacher: sdxl, sdxl-4step, sdxl-4step-lora)."""
+    own = teacher(model)["student"]
+    family = spec(own)["family"]
+    return [own, *(m for m, v in student.model_specs().items() if v["family"] == family and m != own)]
+
+
 def check_options(steps, guidance) -> tuple[int, float]:
     """(steps, guidance) as numbers, or ValueError: at least 1 step, guidance 1 (none) or more."""
     steps, guidance = int(steps), float(guidance)
@@ -280,9 +288,8 @@ def build_teacher(model: str, base_model: str | None = None, prompts: PromptSet 
     s = spec(t["student"])
     family = s["family"]
     store_as = store_as or t["student"]
-    if store_as not in student.model_specs() or spec(store_as)["family"] != family:
-        same = [m for m, v in student.model_specs().items() if v["family"] == family]
-        raise ValueError(f"{model} can be stored beside {', '.join(same)} (the same {family} UNet), "
+    if store_as not in students(model):
+        raise ValueError(f"{model} can be stored beside {', '.join(students(model))} (the same {family} UNet), "
                          f"not {store_as!r}")
     recipe = families.get_family(model).recipe if model in families.MODELS else None
     steps = steps if steps is not None else (recipe.steps if recipe else 25)

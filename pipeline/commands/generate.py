@@ -70,6 +70,22 @@ def _churn(args: argparse.Namespace, family) -> dict:
     return {"churn": Churn(**given)}
 
 
+def _store_as(args: argparse.Namespace, family) -> dict:
+    """`store_as=` for a teacher given `--store-as` one of its students; refused for other models and students."""
+    wanted = getattr(args, "store_as", None)
+    if wanted is None:
+        return {}
+    if not family.teacher:
+        teachers = ", ".join(f.name for f in families.FAMILIES.values() if f.teacher)
+        raise ValueError(f"--store-as applies to the teachers ({teachers}), not to {family.name}: its runs are "
+                         "stored under its own model key")
+    keys = family.student_keys()
+    if wanted not in keys:
+        raise ValueError(f"--store-as {wanted}: {family.name} can be stored beside {', '.join(keys)} (the same "
+                         "network and layers), not beside another model")
+    return {"store_as": wanted}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=MODELS, help=families.model_help())
     p.add_argument("--checkpoint", help="local file or folder, or hf://owner/repo/path (demo: shipped weights)")
@@ -92,6 +108,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=in_range(float, 0.0, 100.0),
                    help="classifier-free guidance scale, for models sampled with guidance (the teachers; "
                         "default per model: " + _guidance_defaults() + ")")
+    p.add_argument("--store-as", metavar="STUDENT",
+                   help="teachers only: the student model key the runs are stored under, beside that student's "
+                        "runs on one map (default: the teacher's own student; e.g. --model sdxl-teacher "
+                        "--store-as sdxl-4step)")
     p.add_argument("--run-name", help="run id (default: derived from model, checkpoint, seed and settings)")
     p.add_argument("--checkpoint-step", type=non_negative_int,
                    help="the checkpoint's training step, recorded in the run's manifest so that runs of several "
@@ -140,6 +160,7 @@ def _prepare(args: argparse.Namespace):
         raise ValueError(f"--guidance does not apply to {args.model}: it samples without classifier-free "
                          f"guidance (models that take it: {_guidance_defaults()})")
     t2i.update(_churn(args, family))
+    t2i.update(_store_as(args, family))
     if family.conditioning == "prompt":
         from pipeline.prompts import PromptSet
 
