@@ -41,7 +41,15 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_report(demo):
-    return render_report(Store(demo), "demo", "midblock")
+    # step 3, the step most runs share (features.default_step); the report's own default is still the last
+    # recorded step, the teacher's lone 17 (test_the_default_report_is_of_the_step_most_runs_share)
+    return render_report(Store(demo), "demo", "midblock", 3)
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline/report.py _resolve: step None is the last recorded step (17: "
+                                       "the demo teacher alone), not pipeline.features.default_step")
+def test_the_default_report_is_of_the_step_most_runs_share(demo):
+    assert render_report(Store(demo), "demo", "midblock").title.startswith("demo · midblock · step 3 ")
 
 
 def section(page: str, name: str) -> str:
@@ -114,7 +122,8 @@ def test_every_section_holds_the_analyses_values(demo, demo_report):
                                      per_class=False)
     assert set(between["reference"]) == {"demo-real"}  # the real run is the reference
     # the 1-step runs have no step 3: their outputs come in encoded at the real digits' sigma
-    assert sorted(between["run"]) == ["demo-1step-encoded", "demo-multistep", "demo-student-encoded"]
+    assert sorted(between["run"]) == ["demo-1step-encoded", "demo-multistep", "demo-student-encoded",
+                                      "demo-teacher-encoded"]
     row = between.index[between["run"] == "demo-multistep"][0]
     for metric in distribution.METRICS:
         assert float(between.loc[row, metric]) == pytest.approx(want.loc[0, metric], rel=1e-3, abs=6e-4)
@@ -165,7 +174,7 @@ def test_a_second_report_reads_every_analysis_from_the_store(demo, demo_report, 
                          (analysis, "outlier_scores"), (analysis, "knn_graph"), (compare, "cka_matrix"),
                          (U, "umap_layout"), (distribution, "distribution_table")):
         monkeypatch.setattr(module, name, fail)
-    again = render_report(Store(demo), "demo", "midblock")
+    again = render_report(Store(demo), "demo", "midblock", 3)
     strip = lambda b: re.sub(r"<dd>\d{4}-\d\d-\d\d \d\d:\d\d UTC</dd>", "", b.decode())  # noqa: E731
     assert strip(again.html) == strip(demo_report.html) and again.png == demo_report.png
 
@@ -196,7 +205,7 @@ def test_bad_requests_are_report_errors(demo, tmp_path):
         render_report(store, "nope", "midblock")
     with pytest.raises(ReportError, match="unknown layer 'mid' .*midblock"):
         render_report(store, "demo", "mid")
-    with pytest.raises(ReportError, match=r"step 9 is not recorded .*\[0, 1, 2, 3\]"):
+    with pytest.raises(ReportError, match=r"step 9 is not recorded .*\[0, 1, 2, 3, 17\]"):
         render_report(store, "demo", "midblock", 9)
     with pytest.raises(ReportError, match="one step"):
         render_report(store, "demo", "midblock", "all")
