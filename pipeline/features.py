@@ -228,7 +228,7 @@ def parse_step(step) -> int | str | None:
                        f"got {step!r}")
 
 
-def default_step(steps, runs: int | None = None) -> int:
+def default_step(steps, runs: int | None = None, own: Iterable[int] | None = None) -> int:
     """The step a map opens on: the latest step that at least half of the runs record. `steps`: a
     `Store.steps` frame (a `runs` column: how many runs record each row; `attrs["runs"]`: how many runs there
     are); `runs` overrides that total. Without counts, the last step. 0 for an empty frame.
@@ -236,7 +236,16 @@ def default_step(steps, runs: int | None = None) -> int:
     Why not simply the last step: maps join runs by step index, so a step that one long run alone records (an
     18-step teacher's step 17) would open on that run alone, while the step most runs share (the demo's step 3:
     the 4-step run, the real digits and the encoded runs) is the comparison. Examples: a 1-step and a 4-step
-    run: 3 (each run counts as half); only 1-step runs: 0."""
+    run: 3 (each run counts as half); only 1-step runs: 0.
+
+    `own`: the steps one sample's run records (a page about one sample, Inside): that step when the run
+    records it, else the run's last step (the teacher's 17 for a teacher sample)."""
+    step = _shared_step(steps, runs)
+    own = sorted({int(s) for s in own}) if own is not None else []
+    return step if not own or step in own else own[-1]
+
+
+def _shared_step(steps, runs: int | None) -> int:
     if steps is None or not len(steps):
         return 0
     per_step = steps.groupby(steps["step"].astype("int64"))

@@ -64,7 +64,7 @@ def test_the_map_opens_on_the_step_most_runs_share(demo):
     assert default_step(frame) == 3
 
 
-def test_explore_and_inside_open_on_step_3(demo, monkeypatch, tmp_path):
+def test_explore_and_inside_open_on_step_3_and_a_teacher_sample_on_its_own_step(demo, monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 
     from tests import app_fixtures as fx
@@ -78,6 +78,11 @@ def test_explore_and_inside_open_on_step_3(demo, monkeypatch, tmp_path):
         at = fx.open_page("app_pages/inside.py", {"sel": f"{ENCODED}-00000000"}, timeout=120)
         assert not at.exception, at.exception
         assert at.session_state["ins_step"] == 3
+        # a sample of the teacher, which records step 17 only, opens there
+        at = fx.open_page("app_pages/inside.py", {"sel": f"{DEMO_TEACHER_RUN}-00000000"}, timeout=120)
+        assert not at.exception, at.exception
+        assert at.session_state["ins_step"] == 17
+        assert "no activations" not in fx.page_text(at)
 
 
 def test_the_default_maps_leave_torchs_thread_count_as_it_was(demo):

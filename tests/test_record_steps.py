@@ -158,6 +158,10 @@ def test_the_default_step_without_counts_is_the_last_and_an_empty_frame_gives_0(
     assert default_step(pd.DataFrame({"step": pd.Series(dtype="int64")})) == 0
     assert default_step(_frame({0: 3, 3: 1}, None), runs=2) == 3  # a total given overrides the frame's
     assert default_step(_frame({0: 3, 3: 1, 1: 1}, 6)) == 0
+    # one sample's run (Inside): the shared step when its run records it, else the run's last
+    demo = _frame({0: 3, 1: 1, 2: 1, 3: 5, 17: 1}, 8)
+    assert default_step(demo, own=[0, 1, 2, 3]) == 3 and default_step(demo, own=[17]) == 17
+    assert default_step(demo, own=[0]) == 0 and default_step(demo, own=[]) == 3
     # two rows of one step (two sigmas) count together
     two = pd.concat([_frame({0: 1, 3: 1}, None), _frame({3: 1}, None)], ignore_index=True)
     two.attrs["runs"] = 3

@@ -39,6 +39,20 @@ def _pick_sample(path: str, status: data.StoreStatus) -> str | None:
     return sid
 
 
+def _run_steps(path: str, model: str, layer: str) -> list[int] | None:
+    """The steps the selected sample's run records on `layer` (None: no sample, or an unknown id)."""
+    from app import compare_runs_view as cv
+    from store import layout
+
+    selected = state.get_selection().selected
+    try:
+        run = layout.split_sample_id(selected)[0] if selected else None
+    except ValueError:
+        return None
+    table = cv.run_steps(path, model, layer)
+    return table.loc[table["run_id"] == run, "step"].astype(int).tolist() if run else None
+
+
 def sidebar(path: str, model: str, url: dict) -> iv.InsideSettings:
     sb = st.sidebar
     sb.subheader("Inside")
@@ -50,7 +64,8 @@ def sidebar(path: str, model: str, url: dict) -> iv.InsideSettings:
     layer = sb.selectbox("Layer", layers, key="ins_layer")
     frame = data.model_steps(path, model, layer)
     steps = sorted({int(x) for x in frame["step"]}) or [0]
-    start = url.get("step") if url.get("step") in steps else default_step(frame)  # the step most runs share
+    start = url.get("step") if url.get("step") in steps else \
+        default_step(frame, own=_run_steps(path, model, layer))  # the step most runs share, if the sample's has it
     init_widget("ins_step", start if start in steps else steps[-1], lambda v: v in steps)
     step = sb.select_slider("Step", steps, key="ins_step") if len(steps) > 1 else steps[0]
     init_widget("ins_k", min(max(int(url.get("k", iv.DEFAULT_K)), 0), iv.MAX_K))
