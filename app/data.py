@@ -602,6 +602,7 @@ def distances(path: str, view: views.View, settings, sample_id: str, others: lis
 # the store: once written, the data version changes and the map places them (transform, not refit).
 
 EDIT_WAIT_S = 2.0  # how long a click waits for an edit before the panel shows its progress instead
+PLACING_WAIT_S = 3.0  # more, once the results are written and only their placement into the map is left
 _EDIT_STAGES = (("loading", 0.1), ("recomputing", 0.3), ("generating", 0.6))  # Editor.progress -> fraction
 
 
@@ -755,7 +756,8 @@ def freeze_long_lived() -> bool:
 
 def run_edit(path: str, op: str, args: dict, holder: str | None = None, then=None) -> Job:
     """Start (or find) the edit `op` (an `Editor` method: regenerate, interpolate, patch, steer) with `args`;
-    waits up to `EDIT_WAIT_S` for it. Its result is the list of result sample ids; its error a message.
+    waits up to `EDIT_WAIT_S` for it, and up to `PLACING_WAIT_S` more once only the placement is left. Its result
+    is the list of result sample ids; its error a message.
     `then()` runs in the job once the results are written (the page places them into its map there)."""
     import json
 
@@ -765,12 +767,20 @@ def run_edit(path: str, op: str, args: dict, holder: str | None = None, then=Non
         ids = list(getattr(_editor(path, job), op)(**args))
         _version.clear()  # the results show on the next run, not after the data version's time to live
         if then is not None:
-            job.report(0.8, "placing the results into the map")
+            job.report(PLACING, "placing the results into the map")
             then()
         job.report(1.0, f"{len(ids)} result{'s' if len(ids) != 1 else ''}")
         return ids
 
-    return start_job(key, work, holder, wait_s=EDIT_WAIT_S)
+    job = start_job(key, work, holder, wait_s=EDIT_WAIT_S)
+    if job.running and job.progress >= PLACING and job.thread is not None:
+        # only the placement is left (a fraction of a second): the click's own run shows the results; the
+        # progress bar's polling and the page run after it would take longer than waiting for it here
+        job.thread.join(PLACING_WAIT_S)
+    return job
+
+
+PLACING = 0.8  # an edit job's progress once its results are written and are being placed into the map
 
 
 EDIT_GROUP_COLUMNS = ("edit_op", "edit_parents", "edit_layer", "edit_steps", "edit_set", "edit_from_set")

@@ -10,6 +10,7 @@ is given (the results marked, linked to their parents in order: frames, alphas, 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -530,6 +531,35 @@ def test_settle_returns_the_finished_edit_once_and_keeps_a_failure_for_the_panel
     bare_session[state.EDIT_JOB] = {**record, "key": failed.key, "command": "python -m pipeline edit x"}
     assert edit_panel.settle() is None
     assert bare_session[state.EDIT_ERROR] == {"error": "no such layer", "command": "python -m pipeline edit x"}
+
+
+def test_a_click_waits_for_the_placement_once_the_results_are_written(monkeypatch, tmp_path):
+    """An edit whose results are written by the end of `EDIT_WAIT_S` is waited for while the map places them (the
+    click's own run then shows them); one still generating comes back running (the panel polls its progress)."""
+    import threading
+
+    from app import data
+
+    generating = threading.Event()
+
+    class Quick:
+        def regenerate(self, **args):
+            return ["r-1"]
+
+        def steer(self, **args):
+            generating.wait(30)
+            return ["r-2"]
+
+    monkeypatch.setattr(data, "_editor", lambda path, job: Quick())
+    monkeypatch.setattr(data, "EDIT_WAIT_S", 0.1)
+    placed = []
+    job = data.run_edit(str(tmp_path), "regenerate", {"n": 1}, then=lambda: (time.sleep(0.6), placed.append(1)))
+    assert not job.running and job.result == ["r-1"] and placed == [1]
+    slow = data.run_edit(str(tmp_path), "steer", {"n": 2}, then=lambda: None)
+    assert slow.running and slow.progress < data.PLACING
+    generating.set()
+    slow.thread.join(30)
+    assert slow.result == ["r-2"]
 
 
 def test_freezing_long_lived_objects_takes_them_out_of_full_collections(monkeypatch):
