@@ -218,19 +218,12 @@ def precompute_default_maps(root: str | Path, on_map=None) -> list[str]:
     store = Store(root)
     layers = store.layers("demo")
     keys = []
-    threads = torch.get_num_threads()
-    try:
-        for i, layer in enumerate(layers):
-            if on_map is not None:
-                on_map(i, len(layers), layer)
-            try:
-                step = default_step(store.steps("demo", layer))
-                keys.append(default_projector().project(store, "demo", layer, step, ProjectionParams()).key)
-            except ProjectionError as exc:
-                log.info("no default map of %s: %s", layer, exc)
-    finally:
-        # UMAP's numba kernels (OpenMP threading layer) set OpenMP's thread count to numba's (every core), and
-        # torch shares that OpenMP runtime: a run generated after the maps (the extras, a resumed demo) would use
-        # another thread count than the runs before them, and its float sums would differ in the last bit
-        torch.set_num_threads(threads)
+    for i, layer in enumerate(layers):
+        if on_map is not None:
+            on_map(i, len(layers), layer)
+        try:
+            step = default_step(store.steps("demo", layer))
+            keys.append(default_projector().project(store, "demo", layer, step, ProjectionParams()).key)
+        except ProjectionError as exc:
+            log.info("no default map of %s: %s", layer, exc)
     return keys

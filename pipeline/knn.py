@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -44,8 +45,13 @@ _numba_ready = False
 
 
 def prepare_numba() -> None:
-    """Point numba at the persistent cache and let umap-learn's jitted functions use it. Idempotent; imports
-    umap (2-3 s) on first use."""
+    """Point numba at the persistent cache and let umap-learn's jitted functions use it, and start numba's
+    thread pool. Idempotent; imports umap (2-3 s) on first use.
+
+    Starting the pool here, with torch's thread count kept: numba's OpenMP layer sets OpenMP's thread count to
+    its own (every core) in the thread that starts it, and torch shares that OpenMP runtime, so a sample
+    generated after the first map (the demo's extra runs, an edit) would run on another thread count than its
+    run did before and differ in the last bit; generation is deterministic per seed only on one count."""
     global _numba_ready
     if _numba_ready:
         return
@@ -73,6 +79,11 @@ def prepare_numba() -> None:
                         obj.enable_caching()
                     except Exception as e:  # not cacheable: compiled per process as before
                         log.debug("numba cache not enabled for %s: %s", getattr(obj, "__name__", obj), e)
+        torch = sys.modules.get("torch")  # not imported: nothing generates in this process yet
+        threads = torch.get_num_threads() if torch is not None else None
+        numba.get_num_threads()  # starts the threading layer now, not in the middle of a fit
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         _numba_ready = True
 
 

@@ -4,8 +4,12 @@ only its last step recorded) and `demo-teacher-encoded` (its final images at the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-import torch
 
 from pipeline.demo import DEMO_ENCODED_RUNS, DEMO_NAIVE_RUN, DEMO_TEACHER_RUN
 from store import Store
@@ -85,15 +89,15 @@ def test_explore_and_inside_open_on_step_3_and_a_teacher_sample_on_its_own_step(
         assert "no activations" not in fx.page_text(at)
 
 
-def test_the_default_maps_leave_torchs_thread_count_as_it_was(demo):
-    """UMAP's numba kernels set the OpenMP thread count torch shares; a run generated after the maps must use
-    the same count as before (else a resumed run's float sums differ from the first run's in the last bit)."""
-    from pipeline.demo import precompute_default_maps
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert len(precompute_default_maps(demo)) == 3
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+def test_starting_numba_leaves_torchs_thread_count_as_it_was():
+    """numba's OpenMP layer sets the OpenMP thread count torch shares when its pool starts; a run generated after
+    the first map must use the count it had before (else a resumed run's float sums differ in the last bit).
+    In a fresh process, where the pool has not started yet."""
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from pipeline.knn import prepare_numba; prepare_numba()\n"
+            "import numba; numba.get_num_threads()\n"
+            "print(torch.get_num_threads())")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"
