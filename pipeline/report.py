@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import figures
+from pipeline.features import default_step
 
 __all__ = ["Report", "ReportError", "render_report", "write_report", "png_path_for", "OUTLIERS_SHOWN",
            "CONFUSION_CLASSES_SHOWN"]
@@ -223,7 +224,8 @@ def _open(store):
 
 
 def _resolve(store, model: str, layer: str, step) -> int:
-    """The step the report is of: the given one if recorded (negative: from the last), None: the last."""
+    """The step the report is of: the given one if recorded (negative: from the last), None: the step maps open
+    on (`features.default_step`: the latest step at least half the runs record)."""
     models = store.models()
     if model not in models:
         raise ReportError(f"unknown model {model!r} in store {str(store.root)!r}; valid: {models}"
@@ -231,11 +233,12 @@ def _resolve(store, model: str, layer: str, step) -> int:
     layers = store.layers(model)
     if layer not in layers:
         raise ReportError(f"unknown layer {layer!r} of model {model!r}; valid: {layers}")
-    recorded = sorted(int(s) for s in store.steps(model, layer)["step"].unique())
+    steps = store.steps(model, layer)
+    recorded = sorted(int(s) for s in steps["step"].unique())
     if not recorded:
         raise ReportError(f"no activations recorded for {model}/{layer}")
     if step is None:
-        return recorded[-1]
+        return default_step(steps)
     if isinstance(step, bool) or not isinstance(step, int | np.integer):
         raise ReportError(f"a report is of one step (an integer), got {step!r}; steps recorded: {recorded}")
     if step < 0:

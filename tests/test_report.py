@@ -46,8 +46,6 @@ def demo_report(demo):
     return render_report(Store(demo), "demo", "midblock", 3)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/report.py _resolve: step None is the last recorded step (17: "
-                                       "the demo teacher alone), not pipeline.features.default_step")
 def test_the_default_report_is_of_the_step_most_runs_share(demo):
     assert render_report(Store(demo), "demo", "midblock").title.startswith("demo · midblock · step 3 ")
 

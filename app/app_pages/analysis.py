@@ -17,6 +17,7 @@ from app.components.scatter_map import scatter_map
 from app.explore_sidebar import default_layer
 from app.page import init_widget
 from app.state import ViewSettings
+from pipeline.features import default_step
 
 MAP_HEIGHT = 560
 FACET_HEIGHT = 150
@@ -66,8 +67,8 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> tuple[ViewSetting
     values = sorted({int(s) for s in steps["step"]}) or [0]
     if len(values) > 1:
         values.append(state.ALL_STEPS)
-    default_step = view.step if view.step in values else values[0 if len(values) == 1 else -2]
-    init_widget("ana_step", default_step, lambda v: v in values)
+    opening = view.step if view.step in values else default_step(steps)
+    init_widget("ana_step", opening, lambda v: v in values)
     if len(values) > 1:
         step = sb.select_slider("Step", values, key="ana_step", format_func=_step_label(steps))
     else:
