@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import threading
 import time
 
 import pandas as pd
@@ -220,10 +221,14 @@ def _start(path: str, op: str, args: dict, title: str, parents: list[str], run_i
     if request is not None:  # place the results into the map at once, in the edit's job: no wait for a rerun
         settings, wanted, refit = request
 
-        def place():
+        def place():  # beside it, the samples the view of the placed map joins are read into the cache
+            warm = threading.Thread(target=data.warm_model, args=(path, settings.model, settings.layer),
+                                    daemon=True, name="edit-warm")
+            warm.start()
             job = data.request_projection(path, settings, wanted, refit, holder=holder)
             if job.thread is not None:
                 job.thread.join(PLACE_WAIT_S)
+            warm.join(PLACE_WAIT_S)
 
     st.session_state[state.EDIT_ERROR] = None
     data.generator_job(path, parents[0], run_id)

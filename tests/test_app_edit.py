@@ -562,6 +562,25 @@ def test_a_click_waits_for_the_placement_once_the_results_are_written(monkeypatc
     assert slow.result == ["r-2"]
 
 
+def test_warming_the_model_reads_the_new_samples_into_the_cache(demo_env, demo_store, monkeypatch):
+    """What an edit's job reads beside the placement is what the run drawing the results asks for: after
+    `warm_model`, the samples (the new result among them) and the steps come from the cache."""
+    from app import data
+    from pipeline.edit import Editor
+
+    data.model_samples(str(demo_store), "demo")  # the cache holds the samples before the edit
+    (result,) = Editor(demo_store, device="cpu").regenerate(sid(5, 4), seed=5150)
+    data._version.clear()  # (as the edit's job does)
+    data.warm_model(str(demo_store), "demo", LAYERS[0])
+
+    def no_store(path):
+        raise AssertionError("read from the store, not the cache")
+
+    monkeypatch.setattr(data, "open_store", no_store)
+    assert result in set(data.model_samples(str(demo_store), "demo")["sample_id"])
+    assert len(data.model_steps(str(demo_store), "demo", LAYERS[0]))
+
+
 def test_freezing_long_lived_objects_takes_them_out_of_full_collections(monkeypatch):
     """Streamlit's collection after every script run walks what `freeze_long_lived` froze no more."""
     import gc
