@@ -385,7 +385,7 @@ def aligned_steps(store, model: str, layer: str, steps: Iterable[int] | None = N
     ids = None if sample_ids is None else [str(s) for s in sample_ids]
     recorded = _steps_of(store, model, layer, runs)
     if steps is None:
-        chosen = recorded
+        chosen = _default_frames(store, model, layer, runs, recorded)
     else:
         chosen = []
         for s in steps:
@@ -468,25 +468,42 @@ def _steps_of(store, model, layer, runs) -> list[int]:
     return sorted({int(s) for s in frame["step"]})
 
 
+def _default_frames(store, model, layer, runs, recorded: list[int]) -> list[int]:
+    """The steps a step alignment shows when none are asked for: those every multi-step run records. Frames hold
+    only the samples recorded at all of them, so the union of every run's steps can hold none (the demo's
+    4-step run records 0-3, its teacher only its last step, 17); a 1-step run never moves and is left out anyway.
+    Without multi-step runs, every recorded step (an error further on, with the steps named)."""
+    sets = [s for s in _step_sets(store, model, layer, runs).values() if len(s) >= 2]
+    if not sets:
+        return recorded
+    shared = sorted(set.intersection(*sets))
+    return shared if len(shared) >= 2 else sorted(max(sets, key=len))
+
+
+def _step_sets(store, model, layer, runs) -> dict[str, set[int]]:
+    """The steps each run (of `runs`, None: all) records at `layer`, probed with one sample of each run."""
+    firsts = store.samples(model=model, run_ids=runs, columns=["sample_id", "run_id"]).drop_duplicates("run_id")
+    run_of = dict(zip(firsts["sample_id"].astype(str), firsts["run_id"].astype(str), strict=True))
+    sets: dict[str, set[int]] = {r: set() for r in run_of.values()}
+    for s in sorted({int(x) for x in store.steps(model, layer)["step"]}) if run_of else []:
+        try:
+            acts = store.activations(model, layer, s, run_ids=runs, sample_ids=list(run_of))
+        except ValueError:
+            continue
+        for sid in acts.sample_ids:
+            sets[run_of[str(sid)]].add(s)
+    return sets
+
+
 def _run_steps(store, model, layer, runs) -> pd.DataFrame:
-    """Steps recorded by the given runs: probed with one sample of each run (a run records the same steps for
-    every sample), so no step's whole matrix is read."""
+    """Steps recorded by the given runs (`_step_sets`: probed with one sample of each run, so no step's whole
+    matrix is read)."""
     table = store.runs()
     known = set(table["run_id"]) if len(table) else set()
     missing = [r for r in runs if r not in known]
     if missing:
         raise AlignedError(f"unknown run(s) {missing}")
-    firsts = store.samples(model=model, run_ids=runs, columns=["sample_id", "run_id"]).drop_duplicates("run_id")
-    probe = firsts["sample_id"].astype(str).tolist()
-    steps: set[int] = set()
-    for s in sorted({int(x) for x in store.steps(model, layer)["step"]}) if probe else []:
-        try:
-            acts = store.activations(model, layer, s, run_ids=runs, sample_ids=probe)
-        except ValueError:
-            continue
-        if len(acts.sample_ids):
-            steps.add(s)
-    return pd.DataFrame({"step": sorted(steps)})
+    return pd.DataFrame({"step": sorted(set().union(*_step_sets(store, model, layer, runs).values()))})
 
 
 def _features(store, model, layer, step, spec, runs, ids, version):

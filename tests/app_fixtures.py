@@ -50,7 +50,9 @@ def _clustered(labels: np.ndarray, dim: int, rng: np.random.Generator, spread: f
     return (centers[labels] + rng.normal(0, spread, size=(len(labels), dim))).astype(np.float32), centers
 
 
-def _write_class_run(root, model, run_id, layers, n, steps, seed, image_size=32, batch=100):
+def _write_class_run(root, model, run_id, layers, n, steps, seed, image_size=32, batch=100, first_step=0):
+    """A class run recording `steps` (their sigmas) as steps first_step, first_step + 1, ... (a run that records
+    only its last step: first_step > 0)."""
     from store import RunWriter
 
     rng = np.random.default_rng(seed)
@@ -74,7 +76,7 @@ def _write_class_run(root, model, run_id, layers, n, steps, seed, image_size=32,
                 entries = []
                 for s, sigma in enumerate(steps):
                     arr, centers[layer] = _clustered(lab, dim, rng, spread=0.6 + 0.5 * s, centers=centers[layer])
-                    entries.append(dict(step=s, timestep=None, sigma=float(sigma), reduce="mean",
+                    entries.append(dict(step=first_step + s, timestep=None, sigma=float(sigma), reduce="mean",
                                         layer_shape=(dim, 4, 4), array=arr))
                 acts[layer] = entries
             writer.write_batch(idx, samples, images, acts)

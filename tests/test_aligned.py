@@ -172,3 +172,23 @@ def test_runs_select_their_own_steps_and_samples(tmp_path):
         aligned_steps(store, "m", "midblock", run_ids=["nope"])
     one = aligned_steps(store, "m", "midblock", run_ids=["multi"], params={"n_epochs": 30})
     assert one.frames == (0, 1, 2) and len(one) == 40
+
+
+def test_by_default_the_frames_are_the_steps_every_multi_step_run_records(tmp_path):
+    """A run that records only its last step (a teacher's 17, `--record-steps last`) beside a 3-step run: the
+    union of their steps holds no sample at every step; the frames are the 3-step run's steps, its samples all
+    kept. Two multi-step runs share the steps both record."""
+    from store import Store
+    from tests.app_fixtures import _write_class_run
+
+    _write_class_run(tmp_path, "m", "multi", ("midblock",), 40, (14.6, 2.5, 0.3), seed=1)
+    _write_class_run(tmp_path, "m", "teacher", ("midblock",), 20, (0.002,), seed=2, first_step=17)
+    store = Store(tmp_path)
+    assert sorted(store.steps("m", "midblock")["step"]) == [0, 1, 2, 17]
+    maps = aligned_steps(store, "m", "midblock", params={"n_epochs": 30})
+    assert maps.frames == (0, 1, 2) and len(maps) == 40 and maps.meta["dropped"] == 0  # none in these frames
+    _write_class_run(tmp_path, "m", "longer", ("midblock",), 30, (14.6, 2.5, 0.3, 0.1, 0.01), seed=3)
+    maps = aligned_steps(Store(tmp_path), "m", "midblock", params={"n_epochs": 30})
+    assert maps.frames == (0, 1, 2) and len(maps) == 70
+    with pytest.raises(AlignedError, match="not recorded"):
+        aligned_steps(store, "m", "midblock", steps=[0, 5])

@@ -87,6 +87,12 @@ def test_explore_and_inside_open_on_step_3_and_a_teacher_sample_on_its_own_step(
         assert not at.exception, at.exception
         assert at.session_state["ins_step"] == 17
         assert "no activations" not in fx.page_text(at)
+        # the other pages with a step choice open on step 3 too
+        for page, key, params in (("app_pages/analysis.py", "ana_step", {}), ("app_pages/compare.py", "cmp_step", {}),
+                                  ("app_pages/motion.py", "mot_step", {"mode": "layers"})):
+            at = fx.open_page(page, params, timeout=120)
+            assert not at.exception, (page, at.exception)
+            assert at.session_state[key] == 3, page
 
 
 def test_starting_numba_leaves_torchs_thread_count_as_it_was():

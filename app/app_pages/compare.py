@@ -12,6 +12,7 @@ from app import data, job_progress, motion_view, navigation, page, static_files
 from app.components.scatter_map import scatter_map
 from app.page import init_widget
 from pipeline import compare
+from pipeline.features import default_step
 
 MAP_HEIGHT = 460
 TABLE_ROWS = 12
@@ -63,8 +64,8 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> cv.CompareSetting
     layers = [x for x in layers_all if x in layers]  # network order, whatever the click order
 
     steps = data.shared_steps(path, model, layers or layers_all)
-    values = [int(s) for s in steps["step"]] or [0]
-    init_widget("cmp_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
+    values = sorted({int(s) for s in steps["step"]}) or [0]
+    init_widget("cmp_step", url.get("step") if url.get("step") in values else default_step(steps), lambda v: v in values)
     if len(values) > 1:
         step = sb.select_slider("Step", values, key="cmp_step", format_func=_step_label(steps),
                                 help="The sampling step whose activations are compared.")

@@ -11,6 +11,7 @@ from app import data, job_progress, page, state
 from app import motion_view as mv
 from app.components.scatter_map import small_multiples
 from app.page import init_widget
+from pipeline.features import default_step
 
 HEIGHT = 600
 CANCELLED = "mot.cancelled"  # the settings whose computation the user cancelled (not restarted until asked)
@@ -50,8 +51,9 @@ def sidebar(path: str, status: data.StoreStatus, url: dict) -> mv.MotionSettings
                                 help="The layer sequence, in network order (default: every recorded layer).")
         layers = tuple(x for x in layers_all if x in chosen)
         steps = data.shared_steps(path, model, layers or layers_all)
-        values = [int(s) for s in steps["step"]] or [0]
-        init_widget("mot_step", url.get("step") if url.get("step") in values else values[-1], lambda v: v in values)
+        values = sorted({int(s) for s in steps["step"]}) or [0]
+        init_widget("mot_step", url.get("step") if url.get("step") in values else default_step(steps),
+                    lambda v: v in values)
         step = sb.select_slider("Step", values, key="mot_step") if len(values) > 1 else values[0]
     init_widget("mot_k", min(max(int(url.get("k", mv.DEFAULT_K)), 0), 30))
     k = sb.slider("Neighbours highlighted", 0, 30, key="mot_k",
