@@ -2,7 +2,8 @@
 are `app.explore_sidebar`).
 
 The page script (``app/app_pages/explore.py``) only calls ``main()``. The map, the selection panel, the info
-and the export run in one fragment: a click on the map reruns just that fragment, not the sidebar.
+and the export run in one fragment: a click on the map reruns just that fragment, not the sidebar. So does an
+edit from the panel: its button's fragment run draws the map with the results (`_view_with_edit`).
 """
 
 from __future__ import annotations
