@@ -116,13 +116,13 @@ def scatter_map(
         "png_nonce": int(png_nonce),
         "busy": bool(busy),
     }
-    result = _component(
-        key=key,
-        data=data,
-        height=int(height) + 2,
-        on_click_change=on_click or _noop,
-        on_select_change=on_select or _noop,
-    )
+    return _mount(_component, key, data, height, on_click, on_select)
+
+
+def _mount(component, key: str, data: dict, height: int, on_click, on_select) -> MapEvent:
+    """Draw `component` with `data`; its click and lasso/box selection come back as a `MapEvent`."""
+    result = component(key=key, data=data, height=int(height) + 2, on_click_change=on_click or _noop,
+                       on_select_change=on_select or _noop)
     return _event(result)
 
 
@@ -184,14 +184,7 @@ def small_multiples(
         "point_size": float(point_size),
         "filename": filename,
     }
-    result = _multiples(
-        key=key,
-        data=data,
-        height=int(height) + 2,
-        on_click_change=on_click or _noop,
-        on_select_change=on_select or _noop,
-    )
-    return _event(result)
+    return _mount(_multiples, key, data, height, on_click, on_select)
 
 
 def _noop() -> None:

@@ -363,22 +363,28 @@ class MapView {
 
   // The selected point (blue), its k nearest neighbours (thin red rings) and manual neighbours (thick red
   // rings), drawn in an SVG layer over the WebGL canvas at the points' current screen positions.
+  // The SVG layer of the rings sized to the plot, clipped to the rectangle (x, y, w, h); null w/h: the plot's.
+  fitRingLayer(x, y, w, h) {
+    const svg = this.rings;
+    const pw = this.plot.clientWidth;
+    const ph = this.plot.clientHeight;
+    svg.setAttribute("width", pw);
+    svg.setAttribute("height", ph);
+    svg.setAttribute("viewBox", `0 0 ${pw} ${ph}`);
+    const clip = svg.querySelector("clipPath rect");
+    clip.setAttribute("x", x);
+    clip.setAttribute("y", y);
+    clip.setAttribute("width", w ?? pw);
+    clip.setAttribute("height", h ?? ph);
+    return svg;
+  }
+
   drawRings() {
     const full = this.plot._fullLayout;
     if (!full || !this.points) return;
     const xa = full.xaxis;
     const ya = full.yaxis;
-    const svg = this.rings;
-    const w = this.plot.clientWidth;
-    const h = this.plot.clientHeight;
-    svg.setAttribute("width", w);
-    svg.setAttribute("height", h);
-    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
-    const clip = svg.querySelector("clipPath rect");
-    clip.setAttribute("x", xa._offset);
-    clip.setAttribute("y", ya._offset);
-    clip.setAttribute("width", xa._length);
-    clip.setAttribute("height", ya._length);
+    const svg = this.fitRingLayer(xa._offset, ya._offset, xa._length, ya._length);
     const r = (this.data.point_size || 5) / 2;
     const items = [];
     // the trajectory first (under the rings): a line through the sample's steps, a small label at each
@@ -786,17 +792,7 @@ class MultiplesView extends MapView {
   drawRings() {
     const full = this.plot._fullLayout;
     if (!full || !this.points) return;
-    const svg = this.rings;
-    const w = this.plot.clientWidth;
-    const h = this.plot.clientHeight;
-    svg.setAttribute("width", w);
-    svg.setAttribute("height", h);
-    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
-    const clip = svg.querySelector("clipPath rect");
-    clip.setAttribute("x", 0);
-    clip.setAttribute("y", 0);
-    clip.setAttribute("width", w);
-    clip.setAttribute("height", h);
+    const svg = this.fitRingLayer(0, 0, null, null);
     const r = (this.data.point_size || 3.5) / 2;
     const th = this.theme();
     const items = [];
