@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app import compare_runs_view as cv
 from app import data, page, ui
 from store.schema import run_kind
 
@@ -34,6 +35,22 @@ def storage_chart(by_layer: pd.DataFrame):
 
 def storage_chart_height(bars: int) -> int:
     return 60 + 28 * bars
+
+
+def steps_text(steps) -> str:
+    """Recorded steps as "0–3" for a consecutive range, else listed ("0, 17"): a run that records only its last
+    step (a teacher's step 17) reads apart from a multi-step run at a glance."""
+    steps = sorted({int(s) for s in steps})
+    if len(steps) > 2 and steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]}–{steps[-1]}"
+    return ", ".join(str(s) for s in steps)
+
+
+def sigma_per_step(steps: pd.DataFrame) -> str:
+    """Each step's number with its sigma ("0: 80 · 3: 0.002 · 17: 0.002"): two steps of equal sigma (a 4-step
+    run's last and the teacher's 17th) would otherwise read as one listed twice."""
+    rows = steps.dropna(subset=["sigma"]).sort_values("step")
+    return " · ".join(f"{int(s)}: {g:.3g}" for s, g in zip(rows["step"], rows["sigma"], strict=True))
 
 
 path, status = page.header("Overview")
@@ -87,6 +104,10 @@ for tab, model in zip(tabs, status.models, strict=True):
         layers = data.model_layers(path, model)
         per_run = frame.groupby(["run_id", "run_kind"]).size().rename("samples").reset_index() \
             .rename(columns={"run_id": "run", "run_kind": "run kind"})
+        recorded = pd.concat([cv.run_steps(path, model, layer) for layer in layers]) if layers else None
+        if recorded is not None and len(recorded):
+            by_run = recorded.groupby("run_id")["step"].apply(steps_text)
+            per_run["steps"] = [by_run.get(r, "") for r in per_run["run"]]
         left, right = st.columns([1, 2])
         with left:
             st.markdown(f"**{len(frame):,} samples** in {len(per_run)} run(s)")
@@ -95,9 +116,9 @@ for tab, model in zip(tabs, status.models, strict=True):
             rows = []
             for layer in layers:
                 steps = data.model_steps(path, model, layer)
-                sig = ", ".join(f"{s:.3g}" for s in steps["sigma"].dropna()) if len(steps) else ""
+                sig = sigma_per_step(steps) if len(steps) else ""
                 size = by_layer[(by_layer["model"] == model) & (by_layer["layer"] == layer)]["bytes"].sum()
-                rows.append({"layer": layer, "steps": len(steps), "sigma per step": sig,
+                rows.append({"layer": layer, "steps": len(steps), "step: σ": sig,
                              "size": data.human_bytes(float(size))})
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 

@@ -1,0 +1,41 @@
+"""AppTest: what a newcomer's walk through the demo's runs (a 4-step run, a teacher that records only its step
+17) found misleading, pinned on a small store of the same shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import app_fixtures as fx
+from tests.app_fixtures import app_pointed_at, app_test
+
+OVERVIEW = "app_pages/overview.py"
+LAST_SIGMA = 0.002
+
+
+@pytest.fixture(scope="module")
+def teacher_store(tmp_path_factory):
+    """A multi-step run (steps 0–2, the last at σ 0.002) and a teacher run recording only its step 17 at the same
+    σ, as the demo's multistep and teacher runs do."""
+    root = tmp_path_factory.mktemp("walk") / "store"
+    fx._write_class_run(root, "digits", "digits-multi", ("midblock",), 40, (14.6, 2.5, LAST_SIGMA), seed=1)
+    fx._write_class_run(root, "digits", "digits-teacher", ("midblock",), 40, (LAST_SIGMA,), seed=2, first_step=17)
+    return root
+
+
+@pytest.fixture
+def walk_env(teacher_store, monkeypatch, tmp_path):
+    with app_pointed_at(teacher_store, monkeypatch, tmp_path) as fake:
+        yield fake
+
+
+def test_overview_names_each_step_with_its_sigma_and_each_runs_steps(walk_env):
+    at = app_test(OVERVIEW)
+    assert not at.exception
+    layers = next(d.value for d in at.dataframe if "layer" in d.value.columns)
+    # two steps of equal sigma (the multi-step run's last, the teacher's 17th) read apart, each by its number
+    assert list(layers["step: σ"]) == ["0: 14.6 · 1: 2.5 · 2: 0.002 · 17: 0.002"]
+    assert list(layers["steps"]) == [4]
+    per_run = next(d.value for d in at.dataframe if "run kind" in d.value.columns and "steps" in d.value.columns)
+    steps = dict(zip(per_run["run"], per_run["steps"], strict=True))
+    assert steps == {"digits-multi": "0–2", "digits-teacher": "17"}
+
