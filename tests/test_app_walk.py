@@ -39,3 +39,15 @@ def test_overview_names_each_step_with_its_sigma_and_each_runs_steps(walk_env):
     steps = dict(zip(per_run["run"], per_run["steps"], strict=True))
     assert steps == {"digits-multi": "0–2", "digits-teacher": "17"}
 
+
+
+def test_inside_offers_only_the_steps_the_samples_run_records(walk_env):
+    teacher = fx.open_page("app_pages/inside.py", {"sel": "digits-teacher-00000003"}, timeout=120)
+    assert not teacher.exception
+    # the teacher records step 17 alone: no slider over the multi-step run's 0–2 (each an error), and it says so
+    assert not [s for s in teacher.select_slider if s.key == "ins_step"]
+    assert any("Step 17: the only step" in c.value for c in teacher.sidebar.caption)
+    assert not any("no activations" in e.value for e in teacher.error)
+    multi = fx.open_page("app_pages/inside.py", {"sel": "digits-multi-00000003"}, timeout=120)
+    assert not multi.exception
+    assert list(multi.select_slider(key="ins_step").options) == ["0", "1", "2"]

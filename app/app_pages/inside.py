@@ -63,11 +63,18 @@ def sidebar(path: str, model: str, url: dict) -> iv.InsideSettings:
     init_widget("ins_layer", start, lambda v: v in layers)
     layer = sb.selectbox("Layer", layers, key="ins_layer")
     frame = data.model_steps(path, model, layer)
-    steps = sorted({int(x) for x in frame["step"]}) or [0]
+    own = _run_steps(path, model, layer)
+    # only the steps the sample's run records: another step has no activation of it to show (a teacher that
+    # records its step 17 alone offered 0–3 too, each an error)
+    steps = sorted(set(own)) if own else sorted({int(x) for x in frame["step"]}) or [0]
     start = url.get("step") if url.get("step") in steps else \
-        default_step(frame, own=_run_steps(path, model, layer))  # the step most runs share, if the sample's has it
+        default_step(frame, own=own)  # the step most runs share, if the sample's has it
     init_widget("ins_step", start if start in steps else steps[-1], lambda v: v in steps)
-    step = sb.select_slider("Step", steps, key="ins_step") if len(steps) > 1 else steps[0]
+    if len(steps) > 1:
+        step = sb.select_slider("Step", steps, key="ins_step")
+    else:
+        step = steps[0]
+        sb.caption(f"Step {step}: the only step this sample's run records on this layer.")
     init_widget("ins_k", min(max(int(url.get("k", iv.DEFAULT_K)), 0), iv.MAX_K))
     k = sb.slider("Neighbours", 0, iv.MAX_K, key="ins_k",
                   help="The selected sample's nearest samples in activation space at this layer and step.")
