@@ -28,10 +28,17 @@ def listed_steps(value) -> list[int]:
 
 NBSP = "\u00a0"
 # The strip's columns wrap (four a row where the panel is wide, two where it is narrow) so that a caption
-# always has room for its longest part; each part ("step 2", "σ 0.47") never breaks inside.
+# always has room for its longest part; each part ("step 2", "σ 0.47") never breaks inside. The two-a-row
+# width is fixed by a container query on the strip's own width, not left to flex-grow: a column that
+# wrapped alone onto a row grew to the panel's whole width (three small previews, then one four times their
+# size, in a 220-px panel at a 1400-px window).
 STRIP_CSS = """<style>
-.st-key-x0_previews [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.25rem; }
-.st-key-x0_previews [data-testid="stColumn"] { min-width: 3.5rem; }
+.st-key-x0_previews { container-type: inline-size; }
+.st-key-x0_previews [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.25rem; column-gap: 0.5rem; }
+.st-key-x0_previews [data-testid="stColumn"] { min-width: 3.5rem; flex: 1 1 0; }
+@container (max-width: 15.5rem) {
+  .st-key-x0_previews [data-testid="stColumn"] { flex: 0 0 calc(50% - 0.25rem); }
+}
 .st-key-x0_previews [data-testid="stImageCaption"] { font-size: 0.72rem; line-height: 1.25; }
 </style>"""
 

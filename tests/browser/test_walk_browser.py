@@ -1,0 +1,41 @@
+"""What a newcomer's walk through the demo found in Chromium at a 1400x900 window, pinned on a store of the
+same shape (four sampling steps with x0 previews)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import harness as h
+from tests.browser.test_layout_browser import MODEL, SIGMAS, _write_store
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+WINDOW = {"width": 1400, "height": 900}
+
+
+@pytest.fixture(scope="module")
+def walk_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("walk_browser")
+    _write_store(base / "store")
+    with h.AppServer(base / "store", stand_in_projector=True, log=base / "streamlit.log") as server:
+        yield server.url.rstrip("/")
+
+
+def test_x0_previews_are_all_one_size_in_the_selection_panel(chromium, walk_server):
+    context = chromium.new_context(viewport=WINDOW)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(f"{walk_server}/?model={MODEL}&step=3&sel=run-a-00000004")
+        h.wait_map(page, timeout=180)
+        images = ".st-key-x0_previews [data-testid='stImage'] img"
+        page.wait_for_function(f"() => [...document.querySelectorAll(\"{images}\")].filter(i => i.complete "
+                               f"&& i.naturalWidth > 0).length === {len(SIGMAS)}")
+        widths = page.evaluate(f"() => [...document.querySelectorAll(\"{images}\")]"
+                               ".map(i => i.getBoundingClientRect().width)")
+        strip = page.evaluate("() => document.querySelector('.st-key-x0_previews').getBoundingClientRect().width")
+        # a preview that wrapped alone onto a row grew to the whole panel (4x the others) before
+        assert max(widths) - min(widths) <= 1, widths
+        assert max(widths) <= strip / 2, (widths, strip)
+    finally:
+        context.close()
