@@ -385,17 +385,26 @@ def _selection_panel(path, view, settings, sel, neighbours) -> None:
 
 def _look_closer(path: str, view: views.View, sample: str) -> None:
     """Links to the pages that look at the selected sample closer: its feature map at this layer (Inside) and,
-    for a multi-step run, its motion over the steps (Motion)."""
+    where its run records several steps of this layer, its motion over the steps (Motion: a sample of a run
+    that records one step, such as the demo's teacher at step 17 or a real digit, is in no step animation).
+    One link a row: side by side in the panel's width, "Inside its feature map" was cut to "Inside its fe"."""
+    from app import compare_runs_view as cv
+    from store import layout
+
     store = {} if state.is_default_store(path) else {"store": path}
     step = view.step if not view.all_steps else None
     inside = {"sel": sample, "layer": view.layer, **({"step": str(step)} if step is not None else {}), **store}
-    left, right = st.columns(2)
-    left.page_link(navigation.page("inside.py"), label="Inside its feature map", icon=":material/grid_on:",
-                   query_params=inside)
-    if len(data.model_steps(path, view.model, view.layer)) > 1:
+    st.page_link(navigation.page("inside.py"), label="Inside its feature map", icon=":material/grid_on:",
+                 query_params=inside)
+    try:
+        run = layout.split_sample_id(sample)[0]
+    except ValueError:
+        return
+    recorded = cv.run_steps(path, view.model, view.layer)
+    if (recorded["run_id"] == run).sum() > 1:
         motion = {"model": view.model, "mode": "steps", "layer": view.layer, "sel": sample, **store}
-        right.page_link(navigation.page("motion.py"), label="Its motion over the steps", icon=":material/animation:",
-                        query_params=motion)
+        st.page_link(navigation.page("motion.py"), label="Its motion over the steps", icon=":material/animation:",
+                     query_params=motion)
 
 
 def _neighbour_list(path, view, settings, nb) -> None:

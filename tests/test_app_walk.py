@@ -51,3 +51,14 @@ def test_inside_offers_only_the_steps_the_samples_run_records(walk_env):
     multi = fx.open_page("app_pages/inside.py", {"sel": "digits-multi-00000003"}, timeout=120)
     assert not multi.exception
     assert list(multi.select_slider(key="ins_step").options) == ["0", "1", "2"]
+
+
+def test_explore_links_to_motion_only_for_a_sample_whose_run_records_several_steps(walk_env):
+    teacher = app_test(query={"sel": "digits-teacher-00000003", "step": "17"})
+    assert not teacher.exception
+    links = {e.proto.label for e in teacher.get("page_link")}
+    # Motion's step animation has no frame for a run that records step 17 alone: no link there
+    assert "Inside its feature map" in links and "Its motion over the steps" not in links
+    multi = app_test(query={"sel": "digits-multi-00000003", "step": "2"})
+    assert not multi.exception
+    assert {"Inside its feature map", "Its motion over the steps"} <= {e.proto.label for e in multi.get("page_link")}
