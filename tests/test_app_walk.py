@@ -62,3 +62,15 @@ def test_explore_links_to_motion_only_for_a_sample_whose_run_records_several_ste
     multi = app_test(query={"sel": "digits-multi-00000003", "step": "2"})
     assert not multi.exception
     assert {"Inside its feature map", "Its motion over the steps"} <= {e.proto.label for e in multi.get("page_link")}
+
+
+def test_search_results_name_their_run(walk_env):
+    at = app_test("app_pages/search.py")
+    at.radio(key="search.mode").set_value("keywords").run()
+    at.text_input(key="search.text_keywords").set_value("three")
+    at.button[[b.label for b in at.button].index("Search")].click().run()
+    assert not at.exception
+    captions = [c.value for c in at.caption if "seed" in c.value]
+    assert len(captions) == 8  # class 3 of 40 samples a run: 4 in each of the two runs
+    # both runs' samples of one class share seeds and labels: the caption says which run each image is from
+    assert sum("digits-multi (" in c for c in captions) == 4 and sum("digits-teacher (" in c for c in captions) == 4

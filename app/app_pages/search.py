@@ -115,7 +115,11 @@ def _grid(path: str, frame: pd.DataFrame) -> None:
             st.image(url, width="stretch")
             text = row.prompt if isinstance(row.prompt, str) else row.label
             category = row.category if isinstance(row.category, str) else "—"
-            st.caption(f"{_short(text)}  \n:gray[{category} · seed {row.seed}]")
+            # the run (and its kind) on a line of its own: the demo's runs share seeds and classes, and a grid
+            # of one class otherwise showed eight runs' images under captions that differ only in the seed
+            kind = getattr(row, "run_kind", None)
+            run = f"{row.run_id} ({kind})" if isinstance(kind, str) and kind else str(row.run_id)
+            st.caption(f"{_short(text)}  \n:gray[{category} · seed {row.seed}]  \n:gray[{_short(run)}]")
 
 
 def _counts(result) -> None:
