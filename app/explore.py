@@ -525,20 +525,23 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
     digest = hashlib.sha1("|".join([*chosen.ids, *chosen.roles, str(chosen.space), str(chosen.metric)])
                           .encode()).hexdigest()[:8]
     c = st.columns(5)
+    # on_click="ignore": a download reruns nothing. With a rerun, a second download clicked while it ran asked
+    # for the deferred file the rerun had just replaced ("Deferred file ... not found" in the log, nothing
+    # downloaded: CSV, then Map (HTML) at once, on the demo at step 17)
     c[0].download_button("CSV", data=lambda: exports.selection_csv(view, chosen), file_name=f"{name}.csv",
-                         mime="text/csv", icon=":material/table:", key=f"dl_csv_{digest}", width="stretch")
+                         mime="text/csv", icon=":material/table:", key=f"dl_csv_{digest}", width="stretch", on_click="ignore")
     c[1].download_button("Parquet", data=lambda: exports.selection_parquet(view, chosen),
                          file_name=f"{name}.parquet", mime="application/octet-stream",
-                         icon=":material/database:", key=f"dl_pq_{digest}", width="stretch")
+                         icon=":material/database:", key=f"dl_pq_{digest}", width="stretch", on_click="ignore")
     c[2].download_button("Images (ZIP)", data=lambda: exports.images_zip(data.open_store(path), view, zip_set),
                          file_name=f"{name}-images.zip", mime="application/zip", icon=":material/photo_library:",
-                         key=f"dl_zip_{digest}", width="stretch",
+                         key=f"dl_zip_{digest}", width="stretch", on_click="ignore",
                          disabled=len(zip_set) > exports.MAX_ZIP_IMAGES,
                          help=f"At most {exports.MAX_ZIP_IMAGES:,} images; select fewer with the lasso.")
     c[3].download_button("Map (HTML)", data=lambda: exports.map_html(view, data.coloring_for(path, view, settings),
                                                                   data.open_store(path)),
                          file_name=f"{name}.html", mime="text/html", icon=":material/language:",
-                         key=f"dl_html_{view.key}", width="stretch",
+                         key=f"dl_html_{view.key}", width="stretch", on_click="ignore",
                          help="A standalone interactive map (plotly.js included; works offline), with hover "
                               f"thumbnails for maps of up to {exports.MAX_HTML_THUMBS:,} points.")
     c[4].button("Map (PNG)", on_click=_png, icon=":material/image:", key="dl_png", width="stretch",

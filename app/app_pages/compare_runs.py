@@ -239,13 +239,16 @@ def exports_box(path: str, s: cv.Settings, sub, table: pd.DataFrame | None, runs
     if sub is None:
         return
     cls = cv.get_class()
+    # on_click="ignore": no rerun on a download, which would replace the other button's deferred file under a
+    # click that follows at once (nothing downloaded; "Deferred file ... not found" in the log)
     box.download_button("Map (PNG)", data=lambda: cv.map_png(sub, runs_all, steps, cls), file_name=f"{stem}.png",
                        mime="image/png", icon=":material/image:", key=f"cr_dl_png_{sub.key}", width="stretch",
+                       on_click="ignore",
                        help="The map coloured by run, with its legend and title")
     box.download_button("Map (HTML)", data=lambda: cv.map_html(path, sub, runs_all, steps, cls,
                                                               groups if s.links else []),
                        file_name=f"{stem}.html", mime="text/html", icon=":material/language:",
-                       key=f"cr_dl_html_{sub.key}", width="stretch",
+                       key=f"cr_dl_html_{sub.key}", width="stretch", on_click="ignore",
                        help="A standalone interactive map (opens offline) with hover thumbnails and the link lines")
 
 

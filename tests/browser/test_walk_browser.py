@@ -39,3 +39,24 @@ def test_x0_previews_are_all_one_size_in_the_selection_panel(chromium, walk_serv
         assert max(widths) <= strip / 2, (widths, strip)
     finally:
         context.close()
+
+
+def test_two_downloads_clicked_one_after_the_other_both_arrive(chromium, walk_server):
+    """A download used to rerun the page, replacing the other buttons' deferred files: a second download clicked
+    while that rerun ran got nothing ("Deferred file ... not found" in the server's log)."""
+    context = chromium.new_context(viewport=WINDOW, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(f"{walk_server}/?model={MODEL}&step=3&sel=run-a-00000004")
+        h.wait_map(page, timeout=180)
+        page.locator("[data-testid=stMain] button", has_text="Map (HTML)").first.wait_for()
+        for _ in range(4):
+            got = []
+            for label in ("CSV", "Map (HTML)"):
+                with page.expect_download(timeout=15_000) as download:
+                    page.locator("[data-testid=stMain] button", has_text=label).first.click()
+                got.append(download.value.suggested_filename)
+            assert [n.rsplit(".", 1)[1] for n in got] == ["csv", "html"], got
+    finally:
+        context.close()
