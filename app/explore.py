@@ -509,15 +509,16 @@ def _share_and_export(path, view, settings, sel, nb) -> None:
     st.caption("This link reopens this view: model, runs, layer, step, parameters, colouring, filters and the "
                "selected sample.")
     lasso = [s for s in (st.session_state.get(state.LASSO) or []) if s in view.position]
+    unit = "points" if view.all_steps else "samples"  # all steps: one point per (sample, step)
     if lasso:
-        chosen, what = exports.plain_set(lasso, "lasso"), f"the lasso/box selection ({len(lasso):,} samples)"
+        chosen, what = exports.plain_set(lasso, "lasso"), f"the lasso/box selection ({len(lasso):,} {unit})"
     elif sel.selected and nb is not None:
         chosen = exports.neighbourhood_set(sel.selected, nb.knn, nb.knn_distances, nb.manual, nb.manual_distances,
                                            space=settings.space, metric=settings.metric)
         what = (f"the selected sample and its {len(chosen) - 1} neighbours, ranked by distance in "
                 f"{'the 2-D map' if chosen.space == 'map' else f'activation space ({chosen.metric})'}")
     else:
-        chosen, what = exports.plain_set(view.sample_ids, "view"), f"the whole view ({len(view):,} samples)"
+        chosen, what = exports.plain_set(view.sample_ids, "view"), f"the whole view ({len(view):,} {unit})"
     st.caption(f"Export: {what}. The table has each row's role (selected / kNN / manual / lasso / view), rank "
                "and distance; the ZIP's metadata.csv names each image file.")
     name = f"{view.model}-{view.layer}-{_step_name(view)}"

@@ -74,3 +74,11 @@ def test_search_results_name_their_run(walk_env):
     assert len(captions) == 8  # class 3 of 40 samples a run: 4 in each of the two runs
     # both runs' samples of one class share seeds and labels: the caption says which run each image is from
     assert sum("digits-multi (" in c for c in captions) == 4 and sum("digits-teacher (" in c for c in captions) == 4
+
+
+def test_all_steps_export_counts_points_not_samples(walk_env):
+    at = app_test(query={"step": "all"})
+    assert not at.exception
+    export = next(c.value for c in at.caption if c.value.startswith("Export:"))
+    # 40 samples at 3 steps and 40 at one: 160 points of 80 samples
+    assert "the whole view (160 points)" in export
