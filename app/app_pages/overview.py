@@ -108,7 +108,7 @@ for tab, model in zip(tabs, status.models, strict=True):
         if recorded is not None and len(recorded):
             by_run = recorded.groupby("run_id")["step"].apply(steps_text)
             per_run["steps"] = [by_run.get(r, "") for r in per_run["run"]]
-        left, right = st.columns([1, 2])
+        left, right = st.columns([2, 3])  # wide enough for the runs' "steps" column beside kind and samples
         with left:
             st.markdown(f"**{len(frame):,} samples** in {len(per_run)} run(s)")
             st.dataframe(per_run, hide_index=True, width="stretch")
