@@ -295,8 +295,11 @@ def cka_figure(frame: pd.DataFrame, height: int = 600) -> go.Figure:
                                mode="lines+markers+text",
                                text=[f"{v:.2f}" for v in frame["cka"]], textposition="middle right",
                                line={"color": "#4e79a7", "width": 2}, marker={"size": 8},
+                               # a value near 1 runs past the plot's right edge in the ~190-px column:
+                               # drawn into the margin, not cut ("0.98" read "0.9")
+                               cliponaxis=False,
                                hovertemplate="%{customdata}<br>CKA %{x:.3f}<extra></extra>"))
-    fig.update_layout(height=height, margin={"l": 10, "r": 30, "t": 30, "b": 10},
+    fig.update_layout(height=height, margin={"l": 10, "r": 40, "t": 30, "b": 10},
                       title={"text": "CKA with the layer before", "x": 0.01, "font": {"size": 14}},
                       xaxis={"range": [0, 1.3], "title": "linear CKA", "tickvals": [0, 0.5, 1]},
                       yaxis={"autorange": "reversed", "automargin": True}, plot_bgcolor="white")

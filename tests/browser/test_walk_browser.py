@@ -60,3 +60,36 @@ def test_two_downloads_clicked_one_after_the_other_both_arrive(chromium, walk_se
             assert [n.rsplit(".", 1)[1] for n in got] == ["csv", "html"], got
     finally:
         context.close()
+
+
+def test_motion_cka_values_are_drawn_whole_in_a_narrow_column(chromium, tmp_path):
+    """The depth animation's CKA line is drawn in a column about 190 px wide: a value near 1 ("0.98", the
+    demo's encoder_bottleneck -> midblock) was cut at the plot's right edge to "0.9"."""
+    import pandas as pd
+
+    from app import motion_view as mv
+
+    frame = pd.DataFrame({"cka": [0.976, 0.245], "to": ["midblock", "dec.16x16_block0"],
+                          "pair": ["encoder_bottleneck → midblock", "midblock → dec.16x16_block0"]})
+    fig = mv.cka_figure(frame, 600)
+    fig.update_layout(width=190)
+    html = tmp_path / "cka.html"
+    html.write_text(fig.to_html(include_plotlyjs=True, full_html=True), encoding="utf-8")
+    with h.offline_page(chromium, html, {"width": 400, "height": 700}) as (page, _, errors):
+        page.wait_for_selector(".textpoint text")
+        found = page.evaluate("""() => {
+          const svg = document.querySelector('.main-svg').getBoundingClientRect();
+          const text = document.querySelector('.textpoint text');
+          let clipped = false;
+          for (let e = text; e && e.tagName !== 'svg'; e = e.parentElement) clipped = clipped || e.hasAttribute('clip-path');
+          const area = document.querySelector('.nsewdrag');
+          const right = area.getBoundingClientRect().right;
+          return {svg: svg.right, plotRight: right, clipped,
+                  texts: [...document.querySelectorAll('.textpoint text')].map(t => [t.textContent, t.getBoundingClientRect().right])};
+        }""")
+        assert not errors
+    assert [t for t, _ in found["texts"]] == ["0.98", "0.24"]
+    for text, right in found["texts"]:
+        assert right <= found["svg"], (text, found)
+        if found["clipped"]:
+            assert right <= found["plotRight"] + 0.5, (text, found)
