@@ -82,3 +82,13 @@ def test_all_steps_export_counts_points_not_samples(walk_env):
     export = next(c.value for c in at.caption if c.value.startswith("Export:"))
     # 40 samples at 3 steps and 40 at one: 160 points of 80 samples
     assert "the whole view (160 points)" in export
+
+
+def test_compare_runs_does_not_ask_for_a_shared_step_that_the_runs_lack(walk_env):
+    at = fx.open_page("app_pages/compare_runs.py", {"crm": "digits", "crl": "midblock",
+                                                    "crr": "digits-multi~digits-teacher"}, timeout=120)
+    assert not at.exception
+    # step 2 (the multi-step run's last) against step 17 (the teacher's only one): no step is shared
+    assert list(at.selectbox(key="cr_step").options) == ["each run's last step"]
+    caption = next(c.value for c in at.caption if "different steps" in c.value)
+    assert "choose a shared step" not in caption and "these runs share no step" in caption

@@ -153,10 +153,21 @@ def runs_section(path: str, s: cv.Settings, runs: list[str], steps: dict[str, in
                                 "samples": st.column_config.NumberColumn("samples", format="%d")})
     where = "each run's last step" if s.step == run_pairs.LAST else f"step {s.step} of every run"
     if len(set(steps.values())) > 1:
+        # say "choose a shared step" only where there is one: the demo's teacher (step 17 alone), student and
+        # naive 1-step (step 0) share none, and the Step menu then offers nothing else
+        shared = run_pairs.shared_steps(cv.run_steps(path, s.model, s.layer), runs)
+        _, kinds, _ = cv.runs_info(path, s.model)
+        encoded = [r for r, k in kinds.items() if k == "encoded"]
+        if shared:
+            like = "choose a shared step (Step, in the sidebar) to compare like with like."
+        elif encoded:
+            like = ("these runs share no step; the encoded runs (" + ", ".join(f"`{r}`" for r in encoded)
+                    + ") hold images run through the network at one shared step, to compare like with like.")
+        else:
+            like = "these runs share no step to compare like with like."
         st.caption(f"Measured at {where}: the runs are at **different steps** (and noise levels σ), so the map "
                    "is one fit on each run's samples at its own step, and the metrics compare them there. A 1-step "
-                   "run's only step sees pure noise (σ 80 on the demo): choose a shared step to compare like "
-                   "with like.")
+                   f"run's only step sees pure noise (σ 80 on the demo): {like}")
     else:
         st.caption(f"Measured at {where}: every run at step {next(iter(steps.values()))}.")
 
