@@ -358,7 +358,8 @@ def coloring(view: View, key: str, clusters: tuple[pd.Series, str] | None = None
     if column is None or column[0] not in f.columns:
         return None
     name, kind = column
-    return Coloring(key, key, kind, f[name])
+    # the legend's title is the menu's ("run kind", "index in run"), not the column's name ("run_kind")
+    return Coloring(key, coloring_title(key), kind, f[name])
 
 
 def step_coloring(frame: pd.DataFrame) -> Coloring:

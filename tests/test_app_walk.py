@@ -92,3 +92,11 @@ def test_compare_runs_does_not_ask_for_a_shared_step_that_the_runs_lack(walk_env
     assert list(at.selectbox(key="cr_step").options) == ["each run's last step"]
     caption = next(c.value for c in at.caption if "different steps" in c.value)
     assert "choose a shared step" not in caption and "these runs share no step" in caption
+
+
+def test_a_column_colouring_is_titled_as_in_the_menu(walk_env):
+    at = app_test(query={"step": "2", "color": "index"})
+    assert not at.exception
+    assert at.session_state["w_color"] == "index"
+    # as the menu says ("index in run"; "run kind" for run_kind), not the column's name
+    assert fx.static_json(fx.map_data(at)["color_url"])["title"] == "index in run"
