@@ -274,7 +274,7 @@ def color_payload(coloring: Coloring) -> dict:
     if "(none)" in code_of:
         colors[code_of["(none)"]] = MISSING_COLOR
     return {"kind": "category", "title": coloring.title, "codes": codes.tolist(), "names": order,
-            "colors": colors, "counts": counts}
+            "colors": colors, "counts": counts, "ordered": coloring.order is not None}
 
 
 def write_color_file(view: View, coloring: Coloring) -> str:

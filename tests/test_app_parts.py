@@ -129,6 +129,8 @@ def test_color_payloads():
     cat = views.color_payload(options["label"])
     assert cat["names"] == ["0: c0", "1: c1", "2: c2"] and cat["counts"] == [3, 3, 3]
     assert len(set(cat["colors"])) == 3 and len(cat["codes"]) == 9
+    assert cat["ordered"]  # the classes' own order: the legend keeps it
+    assert not views.color_payload(views.Coloring("x", "x", "category", v.frame["label"]))["ordered"]
     num = views.color_payload(options["index"])
     assert num["kind"] == "numeric" and (num["min"], num["max"]) == (0.0, 8.0)
     many = views.palette(300)

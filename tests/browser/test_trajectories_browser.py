@@ -31,11 +31,17 @@ sys.exit(cli.main())
 """
 
 
+LAST_ONLY = 200
+
+
 @pytest.fixture(scope="module")
 def steps_server(tmp_path_factory):
-    from tests.app_fixtures import build_app_store
+    from tests.app_fixtures import SIGMAS, _write_class_run, build_app_store
 
     store = build_app_store(tmp_path_factory.mktemp("steps") / "store")
+    # a run that records only the last step (a teacher's): that step has the most points
+    _write_class_run(store, "digits", "digits-last", ("encoder_bottleneck", "midblock"), LAST_ONLY, SIGMAS[-1:],
+                     seed=4, first_step=len(SIGMAS) - 1)
     port = h.free_port()
     code = _SERVE.format(root=str(h.ROOT), entry=str(h.ROOT / "app" / "streamlit_app.py"), port=port)
     log = open(tmp_path_factory.mktemp("steps-log") / "streamlit.log", "wb")  # noqa: SIM115
@@ -67,8 +73,12 @@ def test_all_steps_hover_shows_the_step_and_a_click_draws_the_trajectory(chromiu
     try:
         page.goto(steps_server + "?step=all&color=step")
         h.wait_map(page)
-        assert int(h.map_state(page)["points"]) == 3 * 180
+        assert int(h.map_state(page)["points"]) == 3 * 180 + LAST_ONLY
         assert "step 0 (σ 14.6)" in page.inner_text(".dmv-legend")
+        # steps are listed in their order, not by count (step 2 holds the most points)
+        names = page.evaluate("() => [...document.querySelectorAll('.dmv-legend .dmv-legend-name')]"
+                              ".map(e => e.textContent)")
+        assert [n.split(" (")[0] for n in names] == ["step 0", "step 1", "step 2"], names
         sid, x, y = h.pick(page, h.spread_ids(page, 1, seed=3)[0])
         assert "@" in sid
         page.wait_for_function(h.TIP_SHOWN, arg=sid)  # the sample's thumbnail, though the id names a point

@@ -94,6 +94,13 @@ function escapeHTML(text) {
   return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
+// The legend's order of a category colouring: as sent when the colouring is ordered (steps, classes, runs as
+// chosen), else the largest group first.
+function legendOrder(color) {
+  const codes = color.names.map((_, code) => code);
+  return color.ordered ? codes : codes.sort((a, b) => color.counts[b] - color.counts[a]);
+}
+
 class MapView {
   constructor(root) {
     this.root = root;
@@ -452,8 +459,7 @@ class MapView {
     const color = this.color;
     let legendWidth = 0;
     if (color && color.kind === "category") {
-      const shown = color.names.map((_, code) => code).filter((code) => !this.hidden.has(code))
-        .sort((a, b) => color.counts[b] - color.counts[a]);
+      const shown = legendOrder(color).filter((code) => !this.hidden.has(code));
       const rows = Math.max(4, Math.floor((this.plot.clientHeight - 120) / 19));
       const listed = shown.slice(0, shown.length > rows ? rows - 1 : rows);
       const entries = listed.map((code) => ({ name: `${color.names[code]} (${color.counts[code]})`, color: color.colors[code] }));
@@ -615,7 +621,7 @@ class MapView {
       return;
     }
     legend.hidden = false;
-    const order = color.names.map((_, code) => code).sort((a, b) => color.counts[b] - color.counts[a]);
+    const order = legendOrder(color);
     const items = order.map((code) => {
       const off = this.hidden.has(code) ? " dmv-off" : "";
       return `<li class="dmv-legend-item${off}" data-code="${code}" title="click: hide or show · double-click: show only this">
