@@ -73,7 +73,8 @@ def build_demo_extras(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES
     Each run is built in a staging store inside `root` (`STAGING`, which readers never look at) and moved in
     whole (`publish_run`), so an app showing the store sees the run appear at once, not batch by batch, and its
     maps are not placed again after every batch. With `maps`, the new samples are then placed into the cached
-    default maps (a transform of the existing maps, not a new fit)."""
+    default maps (a transform of the existing maps, not a new fit), and the caches of the data before them
+    are removed (`Derived.prune`: a map of each lineage's latest data stays)."""
     root = Path(root)
     staging = root / STAGING
 
@@ -89,6 +90,9 @@ def build_demo_extras(root: str | Path, *, samples_per_class: int = DEMO_SAMPLES
     shutil.rmtree(staging, ignore_errors=True)
     if maps:
         precompute_default_maps(root)
+        from store import Store
+
+        Store(root).derived.prune()  # the first maps, of the data before these runs (about 12 MB on the demo)
     return list(DEMO_EXTRAS)
 
 

@@ -103,6 +103,8 @@ def test_the_map_the_app_opens_on_is_cached_by_the_build(demo, monkeypatch):
         # outputs, recorded at that step
         assert sum(s.startswith(DEMO_REAL_RUN) for s in proj.sample_ids) == 40 and len(proj.sample_ids) == 200
         assert all(sum(s.startswith(f"{run}-0") for s in proj.sample_ids) == 40 for run in DEMO_ENCODED_RUNS.values())
+    # the first maps' caches, of the data before the extra runs, are gone; nothing left is stale
+    assert not [e.path.name for e in store.derived.scan() if e.stale]
 
 
 def test_a_second_build_of_the_extras_adds_nothing(demo):

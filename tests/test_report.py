@@ -41,8 +41,8 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_report(demo):
-    # step 3, the step most runs share (features.default_step); the report's own default is still the last
-    # recorded step, the teacher's lone 17 (test_the_default_report_is_of_the_step_most_runs_share)
+    # step 3, the step most runs share (features.default_step), also the report's default
+    # (test_the_default_report_is_of_the_step_most_runs_share), not the teacher's lone 17
     return render_report(Store(demo), "demo", "midblock", 3)
 
 
