@@ -78,8 +78,9 @@ class DemoBuild:
         what = EXTRA_RUN_TITLES.get(self.extra_run, f"the run {self.extra_run}" if self.extra_run else "runs")
         if self.extra_total and self.extra_done >= self.extra_total:
             return f"placing the {what} on the maps"
-        total = f"{self.extra_total:,}" if self.extra_total else "?"
-        return f"adding {what} for comparison · {self.extra_done:,} / {total}"
+        if not self.extra_total:  # before the first run's first batch (the grace for the first map, the model load)
+            return "adding runs for comparison · starting"
+        return f"adding {what} for comparison · {self.extra_done:,} / {self.extra_total:,}"
 
     def _run(self, builder, path: str) -> None:
         try:

@@ -126,6 +126,7 @@ def test_the_app_build_names_its_stage(tmp_path):
     assert build.stage == "computing the first maps · midblock (2 of 3)"
     assert not build.ready
     build._on_ready(["demo-multistep", "demo-1step"])
+    assert build.extra_label() == "adding runs for comparison · starting"  # no count known yet: no "0 / ?"
     build._on_extra(DEMO_REAL_RUN, 500, 1500)
     assert build.ready and build.extra_label() == "adding real digits for comparison · 500 / 1,500"
     build._on_extra("demo-student-encoded", 1500, 1500)
