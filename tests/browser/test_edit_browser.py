@@ -23,6 +23,7 @@ from playwright.sync_api import expect
 
 from tests.browser import harness as h
 from tests.browser.edit_driver import (
+    RUN,
     button,
     path_vertices,
     pick_end,
@@ -124,10 +125,13 @@ def test_interpolation_from_the_panel_draws_its_path_on_the_map(chromium, edit_s
             assert path_vertices(page) == FRAMES + 2
             assert int(h.map_state(page)["points"]) == points + FRAMES
             assert f"to {end}" in panel.inner_text()
-            results.locator("button:visible", has_text=f"#{rep + 5}").first.click()
-            page.wait_for_function("(old) => { const w = document.querySelector('.dmv-wrap');"
-                                   " return w.dataset.selected !== old && w.dataset.selected.startsWith('edit-'); }",
-                                   arg=a)
+            # the new grid's button, by its key: until the fragment run has replaced it, the previous edit's grid
+            # (its "#k" the previous edit's frame) can still be on the page. The edit run numbers its samples in
+            # order: the first interpolation 0-7, this one 8 (rep + 1) and on
+            frame_id = f"edit-{RUN}-{FRAMES * (rep + 1) + rep + 5:08d}"
+            results.locator(f".st-key-edit_sel_{frame_id} button:visible").first.click()
+            page.wait_for_function("(id) => { const w = document.querySelector('.dmv-wrap');"
+                                   " return w.dataset.selected === id; }", arg=frame_id)
             wait_links(page, "interpolate", FRAMES)
             assert int(h.map_state(page)["points"]) == points + FRAMES and path_vertices(page) == FRAMES + 2
         print("edit_to_map_warm_s=" + ",".join(f"{w:.2f}" for w in warm) + f" (interpolations of {FRAMES} frames)")
