@@ -104,6 +104,14 @@ class Cancels:
         st.session_state[self.session_key] = {k for k in (st.session_state.get(self.session_key) or ())
                                               if k != key}
 
+    def progress(self, keys: tuple, title: Callable[[tuple], str], cancel_key: str) -> None:
+        """`progress` of `keys` with their seconds and a Cancel button each that cancels the job for this
+        session (widget keys `{cancel_key}_{hash}`)."""
+        progress(keys, title, cancel=self._cancel_job, cancel_key=cancel_key, seconds=True)
+
+    def _cancel_job(self, job: data.Job) -> None:
+        self.cancel(job.key, session_id())
+
     def cancelled(self, key: tuple) -> bool:
         return key in (st.session_state.get(self.session_key) or ())
 

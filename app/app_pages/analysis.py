@@ -112,12 +112,8 @@ def _job_title(key: tuple) -> str:
     return av.JOB_TITLES.get(key[0], "Projecting the map")
 
 
-def _cancel(job: data.Job) -> None:
-    av.CANCELS.cancel(job.key, job_progress.session_id())
-
-
 def _progress(keys: tuple) -> None:
-    job_progress.progress(keys, _job_title, cancel=_cancel, cancel_key="cancel", seconds=True)
+    av.CANCELS.progress(keys, _job_title, cancel_key="cancel")
 
 
 def _result(job: data.Job | None, what: str):

@@ -132,12 +132,8 @@ def _job_title(key: tuple) -> str:
     return cv.JOB_TITLES.get(key[0], "Computing")
 
 
-def _cancel(job: data.Job) -> None:
-    cv.CANCELS.cancel(job.key, job_progress.session_id())
-
-
 def _progress(keys: tuple) -> None:
-    job_progress.progress(keys, _job_title, cancel=_cancel, cancel_key="cr_cancel", seconds=True)
+    cv.CANCELS.progress(keys, _job_title, cancel_key="cr_cancel")
 
 
 def _result(job: data.Job, what: str):
