@@ -259,6 +259,22 @@ def page_text(at, *more) -> str:
     return "\n".join(str(m.value) for m in elements)
 
 
+def record_downloads(monkeypatch) -> dict:
+    """What the page hands to its download buttons, by label: {label: (data, file_name)} (AppTest shows a
+    download button, not the bytes it serves)."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    captured = {}
+    original = DeltaGenerator.download_button
+
+    def recording(self, label, data, file_name=None, *args, **kwargs):
+        captured[label] = (data, file_name)
+        return original(self, label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
+    return captured
+
+
 def map_data(at) -> dict:
     """The data the page's one map component was drawn with."""
     import json

@@ -197,18 +197,10 @@ def test_the_checkpoint_slider_switches_the_map_and_the_metrics(env, compare_sto
 
 
 def test_csv_export_holds_the_table(env, monkeypatch):
-    from streamlit.delta_generator import DeltaGenerator
-
     from pipeline import distribution
+    from tests.app_fixtures import record_downloads
 
-    captured = {}
-    original = DeltaGenerator.download_button
-
-    def recording(self, label, data, file_name=None, *args, **kwargs):
-        captured[label] = (data, file_name)
-        return original(self, label, data, file_name, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
+    captured = record_downloads(monkeypatch)
     at = _open()
     table = _metrics(at)
     csv, name = captured["Metrics (CSV)"]

@@ -101,16 +101,9 @@ def test_regex_mode_and_no_match():
 
 
 def test_export_downloads_the_result_set(monkeypatch):
-    from streamlit.delta_generator import DeltaGenerator
+    from tests.app_fixtures import record_downloads
 
-    captured = {}
-    original = DeltaGenerator.download_button
-
-    def recording(self, label, data, file_name=None, *args, **kwargs):
-        captured[label] = (data, file_name)
-        return original(self, label, data, file_name, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
+    captured = record_downloads(monkeypatch)
     at = app_test(SEARCH)
     _search(at, "ramen")
     assert {b.label for b in at.get("download_button")} >= {"CSV", "Parquet"}
