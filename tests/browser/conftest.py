@@ -70,3 +70,15 @@ def page(browser_context):
     pg.set_default_timeout(30_000)
     yield pg
     pg.close()
+
+
+@pytest.fixture(scope="session")
+def previews_server(tmp_path_factory):
+    """An app server on `tests.browser.previews_store`'s store (stand-in projection engine), shared by the
+    layout and walk tests; its URL without the trailing slash."""
+    from tests.browser.previews_store import write_store
+
+    base = tmp_path_factory.mktemp("previews_browser")
+    write_store(base / "store")
+    with harness.AppServer(base / "store", stand_in_projector=True, log=base / "streamlit.log") as server:
+        yield server.url.rstrip("/")

@@ -1,58 +1,24 @@
 """Layout at a laptop's width (1280 px) in Chromium, measured from element geometry (issue 12, item 17), and
 the map legend's way back after "only this"; the PNG export's title and legend (item 14).
 
-The app runs on a store of its own: four sampling steps with x0 previews and DMD2's sigmas (80 … 0.002, the
-captions that used to wrap inside a number), two layers with long real-world names, prompts to search.
+The app runs on `tests.browser.previews_store`'s store (fixture ``previews_server``, shared with the walk tests):
+four sampling steps with x0 previews and DMD2's sigmas, two layers with long real-world names, prompts to search.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.browser import harness as h
+from tests.browser.previews_store import LAYERS, MODEL, SIGMAS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SIGMAS = (80.0, 9.72, 0.47, 0.002)
-LAYERS = ("mid_block.attentions.0.transformer_blocks.0", "up_blocks.0.attentions.2.transformer_blocks.1")
-MODEL = "sdxl-4step-lora"
 LAPTOP = {"width": 1280, "height": 900}
 
 
-def _write_store(root, n: int = 60) -> None:
-    from store import RunWriter
-    from tests.app_fixtures import DIGITS, PROMPTS, _tile
-
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % 6
-    manifest = dict(run_id="run-a", model=MODEL, family="synthetic", checkpoint="synthetic", layers=list(LAYERS),
-                    seed=1, num_samples=n, reduce={layer: "mean" for layer in LAYERS},
-                    settings={"steps": len(SIGMAS), "sigmas": list(SIGMAS)})
-    centers = rng.normal(0, 4, size=(6, 16))
-    with RunWriter(root, manifest) as w:
-        idx = np.arange(n)
-        samples = [dict(seed=int(i), prompt=PROMPTS[c][0], prompt_index=int(c), category=PROMPTS[c][1],
-                        label=PROMPTS[c][0], num_steps=len(SIGMAS)) for i, c in zip(idx, labels, strict=True)]
-        images = [_tile(int(c), 32, rng) for c in labels]
-        acts = {layer: [dict(step=s, timestep=None, sigma=sig, reduce="mean", layer_shape=(16, 2, 2),
-                             array=(centers[labels] + rng.normal(0, 0.3, size=(n, 16))).astype(np.float32))
-                        for s, sig in enumerate(SIGMAS)] for layer in LAYERS}
-        previews = {k: [_tile(int(c) + k, 32, rng) for c in labels] for k in range(len(SIGMAS))}
-        w.write_batch(idx, samples, images, acts, previews=previews)
-    assert DIGITS  # the tiles draw digits
-
-
-@pytest.fixture(scope="module")
-def layout_server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("layout_browser")
-    _write_store(base / "store")
-    with h.AppServer(base / "store", stand_in_projector=True, log=base / "streamlit.log") as server:
-        yield server.url.rstrip("/")
-
-
 @pytest.fixture
-def laptop(chromium, layout_server):
+def laptop(chromium, previews_server):
     context = chromium.new_context(viewport=LAPTOP, accept_downloads=True)
     pg = context.new_page()
     pg.set_default_timeout(30_000)
@@ -60,9 +26,9 @@ def laptop(chromium, layout_server):
     context.close()
 
 
-def test_x0_captions_never_wrap_inside_a_number_at_1280px(laptop, layout_server):
+def test_x0_captions_never_wrap_inside_a_number_at_1280px(laptop, previews_server):
     page = laptop
-    page.goto(f"{layout_server}/?model={MODEL}&step=3&sel=run-a-00000004")
+    page.goto(f"{previews_server}/?model={MODEL}&step=3&sel=run-a-00000004")
     h.wait_map(page, timeout=180)  # a loaded machine
     captions = ".st-key-x0_previews [data-testid='stImageCaption']"
     page.wait_for_selector(captions)
@@ -95,9 +61,9 @@ def test_x0_captions_never_wrap_inside_a_number_at_1280px(laptop, layout_server)
     assert any("0.002" in cap["text"] for cap in found)
 
 
-def test_search_export_buttons_show_their_whole_label(laptop, layout_server):
+def test_search_export_buttons_show_their_whole_label(laptop, previews_server):
     page = laptop
-    page.goto(f"{layout_server}/search?sq=step%20%3D%200&sm=sql")
+    page.goto(f"{previews_server}/search?sq=step%20%3D%200&sm=sql")
     page.wait_for_selector(".st-key-search-parquet button")
     for key, text in (("search-csv", "CSV"), ("search-parquet", "Parquet")):
         # Streamlit cuts a label too long for its button with an ellipsis (text-overflow) on the label's box
@@ -109,9 +75,9 @@ def test_search_export_buttons_show_their_whole_label(laptop, layout_server):
         assert all(b["scroll"] <= b["client"] for b in boxes), boxes  # not cut to "Par…"
 
 
-def test_overview_storage_bars_show_whole_names_and_the_size_axis_title(laptop, layout_server):
+def test_overview_storage_bars_show_whole_names_and_the_size_axis_title(laptop, previews_server):
     page = laptop
-    page.goto(f"{layout_server}/overview")
+    page.goto(f"{previews_server}/overview")
     chart = "[data-testid='stVegaLiteChart'] svg"  # the storage chart, the page's only one
     page.wait_for_selector(chart, timeout=60_000)
     page.locator(chart).scroll_into_view_if_needed()
@@ -125,9 +91,9 @@ def test_overview_storage_bars_show_whole_names_and_the_size_axis_title(laptop, 
     assert sorted(y_axis["ticks"]) == sorted(f"{MODEL} / {layer}" for layer in LAYERS)  # whole, no "…"
 
 
-def test_legend_only_this_then_show_all(laptop, layout_server):
+def test_legend_only_this_then_show_all(laptop, previews_server):
     page = laptop
-    page.goto(f"{layout_server}/?model={MODEL}&step=3")
+    page.goto(f"{previews_server}/?model={MODEL}&step=3")
     h.wait_map(page, timeout=180)  # a loaded machine
     legend = page.locator(".dmv-legend")
     assert legend.locator(".dmv-legend-all").count() == 0  # nothing hidden: nothing to show again
@@ -145,9 +111,9 @@ def test_legend_only_this_then_show_all(laptop, layout_server):
     assert page.evaluate("() => window.dmvMap.hidden.size") == 0
 
 
-def test_png_export_has_a_title_and_the_legend(laptop, layout_server, tmp_path):
+def test_png_export_has_a_title_and_the_legend(laptop, previews_server, tmp_path):
     page = laptop
-    page.goto(f"{layout_server}/?model={MODEL}&step=2&sel=run-a-00000004&k=4")
+    page.goto(f"{previews_server}/?model={MODEL}&step=2&sel=run-a-00000004&k=4")
     h.wait_map(page, timeout=180)  # a loaded machine
     h.wait_selected(page, "run-a-00000004")
     page.wait_for_function("() => (window.dmvMap.data.knn || []).length === 4")

@@ -6,27 +6,19 @@ from __future__ import annotations
 import pytest
 
 from tests.browser import harness as h
-from tests.browser.test_layout_browser import MODEL, SIGMAS, _write_store
+from tests.browser.previews_store import MODEL, SIGMAS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 WINDOW = {"width": 1400, "height": 900}
 
 
-@pytest.fixture(scope="module")
-def walk_server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("walk_browser")
-    _write_store(base / "store")
-    with h.AppServer(base / "store", stand_in_projector=True, log=base / "streamlit.log") as server:
-        yield server.url.rstrip("/")
-
-
-def test_x0_previews_are_all_one_size_in_the_selection_panel(chromium, walk_server):
+def test_x0_previews_are_all_one_size_in_the_selection_panel(chromium, previews_server):
     context = chromium.new_context(viewport=WINDOW)
     page = context.new_page()
     page.set_default_timeout(30_000)
     try:
-        page.goto(f"{walk_server}/?model={MODEL}&step=3&sel=run-a-00000004")
+        page.goto(f"{previews_server}/?model={MODEL}&step=3&sel=run-a-00000004")
         h.wait_map(page, timeout=180)
         images = ".st-key-x0_previews [data-testid='stImage'] img"
         page.wait_for_function(f"() => [...document.querySelectorAll(\"{images}\")].filter(i => i.complete "
@@ -41,14 +33,14 @@ def test_x0_previews_are_all_one_size_in_the_selection_panel(chromium, walk_serv
         context.close()
 
 
-def test_two_downloads_clicked_one_after_the_other_both_arrive(chromium, walk_server):
+def test_two_downloads_clicked_one_after_the_other_both_arrive(chromium, previews_server):
     """A download used to rerun the page, replacing the other buttons' deferred files: a second download clicked
     while that rerun ran got nothing ("Deferred file ... not found" in the server's log)."""
     context = chromium.new_context(viewport=WINDOW, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
     try:
-        page.goto(f"{walk_server}/?model={MODEL}&step=3&sel=run-a-00000004")
+        page.goto(f"{previews_server}/?model={MODEL}&step=3&sel=run-a-00000004")
         h.wait_map(page, timeout=180)
         page.locator("[data-testid=stMain] button", has_text="Map (HTML)").first.wait_for()
         for _ in range(4):
