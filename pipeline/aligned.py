@@ -481,23 +481,15 @@ def _default_frames(store, model, layer, runs, recorded: list[int]) -> list[int]
 
 
 def _step_sets(store, model, layer, runs) -> dict[str, set[int]]:
-    """The steps each run (of `runs`, None: all) records at `layer`, probed with one sample of each run."""
-    firsts = store.samples(model=model, run_ids=runs, columns=["sample_id", "run_id"]).drop_duplicates("run_id")
-    run_of = dict(zip(firsts["sample_id"].astype(str), firsts["run_id"].astype(str), strict=True))
-    sets: dict[str, set[int]] = {r: set() for r in run_of.values()}
-    for s in sorted({int(x) for x in store.steps(model, layer)["step"]}) if run_of else []:
-        try:
-            acts = store.activations(model, layer, s, run_ids=runs, sample_ids=list(run_of))
-        except ValueError:
-            continue
-        for sid in acts.sample_ids:
-            sets[run_of[str(sid)]].add(s)
-    return sets
+    """The steps each run (of `runs`, None: all) records at `layer` (`run_pairs.run_steps`)."""
+    from pipeline.run_pairs import run_steps
+
+    table = run_steps(store, model, layer, runs)
+    return {str(r): {int(x) for x in g["step"]} for r, g in table.groupby("run_id")}
 
 
 def _run_steps(store, model, layer, runs) -> pd.DataFrame:
-    """Steps recorded by the given runs (`_step_sets`: probed with one sample of each run, so no step's whole
-    matrix is read)."""
+    """Steps recorded by the given runs (only the step columns are read)."""
     table = store.runs()
     known = set(table["run_id"]) if len(table) else set()
     missing = [r for r in runs if r not in known]
