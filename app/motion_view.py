@@ -277,12 +277,13 @@ def multiples_points(maps) -> dict:
 
 
 def multiples_colours(labels: pd.Series, legend: dict[str, str]) -> dict:
-    """The page's colouring (`colours_for`) as the map component's category colour file."""
-    names = list(legend)
-    code = {v: i for i, v in enumerate(names)}
-    codes = [code[v] for v in labels]
-    return {"kind": "category", "title": labels.attrs.get("title", "label"), "codes": codes, "names": names,
-            "colors": [legend[v] for v in names], "counts": np.bincount(codes, minlength=len(names)).tolist()}
+    """The page's colouring (`colours_for`: label -> colour, in the legend's order) as the map component's
+    category colour file (`views.color_payload`)."""
+    from app import views
+
+    coloring = views.Coloring("motion", labels.attrs.get("title", "label"), "category", labels, order=tuple(legend),
+                              colors=tuple(legend.values()))
+    return views.color_payload(coloring)
 
 
 def multiples_height(frames: int, columns: int = COLUMNS, height_each: int = 300) -> int:
