@@ -603,6 +603,7 @@ def distances(path: str, view: views.View, settings, sample_id: str, others: lis
 
 EDIT_WAIT_S = 2.0  # how long a click waits for an edit before the panel shows its progress instead
 PLACING_WAIT_S = 3.0  # more, once the results are written and only their placement into the map is left
+PLACING = 0.8  # an edit job's progress once its results are written and are being placed into the map
 _EDIT_STAGES = (("loading", 0.1), ("recomputing", 0.3), ("generating", 0.6))  # Editor.progress -> fraction
 
 
@@ -779,8 +780,6 @@ def run_edit(path: str, op: str, args: dict, holder: str | None = None, then=Non
         job.thread.join(PLACING_WAIT_S)
     return job
 
-
-PLACING = 0.8  # an edit job's progress once its results are written and are being placed into the map
 
 
 def warm_model(path: str, model: str, layer: str) -> None:
