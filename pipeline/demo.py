@@ -165,31 +165,29 @@ def _real_digits_run(where: Path, *, root: Path, samples_per_class: int, batch_s
                            on_batch=on_batch)
 
 
-def _student_run(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool,
-                 on_batch) -> str:
-    """The run `demo-student`: the shipped DMD2-distilled 1-step student (train-demo-student) with the seeds and
-    classes of `demo-1step`, the naive 1-step (the teacher called once), sample by sample."""
-    from pipeline.adapters.edm import demo_student_loader
-    from pipeline.generate import generate
+def _generated(loader: str, run_id: str, **options):
+    """A builder of the run `run_id`: the demo network as `pipeline.adapters.edm.<loader>` samples it, with the
+    seeds and classes of `demo-1step` (seed 0, the same samples per class), sample by sample; `options` go to
+    `generate`."""
+    def build(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool, on_batch) -> str:
+        from pipeline.adapters import edm
+        from pipeline.generate import generate
 
-    adapter = demo_student_loader(samples_per_class=samples_per_class)
-    return generate(adapter, where, samples_per_class * len(adapter.class_ids), demo_layers(adapter), seed=0,
-                    batch_size=batch_size, run_id=DEMO_STUDENT_RUN, progress=progress, on_batch=on_batch).run_id
+        adapter = getattr(edm, loader)(samples_per_class=samples_per_class)
+        return generate(adapter, where, samples_per_class * len(adapter.class_ids), demo_layers(adapter), seed=0,
+                        batch_size=batch_size, run_id=run_id, progress=progress, on_batch=on_batch,
+                        **options).run_id
+
+    return build
 
 
-def _teacher_run(where: Path, *, root: Path, samples_per_class: int, batch_size: int, progress: bool,
-                 on_batch) -> str:
-    """The run `demo-teacher`: the demo network sampled with EDM's Heun sampler (18 steps, 35 calls) with the
-    seeds and classes of `demo-1step`. It records only its last step (17: the network at sigma 0.002 on the
-    almost final image, the real digits' noise level): all 18 would add about 20 MB per step to the store,
-    and maps join runs by step index, so its step 3 (sigma 28) would sit beside the 4-step run's (0.002)."""
-    from pipeline.adapters.edm import demo_teacher_loader
-    from pipeline.generate import generate
-
-    adapter = demo_teacher_loader(samples_per_class=samples_per_class)
-    return generate(adapter, where, samples_per_class * len(adapter.class_ids), demo_layers(adapter), seed=0,
-                    batch_size=batch_size, run_id=DEMO_TEACHER_RUN, progress=progress, on_batch=on_batch,
-                    record_steps="last").run_id
+# demo-student: the shipped DMD2-distilled 1-step student (train-demo-student), beside the naive 1-step (the
+# teacher called once). demo-teacher: EDM's Heun sampler (18 steps, 35 calls), recording only its last step (17:
+# the network at sigma 0.002 on the almost final image, the real digits' noise level): all 18 would add about
+# 20 MB per step to the store, and maps join runs by step index, so its step 3 (sigma 28) would sit beside the
+# 4-step run's (0.002).
+_student_run = _generated("demo_student_loader", DEMO_STUDENT_RUN)
+_teacher_run = _generated("demo_teacher_loader", DEMO_TEACHER_RUN, record_steps="last")
 
 
 def _encoded(source_run: str):
